@@ -1,0 +1,17 @@
+"""Errors that mean the user asked for something that cannot work.
+
+The CLI prints these as one line (no traceback) and exits with status 2. Each message names the
+problem and, where there is one, the fix.
+"""
+
+
+class SmoltrainError(Exception):
+    """A user-facing error: bad path, malformed input, unknown config key, wrong vocabulary, ..."""
+
+
+class ConfigError(SmoltrainError):
+    """A config key or value that does not fit the schema."""
+
+
+class DataError(SmoltrainError):
+    """A dataset or input file that is missing or malformed."""

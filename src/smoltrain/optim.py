@@ -1,0 +1,120 @@
+"""Optimizers, the learning-rate schedule and the EMA of the weights.
+
+Everything here is pure PyTorch and runs on any device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """The reference TRM schedule, as a multiplier of each optimizer's own base LR.
+
+    ``step`` counts from 1 (the first optimizer step uses step=1), as in the reference trainer:
+    linear warmup ``step / warmup_steps`` while ``step < warmup_steps``, then a cosine from 1 down to
+    ``min_ratio`` at ``total_steps``. ``min_ratio = 1`` gives a constant LR after warmup.
+    """
+    if step < warmup_steps:
+        return step / max(1, warmup_steps)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class AdamATan2(torch.optim.Optimizer):
+    """Adam with ``atan2`` in place of the epsilon division: the exact update of the reference CUDA kernel.
+
+    Per element, with ``t`` the step after increment::
+
+        p = p * (1 - lr * wd)                                  # decoupled weight decay
+        m = lerp(m, g, 1 - beta1);  v = lerp(v, g * g, 1 - beta2)
+        p = p - lr / (1 - beta1**t) * atan2(m, sqrt(v) / sqrt(1 - beta2**t))
+
+    Unlike the CUDA-only package it needs no compiler, and it may be built with ``lr=0`` (the trainer
+    sets the LR every step).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.0,
+    ) -> None:
+        if lr < 0:
+            raise ValueError(f"lr must be >= 0, got {lr}")
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t = state["step"].item()
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                grad = p.grad
+                p.mul_(1.0 - lr * wd)
+                m.lerp_(grad, 1.0 - beta1)
+                v.lerp_(grad * grad, 1.0 - beta2)
+                step_size = lr / (1.0 - beta1**t)
+                denom = v.sqrt().div_(math.sqrt(1.0 - beta2**t))
+                p.add_(torch.atan2(m, denom), alpha=-step_size)
+        return loss
+
+
+class EMA:
+    """Exponential moving average of a model's trainable parameters.
+
+    ``shadow = rate * shadow + (1 - rate) * param`` after every optimizer step. Only parameters with
+    ``requires_grad`` are tracked (buffers such as TRM's puzzle-embedding table are not), as in the
+    reference. ``swap_into`` exchanges model and shadow weights in place, so evaluating with the EMA
+    weights needs no copy of the model.
+    """
+
+    def __init__(self, model: nn.Module, rate: float) -> None:
+        self.rate = rate
+        self.shadow: dict[str, torch.Tensor] = {
+            name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad
+        }
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for name, p in model.named_parameters():
+            if name in self.shadow:
+                self.shadow[name].lerp_(p.detach(), 1.0 - self.rate)
+
+    @torch.no_grad()
+    def swap_into(self, model: nn.Module) -> None:
+        """Exchange the model's weights with the shadow weights (call twice to undo)."""
+        for name, p in model.named_parameters():
+            if name in self.shadow:
+                tmp = p.detach().clone()
+                p.copy_(self.shadow[name])
+                self.shadow[name].copy_(tmp)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.shadow)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.shadow) - set(state)
+        if missing:
+            raise KeyError(f"EMA state lacks {sorted(missing)[:3]}")
+        for name, tensor in self.shadow.items():
+            tensor.copy_(state[name])
