@@ -118,3 +118,76 @@ class EMA:
             raise KeyError(f"EMA state lacks {sorted(missing)[:3]}")
         for name, tensor in self.shadow.items():
             tensor.copy_(state[name])
+
+
+class SparseSignSGD(torch.optim.Optimizer):
+    """Sign-SGD with decoupled weight decay for TRM's sparse puzzle-embedding table.
+
+    The reference ``CastedSparseEmbeddingSignSGD_Distributed``. A param group holds the three buffers of
+    a ``CastedSparseEmbedding`` (e.g. ``list(model.puzzle_emb.buffers())``): the table ``weights``
+    ``[num_ids, ndim]``, the batch's ``local_ids`` ``[B]`` and ``local_weights`` ``[B, ndim]`` whose
+    ``.grad`` the backward filled. One step::
+
+        ids, grad = gather over ranks (when torch.distributed runs with world_size > 1)
+        ids = unique(ids); grad[id] = sum of the grads of the rows with that id
+        p = weights[ids];  p *= 1 - lr * wd;  p -= lr * sign(grad);  weights[ids] = p
+
+    Only rows seen in the batch are decayed. ``lr=0`` is allowed (the trainer sets the LR each step).
+    The optimizer has no per-parameter state; ``state_dict`` holds the hyper-parameters only.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict],
+        lr: float = 1e-3,
+        weight_decay: float = 1e-2,
+    ) -> None:
+        if lr < 0:
+            raise ValueError(f"lr must be >= 0, got {lr}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            # Tell the three buffers apart by their role, as the group is a plain list of tensors.
+            local_grad = local_ids = weights = None
+            for p in group["params"]:
+                if p.requires_grad:
+                    local_grad = p.grad
+                elif p.ndim == 1:
+                    local_ids = p
+                elif p.ndim == 2:
+                    weights = p
+            if local_ids is None or weights is None:
+                raise ValueError("SparseSignSGD needs a param group with local_weights, local_ids and weights")
+            if local_grad is None:
+                continue  # no backward through the embedding since the last zero_grad
+            _sparse_sign_sgd_update(local_grad, local_ids, weights, group["lr"], group["weight_decay"])
+        return loss
+
+
+def _sparse_sign_sgd_update(
+    grad: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, lr: float, weight_decay: float
+) -> None:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        # Every rank applies the same update to its full copy of the table, so gather all ranks' rows.
+        world_size = dist.get_world_size()
+        all_grad = grad.new_empty((world_size * grad.shape[0], *grad.shape[1:]))
+        all_ids = ids.new_empty(world_size * ids.shape[0])
+        dist.all_gather_into_tensor(all_grad, grad.contiguous())
+        dist.all_gather_into_tensor(all_ids, ids.contiguous())
+        grad, ids = all_grad, all_ids
+
+    unique_ids, inverse = ids.to(torch.long).unique(return_inverse=True)
+    # Several samples of a batch can share an id (e.g. Sudoku's single blank id): sum their grads first.
+    summed = grad.new_zeros((unique_ids.shape[0], *grad.shape[1:])).index_add_(0, inverse, grad)
+    rows = weights[unique_ids]
+    rows.mul_(1.0 - lr * weight_decay).add_(torch.sign(summed).to(rows.dtype), alpha=-lr)
+    weights[unique_ids] = rows

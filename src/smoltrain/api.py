@@ -1,0 +1,60 @@
+"""The Python API: load a trained run and evaluate it.
+
+>>> run = smoltrain.load("runs/demo")      # newest checkpoint, EMA weights when the run used EMA
+>>> run.model, run.config                  # the model in eval mode, and its resolved TrainConfig
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from smoltrain.config import TrainConfig, load_run_config
+from smoltrain.errors import SmoltrainError
+from smoltrain.families import Family, family_class
+from smoltrain.train import checkpoint as ckpt
+from smoltrain.train.device import pick_device
+from smoltrain.train.distributed import DistEnv
+
+
+@dataclass
+class LoadedRun:
+    model: nn.Module
+    config: TrainConfig
+    family: Family
+    checkpoint: Path
+    device: torch.device
+
+
+def load(run_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
+         overrides: list[str] | None = None) -> LoadedRun:
+    """Build a run's model from its saved config and load a checkpoint (the newest by default).
+
+    The model comes back in eval mode on ``device``; when the run trained with EMA, the EMA weights
+    are loaded, as the reference evaluates and saves them.
+    """
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir, overrides)
+    if checkpoint is None:
+        found = ckpt.list_checkpoints(run_dir / "checkpoints")
+        if not found:
+            raise SmoltrainError(f"{run_dir} has no checkpoint yet; train it with `smoltrain train` first")
+        checkpoint = found[-1]
+    model_state, ema_state, _ = ckpt.load_checkpoint(Path(checkpoint))
+    dev = pick_device(device)
+    family = family_class(cfg.arch.name)(cfg, DistEnv(), dev)
+    model = family.build_model()
+    model.load_state_dict({**model_state, **(ema_state or {})})
+    model.to(dev).eval()
+    return LoadedRun(model=model, config=cfg, family=family, checkpoint=Path(checkpoint), device=dev)
+
+
+def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
+             overrides: list[str] | None = None) -> dict[str, float]:
+    """The family's evaluation metrics of a trained run."""
+    run = load(run_dir, checkpoint, device, overrides)
+    with torch.inference_mode():
+        return run.family.evaluate(run.model)

@@ -1,0 +1,111 @@
+"""The `smoltrain` command line. It parses arguments and calls the library; no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from smoltrain.errors import SmoltrainError
+
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
+
+
+def _split_recipe(args: list[str]) -> tuple[str | None, list[str]]:
+    """`train [RECIPE] key=value ...`: the first argument without '=' is the recipe."""
+    if args and "=" not in args[0]:
+        return args[0], args[1:]
+    return None, args
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    from smoltrain.config import load_config
+    from smoltrain.train.trainer import Trainer, TrainingDiverged
+
+    recipe, overrides = _split_recipe(ns.args)
+    cfg = load_config(recipe, overrides)
+    try:
+        summary = Trainer(cfg).fit()
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_DIVERGED
+    if summary.get("eval"):
+        print("final eval: " + " ".join(f"{k}={v:.4f}" for k, v in summary["eval"].items()))
+    print(f"run directory: {summary['run_dir']}")
+    return 0
+
+
+def cmd_eval(ns: argparse.Namespace) -> int:
+    from smoltrain.api import evaluate
+
+    metrics = evaluate(ns.run_dir, checkpoint=ns.checkpoint, device=ns.device, overrides=ns.overrides)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_info(ns: argparse.Namespace) -> int:
+    from smoltrain.config import config_to_yaml, load_config
+    from smoltrain.families import family_class
+    from smoltrain.train.device import pick_device
+    from smoltrain.train.distributed import DistEnv
+
+    recipe, overrides = _split_recipe(ns.args)
+    cfg = load_config(recipe, overrides)
+    family = family_class(cfg.arch.name)(cfg, DistEnv(), pick_device("cpu"))
+    facts = family.describe(family.build_model())
+    steps_per_epoch = family.steps_per_epoch()
+    facts["steps_per_epoch"] = round(steps_per_epoch, 3)
+    facts["total_steps"] = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
+    if ns.show_config:
+        print(config_to_yaml(cfg))
+    for key, value in facts.items():
+        print(f"{key}: {value:,}" if isinstance(value, int) else f"{key}: {value}")
+    return 0
+
+
+def cmd_demo(ns: argparse.Namespace) -> int:
+    from smoltrain.demo import run_demo
+
+    return run_demo(run_dir=ns.run_dir, minutes=ns.minutes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smoltrain", description="Train tiny models from scratch.")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    def verb(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        sub = verbs.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    sub = verb("train", cmd_train, "Train from a recipe with key=value overrides (torchrun-compatible).")
+    sub.add_argument("args", nargs="*", metavar="[RECIPE] key=value", help="recipe name or .yaml, then overrides")
+
+    sub = verb("eval", cmd_eval, "Evaluate a run directory's newest (or a given) checkpoint.")
+    sub.add_argument("run_dir")
+    sub.add_argument("overrides", nargs="*", metavar="key=value")
+    sub.add_argument("--checkpoint", default=None, help="a checkpoint directory (default: the newest)")
+    sub.add_argument("--device", default="auto")
+
+    sub = verb("info", cmd_info, "Show a recipe's parameter count, steps and resolved config.")
+    sub.add_argument("args", nargs="*", metavar="[RECIPE] key=value")
+    sub.add_argument("--show-config", action="store_true", help="print the resolved config as YAML")
+
+    sub = verb("demo", cmd_demo, "Build data, train on the CPU for a few minutes and show the results.")
+    sub.add_argument("--run-dir", default="runs/demo")
+    sub.add_argument("--minutes", type=float, default=None, help="training time budget")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        return ns.handler(ns)
+    except SmoltrainError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,286 @@
+"""Typed configs, YAML recipes and Hydra-style command-line overrides.
+
+A run is described by one :class:`TrainConfig`. It is assembled in three layers:
+
+1. a recipe (``src/smoltrain/recipes/<name>.yaml`` or any YAML path), whose ``arch.name`` selects an
+   architecture group file (``recipes/arch/<name>.yaml``) that the recipe's own ``arch`` keys refine;
+2. group selections on the command line (``arch=trm``) replace the architecture with that group file;
+3. the remaining ``key=value`` overrides, dotted for nesting (``arch.hidden_size=128``), with values
+   parsed like YAML (``data_paths="[a,b]"``, ``lr=1e-4``, ``ema=True``). A leading ``+`` (``+run_name=x``)
+   is accepted for compatibility with the reference command lines.
+
+Keys the reference TRM trainer uses keep their names and meaning (trm.md §5.1). Unknown keys and
+values of the wrong type stop with one line naming the key and the closest valid keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
+
+from smoltrain.errors import ConfigError
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+GROUPS = ("arch",)  # config groups selectable with `group=name`
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ArchConfig(StrictModel):
+    """Base of every model family's architecture config; ``name`` selects the family."""
+
+    name: str
+
+
+class WandbConfig(StrictModel):
+    mode: Literal["disabled", "online", "offline"] = "disabled"
+    project: str | None = None
+    entity: str | None = None
+
+
+class TrainConfig(StrictModel):
+    """Everything a training run needs. Field names follow the reference TRM trainer where it has one."""
+
+    arch: SerializeAsAny[ArchConfig]
+
+    # --- data (reference names) ---
+    data_paths: list[str] = Field(default_factory=list)
+    data_paths_test: list[str] = Field(default_factory=list)
+    evaluators: list[Any] = Field(default_factory=list)
+    eval_max_examples: int | None = None  # evaluate on the first N test examples only
+
+    # --- optimisation (reference names) ---
+    global_batch_size: int = Field(32, gt=0)
+    epochs: int = Field(1, gt=0)
+    lr: float = Field(1e-4, ge=0)
+    lr_min_ratio: float = Field(1.0, ge=0, le=1)
+    lr_warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    puzzle_emb_lr: float = Field(1e-2, ge=0)
+    puzzle_emb_weight_decay: float = Field(0.1, ge=0)
+    optimizer: Literal["adam_atan2", "adamw"] = "adam_atan2"
+    grad_clip: float | None = Field(None, gt=0)
+    grad_accum_steps: int = Field(1, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    max_minutes: float | None = Field(None, gt=0)  # stop (evaluate, checkpoint) after this much training
+    ema: bool = False
+    ema_rate: float = Field(0.999, ge=0, le=1)
+    freeze_weights: bool = False
+    seed: int = 0
+
+    # --- evaluation (reference names, plus a step-based interval) ---
+    eval_interval: int | None = Field(None, gt=0)  # in epochs, as in the reference
+    eval_every: int | None = Field(None, gt=0)  # in optimizer steps
+    min_eval_interval: int = Field(0, ge=0)  # skip the first N evaluations
+    eval_save_outputs: list[str] = Field(default_factory=list)
+
+    # --- run directory, checkpoints, resume ---
+    project_name: str | None = None
+    run_name: str | None = None
+    run_dir: str | None = None
+    checkpoint_path: str | None = None  # reference name; used as run_dir when run_dir is unset
+    load_checkpoint: str | None = None  # initialise the weights from a checkpoint (not a resume)
+    checkpoint_every: int | None = Field(None, gt=0)  # in optimizer steps
+    checkpoint_every_eval: bool = False
+    keep_checkpoints: int = Field(3, gt=0)
+    resume: str = "auto"  # "auto" | "none" | path to a checkpoint directory
+
+    # --- machine ---
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False
+    num_threads: int | None = Field(None, gt=0)
+
+    # --- logging and safety ---
+    log_every: int = Field(10, gt=0)
+    max_nonfinite_steps: int = Field(5, gt=0)  # stop after this many non-finite steps in a row
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    tensorboard: bool = False
+
+    def resolved_run_dir(self) -> Path:
+        if self.run_dir:
+            return Path(self.run_dir)
+        if self.checkpoint_path:
+            return Path(self.checkpoint_path)
+        return Path("runs") / (self.run_name or self.arch.name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def available_groups(group: str) -> list[str]:
+    return sorted(p.stem for p in (RECIPES_DIR / group).glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, not {type(data).__name__}")
+    return data
+
+
+def _group_file(group: str, name: str) -> dict[str, Any]:
+    path = RECIPES_DIR / group / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"unknown {group} '{name}'; choose one of: {', '.join(available_groups(group))}"
+        )
+    return _read_yaml(path)
+
+
+def load_recipe(recipe: str | None) -> dict[str, Any]:
+    """The raw mapping of a named recipe or a YAML path, with its architecture group merged in."""
+    if recipe is None:
+        recipe = "default"
+    path = Path(recipe)
+    if path.suffix not in (".yaml", ".yml"):
+        path = RECIPES_DIR / f"{recipe}.yaml"
+        if not path.is_file():
+            close = difflib.get_close_matches(recipe, available_recipes(), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(
+                f"unknown recipe '{recipe}'{hint} (recipes: {', '.join(available_recipes())}; "
+                "or give a path to a .yaml file)"
+            )
+    elif not path.is_file():
+        raise ConfigError(f"recipe file {path} does not exist")
+    raw = _read_yaml(path)
+    arch = raw.get("arch", {})
+    if isinstance(arch, str):
+        arch = {"name": arch}
+    if "name" not in arch:
+        raise ConfigError(f"recipe {path} must set arch.name (one of {available_groups('arch')})")
+    raw["arch"] = {**_group_file("arch", arch["name"]), **arch}
+    return raw
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like key=value (for example lr=1e-4)")
+    key, _, value = item.partition("=")
+    key = key.strip().lstrip("+")
+    if not key:
+        raise ConfigError(f"override '{item}' has an empty key")
+    try:
+        parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={value}"]))["v"]  # type: ignore[index]
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot parse the value of '{key}': {value!r} ({err.msg})") from None
+    return key, parsed
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def compose(recipe: str | None, overrides: list[str]) -> dict[str, Any]:
+    """Recipe + group selections + overrides, as a plain mapping (not yet validated)."""
+    raw = load_recipe(recipe)
+    parsed = [_parse_override(item) for item in overrides]
+    # Group selections first (as Hydra does), so `arch=trm arch.L_cycles=4` works in any order.
+    for key, value in parsed:
+        if key in GROUPS and isinstance(value, str):
+            raw[key] = _group_file(key, value)
+    for key, value in parsed:
+        if not (key in GROUPS and isinstance(value, str)):
+            _set_dotted(raw, key, value)
+    # Resolve ${...} interpolations such as the reference's `puzzle_emb_ndim: ${.hidden_size}`.
+    try:
+        return OmegaConf.to_container(OmegaConf.create(raw), resolve=True)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot resolve the config: {err.msg}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation with one-line errors
+
+
+def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and name != "arch":
+            keys.extend(_valid_keys(annotation, prefix + name + "."))
+    return keys
+
+
+def _describe(err: dict[str, Any], model: type[BaseModel], prefix: str) -> str:
+    key = prefix + ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(key, _valid_keys(model, prefix), n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        return f"unknown config key '{key}'{hint}"
+    if err["type"] == "missing":
+        return f"config key '{key}' is required but not set (add {key}=...)"
+    return f"config key '{key}': {err['msg'].lower()}, got {err.get('input')!r}"
+
+
+def _validate(model: type[BaseModel], data: dict[str, Any], prefix: str = "") -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = len(exc.errors()) - 1
+        suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        raise ConfigError(_describe(first, model, prefix) + suffix) from None
+
+
+def validate(raw: dict[str, Any]) -> TrainConfig:
+    """Turn a composed mapping into a typed config, with the family's own architecture schema."""
+    from smoltrain.families import family_class
+
+    raw = dict(raw)
+    arch_raw = raw.pop("arch", None)
+    if not isinstance(arch_raw, dict) or "name" not in arch_raw:
+        raise ConfigError(f"config needs arch.name (one of {', '.join(available_groups('arch'))})")
+    arch = _validate(family_class(arch_raw["name"]).config_class, arch_raw, prefix="arch.")
+    return _validate(TrainConfig, {**raw, "arch": arch})
+
+
+def load_config(recipe: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    return validate(compose(recipe, overrides or []))
+
+
+def config_to_yaml(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """The resolved config saved in a run directory, with optional overrides on top."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml); train one with `smoltrain train`")
+    raw = _read_yaml(path)
+    for key, value in (_parse_override(item) for item in overrides or []):
+        _set_dotted(raw, key, value)
+    return validate(raw)

@@ -1,0 +1,683 @@
+"""The TRM on-disk puzzle format, its atomic writer and the sampling loader.
+
+Layout (identical to the reference builders, so datasets move both ways unchanged)::
+
+    <root>/identifiers.json                 id -> name list, "<blank>" at 0
+    <root>/<split>/dataset.json             PuzzleDatasetMetadata
+    <root>/<split>/all__inputs.npy          [N_examples, seq_len]  uint8 when the vocab fits
+    <root>/<split>/all__labels.npy          [N_examples, seq_len]  uint8 when the vocab fits
+    <root>/<split>/all__puzzle_identifiers.npy  [N_puzzles]     int32
+    <root>/<split>/all__puzzle_indices.npy      [N_puzzles + 1] int32, example offsets
+    <root>/<split>/all__group_indices.npy       [N_groups + 1]  int32, puzzle offsets
+
+A group is one original puzzle/task, its puzzles are the augmented versions (one identifier each),
+and a puzzle's examples are rows.
+
+Sampling (`PuzzleDataset`) reproduces the reference `puzzle_dataset.py`:
+
+* train: pass `it` (1, 2, ...) uses ``rng = Generator(Philox(seed + it))``; the group order is
+  `epochs_per_iter` concatenated permutations of all groups; walking it, each group contributes one
+  random puzzle (``rng.integers``) and ``min(puzzle_size, room left)`` of that puzzle's examples
+  without replacement; rows are packed into global batches, the last incomplete one is dropped, and
+  rank r keeps rows ``[r * local, (r + 1) * local)``.
+* test: sequential windows of `global_batch_size` rows; each rank takes its slice and pads it to the
+  local batch size (inputs = pad_id, labels = -100, puzzle_identifiers = blank).
+
+Deliberate deviations from the reference (documented because they change which rows are drawn):
+
+* The examples of a multi-example puzzle are chosen with the same seeded `rng` instead of the
+  global ``np.random.choice`` (which the reference seeds only through the DataLoader worker), so a
+  run is reproducible from `seed` alone. The draw is skipped when a puzzle has a single example --
+  there is nothing to choose -- so on Sudoku and Maze datasets (one example per puzzle) our batches
+  are the reference's batches, row for row.
+* Several roots are concatenated into one dataset (one shuffle over all groups, batches may mix
+  roots) instead of being iterated one after the other; non-blank puzzle identifiers of later roots
+  are shifted so that the roots never share an identifier (the reference sums the identifier counts
+  but does not shift, so two ARC roots would collide).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO, NamedTuple
+
+import numpy as np
+import pydantic
+import torch
+
+from smoltrain.errors import ConfigError, DataError
+
+__all__ = [
+    "FIELDS",
+    "IGNORE_LABEL_ID",
+    "EvalBatch",
+    "PuzzleDataset",
+    "PuzzleDatasetMetadata",
+    "atomic_dataset_dir",
+    "load_identifiers",
+    "load_metadata",
+    "write_identifiers",
+    "write_split",
+]
+
+# Label value the loss ignores (torch's cross-entropy default).
+IGNORE_LABEL_ID = -100
+# The reference builders always write a single set called "all".
+SET_NAME = "all"
+FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
+# Files whose presence marks a directory as a dataset we may replace (see atomic_dataset_dir).
+_DATASET_MARKERS = ("identifiers.json", "build_info.json", "train/dataset.json", "test/dataset.json")
+
+
+class PuzzleDatasetMetadata(pydantic.BaseModel):
+    """`dataset.json`: same fields, types and JSON as the reference `PuzzleDatasetMetadata`."""
+
+    pad_id: int
+    ignore_label_id: int | None
+    blank_identifier_id: int
+    vocab_size: int
+    seq_len: int
+    num_puzzle_identifiers: int
+    total_groups: int
+    mean_puzzle_examples: float
+    total_puzzles: int
+    sets: list[str]
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing
+
+
+def _fsync_dir(path: Path) -> None:
+    # Directory fsync makes renames and new entries durable; not possible on every platform.
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_bytes_synced(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Open `path`, let `write(f)` fill it, then flush and fsync before closing."""
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_json(path: Path, obj: object) -> None:
+    data = json.dumps(obj).encode()
+    _write_bytes_synced(path, lambda f: f.write(data))
+
+
+def _looks_like_dataset(path: Path) -> bool:
+    return any((path / marker).exists() for marker in _DATASET_MARKERS)
+
+
+@contextlib.contextmanager
+def atomic_dataset_dir(output_dir: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a fresh temporary sibling of `output_dir`; move it onto `output_dir` only on success.
+
+    On an exception the temporary directory is deleted, so a failed or interrupted build never
+    leaves a partial dataset behind; an existing `output_dir` is replaced only once the new one is
+    complete. To avoid wiping an unrelated directory by a typo, an existing non-empty `output_dir`
+    is replaced only if it looks like a dataset (has identifiers.json, build_info.json or a split's
+    dataset.json).
+    """
+    out = Path(output_dir).absolute()
+    if out.exists():
+        if not out.is_dir():
+            raise DataError(f"output path {out} exists and is not a directory: choose another --output-dir")
+        if any(out.iterdir()) and not _looks_like_dataset(out):
+            raise DataError(
+                f"{out} exists and is not a dataset directory; refusing to replace it: "
+                "choose another --output-dir or empty it first"
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Same parent directory => same filesystem => os.replace/rename is atomic.
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_dir(tmp)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+            os.rename(out, old)
+            try:
+                os.rename(tmp, out)
+            except BaseException:
+                os.rename(old, out)  # put the previous dataset back
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+        _fsync_dir(out.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _token_dtype(vocab_size: int) -> type[np.integer]:
+    # The reference builders store tokens as uint8; wider vocabularies need int32.
+    return np.uint8 if vocab_size <= 256 else np.int32
+
+
+def write_split(
+    root: str | os.PathLike[str],
+    split: str,
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    puzzle_identifiers: np.ndarray,
+    puzzle_indices: np.ndarray,
+    group_indices: np.ndarray,
+    metadata: PuzzleDatasetMetadata,
+) -> Path:
+    """Write `<root>/<split>/dataset.json` and the five `all__*.npy` arrays (fsynced).
+
+    Checks that the arrays agree with each other and with `metadata` first, so a builder bug cannot
+    produce a dataset that only fails at training time. Returns the split directory.
+    """
+    inputs = np.asarray(inputs)
+    labels = np.asarray(labels)
+    puzzle_identifiers = np.asarray(puzzle_identifiers)
+    puzzle_indices = np.asarray(puzzle_indices)
+    group_indices = np.asarray(group_indices)
+    where = f"split '{split}' for {root}"
+    if metadata.sets != [SET_NAME]:
+        raise DataError(
+            f"{where}: metadata.sets must be ['{SET_NAME}'] (one set per split), got {metadata.sets}"
+        )
+    if inputs.ndim != 2 or inputs.shape[1] != metadata.seq_len:
+        raise DataError(f"{where}: inputs must be [N, seq_len={metadata.seq_len}], got {inputs.shape}")
+    if labels.shape != inputs.shape:
+        raise DataError(f"{where}: labels shape {labels.shape} differs from inputs shape {inputs.shape}")
+    for name, arr in (("inputs", inputs), ("labels", labels)):
+        if arr.size and (arr.min() < 0 or arr.max() >= metadata.vocab_size):
+            raise DataError(
+                f"{where}: {name} hold tokens in [{arr.min()}, {arr.max()}], outside the vocabulary "
+                f"0..{metadata.vocab_size - 1}"
+            )
+    _check_indices(where, inputs.shape[0], puzzle_identifiers, puzzle_indices, group_indices, metadata)
+
+    split_dir = Path(root) / split
+    split_dir.mkdir(parents=True, exist_ok=True)
+    token_dtype = _token_dtype(metadata.vocab_size)
+    arrays = {
+        "inputs": inputs.astype(token_dtype),
+        "labels": labels.astype(token_dtype),
+        "puzzle_identifiers": puzzle_identifiers.astype(np.int32),
+        "puzzle_indices": puzzle_indices.astype(np.int32),
+        "group_indices": group_indices.astype(np.int32),
+    }
+    for name, arr in arrays.items():
+        _write_bytes_synced(split_dir / f"{SET_NAME}__{name}.npy", lambda f, a=arr: np.save(f, a))
+    _write_json(split_dir / "dataset.json", metadata.model_dump())
+    _fsync_dir(split_dir)
+    return split_dir
+
+
+def write_identifiers(root: str | os.PathLike[str], names: Sequence[str]) -> Path:
+    """Write `<root>/identifiers.json`: the list of identifier names, index = identifier id."""
+    path = Path(root) / "identifiers.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_json(path, list(names))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading
+
+
+def _build_hint(root: Path) -> str:
+    return f"build one with `smoltrain data sudoku --output-dir {root}`"
+
+
+def load_metadata(root: str | os.PathLike[str], split: str) -> PuzzleDatasetMetadata:
+    """Read `<root>/<split>/dataset.json`, with a clear DataError when it is missing or malformed.
+
+    Datasets built by the HRM-era builders have no `total_puzzles`; it is filled in from
+    `all__puzzle_identifiers.npy` so they load too.
+    """
+    root_path = Path(root)
+    path = root_path / split / "dataset.json"
+    if not root_path.is_dir():
+        raise DataError(f"no dataset at {root_path}: {_build_hint(root_path)}")
+    if not path.is_file():
+        raise DataError(f"no '{split}' split in {root_path} (missing {path}): {_build_hint(root_path)}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path} is not valid JSON ({e}): rebuild the dataset") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path} must hold a JSON object, got {type(data).__name__}: rebuild the dataset")
+    if "total_puzzles" not in data:
+        ids_path = root_path / split / f"{SET_NAME}__puzzle_identifiers.npy"
+        data["total_puzzles"] = int(_load_array(ids_path, mmap=True).shape[0])
+    try:
+        return PuzzleDatasetMetadata.model_validate(data)
+    except pydantic.ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise DataError(f"{path} is not a valid dataset.json ({problems}): rebuild the dataset") from None
+
+
+def load_identifiers(root: str | os.PathLike[str]) -> list[str] | None:
+    """`<root>/identifiers.json` as a list (id -> name), or None when the file is absent."""
+    path = Path(root) / "identifiers.json"
+    if not path.is_file():
+        return None
+    try:
+        names = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path} is not valid JSON ({e}): rebuild the dataset") from None
+    if not isinstance(names, list):
+        raise DataError(f"{path} must hold a JSON list of names: rebuild the dataset")
+    return [str(n) for n in names]
+
+
+def _load_array(path: Path, mmap: bool) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"missing {path}: the dataset is incomplete, rebuild it")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read {path} ({e}): the file is corrupt, rebuild the dataset") from None
+
+
+def _check_indices(
+    where: str,
+    num_examples: int,
+    puzzle_identifiers: np.ndarray,
+    puzzle_indices: np.ndarray,
+    group_indices: np.ndarray,
+    metadata: PuzzleDatasetMetadata,
+) -> None:
+    """Consistency of the index hierarchy groups -> puzzles -> examples (cheap, all in memory)."""
+    num_puzzles = puzzle_identifiers.shape[0]
+    checks = [
+        (
+            puzzle_identifiers.ndim == 1,
+            f"puzzle_identifiers must be 1-D, got shape {puzzle_identifiers.shape}",
+        ),
+        (
+            puzzle_indices.shape == (num_puzzles + 1,),
+            f"puzzle_indices must have {num_puzzles + 1} entries (puzzles + 1), got {puzzle_indices.shape}",
+        ),
+        (
+            group_indices.ndim == 1 and group_indices.shape[0] >= 1,
+            f"group_indices must be 1-D and non-empty, got shape {group_indices.shape}",
+        ),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise DataError(f"{where}: {msg}")
+    checks = [
+        (
+            puzzle_indices[0] == 0 and puzzle_indices[-1] == num_examples,
+            f"puzzle_indices must run from 0 to the number of examples {num_examples}, "
+            f"got {puzzle_indices[0]}..{puzzle_indices[-1]}",
+        ),
+        (bool(np.all(np.diff(puzzle_indices) >= 0)), "puzzle_indices must be non-decreasing"),
+        (
+            group_indices[0] == 0 and group_indices[-1] == num_puzzles,
+            f"group_indices must run from 0 to the number of puzzles {num_puzzles}, "
+            f"got {group_indices[0]}..{group_indices[-1]}",
+        ),
+        (bool(np.all(np.diff(group_indices) > 0)), "group_indices must be increasing (no empty group)"),
+        (
+            metadata.total_groups == group_indices.shape[0] - 1,
+            f"metadata total_groups={metadata.total_groups} but group_indices holds "
+            f"{group_indices.shape[0] - 1} groups",
+        ),
+        (
+            metadata.total_puzzles == num_puzzles,
+            f"metadata total_puzzles={metadata.total_puzzles} but there are {num_puzzles} puzzles",
+        ),
+        (
+            num_puzzles == 0
+            or (puzzle_identifiers.min() >= 0 and puzzle_identifiers.max() < metadata.num_puzzle_identifiers),
+            f"puzzle_identifiers must lie in 0..{metadata.num_puzzle_identifiers - 1} "
+            "(below num_puzzle_identifiers)",
+        ),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise DataError(f"{where}: {msg}")
+
+
+class _Root(NamedTuple):
+    path: Path
+    metadata: PuzzleDatasetMetadata
+    inputs: np.ndarray  # memory-mapped
+    labels: np.ndarray  # memory-mapped
+    puzzle_identifiers: np.ndarray
+    puzzle_indices: np.ndarray
+    group_indices: np.ndarray
+
+
+def _open_root(root: Path, split: str) -> _Root:
+    metadata = load_metadata(root, split)
+    split_dir = root / split
+    arrays = {
+        name: _load_array(split_dir / f"{SET_NAME}__{name}.npy", mmap=name in ("inputs", "labels"))
+        for name in FIELDS
+    }
+    inputs, labels = arrays["inputs"], arrays["labels"]
+    where = str(split_dir)
+    if inputs.ndim != 2 or inputs.shape[1] != metadata.seq_len:
+        raise DataError(
+            f"{where}: all__inputs.npy has shape {inputs.shape}, expected [N, seq_len={metadata.seq_len}]: "
+            "rebuild the dataset"
+        )
+    if labels.shape != inputs.shape:
+        raise DataError(f"{where}: all__labels.npy shape {labels.shape} differs from inputs {inputs.shape}")
+    if not (np.issubdtype(inputs.dtype, np.integer) and np.issubdtype(labels.dtype, np.integer)):
+        raise DataError(f"{where}: inputs/labels must be integer arrays, got {inputs.dtype}/{labels.dtype}")
+    if metadata.sets != [SET_NAME]:
+        raise DataError(f"{where}: sets must be ['{SET_NAME}'], got {metadata.sets}")
+    _check_indices(
+        where,
+        inputs.shape[0],
+        arrays["puzzle_identifiers"],
+        arrays["puzzle_indices"],
+        arrays["group_indices"],
+        metadata,
+    )
+    return _Root(
+        root,
+        metadata,
+        inputs,
+        labels,
+        arrays["puzzle_identifiers"].astype(np.int64),
+        arrays["puzzle_indices"].astype(np.int64),
+        arrays["group_indices"].astype(np.int64),
+    )
+
+
+class EvalBatch(NamedTuple):
+    """One test-mode batch for this rank: `batch` is padded to the local batch size."""
+
+    batch: dict[str, torch.Tensor]
+    num_real: int  # real (unpadded) rows of this rank's slice; the rest is padding
+    global_num_real: int  # real rows over all ranks (the reference's "global effective batch size")
+
+
+class PuzzleDataset:
+    """Reference-compatible sampler over one or several dataset roots (see the module docstring).
+
+    Train mode: `iter_train()` yields the remaining batches of the current pass as dicts of int32
+    tensors ``{inputs, labels, puzzle_identifiers}`` with ``global_batch_size // world_size`` rows.
+    Each call continues where the previous one stopped, so the stream of batches over successive
+    calls is the same whether or not it was interrupted. `state_dict()` gives the position of the
+    next batch, ``{"pass": p, "batch": b}`` (pass counted from 1 like the reference `_iters`, batch
+    from 0); `load_state_dict` on a fresh dataset makes the same batches come next (the pass's order
+    is regenerated from the seed and the first b batches are skipped without loading rows). The state
+    rolls over to ``{"pass": p + 1, "batch": 0}`` as soon as the last batch of pass p is yielded,
+    so ``state["pass"] - 1`` passes are complete whenever ``state["batch"] == 0``.
+
+    Test mode: `iter_test()` yields `EvalBatch` tuples covering every example exactly once.
+    Iterating the dataset itself dispatches on `test_mode`. One iterator at a time per dataset.
+    """
+
+    def __init__(
+        self,
+        root_or_roots: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        split: str,
+        global_batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        test_mode: bool = False,
+        epochs_per_iter: int = 1,
+    ) -> None:
+        if isinstance(root_or_roots, (str, os.PathLike)):
+            roots = [Path(root_or_roots)]
+        else:
+            roots = [Path(r) for r in root_or_roots]
+        if not roots:
+            raise ConfigError("no dataset path given: set data_paths to at least one dataset directory")
+        if global_batch_size <= 0:
+            raise ConfigError(f"global_batch_size must be positive, got {global_batch_size}")
+        if world_size <= 0 or not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank} is not in 0..world_size-1 (world_size={world_size})")
+        if global_batch_size % world_size:
+            raise ConfigError(
+                f"global_batch_size {global_batch_size} must be a multiple of the number of processes "
+                f"{world_size}: change global_batch_size"
+            )
+        if epochs_per_iter <= 0:
+            raise ConfigError(f"epochs_per_iter must be positive, got {epochs_per_iter}")
+        self.split = split
+        self.global_batch_size = global_batch_size
+        self.local_batch_size = global_batch_size // world_size
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.test_mode = test_mode
+        self.epochs_per_iter = epochs_per_iter
+
+        self._roots = [_open_root(r, split) for r in roots]
+        self.metadata = self._merge_metadata()
+        self._concatenate_indices()
+        # Position of the next train batch (see class docstring).
+        self._pass = 1
+        self._batch = 0
+
+    # -- construction ---------------------------------------------------------------------------
+
+    def _merge_metadata(self) -> PuzzleDatasetMetadata:
+        first = self._roots[0]
+        if len(self._roots) == 1:
+            return first.metadata
+        for other in self._roots[1:]:
+            for field in ("seq_len", "vocab_size", "pad_id", "ignore_label_id", "blank_identifier_id"):
+                a, b = getattr(first.metadata, field), getattr(other.metadata, field)
+                if a != b:
+                    raise DataError(
+                        f"cannot combine datasets {first.path} and {other.path}: {field} is {a} in the first "
+                        f"and {b} in the second; only datasets with the same seq_len, vocab_size, pad_id, "
+                        "ignore_label_id and blank_identifier_id can be trained on together"
+                    )
+        if first.metadata.blank_identifier_id != 0:
+            raise DataError(
+                f"combining several datasets needs blank_identifier_id 0, {first.path} uses "
+                f"{first.metadata.blank_identifier_id}: train on one dataset at a time"
+            )
+        total_puzzles = sum(r.metadata.total_puzzles for r in self._roots)
+        mean_examples = (
+            sum(r.metadata.mean_puzzle_examples * r.metadata.total_puzzles for r in self._roots)
+            / total_puzzles
+            if total_puzzles
+            else first.metadata.mean_puzzle_examples
+        )
+        # Identifier 0 (blank) is shared; every root's other identifiers get their own range.
+        num_ids = 1 + sum(r.metadata.num_puzzle_identifiers - 1 for r in self._roots)
+        return first.metadata.model_copy(
+            update={
+                "num_puzzle_identifiers": num_ids,
+                "total_groups": sum(r.metadata.total_groups for r in self._roots),
+                "mean_puzzle_examples": mean_examples,
+                "total_puzzles": total_puzzles,
+            }
+        )
+
+    def _concatenate_indices(self) -> None:
+        example_offsets = [0]
+        puzzle_offsets = [0]
+        id_offset = 0
+        puzzle_indices, group_indices, identifiers = [], [], []
+        blank = self.metadata.blank_identifier_id
+        for r in self._roots:
+            puzzle_indices.append(r.puzzle_indices[:-1] + example_offsets[-1])
+            group_indices.append(r.group_indices[:-1] + puzzle_offsets[-1])
+            ids = r.puzzle_identifiers
+            identifiers.append(np.where(ids == blank, blank, ids + id_offset))
+            example_offsets.append(example_offsets[-1] + r.inputs.shape[0])
+            puzzle_offsets.append(puzzle_offsets[-1] + r.puzzle_identifiers.shape[0])
+            id_offset += r.metadata.num_puzzle_identifiers - 1
+        self._example_offsets = np.array(example_offsets, dtype=np.int64)
+        self.puzzle_indices = np.concatenate([*puzzle_indices, [example_offsets[-1]]]).astype(np.int64)
+        self.group_indices = np.concatenate([*group_indices, [puzzle_offsets[-1]]]).astype(np.int64)
+        self.puzzle_identifiers = np.concatenate(identifiers).astype(np.int64)
+        self.num_examples = int(example_offsets[-1])
+
+    @property
+    def identifiers(self) -> list[str] | None:
+        """Identifier names (id -> name) of the combined dataset, or None if a root has none."""
+        names: list[str] = []
+        for i, r in enumerate(self._roots):
+            root_names = load_identifiers(r.path)
+            if root_names is None:
+                return None
+            names.extend(root_names if i == 0 else root_names[1:])  # drop repeated "<blank>"
+        return names
+
+    # -- schedule helpers -----------------------------------------------------------------------
+
+    @property
+    def steps_per_epoch(self) -> float:
+        """Optimizer steps per epoch as the reference counts them (one augmentation per group)."""
+        return self.metadata.total_groups * self.metadata.mean_puzzle_examples / self.global_batch_size
+
+    def total_steps(self, epochs: int | float) -> int:
+        """The reference `total_steps = int(epochs * total_groups * mean_puzzle_examples / batch)`."""
+        return int(
+            epochs * self.metadata.total_groups * self.metadata.mean_puzzle_examples / self.global_batch_size
+        )
+
+    # -- row access -----------------------------------------------------------------------------
+
+    def _gather(self, field: str, rows: np.ndarray) -> np.ndarray:
+        """Rows `rows` (global example indices) of `field` as int32, from the memory maps."""
+        out = np.empty((rows.shape[0], self.metadata.seq_len), dtype=np.int32)
+        if len(self._roots) == 1:
+            out[:] = getattr(self._roots[0], field)[rows]
+            return out
+        which = np.searchsorted(self._example_offsets, rows, side="right") - 1
+        for i, r in enumerate(self._roots):
+            mask = which == i
+            if mask.any():
+                out[mask] = getattr(r, field)[rows[mask] - self._example_offsets[i]]
+        return out
+
+    def _collate(self, rows: np.ndarray, puzzles: np.ndarray) -> dict[str, torch.Tensor]:
+        inputs = self._gather("inputs", rows)
+        labels = self._gather("labels", rows)
+        if self.metadata.ignore_label_id is not None:
+            labels[labels == self.metadata.ignore_label_id] = IGNORE_LABEL_ID
+        identifiers = self.puzzle_identifiers[puzzles].astype(np.int32)
+        pad = self.local_batch_size - rows.shape[0]
+        if pad > 0:
+            inputs = np.concatenate([inputs, np.full((pad, inputs.shape[1]), self.metadata.pad_id, np.int32)])
+            labels = np.concatenate([labels, np.full((pad, labels.shape[1]), IGNORE_LABEL_ID, np.int32)])
+            identifiers = np.concatenate(
+                [identifiers, np.full(pad, self.metadata.blank_identifier_id, np.int32)]
+            )
+        return {
+            "inputs": torch.from_numpy(inputs),
+            "labels": torch.from_numpy(labels),
+            "puzzle_identifiers": torch.from_numpy(identifiers),
+        }
+
+    # -- train ----------------------------------------------------------------------------------
+
+    def _pass_batches(self, pass_id: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Global batches of pass `pass_id` as (example rows, puzzle of each row); indices only."""
+        rng = np.random.Generator(np.random.Philox(seed=self.seed + pass_id))
+        num_groups = self.group_indices.shape[0] - 1
+        group_order = np.concatenate([rng.permutation(num_groups) for _ in range(self.epochs_per_iter)])
+        group_indices, puzzle_indices = self.group_indices, self.puzzle_indices
+        batch_size = self.global_batch_size
+        pos = 0
+        while pos < group_order.size:
+            rows: list[np.ndarray] = []
+            puzzles: list[np.ndarray] = []
+            size = 0
+            while pos < group_order.size and size < batch_size:
+                group = group_order[pos]
+                pos += 1
+                puzzle = rng.integers(group_indices[group], group_indices[group + 1])
+                start = puzzle_indices[puzzle]
+                puzzle_size = int(puzzle_indices[puzzle + 1] - start)
+                take = min(puzzle_size, batch_size - size)
+                if puzzle_size > 1:
+                    chosen = start + rng.choice(puzzle_size, take, replace=False)
+                else:  # nothing to choose: no draw, which keeps 1-example datasets reference-identical
+                    chosen = np.full(take, start, dtype=np.int64)
+                rows.append(chosen)
+                puzzles.append(np.full(take, puzzle, dtype=np.int64))
+                size += take
+            if size < batch_size:
+                return  # drop the last incomplete batch, as the reference does
+            yield np.concatenate(rows), np.concatenate(puzzles)
+
+    def iter_train(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Yield the rest of the current pass (resuming mid-pass after `load_state_dict`)."""
+        pass_id, skip = self._pass, self._batch
+        batches = self._pass_batches(pass_id)
+        upcoming = next(batches, None)
+        for _ in range(skip):
+            upcoming = next(batches, None)
+        if upcoming is None:
+            if skip:
+                raise DataError(
+                    f"cannot resume at batch {skip} of pass {pass_id}: that pass has fewer batches; the "
+                    "checkpoint belongs to a different dataset, batch size or seed"
+                )
+            raise DataError(
+                f"the {self.split} split has too few examples for one global batch of "
+                f"{self.global_batch_size} rows per pass: lower global_batch_size or raise epochs_per_iter"
+            )
+        index = skip
+        while upcoming is not None:
+            current = upcoming
+            # Look one batch ahead so the state already points at the next pass when this is the last
+            # batch of the pass (a checkpoint taken then resumes at the start of the next pass).
+            upcoming = next(batches, None)
+            if upcoming is None:
+                self._pass, self._batch = pass_id + 1, 0
+            else:
+                self._batch = index + 1
+            index += 1
+            rows, puzzles = current
+            lo, hi = self.rank * self.local_batch_size, (self.rank + 1) * self.local_batch_size
+            yield self._collate(rows[lo:hi], puzzles[lo:hi])
+
+    def state_dict(self) -> dict[str, int]:
+        """Position of the next train batch: ``{"pass": p, "batch": b}``."""
+        return {"pass": self._pass, "batch": self._batch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from a `state_dict()`; the same batches as in the saved run come next."""
+        try:
+            pass_id, batch = int(state["pass"]), int(state["batch"])
+        except (KeyError, TypeError, ValueError):
+            raise DataError(
+                f"invalid data loader state {state!r}: expected {{'pass': int, 'batch': int}}"
+            ) from None
+        if pass_id < 1 or batch < 0:
+            raise DataError(f"invalid data loader state {state!r}: pass must be >= 1 and batch >= 0")
+        self._pass, self._batch = pass_id, batch
+
+    # -- test -----------------------------------------------------------------------------------
+
+    def iter_test(self) -> Iterator[EvalBatch]:
+        """Every example once, in order, in global windows; this rank's slice padded to local size."""
+        total = self.num_examples
+        for start in range(0, total, self.global_batch_size):
+            end = min(total, start + self.global_batch_size)
+            lo = start + self.rank * self.local_batch_size
+            hi = min(start + (self.rank + 1) * self.local_batch_size, end)
+            rows = np.arange(lo, max(lo, hi), dtype=np.int64)
+            # The puzzle of a row is the last puzzle starting at or before it (skips empty puzzles).
+            puzzles = np.searchsorted(self.puzzle_indices, rows, side="right") - 1
+            yield EvalBatch(self._collate(rows, puzzles), int(rows.shape[0]), end - start)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]] | Iterator[EvalBatch]:
+        return self.iter_test() if self.test_mode else self.iter_train()

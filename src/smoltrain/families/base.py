@@ -1,0 +1,115 @@
+"""The interface between the trainer and a model family.
+
+A family knows how to build its model, optimizers and data from a :class:`TrainConfig`, how to run
+one training step on a batch (with an optional carry that lives across steps, as TRM's ACT state
+does) and how to evaluate. The trainer owns everything else: device, precision, accumulation,
+gradient all-reduce, clipping, schedule, EMA, checkpoints, logging and signals.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from smoltrain.config import ArchConfig, TrainConfig
+    from smoltrain.train.distributed import DistEnv
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class OptimizerSpec:
+    """An optimizer and the base LR that the schedule multiplies."""
+
+    optimizer: torch.optim.Optimizer
+    base_lr: float
+
+
+@dataclass
+class StepOutput:
+    """What one training step on one micro-batch returns.
+
+    ``loss`` must be normalised so that summing it over micro-batches and ranks gives the loss of the
+    whole global batch (divide per-sample sums by ``cfg.global_batch_size``); the trainer then sums
+    gradients across ranks instead of averaging them. ``metrics`` hold sums over this micro-batch
+    (the trainer adds them over micro-batches and ranks, then calls :meth:`Family.reduce_metrics`).
+    """
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    carry: Any = None
+
+
+class TrainStream:
+    """An endless, resumable iterator of local (this rank's) training batches."""
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+    def __next__(self) -> Batch:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class Family(ABC):
+    """One model family. Subclasses set ``config_class`` and implement the abstract methods."""
+
+    config_class: ClassVar[type[ArchConfig]]
+    # Whether the trainer should run forward passes under torch.autocast for bf16/fp16. Families
+    # that cast by hand (TRM keeps fp32 master weights and casts activations itself) set False.
+    uses_autocast: ClassVar[bool] = True
+
+    def __init__(self, cfg: TrainConfig, dist: DistEnv, device: torch.device) -> None:
+        self.cfg = cfg
+        self.dist = dist
+        self.device = device
+        # Rows of the global batch that this rank sees, and the rows of one accumulation micro-batch.
+        self.local_batch_size = cfg.global_batch_size // dist.world_size
+        self.micro_batch_size = self.local_batch_size // cfg.grad_accum_steps
+
+    @abstractmethod
+    def build_model(self) -> nn.Module: ...
+
+    @abstractmethod
+    def build_optimizers(self, model: nn.Module) -> list[OptimizerSpec]: ...
+
+    @abstractmethod
+    def train_stream(self) -> TrainStream: ...
+
+    @abstractmethod
+    def steps_per_epoch(self) -> float:
+        """Optimizer steps in one epoch (the unit of ``epochs`` and ``eval_interval``)."""
+
+    @abstractmethod
+    def train_step(self, model: nn.Module, batch: Batch, carry: Any) -> StepOutput: ...
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Metrics on the held-out data; the model is in eval mode and holds the EMA weights if any."""
+        return {}
+
+    def reduce_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        """Turn metric sums over the global batch into logged values (default: divide by ``count``)."""
+        count = sums.get("count", 0.0)
+        return {k: (v / count if count else 0.0) for k, v in sums.items() if k != "count"}
+
+    # The carry (state that lives across steps, e.g. TRM's ACT slots) as flat tensors, for checkpoints.
+    def carry_state(self, carry: Any) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_carry(self, state: dict[str, torch.Tensor]) -> Any:
+        return None
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        """Facts for the run summary and `smoltrain info` (parameter count by default)."""
+        return {"parameters": sum(p.numel() for p in model.parameters())}

@@ -1,0 +1,147 @@
+"""Metrics: ``metrics.jsonl`` always; a progress bar on a terminal, plain lines otherwise; wandb and
+TensorBoard when asked. Only rank 0 logs."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from smoltrain.errors import ConfigError
+from smoltrain.fileio import atomic_write_text
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf; keep them readable instead of invalid
+    return value
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop rows past ``last_step`` (written by a run that died after its last checkpoint)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        if row.get("step", 0) <= last_step:
+            kept.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricsLogger:
+    def __init__(
+        self,
+        run_dir: Path,
+        enabled: bool,
+        total_steps: int,
+        start_step: int,
+        log_every: int,
+        wandb_cfg: Any = None,
+        tensorboard: bool = False,
+        config: dict[str, Any] | None = None,
+        run_name: str | None = None,
+    ) -> None:
+        self.enabled = enabled
+        self.log_every = log_every
+        self.total_steps = total_steps
+        self._file = None
+        self._bar = None
+        self._wandb = None
+        self._tb = None
+        if not enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step")
+        if wandb_cfg is not None and wandb_cfg.mode != "disabled":
+            try:
+                import wandb
+            except ImportError:
+                raise ConfigError("wandb.mode needs wandb: pip install 'smoltrain[wandb]'") from None
+            self._wandb = wandb.init(
+                project=wandb_cfg.project or "smoltrain",
+                entity=wandb_cfg.entity,
+                name=run_name,
+                mode=wandb_cfg.mode,
+                dir=str(run_dir),
+                config=config,
+            )
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("tensorboard=true needs tensorboard: pip install 'smoltrain[tensorboard]'") from None
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def log(self, row: dict[str, Any], prefix: str = "train") -> None:
+        """Write one row (must hold ``step``)."""
+        if not self.enabled:
+            return
+        row = {k: _clean(v) for k, v in row.items()}
+        assert self._file is not None
+        self._file.write(json.dumps(row) + "\n")
+        step = row["step"]
+        scalars = {
+            f"{prefix}/{k}": v for k, v in row.items() if k not in ("step", "split") and isinstance(v, (int, float))
+        }
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
+        if self._tb is not None:
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, step)
+        if prefix != "train" or step % self.log_every == 0 or step == self.total_steps:
+            self._show(row, prefix)
+
+    def event(self, message: str) -> None:
+        """A line a person should see (eval results, skipped steps, stop reasons)."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def advance(self, step: int) -> None:
+        if self._bar is not None:
+            self._bar.n = step
+            self._bar.refresh()
+
+    def _show(self, row: dict[str, Any], prefix: str) -> None:
+        shown = {k: v for k, v in row.items() if k not in ("step", "elapsed_s", "split")}
+        text = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+        if self._bar is not None and prefix == "train":
+            self._bar.set_postfix_str(text[:120], refresh=False)
+        else:
+            self.event(f"[{prefix} step {row['step']}] {text}")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._file is not None:
+            self._file.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+        if self._tb is not None:
+            self._tb.close()
+        self.enabled = False
+
+    @staticmethod
+    def now() -> float:
+        return time.perf_counter()

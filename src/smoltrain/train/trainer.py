@@ -1,0 +1,459 @@
+"""The training loop.
+
+One :class:`Trainer` composes the pieces: a model family (model, optimizers, data, step, eval), the
+schedule, EMA, gradient accumulation and all-reduce, checkpoints, logging and signal handling. It never
+imports a model file; the family is looked up by ``arch.name``.
+
+Step semantics follow the reference TRM trainer: one optimizer step per batch, the step counter starts
+at 1 for the schedule, every optimizer's LR is its own base LR times the schedule factor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from smoltrain.config import TrainConfig, config_to_yaml
+from smoltrain.errors import ConfigError, SmoltrainError
+from smoltrain.families import family_class
+from smoltrain.families.base import Batch
+from smoltrain.fileio import atomic_write_text
+from smoltrain.optim import EMA, warmup_cosine_factor
+from smoltrain.train import checkpoint as ckpt
+from smoltrain.train.device import DTYPES, pick_device, resolve_precision
+from smoltrain.train.distributed import (
+    all_reduce_grads,
+    all_reduce_sum,
+    barrier,
+    broadcast_module,
+    gather_objects,
+    init_distributed,
+)
+from smoltrain.train.logging import MetricsLogger, truncate_metrics
+
+
+class TrainingDiverged(SmoltrainError):
+    """Too many non-finite steps in a row."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    key, state, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    out: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"key": key, "state": torch.from_numpy(state.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["key"], n["state"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_cpu(tree: Any) -> Any:
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().cpu()
+    if isinstance(tree, dict):
+        return {k: _to_cpu(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_to_cpu(v) for v in tree)
+    return tree
+
+
+def _split_batch(batch: Batch, parts: int) -> list[Batch]:
+    if parts == 1:
+        return [batch]
+    chunks = {k: v.chunk(parts) for k, v in batch.items()}
+    return [{k: chunks[k][i] for k in batch} for i in range(parts)]
+
+
+class Trainer:
+    """Builds everything from a config, then :meth:`fit` trains, evaluates and checkpoints."""
+
+    def __init__(self, cfg: TrainConfig, callbacks: list[Callable[[Trainer], None]] | None = None) -> None:
+        self.cfg = cfg
+        self.callbacks = list(callbacks or [])
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        device_kind = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) \
+            else "cpu"
+        self.dist = init_distributed(device_kind)
+        self.device = pick_device(cfg.device, self.dist.local_rank)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        per_step = self.dist.world_size * cfg.grad_accum_steps
+        if cfg.global_batch_size % per_step:
+            raise ConfigError(
+                f"global_batch_size={cfg.global_batch_size} must be divisible by world_size x grad_accum_steps "
+                f"= {self.dist.world_size} x {cfg.grad_accum_steps}"
+            )
+
+        # The same seed on every rank for the initial weights (rank 0's are broadcast anyway); after
+        # that each rank gets seed + rank, as in the reference, for its own sampling randomness.
+        seed_everything(cfg.seed)
+        self.family = family_class(cfg.arch.name)(cfg, self.dist, self.device)
+        self.model = self.family.build_model().to(self.device)
+        if cfg.load_checkpoint:
+            self._load_weights(Path(cfg.load_checkpoint))
+        if self.dist.enabled:
+            broadcast_module(self.model)
+        seed_everything(cfg.seed + self.dist.rank)
+
+        self.step_model = torch.compile(self.model) if cfg.compile else self.model
+        self.optimizers = self.family.build_optimizers(self.model)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.ema = EMA(self.model, cfg.ema_rate) if cfg.ema else None
+        self.stream = self.family.train_stream()
+        self.steps_per_epoch = self.family.steps_per_epoch()
+        self.total_steps = cfg.max_steps or max(1, int(cfg.epochs * self.steps_per_epoch))
+        self.eval_every = cfg.eval_every or (
+            max(1, int(cfg.eval_interval * self.steps_per_epoch)) if cfg.eval_interval else None
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        self.step = 0
+        self.evals_done = 0
+        self.nonfinite_run = 0
+        self.carries: list[Any] = [None] * cfg.grad_accum_steps
+        self.stop_signal: str | None = None
+        self.last_eval: dict[str, float] = {}
+
+        self.run_dir = cfg.resolved_run_dir()
+        self.ckpt_root = self.run_dir / "checkpoints"
+        self.resumed_from = self._maybe_resume()
+        self.logger = MetricsLogger(
+            self.run_dir,
+            enabled=self.dist.is_main,
+            total_steps=self.total_steps,
+            start_step=self.step,
+            log_every=cfg.log_every,
+            wandb_cfg=cfg.wandb,
+            tensorboard=cfg.tensorboard,
+            config=cfg.model_dump(mode="json"),
+            run_name=cfg.run_name,
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # public
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``total_steps`` (or until a signal); returns the run summary."""
+        self._write_run_files()
+        if self.resumed_from:
+            self.logger.event(f"resumed from {self.resumed_from} at step {self.step}")
+        previous = self._install_signal_handlers()
+        window_start, window_steps = time.perf_counter(), 0
+        started = time.perf_counter()
+        stopped_by = None
+        try:
+            while self.step < self.total_steps:
+                batch = next(self.stream)
+                result = self.train_step(batch)
+                self.step += 1
+                window_steps += 1
+                if result is not None and (self.step % self.cfg.log_every == 0 or self.step == self.total_steps):
+                    elapsed = time.perf_counter() - window_start
+                    result["samples_per_s"] = self.cfg.global_batch_size * window_steps / max(elapsed, 1e-9)
+                    result["elapsed_s"] = time.perf_counter() - started
+                    self.logger.log({"step": self.step, **result})
+                    window_start, window_steps = time.perf_counter(), 0
+                self.logger.advance(self.step)
+                for callback in self.callbacks:
+                    callback(self)
+                if self._stop_requested():
+                    stopped_by = self.stop_signal or "signal"
+                    break
+                if self.cfg.max_minutes and time.perf_counter() - started > 60 * self.cfg.max_minutes:
+                    self.logger.event(f"time budget of {self.cfg.max_minutes:g} min reached at step {self.step}")
+                    break
+                evaluated = self._eval_due() and self._run_eval()
+                if self._checkpoint_due(evaluated):
+                    self.save_checkpoint()
+            if stopped_by:
+                self.save_checkpoint()
+                self.logger.event(f"stopped by {stopped_by} at step {self.step}; checkpoint saved, "
+                                  "continue with resume=auto")
+            else:
+                if self.eval_every is None or self.step % self.eval_every:
+                    self._run_eval()
+                self.save_checkpoint()
+        finally:
+            self._restore_signal_handlers(previous)
+        summary = self._summary(stopped_by, time.perf_counter() - started)
+        if self.dist.is_main:
+            self._write_summary(summary)
+        self.logger.close()
+        return summary
+
+    def train_step(self, batch: Batch) -> dict[str, float] | None:
+        """One optimizer step on this rank's share of the global batch.
+
+        Returns the logged values (loss, lr, grad_norm, family metrics) on a logging step, else None.
+        """
+        cfg = self.cfg
+        micro_batches = _split_batch(batch, cfg.grad_accum_steps)
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
+        metric_sums: dict[str, torch.Tensor] = {}
+        for i, micro in enumerate(micro_batches):
+            micro = {k: v.to(self.device, non_blocking=True) for k, v in micro.items()}
+            with self._autocast():
+                out = self.family.train_step(self.step_model, micro, self.carries[i])
+            self.carries[i] = out.carry
+            (self.scaler.scale(out.loss) if self.scaler else out.loss).backward()
+            loss_sum += out.loss.detach().float()
+            for k, v in out.metrics.items():
+                metric_sums[k] = metric_sums[k] + v.detach() if k in metric_sums else v.detach().clone()
+
+        if self.dist.enabled:
+            all_reduce_grads(self.trainable)
+            all_reduce_sum(loss_sum)
+        if self.scaler is not None:
+            for spec in self.optimizers:
+                self.scaler.unscale_(spec.optimizer)
+        grad_norm = self._grad_norm()
+        loss_value, norm_value = torch.stack([loss_sum, grad_norm.float()]).tolist()
+        finite = math.isfinite(loss_value) and (math.isfinite(norm_value) or self.scaler is not None)
+
+        factor = warmup_cosine_factor(self.step + 1, cfg.lr_warmup_steps, self.total_steps, cfg.lr_min_ratio)
+        if finite:
+            for spec in self.optimizers:
+                for group in spec.optimizer.param_groups:
+                    group["lr"] = spec.base_lr * factor
+                if self.scaler is not None:
+                    self.scaler.step(spec.optimizer)
+                else:
+                    spec.optimizer.step()
+            if self.scaler is not None:
+                self.scaler.update()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            self.nonfinite_run = 0
+        else:
+            self.nonfinite_run += 1
+            self.logger.log({"step": self.step + 1, "skipped": True, "loss": loss_value, "grad_norm": norm_value},
+                            prefix="nonfinite")
+            if self.nonfinite_run >= cfg.max_nonfinite_steps:
+                last = ckpt.list_checkpoints(self.ckpt_root)
+                where = f"the last checkpoint, {last[-1]}, is intact" if last else "no checkpoint was written"
+                raise TrainingDiverged(
+                    f"loss or gradients were non-finite for {self.nonfinite_run} steps in a row (up to step "
+                    f"{self.step + 1}); {where}. Try a lower lr, grad_clip=1.0 or precision=fp32."
+                )
+        for spec in self.optimizers:
+            spec.optimizer.zero_grad(set_to_none=True)
+
+        if (self.step + 1) % cfg.log_every and self.step + 1 != self.total_steps:
+            return None
+        values = {"loss": loss_value, "lr": cfg.lr * factor, "grad_norm": norm_value}
+        if metric_sums:
+            names = sorted(metric_sums)
+            stacked = all_reduce_sum(torch.stack([metric_sums[k].float() for k in names]))
+            values.update(self.family.reduce_metrics(dict(zip(names, stacked.tolist(), strict=True))))
+        return values
+
+    def evaluate(self) -> dict[str, float]:
+        """Evaluate with the EMA weights when EMA is on."""
+        self.model.eval()
+        if self.ema is not None:
+            self.ema.swap_into(self.model)
+        try:
+            with torch.inference_mode(), self._autocast():
+                return self.family.evaluate(self.model)
+        finally:
+            if self.ema is not None:
+                self.ema.swap_into(self.model)
+            self.model.train()
+
+    def save_checkpoint(self) -> None:
+        per_rank = _to_cpu({
+            "rng": rng_state(),
+            "data": self.stream.state_dict(),
+            "carries": [self.family.carry_state(c) if c is not None else {} for c in self.carries],
+        })
+        ranks = gather_objects(per_rank, self.dist)
+        if self.dist.is_main:
+            trainer_state = {
+                "step": self.step,
+                "evals_done": self.evals_done,
+                "nonfinite_run": self.nonfinite_run,
+                "world_size": self.dist.world_size,
+                "optimizers": [_to_cpu(spec.optimizer.state_dict()) for spec in self.optimizers],
+                "scaler": self.scaler.state_dict() if self.scaler else {},
+                "ranks": ranks,
+            }
+            ckpt.save_checkpoint(
+                self.ckpt_root,
+                self.step,
+                self.model.state_dict(),
+                self.ema.state_dict() if self.ema else None,
+                trainer_state,
+                keep=self.cfg.keep_checkpoints,
+            )
+        barrier(self.dist)
+
+    # ------------------------------------------------------------------------------------------
+    # internals
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32" or not self.family.uses_autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=DTYPES[self.precision])
+
+    def _grad_norm(self) -> torch.Tensor:
+        grads = [p.grad for p in self.trainable if p.grad is not None]
+        if not grads:
+            return torch.zeros((), device=self.device)
+        if self.cfg.grad_clip is not None:
+            return torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.grad_clip, foreach=True)
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+    def _eval_due(self) -> bool:
+        return self.eval_every is not None and self.step % self.eval_every == 0 and self.step < self.total_steps
+
+    def _run_eval(self) -> bool:
+        self.evals_done += 1
+        if self.evals_done <= self.cfg.min_eval_interval:
+            return False
+        metrics = self.evaluate()
+        if metrics:
+            self.last_eval = metrics
+            self.logger.log({"step": self.step, **metrics}, prefix="eval")
+        return True
+
+    def _checkpoint_due(self, evaluated: bool) -> bool:
+        every = self.cfg.checkpoint_every
+        return bool((every and self.step % every == 0) or (evaluated and self.cfg.checkpoint_every_eval))
+
+    def _load_weights(self, path: Path) -> None:
+        if not path.exists():
+            raise SmoltrainError(f"load_checkpoint={path} does not exist")
+        model_state, ema_state, _ = ckpt.load_checkpoint(path)
+        self.model.load_state_dict(ema_state and {**model_state, **ema_state} or model_state)
+
+    def _maybe_resume(self) -> Path | None:
+        choice = self.cfg.resume
+        if choice == "none":
+            return None
+        if choice == "auto":
+            found = ckpt.newest_loadable(self.ckpt_root)
+            if found is None:
+                return None
+            path, (model_state, ema_state, state) = found
+        else:
+            path = Path(choice)
+            if not path.is_dir():
+                raise SmoltrainError(f"resume={choice}: no such checkpoint directory; use resume=auto or a "
+                                     f"path like {self.ckpt_root}/step_00001000")
+            model_state, ema_state, state = ckpt.load_checkpoint(path)
+        if state.get("world_size", 1) != self.dist.world_size:
+            raise SmoltrainError(
+                f"{path} was written by {state.get('world_size')} processes; resume it with the same number "
+                f"(now {self.dist.world_size}) or start a new run_dir"
+            )
+        self.model.load_state_dict(model_state)
+        if self.ema is not None:
+            if ema_state is None:
+                raise SmoltrainError(f"{path} has no EMA weights but ema=True; resume with ema=False")
+            self.ema.load_state_dict({k: v.to(self.device) for k, v in ema_state.items()})
+        for spec, opt_state in zip(self.optimizers, state["optimizers"], strict=True):
+            spec.optimizer.load_state_dict(opt_state)
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = state["step"]
+        self.evals_done = state.get("evals_done", 0)
+        self.nonfinite_run = state.get("nonfinite_run", 0)
+        mine = state["ranks"][self.dist.rank]
+        self.stream.load_state_dict(mine["data"])
+        self.carries = [
+            self.family.load_carry({k: v.to(self.device) for k, v in c.items()}) if c else None
+            for c in mine["carries"]
+        ]
+        set_rng_state(mine["rng"])
+        if self.dist.is_main:
+            truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+        return path
+
+    def _stop_requested(self) -> bool:
+        if not self.dist.enabled:
+            return self.stop_signal is not None
+        flag = torch.tensor([1.0 if self.stop_signal else 0.0], device=self.device)
+        return bool(all_reduce_sum(flag).item() > 0)
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        previous: dict[int, Any] = {}
+
+        def handler(signum: int, _frame: Any) -> None:
+            self.stop_signal = signal.Signals(signum).name
+            # A second Ctrl-C while saving should still be able to kill the process.
+            signal.signal(signum, previous.get(signum, signal.SIG_DFL))
+
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    def _write_run_files(self) -> None:
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.yaml", config_to_yaml(self.cfg))
+
+    def _summary(self, stopped_by: str | None, seconds: float) -> dict[str, Any]:
+        return {
+            "arch": self.cfg.arch.name,
+            "run_dir": str(self.run_dir),
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "stopped_by": stopped_by,
+            "seconds_this_session": round(seconds, 2),
+            "device": str(self.device),
+            "precision": self.precision,
+            "world_size": self.dist.world_size,
+            **self.family.describe(self.model),
+            "eval": self.last_eval,
+        }
+
+    def _write_summary(self, summary: dict[str, Any]) -> None:
+        lines = [f"# Run `{self.run_dir.name}`", ""]
+        lines += [f"- **{k}**: {v}" for k, v in summary.items() if k != "eval"]
+        if summary["eval"]:
+            lines += ["", "## Last evaluation", ""]
+            lines += [f"- {k}: {v:.4f}" for k, v in summary["eval"].items()]
+        lines += [
+            "",
+            "## Next",
+            "",
+            f"- continue training: `smoltrain train {self.run_dir / 'config.yaml'} run_dir={self.run_dir} "
+            "max_steps=...`",
+            f"- evaluate: `smoltrain eval {self.run_dir}`",
+        ]
+        atomic_write_text(self.run_dir / "README.md", "\n".join(lines) + "\n")
