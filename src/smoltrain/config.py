@@ -185,8 +185,9 @@ def _parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"override '{item}' has an empty key")
     try:
         parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={value}"]))["v"]  # type: ignore[index]
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"cannot parse the value of '{key}': {value!r} ({err.msg})") from None
+    except (OmegaConfBaseException, yaml.YAMLError):
+        raise ConfigError(f"cannot parse the value of '{key}': {value!r} (quote it, or write lists as [a,b])") \
+            from None
     return key, parsed
 
 

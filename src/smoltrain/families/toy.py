@@ -27,6 +27,7 @@ class ToyConfig(ArchConfig):
     vocab_size: int = 10
     hidden_size: int = 64
     num_layers: int = 2
+    dropout: float = 0.0
     eval_examples: int = 512
     epoch_batches: int = 100  # batches per "epoch" (the data is endless; this sets the epoch unit)
 
@@ -45,6 +46,7 @@ class ToyModel(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.embed_positions = nn.Parameter(torch.randn(cfg.seq_len, cfg.hidden_size) * 0.02)
         self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(cfg.num_layers))
+        self.dropout = nn.Dropout(cfg.dropout)
         self.norm = nn.LayerNorm(width)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size)
 
@@ -52,7 +54,7 @@ class ToyModel(nn.Module):
         batch = inputs.shape[0]
         h = (self.embed_tokens(inputs) + self.embed_positions).flatten(1)
         for layer in self.layers:
-            h = h + F.gelu(layer(h))  # mixes every position with every other: enough to reverse or sort
+            h = h + self.dropout(F.gelu(layer(h)))  # mixes every position with every other: enough to reverse or sort
         h = self.norm(h).view(batch, self.cfg.seq_len, self.cfg.hidden_size)
         return self.lm_head(h)
 

@@ -94,7 +94,7 @@ class MetricsLogger:
         """Write one row (must hold ``step``)."""
         if not self.enabled:
             return
-        row = {k: _clean(v) for k, v in row.items()}
+        row = {"split": prefix, **{k: _clean(v) for k, v in row.items()}}
         assert self._file is not None
         self._file.write(json.dumps(row) + "\n")
         step = row["step"]

@@ -208,13 +208,12 @@ class Trainer:
         self.logger.close()
         return summary
 
-    def train_step(self, batch: Batch) -> dict[str, float] | None:
-        """One optimizer step on this rank's share of the global batch.
+    def compute_gradients(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward and backward over the micro-batches of ``batch``; gradients are left in ``.grad``.
 
-        Returns the logged values (loss, lr, grad_norm, family metrics) on a logging step, else None.
+        Returns this rank's loss (summed over micro-batches) and metric sums.
         """
-        cfg = self.cfg
-        micro_batches = _split_batch(batch, cfg.grad_accum_steps)
+        micro_batches = _split_batch(batch, self.cfg.grad_accum_steps)
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
         metric_sums: dict[str, torch.Tensor] = {}
         for i, micro in enumerate(micro_batches):
@@ -226,7 +225,15 @@ class Trainer:
             loss_sum += out.loss.detach().float()
             for k, v in out.metrics.items():
                 metric_sums[k] = metric_sums[k] + v.detach() if k in metric_sums else v.detach().clone()
+        return loss_sum, metric_sums
 
+    def train_step(self, batch: Batch) -> dict[str, float] | None:
+        """One optimizer step on this rank's share of the global batch.
+
+        Returns the logged values (loss, lr, grad_norm, family metrics) on a logging step, else None.
+        """
+        cfg = self.cfg
+        loss_sum, metric_sums = self.compute_gradients(batch)
         if self.dist.enabled:
             all_reduce_grads(self.trainable)
             all_reduce_sum(loss_sum)

@@ -1,0 +1,43 @@
+"""Shared test helpers: tiny configs and a way to run the CLI in a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def toy_overrides(run_dir: Path, **extra: object) -> list[str]:
+    base = {
+        "run_dir": str(run_dir),
+        "global_batch_size": 16,
+        "max_steps": 20,
+        "log_every": 1,
+        "lr": 3e-3,
+        "lr_warmup_steps": 3,
+        "device": "cpu",
+        "arch.hidden_size": 16,
+        "arch.eval_examples": 64,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def run_python(args: list[str], timeout: float = 300, env: dict[str, str] | None = None,
+               **kwargs) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
+                          env=full_env, cwd=REPO, **kwargs)
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"shared reference data not found at {SHARED} (only in the smoltrain workspace)")
+    return SHARED

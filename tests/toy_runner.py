@@ -1,0 +1,50 @@
+"""Runs a toy training in a subprocess for the crash tests (not a test module itself).
+
+    python tests/toy_runner.py [--kill-at-step N] [--kill-in-save K] key=value ...
+
+--kill-at-step N   SIGKILLs this process right after optimizer step N.
+--kill-in-save K   SIGKILLs this process in the middle of writing the K-th checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from smoltrain.config import load_config
+from smoltrain.train import checkpoint
+from smoltrain.train.trainer import Trainer
+
+
+def main(argv: list[str]) -> None:
+    kill_at = kill_in_save = 0
+    while argv and argv[0].startswith("--"):
+        flag, value, argv = argv[0], int(argv[1]), argv[2:]
+        if flag == "--kill-at-step":
+            kill_at = value
+        elif flag == "--kill-in-save":
+            kill_in_save = value
+
+    def kill_after_step(trainer: Trainer) -> None:
+        if trainer.step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    if kill_in_save:
+        real_write = checkpoint._to_safetensors
+        saves = {"n": 0}
+
+        def write_then_die(state, path):
+            real_write(state, path)
+            if path.name == checkpoint.MODEL_FILE:
+                saves["n"] += 1
+                if saves["n"] == kill_in_save:  # model file written, trainer state not yet: die here
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        checkpoint._to_safetensors = write_then_die
+
+    Trainer(load_config("toy", argv), callbacks=[kill_after_step]).fit()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
