@@ -143,13 +143,14 @@ class ACTLossHead(nn.Module):
             valid = new_carry.halted & (loss_counts > 0)
             metrics: dict[str, torch.Tensor] = {
                 "count": valid.sum(),
-                "accuracy": torch.where(valid, (is_correct.to(torch.float32) / loss_divisor).sum(-1), 0).sum(),
+                "accuracy": torch.where(valid, (is_correct.float() / loss_divisor).sum(-1), 0).sum(),
                 "exact_accuracy": (valid & seq_is_correct).sum(),
                 "q_halt_accuracy": (valid & ((q_halt >= 0) == seq_is_correct)).sum(),
                 "steps": torch.where(valid, new_carry.steps, 0).sum(),
             }
 
-        lm_loss = (self.loss_fn(logits, labels, ignore_index=IGNORE_LABEL_ID, valid_mask=mask) / loss_divisor).sum()
+        token_loss = self.loss_fn(logits, labels, ignore_index=IGNORE_LABEL_ID, valid_mask=mask)
+        lm_loss = (token_loss / loss_divisor).sum()
         q_halt_loss = F.binary_cross_entropy_with_logits(
             q_halt, seq_is_correct.to(q_halt.dtype), reduction="sum"
         )

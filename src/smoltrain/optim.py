@@ -165,7 +165,9 @@ class SparseSignSGD(torch.optim.Optimizer):
                 elif p.ndim == 2:
                     weights = p
             if local_ids is None or weights is None:
-                raise ValueError("SparseSignSGD needs a param group with local_weights, local_ids and weights")
+                raise ValueError(
+                    "SparseSignSGD needs a param group with local_weights, local_ids and weights"
+                )
             if local_grad is None:
                 continue  # no backward through the embedding since the last zero_grad
             _sparse_sign_sgd_update(local_grad, local_ids, weights, group["lr"], group["weight_decay"])
@@ -181,8 +183,10 @@ def _sparse_sign_sgd_update(
         world_size = dist.get_world_size()
         all_grad = grad.new_empty((world_size * grad.shape[0], *grad.shape[1:]))
         all_ids = ids.new_empty(world_size * ids.shape[0])
-        dist.all_gather_into_tensor(all_grad, grad.contiguous())
-        dist.all_gather_into_tensor(all_ids, ids.contiguous())
+        # ``all_gather_single`` is the newer name of ``all_gather_into_tensor`` (deprecated in torch 2.13).
+        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+        gather(all_grad, grad.contiguous())
+        gather(all_ids, ids.contiguous())
         grad, ids = all_grad, all_ids
 
     unique_ids, inverse = ids.to(torch.long).unique(return_inverse=True)

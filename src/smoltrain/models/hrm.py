@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+from pydantic import model_validator
 
 from smoltrain.models.layers import CosSin, trunc_normal_init_
 from smoltrain.models.trm import (
@@ -48,13 +49,17 @@ class HRMConfig(TRMConfig):
     puzzle_emb_len: int = 0
     no_ACT_continue: bool = False
 
+    @model_validator(mode="after")
+    def _check_h_layers(self) -> HRMConfig:
+        if self.H_layers < 1:
+            raise ValueError(f"HRM needs H_layers >= 1, got {self.H_layers}")
+        return self
+
 
 class HRMInner(TRMInner):
     """Two separate networks: ``L_level`` (fast) and ``H_level`` (slow), each its own stack of blocks."""
 
     def _build_levels(self) -> None:
-        if self.config.H_layers < 1:
-            raise ValueError(f"HRM needs H_layers >= 1, got {self.config.H_layers}")
         self.H_level = TRMReasoningModule([TRMBlock(self.config) for _ in range(self.config.H_layers)])
         self.L_level = TRMReasoningModule([TRMBlock(self.config) for _ in range(self.config.L_layers)])
 

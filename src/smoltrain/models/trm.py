@@ -114,7 +114,9 @@ class TRMConfig(BaseModel):
             raise ValueError(f"halt_exploration_prob must be in [0, 1], got {self.halt_exploration_prob}")
         if not self.mlp_t:
             if self.hidden_size % self.num_heads:
-                raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+                raise ValueError(
+                    f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+                )
             if self.pos_encodings == "rope" and (self.hidden_size // self.num_heads) % 2:
                 raise ValueError("RoPE needs an even head dimension (hidden_size / num_heads)")
         if self.puzzle_emb_ndim > self.effective_puzzle_emb_len * self.hidden_size:
@@ -482,9 +484,8 @@ class TRM(nn.Module):
                 else:
                     halted = halted | (q_halt > q_continue)
                 # Exploration: with probability p a slot must run at least U{2..N} steps.
-                min_halt_steps = (torch.rand_like(q_halt) < config.halt_exploration_prob) * torch.randint_like(
-                    steps, low=2, high=config.halt_max_steps + 1
-                )
+                explore = torch.rand_like(q_halt) < config.halt_exploration_prob
+                min_halt_steps = explore * torch.randint_like(steps, low=2, high=config.halt_max_steps + 1)
                 halted = halted & (steps >= min_halt_steps)
                 if not config.no_ACT_continue:
                     # Q-learning target for "continue" from the next step's Q values (no replay buffer
