@@ -14,6 +14,9 @@ from smoltrain.families.base import Family
 # arch.name -> "module:Class"
 FAMILIES: dict[str, str] = {
     "toy": "smoltrain.families.toy:ToyFamily",
+    "trm": "smoltrain.families.trm:TRMFamily",
+    "hrm": "smoltrain.families.trm:HRMFamily",
+    "trm_singlez": "smoltrain.families.trm:TRMSingleZFamily",
 }
 
 

@@ -1,0 +1,229 @@
+"""The TRM family (``arch=trm``, ``arch=hrm``, ``arch=trm_singlez``) on puzzle datasets.
+
+Glue only: the model is in ``models/trm.py`` / ``models/hrm.py``, the loss head in ``losses.py``, the
+sampler in ``data/puzzles.py``, the optimizers in ``optim.py``. This file says how they meet the trainer:
+
+* the dataset's ``dataset.json`` supplies ``seq_len``, ``vocab_size`` and ``num_puzzle_identifiers``,
+  and ``batch_size`` is this rank's micro-batch, as the reference injects them into the arch config;
+* ``forward_dtype`` follows the run's precision unless set (fp32 on CPU, bf16 on CUDA);
+* one training step is one ACT step on the carried slots (the carry lives in the trainer);
+* the loss is divided by the global batch size, so gradients summed across ranks are the reference's;
+* evaluation runs every test batch for ``halt_max_steps`` ACT steps and reports the reference metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, ValidationError, create_model
+from torch import nn
+
+from smoltrain.config import ArchConfig, StrictModel
+from smoltrain.data.puzzles import PuzzleDataset, load_metadata
+from smoltrain.errors import ConfigError
+from smoltrain.families.base import Batch, Family, OptimizerSpec, StepOutput, TrainStream
+from smoltrain.losses import ACTLossHead
+from smoltrain.models.hrm import HRM, HRMConfig, TRMSingleZ, TRMSingleZConfig
+from smoltrain.models.trm import TRM, TRMCarry, TRMConfig, carry_from_state, carry_to_state
+from smoltrain.optim import AdamATan2, SparseSignSGD
+from smoltrain.train.device import resolve_precision
+
+# Arch fields the dataset and the trainer fill in (the reference injects them too).
+INJECTED = ("batch_size", "seq_len", "vocab_size", "num_puzzle_identifiers")
+PRECISION_TO_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+class LossConfig(StrictModel):
+    name: str = "losses@ACTLossHead"  # the reference's class path; kept so its configs validate
+    loss_type: Literal["stablemax_cross_entropy", "softmax_cross_entropy"] = "stablemax_cross_entropy"
+
+
+def _arch_config(name: str, model_config: type[TRMConfig]) -> type[ArchConfig]:
+    """The user-facing arch schema: the model's config less the injected fields, plus name and loss."""
+    fields: dict[str, Any] = {
+        key: (info.annotation, info) for key, info in model_config.model_fields.items() if key not in INJECTED
+    }
+    fields["forward_dtype"] = (str | None, Field(None, description="None: follow `precision`"))
+    return create_model(  # type: ignore[call-overload, no-any-return]
+        f"{model_config.__name__.removesuffix('Config')}ArchConfig",
+        __base__=ArchConfig,
+        name=(Literal[name], name),  # type: ignore[valid-type]
+        loss=(LossConfig, Field(default_factory=LossConfig)),
+        **fields,
+    )
+
+
+class PuzzleStream(TrainStream):
+    """Endless train batches: one reference "pass" after another, resumable mid-pass."""
+
+    def __init__(self, dataset: PuzzleDataset) -> None:
+        self.dataset = dataset
+        self._iterator: Any = None
+
+    def __next__(self) -> Batch:
+        while True:
+            if self._iterator is None:
+                self._iterator = self.dataset.iter_train()
+            try:
+                return next(self._iterator)
+            except StopIteration:
+                self._iterator = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.dataset.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.dataset.load_state_dict(state)
+        self._iterator = None
+
+
+class TRMFamily(Family):
+    config_class = _arch_config("trm", TRMConfig)
+    model_class: type[TRM] = TRM
+    model_config_class: type[TRMConfig] = TRMConfig
+    uses_autocast = False  # TRM keeps fp32 master weights and casts activations itself
+
+    def __init__(self, cfg, dist, device) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(cfg, dist, device)
+        if not cfg.data_paths:
+            raise ConfigError("arch=trm needs data: set data_paths=[DIR] (build one with `smoltrain data sudoku`)")
+        self.metadata = load_metadata(cfg.data_paths[0], "train")
+        if cfg.grad_accum_steps > 1 and self.arch.puzzle_emb_ndim > 0:
+            raise ConfigError("grad_accum_steps > 1 is not supported with puzzle embeddings (arch.puzzle_emb_ndim "
+                              "> 0): the sparse embedding holds one micro-batch; use grad_accum_steps=1")
+
+    @property
+    def arch(self) -> Any:
+        return self.cfg.arch
+
+    def model_config(self) -> TRMConfig:
+        arch = self.arch.model_dump(exclude={"name", "loss"})
+        if arch["forward_dtype"] is None:
+            arch["forward_dtype"] = PRECISION_TO_DTYPE[resolve_precision(self.cfg.precision, self.device)]
+        arch.update(
+            batch_size=self.micro_batch_size,
+            seq_len=self.metadata.seq_len,
+            vocab_size=self.metadata.vocab_size,
+            num_puzzle_identifiers=self.metadata.num_puzzle_identifiers,
+        )
+        try:
+            return self.model_config_class.model_validate(arch)
+        except ValidationError as err:
+            first = err.errors()[0]
+            raise ConfigError(f"arch: {first['msg']}") from None
+
+    def build_model(self) -> nn.Module:
+        return ACTLossHead(self.model_class(self.model_config()), loss_type=self.arch.loss.loss_type)
+
+    def build_optimizers(self, model: nn.Module) -> list[OptimizerSpec]:
+        cfg = self.cfg
+        specs = []
+        if not cfg.freeze_weights:
+            specs.append(OptimizerSpec(
+                AdamATan2(model.parameters(), lr=0.0, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay),
+                cfg.lr,
+            ))
+        puzzle_emb = model.model.puzzle_emb  # type: ignore[union-attr]
+        if puzzle_emb is not None:
+            specs.append(OptimizerSpec(
+                SparseSignSGD(list(puzzle_emb.buffers()), lr=0.0, weight_decay=cfg.puzzle_emb_weight_decay),
+                cfg.puzzle_emb_lr,
+            ))
+        if not specs:
+            raise ConfigError("freeze_weights=True trains only the puzzle embeddings, but arch.puzzle_emb_ndim=0")
+        if cfg.freeze_weights:
+            model.requires_grad_(False)
+        return specs
+
+    def _dataset(self, split: str, test_mode: bool) -> PuzzleDataset:
+        paths = self.cfg.data_paths_test if (test_mode and self.cfg.data_paths_test) else self.cfg.data_paths
+        return PuzzleDataset(
+            paths, split, self.cfg.global_batch_size, rank=self.dist.rank, world_size=self.dist.world_size,
+            seed=self.cfg.seed, test_mode=test_mode, epochs_per_iter=self.cfg.eval_interval or 1,
+        )
+
+    def train_stream(self) -> TrainStream:
+        return PuzzleStream(self._dataset("train", test_mode=False))
+
+    def steps_per_epoch(self) -> float:
+        return self.metadata.total_groups * self.metadata.mean_puzzle_examples / self.cfg.global_batch_size
+
+    def train_step(self, model: nn.Module, batch: Batch, carry: Any) -> StepOutput:
+        if carry is None:
+            carry = model.initial_carry(batch)  # type: ignore[operator]
+        carry, loss, metrics, _, _ = model(carry, batch)
+        return StepOutput(loss=loss / self.cfg.global_batch_size, metrics=metrics, carry=carry)
+
+    def reduce_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        # As the reference: losses per sample of the global batch, the rest per halted sequence.
+        count = sums.get("count", 0.0)
+        out = {}
+        for key, value in sums.items():
+            if key == "count":
+                continue
+            if key.endswith("loss"):
+                out[key] = value / self.cfg.global_batch_size
+            else:
+                out[key] = value / count if count else 0.0
+        out["halted"] = count / self.cfg.global_batch_size
+        return out
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Reference evaluation: a fresh carry per test batch, ``halt_max_steps`` ACT steps, metrics summed
+        over the test set (all ranks) and divided by the number of scored sequences."""
+        from smoltrain.train.distributed import all_reduce_sum
+
+        dataset = self._dataset("test", test_mode=True)
+        limit = self.cfg.eval_max_examples
+        seen = 0
+        sums: dict[str, torch.Tensor] = {}
+        steps = model.model.config.halt_max_steps  # type: ignore[union-attr]
+        for item in dataset.iter_test():
+            if limit is not None and seen >= limit:
+                break
+            batch = {k: v.to(self.device) for k, v in item.batch.items()}
+            if limit is not None and seen + item.global_num_real > limit:
+                # Score only the first `limit` examples: drop the labels of the rows past it.
+                keep = limit - seen - self.dist.rank * self.local_batch_size
+                batch["labels"][max(0, keep):] = -100
+            seen += item.global_num_real
+            carry = model.initial_carry(batch)  # type: ignore[operator]
+            for _ in range(steps):
+                carry, _, metrics, _, _ = model(carry, batch)
+            for key, value in metrics.items():
+                sums[key] = sums[key] + value.float() if key in sums else value.float().clone()
+        if not sums:
+            return {}
+        names = sorted(sums)
+        totals = dict(zip(names, all_reduce_sum(torch.stack([sums[k] for k in names])).tolist(), strict=True))
+        count = totals.pop("count")
+        return {"count": count, **{k: (v / count if count else 0.0) for k, v in totals.items()}}
+
+    def carry_state(self, carry: TRMCarry) -> dict[str, torch.Tensor]:
+        return carry_to_state(carry)
+
+    def load_carry(self, state: dict[str, torch.Tensor]) -> TRMCarry:
+        return carry_from_state(state)
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        config = model.model.config  # type: ignore[union-attr]
+        return {
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "puzzle_embedding_rows": self.metadata.num_puzzle_identifiers if config.puzzle_emb_ndim else 0,
+            "seq_len": config.seq_len,
+            "vocab_size": config.vocab_size,
+            "forward_dtype": config.forward_dtype,
+        }
+
+
+class HRMFamily(TRMFamily):
+    config_class = _arch_config("hrm", HRMConfig)
+    model_class = HRM
+    model_config_class = HRMConfig
+
+
+class TRMSingleZFamily(TRMFamily):
+    config_class = _arch_config("trm_singlez", TRMSingleZConfig)
+    model_class = TRMSingleZ
+    model_config_class = TRMSingleZConfig
