@@ -30,10 +30,11 @@ def toy_overrides(run_dir: Path, **extra: object) -> list[str]:
 
 
 def run_python(args: list[str], timeout: float = 300, env: dict[str, str] | None = None,
-               **kwargs) -> subprocess.CompletedProcess:
+               cwd_override: Path | None = None) -> subprocess.CompletedProcess:
+    """`python ARGS` in a subprocess (one OpenMP thread: tests run side by side on 2 cores)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
-                          env=full_env, cwd=REPO, **kwargs)
+                          env=full_env, cwd=cwd_override or REPO)
 
 
 @pytest.fixture

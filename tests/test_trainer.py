@@ -20,7 +20,7 @@ from smoltrain.train.trainer import Trainer, TrainingDiverged
 
 from .conftest import REPO, run_python, toy_overrides
 
-RUNNER = str(REPO / "tests" / "toy_runner.py")
+RUNNER = str(REPO / "tests" / "train_runner.py")
 
 
 def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:

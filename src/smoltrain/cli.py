@@ -65,6 +65,20 @@ def cmd_info(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_sudoku(ns: argparse.Namespace) -> int:
+    from smoltrain.data.sudoku import build_sudoku_dataset
+
+    info = build_sudoku_dataset(
+        ns.output_dir, ns.source, size=ns.size, num_train=ns.num_train, num_test=ns.num_test,
+        subsample_size=ns.subsample_size, num_aug=ns.num_aug, min_difficulty=ns.min_difficulty, seed=ns.seed,
+        target_clues=ns.target_clues, source_repo=ns.source_repo, progress=True,
+    )
+    counts = info["counts"]
+    print(f"wrote {ns.output_dir}: {counts['train_puzzles']:,} train puzzles ({counts['train_rows']:,} rows with "
+          f"augmentations), {counts['test_puzzles']:,} test puzzles in {info['build_seconds']:.1f} s")
+    return 0
+
+
 def cmd_demo(ns: argparse.Namespace) -> int:
     from smoltrain.demo import run_demo
 
@@ -92,6 +106,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = verb("info", cmd_info, "Show a recipe's parameter count, steps and resolved config.")
     sub.add_argument("args", nargs="*", metavar="[RECIPE] key=value")
     sub.add_argument("--show-config", action="store_true", help="print the resolved config as YAML")
+
+    data = verbs.add_parser("data", help="Build datasets.", description="Build datasets.")
+    kinds = data.add_subparsers(dest="kind", required=True)
+    sub = kinds.add_parser("sudoku", help="Sudoku in the reference on-disk format (9x9, 6x6 or 4x4).")
+    sub.set_defaults(handler=cmd_data_sudoku)
+    sub.add_argument("--output-dir", required=True)
+    sub.add_argument("--source", default="generate",
+                     help="generate (offline, default) | hf (sapientinc/sudoku-extreme) | csv:PATH")
+    sub.add_argument("--size", type=int, default=9, choices=(4, 6, 9))
+    sub.add_argument("--num-train", type=int, default=None, help="puzzles to generate for train (default 1000)")
+    sub.add_argument("--num-test", type=int, default=None, help="test puzzles (generate: default 1000)")
+    sub.add_argument("--subsample-size", type=int, default=None, help="keep this many train puzzles (seeded)")
+    sub.add_argument("--num-aug", type=int, default=0, help="augmentations per train puzzle")
+    sub.add_argument("--min-difficulty", type=int, default=None, help="minimum rating (backtracks)")
+    sub.add_argument("--target-clues", type=int, default=None, help="generate: stop removing clues here")
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--source-repo", default="sapientinc/sudoku-extreme")
 
     sub = verb("demo", cmd_demo, "Build data, train on the CPU for a few minutes and show the results.")
     sub.add_argument("--run-dir", default="runs/demo")

@@ -1,7 +1,8 @@
-"""Runs a toy training in a subprocess for the crash tests (not a test module itself).
+"""Runs a training in a subprocess for the crash tests (not a test module itself).
 
-    python tests/toy_runner.py [--kill-at-step N] [--kill-in-save K] key=value ...
+    python tests/train_runner.py [--recipe NAME] [--kill-at-step N] [--kill-in-save K] key=value ...
 
+--recipe NAME      the recipe (default: toy).
 --kill-at-step N   SIGKILLs this process right after optimizer step N.
 --kill-in-save K   SIGKILLs this process in the middle of writing the K-th checkpoint.
 """
@@ -19,12 +20,15 @@ from smoltrain.train.trainer import Trainer
 
 def main(argv: list[str]) -> None:
     kill_at = kill_in_save = 0
+    recipe = "toy"
     while argv and argv[0].startswith("--"):
-        flag, value, argv = argv[0], int(argv[1]), argv[2:]
-        if flag == "--kill-at-step":
-            kill_at = value
+        flag, value, argv = argv[0], argv[1], argv[2:]
+        if flag == "--recipe":
+            recipe = value
+        elif flag == "--kill-at-step":
+            kill_at = int(value)
         elif flag == "--kill-in-save":
-            kill_in_save = value
+            kill_in_save = int(value)
 
     def kill_after_step(trainer: Trainer) -> None:
         if trainer.step == kill_at:
@@ -43,7 +47,7 @@ def main(argv: list[str]) -> None:
 
         checkpoint._to_safetensors = write_then_die
 
-    Trainer(load_config("toy", argv), callbacks=[kill_after_step]).fit()
+    Trainer(load_config(recipe, argv), callbacks=[kill_after_step]).fit()
 
 
 if __name__ == "__main__":

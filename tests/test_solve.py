@@ -1,0 +1,122 @@
+"""`smoltrain solve`'s library: parsing, checking and printing boards, and one puzzle through a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import smoltrain
+from smoltrain.errors import DataError, SmoltrainError
+from smoltrain.interop.trm_import import import_reference_checkpoint
+from smoltrain.models.trm import act_inference
+from smoltrain.solve import (
+    SolveResult,
+    format_grid,
+    is_valid_solution,
+    parse_sudoku,
+    solution_problems,
+    solve_with_run,
+)
+
+from .test_trm_import import MLP_T, write_reference
+
+SOLVED_9 = "534678912672195348198342567859761423426853791713924856961537284287419635345286179"
+PUZZLE_9 = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
+
+
+def pattern(n: int, box_rows: int, box_cols: int) -> np.ndarray:
+    """A solved n x n grid for boxes of box_rows x box_cols (shifted rows)."""
+    r, c = np.indices((n, n))
+    return ((box_cols * (r % box_rows) + r // box_rows + c) % n + 1).reshape(-1)
+
+
+def test_parse_variants_agree() -> None:
+    flat = parse_sudoku(PUZZLE_9)
+    assert flat.shape == (81,) and flat[:4].tolist() == [5, 3, 0, 0]
+    assert np.array_equal(parse_sudoku(PUZZLE_9.replace(".", "0")), flat)
+    drawn = "\n".join(" ".join(PUZZLE_9[i:i + 9]) for i in range(0, 81, 9))
+    assert np.array_equal(parse_sudoku(drawn), flat)
+    assert np.array_equal(parse_sudoku(format_grid(flat, 9)), flat)  # a printed grid pastes back
+    assert parse_sudoku("1234 3412 2143 4321").shape == (16,)
+    assert parse_sudoku("." * 36).shape == (36,)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (PUZZLE_9[:-1], r"the puzzle has 80 cells; a Sudoku needs 81 \(9x9\), 36 \(6x6\) or 16 \(4x4\)"),
+    ("12x4" + "." * 12, r"the puzzle has 'x' at character 3; write digits, '\.' or '0' for blanks"),
+    ("5" + "." * 15, r"row 1, column 1 holds 5, but a 4x4 Sudoku uses the digits 1\.\.4"),
+])
+def test_parse_errors(text: str, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        parse_sudoku(text)
+
+
+def test_validity() -> None:
+    solved = parse_sudoku(SOLVED_9)
+    puzzle = parse_sudoku(PUZZLE_9)
+    assert is_valid_solution(puzzle, solved, 9)
+    swapped = solved.copy()
+    swapped[[0, 1]] = swapped[[1, 0]]  # same row: columns and maybe boxes now repeat
+    assert not is_valid_solution(puzzle, swapped, 9)
+    assert any("changed" in p for p in solution_problems(puzzle, swapped, 9))
+    assert any(p.startswith("column 1 repeats") for p in solution_problems(puzzle, swapped, 9))
+    blank = solved.copy()
+    blank[40] = 0
+    assert solution_problems(puzzle, blank, 9)[0] == "1 cell without a digit"
+    # 6x6 boxes are 2 rows x 3 columns: a grid valid for 3x2 boxes is not a solution.
+    assert is_valid_solution(np.zeros(36, dtype=int), pattern(6, 2, 3), 6)
+    assert not is_valid_solution(np.zeros(36, dtype=int), pattern(6, 3, 2), 6)
+    assert is_valid_solution(np.zeros(16, dtype=int), pattern(4, 2, 2), 4)
+
+
+def test_format_grid() -> None:
+    grid = np.array([1, 2, 3, 4, 3, 4, 1, 2, 2, 1, 4, 3, 4, 3, 0, 7])
+    assert format_grid(grid, 4) == "1 2 | 3 4\n3 4 | 1 2\n----+----\n2 1 | 4 3\n4 3 | . ?"
+    marked = format_grid(grid, 4, changed_mask=np.arange(16) == 1)
+    assert marked.splitlines()[0] == " 1 [2]| 3  4"
+    assert marked.splitlines()[2] == "------+------"
+    six = format_grid(pattern(6, 2, 3), 6).splitlines()
+    assert len(six) == 8 and six[2] == six[5] == "------+------" and six[0] == "1 2 3 | 4 5 6"
+    assert format_grid(grid, 4).isascii() and marked.isascii()
+
+
+@pytest.fixture(scope="module")
+def sudoku_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An imported 4x4-Sudoku-shaped run (seq_len 16, vocab 6) with random weights."""
+    root = tmp_path_factory.mktemp("solve")
+    _, path = write_reference(root / "ref", MLP_T, seq_len=16, vocab_size=6)
+    return import_reference_checkpoint(path, root / "run")
+
+
+def test_solve_with_run(sudoku_run: Path) -> None:
+    puzzle = "1.3. ..1. 2... ...1"
+    result = solve_with_run(sudoku_run, puzzle, device="cpu")
+    assert isinstance(result, SolveResult) and result.n == 4
+    assert np.array_equal(result.givens, parse_sudoku(puzzle))
+    assert len(result.steps) == 2  # halt_max_steps
+    assert all(step.shape == (16,) for step in result.steps) and result.answer is result.steps[-1]
+    assert result.answer.min() >= 0 and result.answer.max() <= 4
+    assert result.valid == is_valid_solution(result.givens, result.answer, 4) == (not result.problems)
+    assert np.array_equal(result.filled, result.answer != result.givens)
+
+    # Same answer from an already loaded run, and it is the model's argmax over digit tokens.
+    run = smoltrain.load(sudoku_run, device="cpu")
+    again = solve_with_run(run, puzzle)
+    assert np.array_equal(again.answer, result.answer)
+    batch = {"inputs": torch.from_numpy(result.givens + 1).int()[None], "puzzle_identifiers": torch.zeros(1).int()}
+    tokens = act_inference(run.model, batch)[-1][0].argmax(-1).numpy()
+    assert np.array_equal(np.where((tokens >= 2) & (tokens <= 5), tokens - 1, 0), result.answer)
+
+
+def test_solve_errors(sudoku_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(SmoltrainError, match=r"this run was trained on 4x4 puzzles \(16 cells\); got 81 cells"):
+        solve_with_run(sudoku_run, PUZZLE_9, device="cpu")
+    with pytest.raises(DataError, match=r"the puzzle breaks the rules \(row 1 repeats 1.*\); check the givens"):
+        solve_with_run(sudoku_run, "11.. .... .... ....", device="cpu")
+    _, path = write_reference(tmp_path / "ref", MLP_T, seq_len=16, vocab_size=5)  # not a Sudoku vocabulary
+    other = import_reference_checkpoint(path, tmp_path / "run")
+    with pytest.raises(SmoltrainError, match=r"vocabulary has 5 tokens but 4x4 Sudoku uses 6"):
+        solve_with_run(other, "." * 16, device="cpu")
