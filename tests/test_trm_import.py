@@ -212,7 +212,6 @@ def test_reference_arch_names() -> None:
         reference_arch_name("recursive_reasoning.transformers_baseline@Model_ACTV2")
 
 
-@pytest.mark.xfail(strict=False, reason="needs Trainer._maybe_resume to accept imported (weights-only) checkpoints")
 def test_training_continues_from_an_imported_run(tmp_path: Path) -> None:
     from smoltrain.config import load_config
     from smoltrain.train.trainer import Trainer

@@ -79,6 +79,29 @@ def cmd_data_sudoku(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_solve(ns: argparse.Namespace) -> int:
+    from smoltrain.solve import format_grid, solve_with_run
+
+    result = solve_with_run(ns.run_dir, ns.puzzle, device=ns.device)
+    print("puzzle:")
+    print(format_grid(result.givens, result.n))
+    print(f"\nanswer after {len(result.steps)} ACT steps ([d] = filled in by the model):")
+    print(format_grid(result.answer, result.n, changed_mask=result.filled))
+    print("valid solution" if result.valid else "not a valid solution: " + "; ".join(result.problems))
+    return 0
+
+
+def cmd_import_trm(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from smoltrain.interop.trm_import import import_reference_checkpoint
+
+    out = import_reference_checkpoint(Path(ns.checkpoint), Path(ns.output), ns.data_paths or None,
+                                      seq_len=ns.seq_len, log=print)
+    print(f"run directory: {out}")
+    return 0
+
+
 def cmd_demo(ns: argparse.Namespace) -> int:
     from smoltrain.demo import run_demo
 
@@ -106,6 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = verb("info", cmd_info, "Show a recipe's parameter count, steps and resolved config.")
     sub.add_argument("args", nargs="*", metavar="[RECIPE] key=value")
     sub.add_argument("--show-config", action="store_true", help="print the resolved config as YAML")
+
+    sub = verb("solve", cmd_solve, "Solve one Sudoku with a trained run and check the answer.")
+    sub.add_argument("run_dir")
+    sub.add_argument("--puzzle", required=True, help="81, 36 or 16 cells, row by row; . or 0 for blanks")
+    sub.add_argument("--device", default="auto")
+
+    imports = verbs.add_parser("import", help="Convert checkpoints of other code bases into run directories.",
+                               description="Convert checkpoints of other code bases into run directories.")
+    kinds = imports.add_subparsers(dest="kind", required=True)
+    sub = kinds.add_parser("trm", help="A checkpoint written by the reference TRM code (step_N + all_config.yaml).")
+    sub.set_defaults(handler=cmd_import_trm)
+    sub.add_argument("--checkpoint", required=True, help="PATH/step_N (or the folder holding it: newest step)")
+    sub.add_argument("--output", required=True, help="the run directory to create")
+    sub.add_argument("--data-paths", nargs="*", default=None, help="dataset(s) of the run, for eval and shapes")
+    sub.add_argument("--seq-len", type=int, default=None, help="puzzle length when no dataset is given (81 = 9x9)")
 
     data = verbs.add_parser("data", help="Build datasets.", description="Build datasets.")
     kinds = data.add_subparsers(dest="kind", required=True)

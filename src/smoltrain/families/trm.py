@@ -31,6 +31,9 @@ from smoltrain.train.device import resolve_precision
 
 # Arch fields the dataset and the trainer fill in (the reference injects them too).
 INJECTED = ("batch_size", "seq_len", "vocab_size", "num_puzzle_identifiers")
+# A run may also declare these in its arch config, so its model builds without the dataset (loading,
+# `smoltrain solve`); when data is given as well, the two must agree.
+DATA_SHAPE = ("seq_len", "vocab_size", "num_puzzle_identifiers")
 PRECISION_TO_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -45,6 +48,8 @@ def _arch_config(name: str, model_config: type[TRMConfig]) -> type[ArchConfig]:
         key: (info.annotation, info) for key, info in model_config.model_fields.items() if key not in INJECTED
     }
     fields["forward_dtype"] = (str | None, Field(None, description="None: follow `precision`"))
+    for key in DATA_SHAPE:
+        fields[key] = (int | None, Field(None, ge=1, description="None: from the dataset's dataset.json"))
     return create_model(  # type: ignore[call-overload, no-any-return]
         f"{model_config.__name__.removesuffix('Config')}ArchConfig",
         __base__=ArchConfig,
@@ -86,9 +91,11 @@ class TRMFamily(Family):
 
     def __init__(self, cfg, dist, device) -> None:  # type: ignore[no-untyped-def]
         super().__init__(cfg, dist, device)
-        if not cfg.data_paths:
-            raise ConfigError("arch=trm needs data: set data_paths=[DIR] (build one with `smoltrain data sudoku`)")
-        self.metadata = load_metadata(cfg.data_paths[0], "train")
+        self.metadata = load_metadata(cfg.data_paths[0], "train") if cfg.data_paths else None
+        self.data_shape = self._data_shape()
+        # Record the shape in the run's config, so the saved run builds its model without the dataset.
+        for key, value in self.data_shape.items():
+            setattr(self.arch, key, value)
         if cfg.grad_accum_steps > 1 and self.arch.puzzle_emb_ndim > 0:
             raise ConfigError("grad_accum_steps > 1 is not supported with puzzle embeddings (arch.puzzle_emb_ndim "
                               "> 0): the sparse embedding holds one micro-batch; use grad_accum_steps=1")
@@ -97,15 +104,35 @@ class TRMFamily(Family):
     def arch(self) -> Any:
         return self.cfg.arch
 
+    def _data_shape(self) -> dict[str, int]:
+        """``seq_len``, ``vocab_size``, ``num_puzzle_identifiers``: the dataset's, else the arch's declared."""
+        declared = {key: getattr(self.arch, key) for key in DATA_SHAPE}
+        if self.metadata is None:
+            if None in declared.values():
+                raise ConfigError("arch=trm needs data: set data_paths=[DIR] (build one with `smoltrain data sudoku`)")
+            return declared
+        shape = {key: getattr(self.metadata, key) for key in DATA_SHAPE}
+        for key, value in declared.items():
+            if key == "num_puzzle_identifiers" and not self.arch.puzzle_emb_ndim:
+                continue  # no embedding table, so the identifier count does not shape the model
+            if value is not None and value != shape[key]:
+                raise ConfigError(
+                    f"this run's model has arch.{key}={value} but the dataset {self.cfg.data_paths[0]} has "
+                    f"{key}={shape[key]}: use the dataset the run was trained on"
+                )
+        return shape
+
+    def _require_data(self, paths: list[str]) -> None:
+        if not paths:
+            raise ConfigError("this needs the run's dataset, and data_paths is empty: add data_paths=[DIR]")
+
     def model_config(self) -> TRMConfig:
         arch = self.arch.model_dump(exclude={"name", "loss"})
         if arch["forward_dtype"] is None:
             arch["forward_dtype"] = PRECISION_TO_DTYPE[resolve_precision(self.cfg.precision, self.device)]
         arch.update(
             batch_size=self.micro_batch_size,
-            seq_len=self.metadata.seq_len,
-            vocab_size=self.metadata.vocab_size,
-            num_puzzle_identifiers=self.metadata.num_puzzle_identifiers,
+            **self.data_shape,
         )
         try:
             return self.model_config_class.model_validate(arch)
@@ -138,6 +165,7 @@ class TRMFamily(Family):
 
     def _dataset(self, split: str, test_mode: bool) -> PuzzleDataset:
         paths = self.cfg.data_paths_test if (test_mode and self.cfg.data_paths_test) else self.cfg.data_paths
+        self._require_data(paths)  # a run may build without data, not train
         return PuzzleDataset(
             paths, split, self.cfg.global_batch_size, rank=self.dist.rank, world_size=self.dist.world_size,
             seed=self.cfg.seed, test_mode=test_mode, epochs_per_iter=self.cfg.eval_interval or 1,
@@ -147,6 +175,8 @@ class TRMFamily(Family):
         return PuzzleStream(self._dataset("train", test_mode=False))
 
     def steps_per_epoch(self) -> float:
+        self._require_data(self.cfg.data_paths)
+        assert self.metadata is not None
         return self.metadata.total_groups * self.metadata.mean_puzzle_examples / self.cfg.global_batch_size
 
     def train_step(self, model: nn.Module, batch: Batch, carry: Any) -> StepOutput:
@@ -210,7 +240,7 @@ class TRMFamily(Family):
         config = model.model.config  # type: ignore[union-attr]
         return {
             "parameters": sum(p.numel() for p in model.parameters()),
-            "puzzle_embedding_rows": self.metadata.num_puzzle_identifiers if config.puzzle_emb_ndim else 0,
+            "puzzle_embedding_rows": config.num_puzzle_identifiers if config.puzzle_emb_ndim else 0,
             "seq_len": config.seq_len,
             "vocab_size": config.vocab_size,
             "forward_dtype": config.forward_dtype,

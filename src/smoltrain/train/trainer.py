@@ -375,6 +375,14 @@ class Trainer:
                 raise SmoltrainError(f"resume={choice}: no such checkpoint directory; use resume=auto or a "
                                      f"path like {self.ckpt_root}/step_00001000")
             model_state, ema_state, state = ckpt.load_checkpoint(path)
+        if "optimizers" not in state:
+            # A weights-only checkpoint (`smoltrain import` of a reference run, which saves nothing else):
+            # continue from its weights and step with fresh optimizer, EMA, data and RNG state.
+            self.model.load_state_dict(model_state)
+            if self.ema is not None:
+                self.ema = EMA(self.model, self.cfg.ema_rate)
+            self.step = state.get("step", 0)
+            return path
         if state.get("world_size", 1) != self.dist.world_size:
             raise SmoltrainError(
                 f"{path} was written by {state.get('world_size')} processes; resume it with the same number "
