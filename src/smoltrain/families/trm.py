@@ -168,7 +168,9 @@ class TRMFamily(Family):
         self._require_data(paths)  # a run may build without data, not train
         return PuzzleDataset(
             paths, split, self.cfg.global_batch_size, rank=self.dist.rank, world_size=self.dist.world_size,
-            seed=self.cfg.seed, test_mode=test_mode, epochs_per_iter=self.cfg.eval_interval or 1,
+            # One epoch per sampler pass: the reference concatenates `eval_interval` epochs' group orders
+            # in memory, which for long runs (eval_interval=100000) does not fit; the order stays seeded.
+            seed=self.cfg.seed, test_mode=test_mode, epochs_per_iter=1,
         )
 
     def train_stream(self) -> TrainStream:
