@@ -60,6 +60,7 @@ __all__ = [
     "PuzzleDataset",
     "PuzzleDatasetMetadata",
     "atomic_dataset_dir",
+    "check_output_dir",
     "load_identifiers",
     "load_metadata",
     "write_identifiers",
@@ -121,15 +122,10 @@ def _looks_like_dataset(path: Path) -> bool:
     return any((path / marker).exists() for marker in _DATASET_MARKERS)
 
 
-@contextlib.contextmanager
-def atomic_dataset_dir(output_dir: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a fresh temporary sibling of `output_dir`; move it onto `output_dir` only on success.
+def check_output_dir(output_dir: str | os.PathLike[str]) -> Path:
+    """Fail early unless `output_dir` is absent, empty, or a dataset we may replace; returns it absolute.
 
-    On an exception the temporary directory is deleted, so a failed or interrupted build never
-    leaves a partial dataset behind; an existing `output_dir` is replaced only once the new one is
-    complete. To avoid wiping an unrelated directory by a typo, an existing non-empty `output_dir`
-    is replaced only if it looks like a dataset (has identifiers.json, build_info.json or a split's
-    dataset.json).
+    Builders call this before spending minutes on generation; `atomic_dataset_dir` checks again.
     """
     out = Path(output_dir).absolute()
     if out.exists():
@@ -140,6 +136,20 @@ def atomic_dataset_dir(output_dir: str | os.PathLike[str]) -> Iterator[Path]:
                 f"{out} exists and is not a dataset directory; refusing to replace it: "
                 "choose another --output-dir or empty it first"
             )
+    return out
+
+
+@contextlib.contextmanager
+def atomic_dataset_dir(output_dir: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a fresh temporary sibling of `output_dir`; move it onto `output_dir` only on success.
+
+    On an exception the temporary directory is deleted, so a failed or interrupted build never
+    leaves a partial dataset behind; an existing `output_dir` is replaced only once the new one is
+    complete. To avoid wiping an unrelated directory by a typo, an existing non-empty `output_dir`
+    is replaced only if it looks like a dataset (has identifiers.json, build_info.json or a split's
+    dataset.json).
+    """
+    out = check_output_dir(output_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Same parent directory => same filesystem => os.replace/rename is atomic.
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
@@ -191,9 +201,7 @@ def write_split(
     group_indices = np.asarray(group_indices)
     where = f"split '{split}' for {root}"
     if metadata.sets != [SET_NAME]:
-        raise DataError(
-            f"{where}: metadata.sets must be ['{SET_NAME}'] (one set per split), got {metadata.sets}"
-        )
+        raise DataError(f"{where}: metadata.sets must be ['{SET_NAME}'] (one set per split), got {metadata.sets}")
     if inputs.ndim != 2 or inputs.shape[1] != metadata.seq_len:
         raise DataError(f"{where}: inputs must be [N, seq_len={metadata.seq_len}], got {inputs.shape}")
     if labels.shape != inputs.shape:
@@ -342,8 +350,7 @@ def _check_indices(
         (
             num_puzzles == 0
             or (puzzle_identifiers.min() >= 0 and puzzle_identifiers.max() < metadata.num_puzzle_identifiers),
-            f"puzzle_identifiers must lie in 0..{metadata.num_puzzle_identifiers - 1} "
-            "(below num_puzzle_identifiers)",
+            f"puzzle_identifiers must lie in 0..{metadata.num_puzzle_identifiers - 1} (below num_puzzle_identifiers)",
         ),
     ]
     for ok, msg in checks:
@@ -365,8 +372,7 @@ def _open_root(root: Path, split: str) -> _Root:
     metadata = load_metadata(root, split)
     split_dir = root / split
     arrays = {
-        name: _load_array(split_dir / f"{SET_NAME}__{name}.npy", mmap=name in ("inputs", "labels"))
-        for name in FIELDS
+        name: _load_array(split_dir / f"{SET_NAME}__{name}.npy", mmap=name in ("inputs", "labels")) for name in FIELDS
     }
     inputs, labels = arrays["inputs"], arrays["labels"]
     where = str(split_dir)
@@ -422,7 +428,8 @@ class PuzzleDataset:
     so ``state["pass"] - 1`` passes are complete whenever ``state["batch"] == 0``.
 
     Test mode: `iter_test()` yields `EvalBatch` tuples covering every example exactly once.
-    Iterating the dataset itself dispatches on `test_mode`. One iterator at a time per dataset.
+    Iterating the dataset itself dispatches on `test_mode`. One iterator at a time per dataset, and
+    keep using it until it ends: every `iter_train()` call replays its pass up to the saved position.
     """
 
     def __init__(
@@ -465,6 +472,7 @@ class PuzzleDataset:
         self._roots = [_open_root(r, split) for r in roots]
         self.metadata = self._merge_metadata()
         self._concatenate_indices()
+        self._index_lists: tuple[list[int], list[int]] | None = None  # built on first train pass
         # Position of the next train batch (see class docstring).
         self._pass = 1
         self._batch = 0
@@ -491,8 +499,7 @@ class PuzzleDataset:
             )
         total_puzzles = sum(r.metadata.total_puzzles for r in self._roots)
         mean_examples = (
-            sum(r.metadata.mean_puzzle_examples * r.metadata.total_puzzles for r in self._roots)
-            / total_puzzles
+            sum(r.metadata.mean_puzzle_examples * r.metadata.total_puzzles for r in self._roots) / total_puzzles
             if total_puzzles
             else first.metadata.mean_puzzle_examples
         )
@@ -547,9 +554,7 @@ class PuzzleDataset:
 
     def total_steps(self, epochs: int | float) -> int:
         """The reference `total_steps = int(epochs * total_groups * mean_puzzle_examples / batch)`."""
-        return int(
-            epochs * self.metadata.total_groups * self.metadata.mean_puzzle_examples / self.global_batch_size
-        )
+        return int(epochs * self.metadata.total_groups * self.metadata.mean_puzzle_examples / self.global_batch_size)
 
     # -- row access -----------------------------------------------------------------------------
 
@@ -576,9 +581,7 @@ class PuzzleDataset:
         if pad > 0:
             inputs = np.concatenate([inputs, np.full((pad, inputs.shape[1]), self.metadata.pad_id, np.int32)])
             labels = np.concatenate([labels, np.full((pad, labels.shape[1]), IGNORE_LABEL_ID, np.int32)])
-            identifiers = np.concatenate(
-                [identifiers, np.full(pad, self.metadata.blank_identifier_id, np.int32)]
-            )
+            identifiers = np.concatenate([identifiers, np.full(pad, self.metadata.blank_identifier_id, np.int32)])
         return {
             "inputs": torch.from_numpy(inputs),
             "labels": torch.from_numpy(labels),
@@ -591,31 +594,38 @@ class PuzzleDataset:
         """Global batches of pass `pass_id` as (example rows, puzzle of each row); indices only."""
         rng = np.random.Generator(np.random.Philox(seed=self.seed + pass_id))
         num_groups = self.group_indices.shape[0] - 1
-        group_order = np.concatenate([rng.permutation(num_groups) for _ in range(self.epochs_per_iter)])
-        group_indices, puzzle_indices = self.group_indices, self.puzzle_indices
+        group_order = np.concatenate([rng.permutation(num_groups) for _ in range(self.epochs_per_iter)]).tolist()
+        # Plain Python ints and lists in this loop: it runs once per group (millions of times per pass
+        # for Sudoku recipes), and numpy scalar/array overhead would dominate. Same RNG calls as the
+        # reference, in the same order.
+        if self._index_lists is None:
+            self._index_lists = (self.group_indices.tolist(), self.puzzle_indices.tolist())
+        group_indices, puzzle_indices = self._index_lists
+        integers, choice = rng.integers, rng.choice
         batch_size = self.global_batch_size
+        total = len(group_order)
         pos = 0
-        while pos < group_order.size:
-            rows: list[np.ndarray] = []
-            puzzles: list[np.ndarray] = []
+        while pos < total:
+            rows: list[int] = []
+            puzzles: list[int] = []
             size = 0
-            while pos < group_order.size and size < batch_size:
+            while pos < total and size < batch_size:
                 group = group_order[pos]
                 pos += 1
-                puzzle = rng.integers(group_indices[group], group_indices[group + 1])
+                puzzle = int(integers(group_indices[group], group_indices[group + 1]))
                 start = puzzle_indices[puzzle]
-                puzzle_size = int(puzzle_indices[puzzle + 1] - start)
+                puzzle_size = puzzle_indices[puzzle + 1] - start
                 take = min(puzzle_size, batch_size - size)
-                if puzzle_size > 1:
-                    chosen = start + rng.choice(puzzle_size, take, replace=False)
-                else:  # nothing to choose: no draw, which keeps 1-example datasets reference-identical
-                    chosen = np.full(take, start, dtype=np.int64)
-                rows.append(chosen)
-                puzzles.append(np.full(take, puzzle, dtype=np.int64))
+                if puzzle_size == 1:  # nothing to choose: no draw, keeps 1-example datasets reference-identical
+                    rows.append(start)
+                    puzzles.append(puzzle)
+                elif take > 0:
+                    rows.extend((start + choice(puzzle_size, take, replace=False)).tolist())
+                    puzzles.extend([puzzle] * take)
                 size += take
             if size < batch_size:
                 return  # drop the last incomplete batch, as the reference does
-            yield np.concatenate(rows), np.concatenate(puzzles)
+            yield np.array(rows, dtype=np.int64), np.array(puzzles, dtype=np.int64)
 
     def iter_train(self) -> Iterator[dict[str, torch.Tensor]]:
         """Yield the rest of the current pass (resuming mid-pass after `load_state_dict`)."""
@@ -658,9 +668,7 @@ class PuzzleDataset:
         try:
             pass_id, batch = int(state["pass"]), int(state["batch"])
         except (KeyError, TypeError, ValueError):
-            raise DataError(
-                f"invalid data loader state {state!r}: expected {{'pass': int, 'batch': int}}"
-            ) from None
+            raise DataError(f"invalid data loader state {state!r}: expected {{'pass': int, 'batch': int}}") from None
         if pass_id < 1 or batch < 0:
             raise DataError(f"invalid data loader state {state!r}: pass must be >= 1 and batch >= 0")
         self._pass, self._batch = pass_id, batch
