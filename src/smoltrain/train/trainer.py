@@ -140,6 +140,7 @@ class Trainer:
         self.carries: list[Any] = [None] * cfg.grad_accum_steps
         self.stop_signal: str | None = None
         self.last_eval: dict[str, float] = {}
+        self.last_eval_step = self.last_checkpoint_step = -1
 
         self.run_dir = cfg.resolved_run_dir()
         self.ckpt_root = self.run_dir / "checkpoints"
@@ -192,14 +193,13 @@ class Trainer:
                 evaluated = self._eval_due() and self._run_eval()
                 if self._checkpoint_due(evaluated):
                     self.save_checkpoint()
-            if stopped_by:
+            if not stopped_by and self.last_eval_step != self.step:
+                self._run_eval()  # the final evaluation, unless this step already had one
+            if self.last_checkpoint_step != self.step:
                 self.save_checkpoint()
+            if stopped_by:
                 self.logger.event(f"stopped by {stopped_by} at step {self.step}; checkpoint saved, "
                                   "continue with resume=auto")
-            else:
-                if self.eval_every is None or self.step % self.eval_every:
-                    self._run_eval()
-                self.save_checkpoint()
         finally:
             self._restore_signal_handlers(previous)
         summary = self._summary(stopped_by, time.perf_counter() - started)
@@ -295,6 +295,7 @@ class Trainer:
             self.model.train()
 
     def save_checkpoint(self) -> None:
+        self.last_checkpoint_step = self.step
         per_rank = _to_cpu({
             "rng": rng_state(),
             "data": self.stream.state_dict(),
@@ -338,9 +339,10 @@ class Trainer:
         return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
     def _eval_due(self) -> bool:
-        return self.eval_every is not None and self.step % self.eval_every == 0 and self.step < self.total_steps
+        return self.eval_every is not None and self.step % self.eval_every == 0
 
     def _run_eval(self) -> bool:
+        self.last_eval_step = self.step
         self.evals_done += 1
         if self.evals_done <= self.cfg.min_eval_interval:
             return False
