@@ -232,5 +232,12 @@ class SwiGLU(nn.Module):
         self.down_proj = CastedLinear(self.intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # gate first, as in reference checkpoints
+        # The reference's `gate, up = gate_up_proj(x).chunk(2)` (gate rows first), done as one GEMM per
+        # half of the fused weight: `gate` and `up` come out contiguous, so silu, mul and their backward
+        # run on dense memory (about 2x faster on CPU than on the strided chunks) and the backward needs
+        # no `cat` of the two gradient halves. The parameter keeps the fused layout of reference checkpoints.
+        weight = self.gate_up_proj.weight.to(x.dtype)
+        x = x.contiguous()  # one copy for both GEMMs (the token-mixing input is a transposed view)
+        gate = F.linear(x, weight[: self.intermediate_size])
+        up = F.linear(x, weight[self.intermediate_size :])
         return self.down_proj(F.silu(gate) * up)
