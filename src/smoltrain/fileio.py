@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -24,6 +27,21 @@ def fsync_dir(path: str | os.PathLike) -> None:
 def fsync_file(path: str | os.PathLike) -> None:
     with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
+
+
+def write_synced(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Create ``path``, let ``write(handle)`` fill it, then flush and fsync before closing.
+
+    For files inside a temporary directory that is renamed into place as a whole."""
+    with open(path, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def write_json_synced(path: str | os.PathLike, obj: object, indent: int | None = None) -> None:
+    data = json.dumps(obj, indent=indent).encode()
+    write_synced(path, lambda handle: handle.write(data))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

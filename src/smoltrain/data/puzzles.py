@@ -43,15 +43,16 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pydantic
 import torch
 
 from smoltrain.errors import ConfigError, DataError
+from smoltrain.fileio import fsync_dir, write_json_synced, write_synced
 
 __all__ = [
     "FIELDS",
@@ -95,29 +96,6 @@ class PuzzleDatasetMetadata(pydantic.BaseModel):
 # Writing
 
 
-def _fsync_dir(path: Path) -> None:
-    # Directory fsync makes renames and new entries durable; not possible on every platform.
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _write_bytes_synced(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Open `path`, let `write(f)` fill it, then flush and fsync before closing."""
-    with open(path, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _write_json(path: Path, obj: object) -> None:
-    data = json.dumps(obj).encode()
-    _write_bytes_synced(path, lambda f: f.write(data))
-
-
 def _looks_like_dataset(path: Path) -> bool:
     return any((path / marker).exists() for marker in _DATASET_MARKERS)
 
@@ -156,7 +134,7 @@ def atomic_dataset_dir(output_dir: str | os.PathLike[str]) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
             os.rename(out, old)
@@ -168,7 +146,7 @@ def atomic_dataset_dir(output_dir: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -225,9 +203,9 @@ def write_split(
         "group_indices": group_indices.astype(np.int32),
     }
     for name, arr in arrays.items():
-        _write_bytes_synced(split_dir / f"{SET_NAME}__{name}.npy", lambda f, a=arr: np.save(f, a))
-    _write_json(split_dir / "dataset.json", metadata.model_dump())
-    _fsync_dir(split_dir)
+        write_synced(split_dir / f"{SET_NAME}__{name}.npy", lambda f, a=arr: np.save(f, a))
+    write_json_synced(split_dir / "dataset.json", metadata.model_dump())
+    fsync_dir(split_dir)
     return split_dir
 
 
@@ -235,7 +213,7 @@ def write_identifiers(root: str | os.PathLike[str], names: Sequence[str]) -> Pat
     """Write `<root>/identifiers.json`: the list of identifier names, index = identifier id."""
     path = Path(root) / "identifiers.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_json(path, list(names))
+    write_json_synced(path, list(names))
     return path
 
 

@@ -29,7 +29,6 @@ a pure function of its own seed, so the output does not depend on the number of 
 from __future__ import annotations
 
 import csv
-import json
 import os
 import time
 from collections.abc import Iterable
@@ -52,6 +51,7 @@ from smoltrain.data.puzzles import (
     write_split,
 )
 from smoltrain.errors import DataError
+from smoltrain.fileio import write_json_synced
 
 # ------------------------------------------------------------------------------------------------
 # Board topology
@@ -908,13 +908,6 @@ def write_sudoku_csv(path: Path, split: SudokuSplit, source_name: str) -> None:
         os.fsync(f.fileno())
 
 
-def _write_json_synced(path: Path, obj: object) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _select(split: SudokuSplit, index: np.ndarray) -> SudokuSplit:
     return SudokuSplit(
         split.questions[index], split.answers[index], split.ratings[index], split.rows[index], split.path
@@ -1121,7 +1114,7 @@ def build_sudoku_dataset(
         _write_sudoku_split(tmp, "test", test.questions, test.answers, np.ones(test.questions.shape[0], np.int64), size)
         write_identifiers(tmp, ["<blank>"])
         if subsample_record is not None:
-            _write_json_synced(tmp / "subsample_indices.json", subsample_record)
+            write_json_synced(tmp / "subsample_indices.json", subsample_record, indent=1)
         if source == "generate":
             name = f"smoltrain-generate-{size}x{size}"
             write_sudoku_csv(tmp / "generated" / "train.csv", train, name)
@@ -1150,7 +1143,7 @@ def build_sudoku_dataset(
             build_seconds=round(time.perf_counter() - started, 3),
             smoltrain_version=__version__,
         )
-        _write_json_synced(tmp / "build_info.json", info)
+        write_json_synced(tmp / "build_info.json", info, indent=1)
     return info
 
 
