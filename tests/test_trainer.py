@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -151,3 +152,33 @@ def test_ddp_two_cpu_processes_match_one(tmp_path):
     for a, b in zip(one, two, strict=True):
         assert abs(a["loss"] - b["loss"]) <= 1e-5 * abs(a["loss"])
     assert len(ckpt.list_checkpoints(tmp_path / "two" / "checkpoints")) == 1
+
+
+def test_grad_clip_bounds_the_applied_gradient(tmp_path):
+    trainer = Trainer(load_config("toy", toy_overrides(tmp_path, grad_clip=0.01)))
+    trainer.compute_gradients(next(trainer.stream))
+    norm_before = trainer._grad_norm().item()  # clips in place, returns the norm before clipping
+    after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in trainer.trainable])).item()
+    assert norm_before > 0.01 and after == pytest.approx(0.01, rel=1e-4)
+
+
+def test_each_optimizer_gets_its_base_lr_times_the_schedule(tmp_path):
+    from smoltrain.families.base import OptimizerSpec
+
+    trainer = Trainer(load_config("toy", toy_overrides(tmp_path, lr_warmup_steps=4, lr=1e-3)))
+    params = list(trainer.model.parameters())
+    second = torch.optim.SGD(params[:1], lr=0.0)
+    trainer.optimizers.append(OptimizerSpec(second, base_lr=0.5))
+    trainer.train_step(next(trainer.stream))  # step 1 of a 4-step warmup: factor 1/4
+    assert trainer.optimizers[0].optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 / 4)
+    assert second.param_groups[0]["lr"] == pytest.approx(0.5 / 4)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_trains_on_cpu(tmp_path, precision):
+    # CUDA is where these pay off; on the CPU this checks the autocast and GradScaler plumbing.
+    trainer = Trainer(load_config("toy", toy_overrides(tmp_path, precision=precision, max_steps=3)))
+    assert (trainer.scaler is not None) == (precision == "fp16")
+    trainer.fit()
+    losses = [r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)

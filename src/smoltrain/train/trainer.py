@@ -175,7 +175,7 @@ class Trainer:
                 result = self.train_step(batch)
                 self.step += 1
                 window_steps += 1
-                if result is not None and (self.step % self.cfg.log_every == 0 or self.step == self.total_steps):
+                if result is not None:  # a logging step
                     elapsed = time.perf_counter() - window_start
                     result["samples_per_s"] = self.cfg.global_batch_size * window_steps / max(elapsed, 1e-9)
                     result["elapsed_s"] = time.perf_counter() - started
@@ -184,11 +184,12 @@ class Trainer:
                 self.logger.advance(self.step)
                 for callback in self.callbacks:
                     callback(self)
-                if self._stop_requested():
-                    stopped_by = self.stop_signal or "signal"
-                    break
-                if self.cfg.max_minutes and time.perf_counter() - started > 60 * self.cfg.max_minutes:
+                stop = self._stop_reason(started)
+                if stop == "time budget":
                     self.logger.event(f"time budget of {self.cfg.max_minutes:g} min reached at step {self.step}")
+                    break
+                if stop:
+                    stopped_by = stop
                     break
                 evaluated = self._eval_due() and self._run_eval()
                 if self._checkpoint_due(evaluated):
@@ -413,11 +414,17 @@ class Trainer:
             truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
         return path
 
-    def _stop_requested(self) -> bool:
-        if not self.dist.enabled:
-            return self.stop_signal is not None
-        flag = torch.tensor([1.0 if self.stop_signal else 0.0], device=self.device)
-        return bool(all_reduce_sum(flag).item() > 0)
+    def _stop_reason(self, started: float) -> str | None:
+        """The signal's name, "time budget", or None; every rank gets the same answer."""
+        out_of_time = bool(self.cfg.max_minutes) and time.perf_counter() - started > 60 * self.cfg.max_minutes
+        if self.dist.enabled:  # ranks must agree, or one would wait forever in the next collective
+            flags = torch.tensor([float(self.stop_signal is not None), float(out_of_time)], device=self.device)
+            signalled, out_of_time = (bool(v > 0) for v in all_reduce_sum(flags).tolist())
+            if signalled:
+                return self.stop_signal or "a signal to another rank"
+        elif self.stop_signal:
+            return self.stop_signal
+        return "time budget" if out_of_time else None
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         previous: dict[int, Any] = {}
