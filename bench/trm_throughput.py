@@ -1,7 +1,7 @@
 """TRM training throughput: smoltrain against an eager port of the reference, and the demo's accuracy curve.
 
     python bench/trm_throughput.py [--shapes cpu,paper] [--threads 2] [--steps N] [--warmup W] [--rounds R]
-                                   [--device cpu|cuda] [--batch B] [--no-verify] [--json OUT]
+                                   [--device cpu|cuda] [--batch B] [--no-verify] [--compile] [--json OUT]
     python bench/trm_throughput.py --demo-curve runs/demo[/metrics.jsonl]
 
 One timed step = what a training step costs in the model: one ACT step (forward of the T x (n+1)
@@ -13,7 +13,8 @@ steps as in real training. Three implementations per shape:
 * (b) smoltrain's ``TRM`` + ``ACTLossHead`` + ``AdamATan2`` at exactly (a)'s shapes (``swiglu_multiple=256``):
   same parameters, same math (checked: (b) loads (a)'s weights and must give the same loss and gradients);
 * (c) smoltrain with the arch of the shape's recipe (``trm-sudoku-cpu`` / ``trm-sudoku``), i.e. what
-  ``smoltrain demo`` / ``smoltrain train`` really run; skipped when it equals (b).
+  ``smoltrain demo`` / ``smoltrain train`` really run; skipped when it equals (b);
+* (d) with ``--compile``: (b) under ``torch.compile``, as ``compile=True`` runs it (compile time untimed).
 
 Shapes: ``cpu`` = the 6x6 CPU config of ``tiny_trm_cpu.md`` (batch 64); ``paper`` = Sudoku-Extreme TRM-MLP
 (D 512, T=3, n=6, 16-position puzzle prefix): batch 768 on CUDA, batch 8 on the CPU, where one step takes
@@ -152,10 +153,12 @@ def random_batch(shape: Shape, batch: int, device: torch.device) -> dict[str, to
 class SmoltrainStep:
     """One training step of smoltrain's TRM, as ``TRMFamily.train_step`` + the trainer do it."""
 
-    def __init__(self, config: TRMConfig, device: torch.device) -> None:
+    def __init__(self, config: TRMConfig, device: torch.device, compile: bool = False) -> None:
         self.batch_size = config.batch_size
         self.head = ACTLossHead(TRM(config)).to(device)
         self.head.train()
+        # `compile=True` in a run does the same: the module is compiled, its state dict keeps its keys.
+        self.forward = torch.compile(self.head) if compile else self.head
         self.optimizers: list[torch.optim.Optimizer] = [
             AdamATan2(self.head.parameters(), lr=LR, betas=(0.9, 0.95), weight_decay=WEIGHT_DECAY)
         ]
@@ -167,7 +170,7 @@ class SmoltrainStep:
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.carry is None:
             self.carry = self.head.initial_carry(batch)
-        self.carry, loss, _, _, _ = self.head(self.carry, batch)
+        self.carry, loss, _, _, _ = self.forward(self.carry, batch)
         (loss / self.batch_size).backward()
         for opt in self.optimizers:
             opt.step()
@@ -194,7 +197,8 @@ def num_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def build_impls(shape: Shape, batch: int, device: torch.device, dtype: torch.dtype) -> tuple[list[Impl], str]:
+def build_impls(shape: Shape, batch: int, device: torch.device, dtype: torch.dtype,
+                compile: bool = False) -> tuple[list[Impl], str]:
     torch.manual_seed(0)
     reference = ref.Trainer(reference_config(shape, batch, dtype), device=device, lr=LR, weight_decay=WEIGHT_DECAY,
                             puzzle_emb_lr=LR, puzzle_emb_weight_decay=WEIGHT_DECAY)
@@ -205,6 +209,10 @@ def build_impls(shape: Shape, batch: int, device: torch.device, dtype: torch.dty
              num_params(reference.head), reference.step),
         Impl("b", "(b) smoltrain, same shapes as (a)", "swiglu_multiple=256", num_params(ours_same.head), ours_same),
     ]
+    if compile:
+        ours_compiled = SmoltrainStep(same, device, compile=True)
+        impls.append(Impl("d", "(d) smoltrain, same shapes as (a), `compile=True`", "swiglu_multiple=256",
+                          num_params(ours_compiled.head), ours_compiled))
     recipe = recipe_config(shape, batch, dtype)
     diffs = config_differences(same, recipe)
     if diffs:
@@ -317,7 +325,7 @@ def run_shape(shape: Shape, args: argparse.Namespace, device: torch.device, dtyp
           f"steps) per implementation", file=sys.stderr, flush=True)
 
     check = "same-math check skipped (--no-verify)" if args.no_verify else verify_same_math(shape, device)
-    impls, note = build_impls(shape, batch_size, device, dtype)
+    impls, note = build_impls(shape, batch_size, device, dtype, compile=args.compile)
     batch = random_batch(shape, batch_size, device)
     loads = []
     for r in range(rounds):
@@ -465,6 +473,8 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--batch", type=int, default=None, help="override every shape's batch size")
     parser.add_argument("--no-verify", action="store_true", help="skip the (a) == (b) same-math check")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time (d): smoltrain at (a)'s shapes under torch.compile (compile time not timed)")
     parser.add_argument("--json", default=None, help="also write the raw results here")
     parser.add_argument("--demo-curve", metavar="RUN_OR_METRICS", default=None,
                         help="print a run's (elapsed, exact accuracy) eval rows and exit")

@@ -118,3 +118,18 @@ def test_end_to_end_4x4_reaches_90_percent_on_held_out(tmp_path):
     summary = Trainer(cfg).fit()
     assert summary["eval"]["count"] == 300
     assert summary["eval"]["exact_accuracy"] >= 0.90, summary
+
+
+def test_compiled_training_matches_eager_losses(sudoku4, tmp_path):
+    # compile=True must run (the CPU inductor once crashed on TRM's SwiGLU) and keep the checkpoint keys.
+    losses = {}
+    for compiled in (False, True):
+        run = tmp_path / f"compile_{compiled}"
+        cfg = load_config(None, ["arch=trm", "arch.L_layers=1", "arch.mlp_t=True", "arch.pos_encodings=none",
+                                 *TINY_TRM, f"data_paths=[{sudoku4}]", f"run_dir={run}", "max_steps=3",
+                                 "eval_max_examples=8", f"compile={compiled}", "arch.halt_exploration_prob=0"])
+        Trainer(cfg).fit()
+        losses[compiled] = [r["loss"] for r in read_metrics(run / "metrics.jsonl") if r["split"] == "train"]
+        keys = ckpt.load_checkpoint(ckpt.list_checkpoints(run / "checkpoints")[-1])[0].keys()
+        assert all(k.startswith("model.inner.") for k in keys)
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)

@@ -109,7 +109,10 @@ class TRMFamily(Family):
         declared = {key: getattr(self.arch, key) for key in DATA_SHAPE}
         if self.metadata is None:
             if None in declared.values():
-                raise ConfigError("arch=trm needs data: set data_paths=[DIR] (build one with `smoltrain data sudoku`)")
+                raise ConfigError(
+                    "arch=trm needs data: set data_paths=[DIR] (build one with `smoltrain data sudoku`), or declare "
+                    "arch.seq_len, arch.vocab_size and arch.num_puzzle_identifiers to build the model without it"
+                )
             return declared
         shape = {key: getattr(self.metadata, key) for key in DATA_SHAPE}
         for key, value in declared.items():

@@ -236,6 +236,11 @@ class SwiGLU(nn.Module):
         # half of the fused weight: `gate` and `up` come out contiguous, so silu, mul and their backward
         # run on dense memory (about 2x faster on CPU than on the strided chunks) and the backward needs
         # no `cat` of the two gradient halves. The parameter keeps the fused layout of reference checkpoints.
+        if torch.compiler.is_compiling():
+            # Inductor fuses the strided elementwise work itself, and on the CPU (torch 2.13) it corrupts
+            # memory on the sliced-weight form below, so compiled graphs take the reference form.
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         weight = self.gate_up_proj.weight.to(x.dtype)
         x = x.contiguous()  # one copy for both GEMMs (the token-mixing input is a transposed view)
         gate = F.linear(x, weight[: self.intermediate_size])
