@@ -1,0 +1,35 @@
+"""The CLI verbs parse and report; their real work is tested where the library is."""
+
+from __future__ import annotations
+
+import pytest
+
+from smoltrain.cli import main
+
+
+@pytest.mark.parametrize("verb", [["train"], ["eval"], ["info"], ["demo"], ["solve"], ["data", "sudoku"],
+                                  ["import", "trm"]])
+def test_every_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*verb, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: smoltrain" in capsys.readouterr().out
+
+
+def test_info_counts_parameters_without_data(capsys):
+    assert main(["info", "trm-sudoku", "data_paths=[]", "arch.seq_len=81", "arch.vocab_size=11",
+                 "arch.num_puzzle_identifiers=1"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters: 5,028,866" in out  # the paper's TRM-MLP Sudoku model
+    assert "steps: unknown" in out
+
+
+def test_missing_dataset_is_one_line(capsys, tmp_path):
+    assert main(["train", "trm-sudoku-cpu", f"data_paths=[{tmp_path / 'nope'}]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no dataset at") and "smoltrain data sudoku" in err and "\n" not in err
+
+
+def test_solve_without_a_run_is_one_line(capsys, tmp_path):
+    assert main(["solve", str(tmp_path), "--puzzle", "123"]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
