@@ -133,3 +133,20 @@ def test_compiled_training_matches_eager_losses(sudoku4, tmp_path):
         keys = ckpt.load_checkpoint(ckpt.list_checkpoints(run / "checkpoints")[-1])[0].keys()
         assert all(k.startswith("model.inner.") for k in keys)
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_ddp_two_cpu_processes_match_one(sudoku4, tmp_path):
+    # Rank-sliced batches, per-rank ACT carries, summed gradients and the all-gathered sign-SGD update of
+    # the puzzle embedding together must reproduce the single-process run.
+    args = [*TINY_TRM, "arch=trm", "arch.L_layers=1", "arch.halt_exploration_prob=0", f"data_paths=[{sudoku4}]",
+            "max_steps=6", "eval_max_examples=16", "puzzle_emb_lr=1e-2"]
+    single = run_python(["-m", "smoltrain", "train", *args, f"run_dir={tmp_path / 'one'}"])
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = run_python(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "smoltrain",
+                      "train", *args, f"run_dir={tmp_path / 'two'}"], timeout=240)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one, two = ([r for r in read_metrics(tmp_path / name / "metrics.jsonl") if r["split"] == "train"]
+                for name in ("one", "two"))
+    assert len(one) == len(two) == 6
+    for a, b in zip(one, two, strict=True):
+        assert abs(a["loss"] - b["loss"]) <= 1e-5 * abs(a["loss"])
