@@ -7,6 +7,7 @@ import json
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -150,3 +151,24 @@ def test_ddp_two_cpu_processes_match_one(sudoku4, tmp_path):
     assert len(one) == len(two) == 6
     for a, b in zip(one, two, strict=True):
         assert abs(a["loss"] - b["loss"]) <= 1e-5 * abs(a["loss"])
+
+
+def test_eval_save_outputs_writes_predictions(sudoku4, tmp_path):
+    cfg = load_config(None, ["arch=trm", "arch.L_layers=1", *TINY_TRM, f"data_paths=[{sudoku4}]",
+                             f"run_dir={tmp_path}", "max_steps=2", "eval_max_examples=null",
+                             "eval_save_outputs=[inputs,labels,preds,q_halt_logits]"])
+    Trainer(cfg).fit()
+    saved = torch.load(tmp_path / "step_2_all_preds.0", weights_only=True)
+    assert set(saved) == {"inputs", "labels", "preds", "q_halt_logits"}
+    assert saved["preds"].shape == (64, 16) and saved["q_halt_logits"].shape == (64,)  # every test puzzle once
+    assert torch.equal(saved["inputs"], torch.from_numpy(np.load(sudoku4 / "test" / "all__inputs.npy")).int())
+
+
+def test_unknown_evaluators_and_outputs_are_refused(sudoku4, tmp_path):
+    from smoltrain.errors import ConfigError
+
+    base = ["arch=trm", "arch.L_layers=1", *TINY_TRM, f"data_paths=[{sudoku4}]", f"run_dir={tmp_path}", "max_steps=1"]
+    with pytest.raises(ConfigError, match="evaluators"):
+        Trainer(load_config(None, [*base, "evaluators=[arc]"]))
+    with pytest.raises(ConfigError, match="eval_save_outputs: unknown"):
+        Trainer(load_config(None, [*base, "eval_save_outputs=[logitz]"]))

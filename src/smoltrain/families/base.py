@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -94,8 +95,12 @@ class Family(ABC):
     @abstractmethod
     def train_step(self, model: nn.Module, batch: Batch, carry: Any) -> StepOutput: ...
 
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
-        """Metrics on the held-out data; the model is in eval mode and holds the EMA weights if any."""
+    def evaluate(self, model: nn.Module, outputs_path: Path | None = None) -> dict[str, float]:
+        """Metrics on the held-out data; the model is in eval mode and holds the EMA weights if any.
+
+        With ``outputs_path`` (the run sets ``eval_save_outputs``) the family also saves the tensors named
+        there for every evaluated example to that file.
+        """
         return {}
 
     def reduce_metrics(self, sums: dict[str, float]) -> dict[str, float]:

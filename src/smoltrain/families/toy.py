@@ -6,6 +6,7 @@ position is one integer. The model is a small MLP over the flattened sequence.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -125,7 +126,7 @@ class ToyFamily(Family):
                                        self.arch.eval_examples)
         return torch.from_numpy(inputs), torch.from_numpy(labels)
 
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, outputs_path: Path | None = None) -> dict[str, float]:
         inputs, labels = self.eval_examples()
         logits = model(inputs.to(self.device))
         ce, accuracy, exact = sequence_scores(logits, labels.to(self.device))

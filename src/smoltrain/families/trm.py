@@ -13,6 +13,8 @@ sampler in ``data/puzzles.py``, the optimizers in ``optim.py``. This file says h
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -23,6 +25,7 @@ from smoltrain.config import ArchConfig, StrictModel
 from smoltrain.data.puzzles import PuzzleDataset, load_metadata
 from smoltrain.errors import ConfigError
 from smoltrain.families.base import Batch, Family, OptimizerSpec, StepOutput, TrainStream
+from smoltrain.fileio import atomic_write_bytes
 from smoltrain.losses import ACTLossHead
 from smoltrain.models.hrm import HRM, HRMConfig, TRMSingleZ, TRMSingleZConfig
 from smoltrain.models.trm import TRM, TRMCarry, TRMConfig, carry_from_state, carry_to_state
@@ -34,6 +37,8 @@ INJECTED = ("batch_size", "seq_len", "vocab_size", "num_puzzle_identifiers")
 # A run may also declare these in its arch config, so its model builds without the dataset (loading,
 # `smoltrain solve`); when data is given as well, the two must agree.
 DATA_SHAPE = ("seq_len", "vocab_size", "num_puzzle_identifiers")
+# What `eval_save_outputs` may name: batch fields, then model outputs.
+SAVABLE_OUTPUTS = ("inputs", "labels", "puzzle_identifiers", "logits", "preds", "q_halt_logits", "q_continue_logits")
 PRECISION_TO_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -96,6 +101,12 @@ class TRMFamily(Family):
         # Record the shape in the run's config, so the saved run builds its model without the dataset.
         for key, value in self.data_shape.items():
             setattr(self.arch, key, value)
+        if cfg.evaluators:
+            raise ConfigError("evaluators (e.g. the ARC voting evaluator) are not implemented yet; use "
+                              "evaluators=[] (the exact-accuracy metrics are always computed)")
+        unknown = sorted(set(cfg.eval_save_outputs) - set(SAVABLE_OUTPUTS))
+        if unknown:
+            raise ConfigError(f"eval_save_outputs: unknown {unknown}; choose from {', '.join(SAVABLE_OUTPUTS)}")
         if cfg.grad_accum_steps > 1 and self.arch.puzzle_emb_ndim > 0:
             raise ConfigError("grad_accum_steps > 1 is not supported with puzzle embeddings (arch.puzzle_emb_ndim "
                               "> 0): the sparse embedding holds one micro-batch; use grad_accum_steps=1")
@@ -204,13 +215,21 @@ class TRMFamily(Family):
         out["halted"] = count / self.cfg.global_batch_size
         return out
 
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, outputs_path: Path | None = None) -> dict[str, float]:
         """Reference evaluation: a fresh carry per test batch, ``halt_max_steps`` ACT steps, metrics summed
-        over the test set (all ranks) and divided by the number of scored sequences."""
+        over the test set (all ranks) and divided by the number of scored sequences.
+
+        With ``outputs_path``, the ``eval_save_outputs`` keys (batch fields such as ``inputs``, ``labels``,
+        ``puzzle_identifiers``, or model outputs such as ``logits``, ``preds``, ``q_halt_logits``) of
+        this rank's real rows after the last ACT step are saved there with ``torch.save``, as the
+        reference does.
+        """
         from smoltrain.train.distributed import all_reduce_sum
 
         dataset = self._dataset("test", test_mode=True)
         limit = self.cfg.eval_max_examples
+        keys = tuple(self.cfg.eval_save_outputs) if outputs_path is not None else ()
+        saved: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         seen = 0
         sums: dict[str, torch.Tensor] = {}
         steps = model.model.config.halt_max_steps  # type: ignore[union-attr]
@@ -225,9 +244,15 @@ class TRMFamily(Family):
             seen += item.global_num_real
             carry = model.initial_carry(batch)  # type: ignore[operator]
             for _ in range(steps):
-                carry, _, metrics, _, _ = model(carry, batch)
+                carry, _, metrics, outputs, _ = model(carry, batch, return_keys=keys)
             for key, value in metrics.items():
                 sums[key] = sums[key] + value.float() if key in sums else value.float().clone()
+            for key in keys:
+                saved[key].append((batch if key in batch else outputs)[key][: item.num_real].cpu())
+        if outputs_path is not None and keys:
+            buffer = io.BytesIO()
+            torch.save({k: torch.cat(v) for k, v in saved.items() if v}, buffer)
+            atomic_write_bytes(outputs_path, buffer.getvalue())
         if not sums:
             return {}
         names = sorted(sums)

@@ -54,6 +54,7 @@ class MetricsLogger:
         tensorboard: bool = False,
         config: dict[str, Any] | None = None,
         run_name: str | None = None,
+        project_name: str | None = None,
     ) -> None:
         self.enabled = enabled
         self.log_every = log_every
@@ -76,7 +77,7 @@ class MetricsLogger:
             except ImportError:
                 raise ConfigError("wandb.mode needs wandb: pip install 'smoltrain[wandb]'") from None
             self._wandb = wandb.init(
-                project=wandb_cfg.project or "smoltrain",
+                project=wandb_cfg.project or project_name or "smoltrain",
                 entity=wandb_cfg.entity,
                 name=run_name,
                 mode=wandb_cfg.mode,

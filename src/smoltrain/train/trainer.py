@@ -155,6 +155,7 @@ class Trainer:
             tensorboard=cfg.tensorboard,
             config=cfg.model_dump(mode="json"),
             run_name=cfg.run_name,
+            project_name=cfg.project_name,
         )
 
     # ------------------------------------------------------------------------------------------
@@ -289,7 +290,10 @@ class Trainer:
             self.ema.swap_into(self.model)
         try:
             with torch.inference_mode(), self._autocast():
-                return self.family.evaluate(self.model)
+                outputs = None
+                if self.cfg.eval_save_outputs:  # the reference's file name: step_N_all_preds.RANK
+                    outputs = self.run_dir / f"step_{self.step}_all_preds.{self.dist.rank}"
+                return self.family.evaluate(self.model, outputs)
         finally:
             if self.ema is not None:
                 self.ema.swap_into(self.model)
