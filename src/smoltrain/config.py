@@ -141,7 +141,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _group_file(group: str, name: str) -> dict[str, Any]:
+def group_file(group: str, name: str) -> dict[str, Any]:
+    """The raw mapping of a group file, e.g. ``group_file("arch", "trm")``."""
     path = RECIPES_DIR / group / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(
@@ -172,7 +173,7 @@ def load_recipe(recipe: str | None) -> dict[str, Any]:
         arch = {"name": arch}
     if "name" not in arch:
         raise ConfigError(f"recipe {path} must set arch.name (one of {available_groups('arch')})")
-    raw["arch"] = {**_group_file("arch", arch["name"]), **arch}
+    raw["arch"] = {**group_file("arch", arch["name"]), **arch}
     return raw
 
 
@@ -210,7 +211,7 @@ def compose(recipe: str | None, overrides: list[str]) -> dict[str, Any]:
     # Group selections first (as Hydra does), so `arch=trm arch.L_cycles=4` works in any order.
     for key, value in parsed:
         if key in GROUPS and isinstance(value, str):
-            raw[key] = _group_file(key, value)
+            raw[key] = group_file(key, value)
     for key, value in parsed:
         if not (key in GROUPS and isinstance(value, str)):
             _set_dotted(raw, key, value)

@@ -38,7 +38,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import ValidationError
 
-from smoltrain.config import TrainConfig, _group_file, config_to_yaml, validate
+from smoltrain.config import TrainConfig, config_to_yaml, group_file, validate
 from smoltrain.data.puzzles import load_metadata
 from smoltrain.errors import ConfigError, DataError, SmoltrainError
 from smoltrain.families import family_class
@@ -178,7 +178,7 @@ def _map_config(ref: dict[str, Any], data_paths: list[str] | None) -> tuple[dict
             arch[key] = value
         else:
             dropped.append(f"arch.{key}")
-    defaults = {k: v for k, v in _group_file("arch", name).items() if k != "name"}
+    defaults = {k: v for k, v in group_file("arch", name).items() if k != "name"}
     filled = sorted(k for k in defaults if k not in arch)
     if filled:
         notes.append(f"arch fields absent from {CONFIG_FILE}, taken from smoltrain's arch/{name}.yaml: "
