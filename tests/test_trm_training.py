@@ -172,3 +172,15 @@ def test_unknown_evaluators_and_outputs_are_refused(sudoku4, tmp_path):
         Trainer(load_config(None, [*base, "evaluators=[arc]"]))
     with pytest.raises(ConfigError, match="eval_save_outputs: unknown"):
         Trainer(load_config(None, [*base, "eval_save_outputs=[logitz]"]))
+
+
+def test_freeze_weights_trains_only_the_puzzle_embeddings(sudoku4, tmp_path):
+    cfg = load_config(None, ["arch=trm", "arch.L_layers=1", *TINY_TRM, f"data_paths=[{sudoku4}]",
+                             f"run_dir={tmp_path}", "max_steps=3", "eval_max_examples=8", "freeze_weights=True",
+                             "puzzle_emb_lr=1e-2"])
+    trainer = Trainer(cfg)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit()
+    after = trainer.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"model.inner.puzzle_emb.weights"}
