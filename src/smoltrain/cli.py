@@ -107,6 +107,30 @@ def cmd_import_trm(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tokenizer_train(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from smoltrain.data.tokenizer import train_tokenizer
+
+    out = train_tokenizer([Path(p) for p in ns.input], ns.vocab_size, Path(ns.output),
+                          min_frequency=ns.min_frequency, skip_bad_lines=ns.skip_bad_lines)
+    print(f"wrote tokenizer to {out}")
+    return 0
+
+
+def cmd_data_text(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from smoltrain.data.text import build_text_dataset
+
+    info = build_text_dataset(ns.input, Path(ns.tokenizer), Path(ns.output_dir), val_fraction=ns.val_fraction,
+                              seed=ns.seed, skip_bad_lines=ns.skip_bad_lines, workers=ns.workers)
+    splits = info["splits"]
+    print(f"wrote {ns.output_dir}: {splits['train']['tokens']:,} train tokens, {splits['val']['tokens']:,} val "
+          f"tokens ({info['skipped_lines']} bad lines skipped)")
+    return 0
+
+
 def cmd_demo(ns: argparse.Namespace) -> int:
     from smoltrain.demo import run_demo
 
@@ -169,6 +193,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--workers", type=int, default=None, help="generate: threads (default: all cores)")
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--source-repo", default="sapientinc/sudoku-extreme")
+
+    sub = kinds.add_parser("text", help="Tokenize text (jsonl `text` field, .txt, .parquet, hf:NAME) to shards.")
+    sub.set_defaults(handler=cmd_data_text)
+    sub.add_argument("--input", nargs="+", required=True)
+    sub.add_argument("--tokenizer", required=True, help="a directory written by `smoltrain tokenizer train`")
+    sub.add_argument("--output-dir", required=True)
+    sub.add_argument("--val-fraction", type=float, default=0.01)
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--skip-bad-lines", action="store_true", help="skip and count malformed jsonl lines")
+    sub.add_argument("--workers", type=int, default=None)
+
+    tok = verbs.add_parser("tokenizer", help="Train tokenizers.", description="Train tokenizers.")
+    tok_verbs = tok.add_subparsers(dest="action", required=True)
+    sub = tok_verbs.add_parser("train", help="Byte-level BPE with ChatML special tokens (loads in transformers).")
+    sub.set_defaults(handler=cmd_tokenizer_train)
+    sub.add_argument("--input", nargs="+", required=True, help=".txt / .jsonl files or directories")
+    sub.add_argument("--vocab-size", type=int, default=6400)
+    sub.add_argument("--output", required=True)
+    sub.add_argument("--min-frequency", type=int, default=2)
+    sub.add_argument("--skip-bad-lines", action="store_true")
 
     sub = verb("demo", cmd_demo, "Build data, train on the CPU for a few minutes and show the results.")
     sub.add_argument("--run-dir", default="runs/demo")

@@ -1,0 +1,501 @@
+"""Plain text -> token shards (``train.bin``/``val.bin``) and a packed, resumable window stream.
+
+Inputs (`iter_documents`):
+
+* ``*.jsonl``: one JSON object per line with a string ``text`` field (MiniMind pretrain format);
+  blank lines and empty texts are ignored. A malformed line stops the build with file and line
+  number, or is skipped and counted with ``skip_bad_lines=True``.
+* ``*.txt``: one document per paragraph; paragraphs are separated by one or more blank lines
+  (whitespace-only lines). Paragraphs rather than whole files because public-domain corpora (KJV,
+  Shakespeare) come as a few huge files, and per-paragraph EOS gives the model document boundaries
+  and the val split many documents to sample from. The text inside a paragraph is kept exactly.
+* ``*.parquet``: the ``text`` column (needs pyarrow).
+* ``hf:NAME`` or ``hf:NAME:SPLIT``: a Hugging Face dataset's ``text`` column (needs `datasets`
+  and network or a local cache).
+* a directory: every .txt/.jsonl/.parquet file under it, in sorted order.
+
+Layout written by `build_text_dataset` (one directory, replaced atomically)::
+
+    train.bin, val.bin   flat token ids, EOS after every document; uint16 when ids fit, else uint32
+    metadata.json        vocab_size, dtype, eos_id, tokenizer path + sha256, per-split tokens,
+                         documents and UTF-8 bytes (for bits per byte), skipped lines, seed
+
+Documents are assigned to train/val by a seeded random choice of exactly
+``max(1, round(n * val_fraction))`` documents, so the whole text is held in memory while it is
+tokenized (fine for the tens-of-MB corpora this project trains on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+from smoltrain.data.tokenizer import eos_id, load_tokenizer, tokenizer_file
+from smoltrain.errors import ConfigError, DataError
+from smoltrain.fileio import fsync_dir, write_json_synced
+
+FORMAT = "smoltrain-text-v1"
+SPLITS = ("train", "val")
+_SUFFIXES = (".txt", ".jsonl", ".parquet")
+_PARAGRAPH_BREAK = re.compile(r"\r?\n(?:[ \t]*\r?\n)+")
+_ENCODE_CHUNK = 2048  # documents per encode_batch call: big enough to keep every core busy
+
+
+class _Skips:
+    """Counts malformed lines that were skipped, with the first one for the report."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: str | None = None
+
+    def add(self, where: str) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = where
+
+
+def _expand(inputs: list[str]) -> list[str]:
+    files: list[str] = []
+    for item in inputs:
+        item = str(item)
+        if item.startswith("hf:"):
+            files.append(item)
+            continue
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _SUFFIXES)
+            if not found:
+                raise DataError(f"directory {path} holds no .txt/.jsonl/.parquet files: point at the text files")
+            files.extend(str(p) for p in found)
+        elif path.is_file():
+            if path.suffix not in _SUFFIXES:
+                raise DataError(
+                    f"unsupported text input {path}: use .txt, .jsonl (with a 'text' field), .parquet or hf:NAME"
+                )
+            files.append(str(path))
+        else:
+            raise DataError(f"text input {path} does not exist: check the path")
+    return files
+
+
+def _iter_jsonl(path: Path, skip_bad_lines: bool, skips: _Skips) -> Iterator[str]:
+    with open(path, "rb") as handle:
+        for lineno, raw in enumerate(handle, 1):
+            if not raw.strip():
+                continue
+            problem: str | None = None
+            text: Any = None
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                problem = "is not valid UTF-8"
+            except json.JSONDecodeError as exc:
+                problem = f"is not valid JSON ({exc.msg})"
+            else:
+                if not isinstance(obj, dict) or "text" not in obj:
+                    problem = "has no 'text' field"
+                else:
+                    text = obj["text"]
+                    if not isinstance(text, str):
+                        problem = f"has a non-string 'text' ({type(text).__name__})"
+            if problem is not None:
+                where = f"{path}:{lineno}"
+                if skip_bad_lines:
+                    skips.add(where)
+                    continue
+                raise DataError(
+                    f"{where}: line {problem}; each line must be a JSON object with a string 'text' field "
+                    "(fix the line or pass skip_bad_lines / --skip-bad-lines)"
+                )
+            if text:
+                yield text
+
+
+def _iter_txt(path: Path) -> Iterator[str]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8; convert the file to UTF-8 (e.g. iconv)") from exc
+    for paragraph in _PARAGRAPH_BREAK.split(text):
+        paragraph = paragraph.strip("\r\n")
+        if paragraph.strip():
+            yield paragraph
+
+
+def _iter_parquet(path: Path, skip_bad_lines: bool, skips: _Skips) -> Iterator[str]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise DataError(f"reading {path} needs pyarrow: pip install pyarrow (or convert it to .jsonl)") from exc
+    file = pq.ParquetFile(path)
+    if "text" not in file.schema_arrow.names:
+        raise DataError(f"{path} has no 'text' column (columns: {file.schema_arrow.names}): rename the text column")
+    row = 0
+    for batch in file.iter_batches(columns=["text"]):
+        for text in batch.column(0).to_pylist():
+            row += 1
+            if not isinstance(text, str):
+                if skip_bad_lines:
+                    skips.add(f"{path} row {row}")
+                    continue
+                raise DataError(f"{path} row {row}: 'text' is {text!r}, not a string; fix it or pass skip_bad_lines")
+            if text:
+                yield text
+
+
+def _iter_hf(spec: str, skip_bad_lines: bool, skips: _Skips) -> Iterator[str]:
+    try:
+        import datasets
+    except ImportError as exc:
+        raise DataError(f"{spec} needs the `datasets` package: pip install datasets (or export to .jsonl)") from exc
+    name, _, split = spec[3:].partition(":")
+    data = datasets.load_dataset(name, split=split or "train", streaming=True)
+    for row, item in enumerate(data, 1):
+        text = item.get("text") if isinstance(item, dict) else None
+        if not isinstance(text, str):
+            if skip_bad_lines:
+                skips.add(f"{spec} row {row}")
+                continue
+            raise DataError(f"{spec} row {row}: no string 'text' field; pick a text dataset or pass skip_bad_lines")
+        if text:
+            yield text
+
+
+def iter_documents(inputs: list[str], skip_bad_lines: bool = False, skips: _Skips | None = None) -> Iterator[str]:
+    """Yield the documents of `inputs` in order (see the module docstring for the formats)."""
+    skips = skips if skips is not None else _Skips()
+    for item in _expand(inputs):
+        if item.startswith("hf:"):
+            yield from _iter_hf(item, skip_bad_lines, skips)
+            continue
+        path = Path(item)
+        if path.suffix == ".jsonl":
+            yield from _iter_jsonl(path, skip_bad_lines, skips)
+        elif path.suffix == ".txt":
+            yield from _iter_txt(path)
+        else:
+            yield from _iter_parquet(path, skip_bad_lines, skips)
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    # uint16 halves the disk and page-cache footprint; ids up to 65535 fit.
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+def _check_output_dir(output_dir: Path) -> Path:
+    out = Path(output_dir).absolute()
+    if out.exists():
+        if not out.is_dir():
+            raise DataError(f"output path {out} exists and is not a directory: choose another output dir")
+        if any(out.iterdir()) and not (out / "metadata.json").exists():
+            raise DataError(
+                f"{out} exists and is not a text dataset (no metadata.json); refusing to replace it: "
+                "choose another output dir or empty it first"
+            )
+    return out
+
+
+@contextlib.contextmanager
+def _atomic_dir(output_dir: Path) -> Iterator[Path]:
+    """A temporary sibling directory renamed onto `output_dir` only when the body succeeds."""
+    out = _check_output_dir(output_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # A sibling is on the same filesystem, so the final rename is atomic.
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        fsync_dir(tmp)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+            os.rename(out, old)
+            try:
+                os.rename(tmp, out)
+            except BaseException:
+                os.rename(old, out)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+        fsync_dir(out.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_text_dataset(
+    inputs: list[str],
+    tokenizer_dir: Path,
+    output_dir: Path,
+    val_fraction: float = 0.01,
+    seed: int = 0,
+    skip_bad_lines: bool = False,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Tokenize `inputs` into `output_dir`/{train,val}.bin + metadata.json; returns the metadata.
+
+    `workers`: 1 encodes serially; otherwise `encode_batch` runs on the tokenizers thread pool,
+    whose size is taken from RAYON_NUM_THREADS (set here when `workers` is given and the variable
+    is not set yet; it has no effect once the pool has started in this process).
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"val_fraction={val_fraction} must be in [0, 1); e.g. 0.01")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workers={workers} must be >= 1 (or None for all cores)")
+    if not inputs:
+        raise DataError("no text inputs given: pass .jsonl/.txt/.parquet files, directories or hf:NAME")
+    out = _check_output_dir(Path(output_dir))  # fail before minutes of tokenizing
+    tok_file = tokenizer_file(tokenizer_dir)
+    tokenizer = load_tokenizer(tok_file)
+    eos = eos_id(tokenizer)
+    vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+    dtype = token_dtype(vocab_size)
+    if workers is not None and workers > 1:
+        os.environ.setdefault("RAYON_NUM_THREADS", str(workers))
+
+    skips = _Skips()
+    docs = list(iter_documents([str(i) for i in inputs], skip_bad_lines=skip_bad_lines, skips=skips))
+    n = len(docs)
+    if n == 0:
+        raise DataError(f"no documents found in {[str(i) for i in inputs]}: check the files are not empty")
+    is_val = np.zeros(n, dtype=bool)
+    if val_fraction > 0:
+        if n < 2:
+            raise DataError(f"only {n} document in the inputs: a val split needs >= 2; add text or use val_fraction=0")
+        n_val = min(n - 1, max(1, round(n * val_fraction)))
+        is_val[np.random.default_rng(seed).choice(n, size=n_val, replace=False)] = True
+
+    counts = {s: {"tokens": 0, "documents": 0, "bytes": 0} for s in SPLITS}
+    with _atomic_dir(out) as tmp:
+        handles: dict[str, BinaryIO] = {s: open(tmp / f"{s}.bin", "wb") for s in SPLITS}
+        try:
+            for start in range(0, n, _ENCODE_CHUNK):
+                chunk = docs[start : start + _ENCODE_CHUNK]
+                if workers == 1:
+                    encodings = [tokenizer.encode(t, add_special_tokens=False) for t in chunk]
+                else:
+                    encodings = tokenizer.encode_batch(chunk, add_special_tokens=False)
+                parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+                for offset, (text, enc) in enumerate(zip(chunk, encodings, strict=True)):
+                    split = "val" if is_val[start + offset] else "train"
+                    ids = np.empty(len(enc.ids) + 1, dtype=dtype)
+                    ids[:-1] = enc.ids
+                    ids[-1] = eos
+                    parts[split].append(ids)
+                    counts[split]["tokens"] += len(ids)
+                    counts[split]["documents"] += 1
+                    counts[split]["bytes"] += len(text.encode("utf-8"))
+                for split in SPLITS:
+                    if parts[split]:
+                        handles[split].write(np.concatenate(parts[split]).tobytes())
+            for handle in handles.values():
+                handle.flush()
+                os.fsync(handle.fileno())
+        finally:
+            for handle in handles.values():
+                handle.close()
+        metadata: dict[str, Any] = {
+            "format": FORMAT,
+            "vocab_size": vocab_size,
+            "dtype": dtype.name,
+            "eos_id": eos,
+            "tokenizer": {"path": str(tok_file.absolute()), "sha256": _sha256(tok_file)},
+            "splits": {
+                s: {**c, "bytes_per_token": (c["bytes"] / c["tokens"]) if c["tokens"] else None}
+                for s, c in counts.items()
+            },
+            "documents": n,
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "skipped_lines": skips.count,
+            "first_skipped": skips.first,
+            "inputs": [str(i) for i in inputs],
+        }
+        write_json_synced(tmp / "metadata.json", metadata, indent=2)
+    return metadata
+
+
+def read_metadata(path_or_dir: str | Path) -> tuple[Path, dict[str, Any]]:
+    """(dataset directory, metadata) for a dataset directory or one of its .bin files."""
+    path = Path(path_or_dir)
+    root = path.parent if path.suffix == ".bin" else path
+    meta_path = root / "metadata.json"
+    if not meta_path.is_file():
+        raise DataError(f"{meta_path} not found: build the text dataset first (build_text_dataset)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{meta_path}:{exc.lineno}: invalid JSON ({exc.msg}); rebuild the dataset") from exc
+    if meta.get("format") != FORMAT:
+        raise DataError(f"{meta_path} is not a {FORMAT} dataset (format={meta.get('format')!r}); rebuild it")
+    return root, meta
+
+
+def open_tokens(path_or_dir: str | Path, split: str) -> np.ndarray:
+    """The tokens of `split` as a read-only memmap (an empty array for an empty split)."""
+    if split not in SPLITS:
+        raise ConfigError(f"split={split!r} must be one of {SPLITS}")
+    root, meta = read_metadata(path_or_dir)
+    path = root / f"{split}.bin"
+    if not path.is_file():
+        raise DataError(f"{path} not found: the dataset is incomplete; rebuild it")
+    dtype = np.dtype(meta["dtype"])
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype=dtype)  # np.memmap refuses empty files
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+class TokenWindows:
+    """Packed fixed-length training windows over a token shard, resumable by (epoch, batch).
+
+    Window i covers tokens ``[i * seq_len, i * seq_len + seq_len + 1)``: consecutive windows share
+    one token, so every token after the first is a label exactly once per epoch. Epoch e visits the
+    windows in the order ``default_rng([seed, e]).permutation(num_windows)``, cut into global
+    batches of `global_batch_size` windows (the last incomplete one is dropped); rank r gets rows
+    ``[r * local, (r + 1) * local)`` of each global batch. The order depends only on
+    (seed, epoch, batch), so `load_state_dict` restores the exact next batch.
+    """
+
+    def __init__(
+        self,
+        path_or_dir: str | Path,
+        split: str = "train",
+        seq_len: int = 256,
+        global_batch_size: int = 32,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+    ) -> None:
+        if seq_len < 1 or global_batch_size < 1:
+            raise ConfigError(f"seq_len={seq_len} and global_batch_size={global_batch_size} must be >= 1")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ConfigError(f"rank={rank} must be in [0, world_size={world_size})")
+        if global_batch_size % world_size:
+            raise ConfigError(
+                f"global_batch_size={global_batch_size} is not divisible by world_size={world_size}: "
+                "pick a multiple of the number of processes"
+            )
+        self.tokens = open_tokens(path_or_dir, split)
+        self.split = split
+        self.seq_len = seq_len
+        self.global_batch_size = global_batch_size
+        self.local_batch_size = global_batch_size // world_size
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.num_windows = max(0, (len(self.tokens) - 1) // seq_len)
+        self.batches_per_epoch = self.num_windows // global_batch_size
+        self.epoch = 0
+        self.batch = 0
+        self._perm_epoch = -1
+        self._perm = np.zeros(0, dtype=np.int64)
+
+    def _windows(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        rows = np.stack([self.tokens[i * self.seq_len : i * self.seq_len + self.seq_len + 1] for i in indices])
+        rows = torch.from_numpy(rows.astype(np.int64))
+        return {"input_ids": rows[:, :-1].contiguous(), "labels": rows[:, 1:].contiguous()}
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_windows)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def __iter__(self) -> TokenWindows:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        if self.batches_per_epoch == 0:
+            need = self.global_batch_size * self.seq_len + 1
+            raise DataError(
+                f"{self.split} split has {len(self.tokens)} tokens, fewer than one global batch needs ({need}): "
+                "add text, or lower seq_len / global_batch_size"
+            )
+        if self.batch >= self.batches_per_epoch:
+            self.epoch += 1
+            self.batch = 0
+        start = self.batch * self.global_batch_size + self.rank * self.local_batch_size
+        indices = self._permutation(self.epoch)[start : start + self.local_batch_size]
+        self.batch += 1
+        return self._windows(indices)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, batch = int(state["epoch"]), int(state["batch"])
+        if epoch < 0 or not 0 <= batch <= self.batches_per_epoch:
+            raise DataError(
+                f"data state {state} does not fit this dataset ({self.batches_per_epoch} batches per epoch): "
+                "resume with the same dataset, seq_len and global_batch_size"
+            )
+        self.epoch, self.batch = epoch, batch
+
+    def iter_eval(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Every window of this split once, in order; rank r takes rows [r*bs, (r+1)*bs) of each
+        chunk of ``batch_size * world_size`` windows (the last chunk may be short or empty)."""
+        if batch_size < 1:
+            raise ConfigError(f"eval batch_size={batch_size} must be >= 1")
+        chunk = batch_size * self.world_size
+        for start in range(0, self.num_windows, chunk):
+            lo = start + self.rank * batch_size
+            hi = min(lo + batch_size, self.num_windows)
+            if lo < hi:
+                yield self._windows(np.arange(lo, hi))
+
+
+def unigram_entropy(path_or_dir: str | Path, split: str = "val", alpha: float = 1.0) -> float:
+    """Cross-entropy (nats/token) of `split` under the train unigram distribution.
+
+    The loss of a model that ignores context entirely: an LM must beat it. Counts get add-`alpha`
+    smoothing over the vocabulary so a token absent from train does not give an infinite value;
+    with ``alpha=0`` such a token gives ``inf``.
+    """
+    _, meta = read_metadata(path_or_dir)
+    vocab_size = int(meta["vocab_size"])
+    counts = np.full(vocab_size, float(alpha))
+    train = open_tokens(path_or_dir, "train")
+    block = 1 << 24  # bincount in blocks so a GB-sized shard is never copied whole to int64
+    for start in range(0, len(train), block):
+        counts += np.bincount(np.asarray(train[start : start + block]), minlength=vocab_size)[:vocab_size]
+    total = counts.sum()
+    if total == 0:
+        raise DataError("the train split is empty: cannot estimate unigram entropy; add text")
+    target = open_tokens(path_or_dir, split)
+    if len(target) == 0:
+        raise DataError(f"the {split} split is empty: build with val_fraction > 0")
+    hist = np.zeros(vocab_size)
+    for start in range(0, len(target), block):
+        hist += np.bincount(np.asarray(target[start : start + block]), minlength=vocab_size)[:vocab_size]
+    seen = hist > 0
+    with np.errstate(divide="ignore"):
+        logp = np.log(counts[seen] / total)
+    return float(-(hist[seen] * logp).sum() / hist.sum())
+
+
+def bits_per_byte(loss_nats_per_token: float, tokens: int, num_bytes: int) -> float:
+    """Tokenizer-independent loss: total nats over `tokens`, in bits, divided by the text's UTF-8 bytes."""
+    if num_bytes <= 0:
+        raise DataError(f"bits_per_byte needs a positive byte count, got {num_bytes}")
+    return loss_nats_per_token * tokens / (num_bytes * math.log(2))
