@@ -33,3 +33,8 @@ def test_missing_dataset_is_one_line(capsys, tmp_path):
 def test_solve_without_a_run_is_one_line(capsys, tmp_path):
     assert main(["solve", str(tmp_path), "--puzzle", "123"]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_info_lm_matches_minimind3(capsys):
+    assert main(["info", "arch=lm", "arch.vocab_size=6400", "data_paths=[]"]) == 0
+    assert "parameters: 63,912,192" in capsys.readouterr().out  # llm.md §1.3: minimind-3, 63.91M

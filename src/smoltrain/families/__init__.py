@@ -17,6 +17,7 @@ FAMILIES: dict[str, str] = {
     "trm": "smoltrain.families.trm:TRMFamily",
     "hrm": "smoltrain.families.trm:HRMFamily",
     "trm_singlez": "smoltrain.families.trm:TRMSingleZFamily",
+    "lm": "smoltrain.families.lm:LMFamily",
 }
 
 

@@ -1,0 +1,126 @@
+"""The tiny decoder LM family (``arch=lm``) on tokenized text.
+
+Glue only: the model is ``models/lm.py``, the token shards and packed windows ``data/text.py``. The
+vocabulary size comes from the dataset's ``metadata.json`` (as TRM's shapes come from ``dataset.json``);
+``arch.seq_len`` is the training context. A step's loss is the micro-batch's mean token loss weighted by
+its share of the global batch, so the sum over micro-batches and ranks is the global mean.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, ValidationError, create_model
+from torch import nn
+
+from smoltrain.config import ArchConfig
+from smoltrain.data.text import TokenWindows, read_metadata
+from smoltrain.errors import ConfigError
+from smoltrain.families.base import Batch, Family, OptimizerSpec, StepOutput, TrainStream
+from smoltrain.models.lm import LMConfig, LMForCausalLM
+from smoltrain.optim import AdamATan2
+
+
+def _arch_config() -> type[ArchConfig]:
+    fields: dict[str, Any] = {
+        key: (info.annotation, info) for key, info in LMConfig.model_fields.items() if key != "vocab_size"
+    }
+    fields["vocab_size"] = (int | None, Field(None, ge=1, description="None: from the dataset's metadata.json"))
+    fields["seq_len"] = (int, Field(256, ge=1, description="training context (tokens per window)"))
+    return create_model(  # type: ignore[call-overload, no-any-return]
+        "LMArchConfig", __base__=ArchConfig, name=(Literal["lm"], "lm"), **fields
+    )
+
+
+class LMFamily(Family):
+    config_class = _arch_config()
+
+    def __init__(self, cfg, dist, device) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(cfg, dist, device)
+        self.metadata = read_metadata(cfg.data_paths[0])[1] if cfg.data_paths else None
+        vocab = self.metadata["vocab_size"] if self.metadata else None
+        if self.arch.vocab_size is None:
+            if vocab is None:
+                raise ConfigError("arch=lm needs data (data_paths=[DIR], built by `smoltrain data text`) or "
+                                  "arch.vocab_size")
+            self.arch.vocab_size = vocab  # recorded in the run's config, so the run loads without its data
+        elif vocab is not None and vocab != self.arch.vocab_size:
+            raise ConfigError(f"arch.vocab_size={self.arch.vocab_size} but the dataset {cfg.data_paths[0]} was "
+                              f"tokenized with {vocab} tokens: use the tokenizer the run was trained with")
+
+    @property
+    def arch(self) -> Any:
+        return self.cfg.arch
+
+    def build_model(self) -> nn.Module:
+        try:
+            config = LMConfig.model_validate(self.arch.model_dump(exclude={"name", "seq_len"}))
+        except ValidationError as err:
+            raise ConfigError(f"arch: {err.errors()[0]['msg']}") from None
+        return LMForCausalLM(config)
+
+    def build_optimizers(self, model: nn.Module) -> list[OptimizerSpec]:
+        cfg = self.cfg
+        betas = (cfg.beta1, cfg.beta2)
+        if cfg.optimizer == "adamw":
+            opt: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=betas,
+                                                           weight_decay=cfg.weight_decay)
+        else:
+            opt = AdamATan2(model.parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
+        return [OptimizerSpec(opt, cfg.lr)]
+
+    def _windows(self, split: str) -> TokenWindows:
+        if not self.cfg.data_paths:
+            raise ConfigError("this needs the run's text dataset, and data_paths is empty: add data_paths=[DIR]")
+        return TokenWindows(self.cfg.data_paths[0], split, self.arch.seq_len, self.cfg.global_batch_size,
+                            rank=self.dist.rank, world_size=self.dist.world_size, seed=self.cfg.seed)
+
+    def train_stream(self) -> TrainStream:
+        return self._windows("train")  # type: ignore[return-value]
+
+    def steps_per_epoch(self) -> float:
+        if self.metadata is None:
+            raise ConfigError("this needs the run's text dataset, and data_paths is empty: add data_paths=[DIR]")
+        return self.metadata["splits"]["train"]["tokens"] / (self.arch.seq_len * self.cfg.global_batch_size)
+
+    def train_step(self, model: nn.Module, batch: Batch, carry: Any) -> StepOutput:
+        out = model(batch["input_ids"], labels=batch["labels"])
+        rows = batch["input_ids"].shape[0]
+        share = rows / self.cfg.global_batch_size  # packed windows: every row has seq_len labelled tokens
+        loss = out.loss * share
+        metrics = {"count": torch.tensor(float(rows)), "lm_loss": out.loss.detach() * rows}
+        if out.aux_loss is not None:
+            metrics["aux_loss"] = out.aux_loss.detach() * rows
+        return StepOutput(loss=loss, metrics=metrics)
+
+    def evaluate(self, model: nn.Module, outputs_path: Path | None = None) -> dict[str, float]:
+        """Validation loss (nats per token), perplexity and bits per byte over the val split."""
+        from smoltrain.train.distributed import all_reduce_sum
+
+        if not self.cfg.data_paths:
+            return {}
+        windows = self._windows("val")
+        total = torch.zeros(2, dtype=torch.float64)  # summed token loss, tokens
+        limit = self.cfg.eval_max_examples
+        for i, batch in enumerate(windows.iter_eval(self.local_batch_size)):  # this rank's slice of each chunk
+            if limit is not None and i * self.cfg.global_batch_size >= limit:
+                break
+            ids, labels = batch["input_ids"].to(self.device), batch["labels"].to(self.device)
+            out = model(ids, labels=labels)
+            tokens = (labels != -100).sum().item()
+            total += torch.tensor([out.loss.item() * tokens, tokens], dtype=torch.float64)
+        loss_sum, tokens = all_reduce_sum(total.to(self.device)).tolist()
+        if not tokens:
+            return {}
+        loss = loss_sum / tokens
+        bytes_per_token = self.metadata["splits"]["val"]["bytes_per_token"]  # type: ignore[index]
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
+                "bits_per_byte": loss / math.log(2) / bytes_per_token, "tokens": tokens}
+
+    def reduce_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        out = super().reduce_metrics(sums)
+        out["tokens_per_step"] = sums.get("count", 0.0) * self.arch.seq_len
+        return out
