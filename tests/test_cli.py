@@ -8,7 +8,7 @@ from smoltrain.cli import main
 
 
 @pytest.mark.parametrize("verb", [["train"], ["eval"], ["info"], ["demo"], ["solve"], ["data", "sudoku"],
-                                  ["import", "trm"], ["data", "text"], ["tokenizer", "train"]])
+                                  ["import", "trm"], ["data", "text"], ["tokenizer", "train"], ["generate"], ["chat"]])
 def test_every_verb_has_help(verb, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*verb, "--help"])

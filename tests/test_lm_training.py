@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,10 +43,16 @@ def text_data(tmp_path_factory) -> Path:
     return root / "text"
 
 
-def test_tiny_pretraining_beats_the_unigram_baseline(text_data, tmp_path):
-    cfg = load_config("lm-tiny-cpu", [*TINY, f"data_paths=[{text_data}]", f"run_dir={tmp_path}", "max_steps=120",
+@pytest.fixture(scope="module")
+def trained(text_data, tmp_path_factory) -> tuple[Path, dict]:
+    run = tmp_path_factory.mktemp("lmrun")
+    cfg = load_config("lm-tiny-cpu", [*TINY, f"data_paths=[{text_data}]", f"run_dir={run}", "max_steps=120",
                                       "lr=3e-3", "lr_warmup_steps=10"])
-    summary = Trainer(cfg).fit()
+    return run, Trainer(cfg).fit()
+
+
+def test_tiny_pretraining_beats_the_unigram_baseline(text_data, trained):
+    _, summary = trained
     baseline = unigram_entropy(text_data)
     assert summary["eval"]["loss"] < 0.5 * baseline, (summary["eval"], baseline)
     assert summary["eval"]["perplexity"] > 1.0 and summary["eval"]["bits_per_byte"] > 0.0
@@ -64,3 +72,27 @@ def test_lm_resume_after_sigkill_is_bitwise_exact(text_data, tmp_path):
     losses = [[r["loss"] for r in read_metrics(d / "metrics.jsonl") if r["split"] == "train"]
               for d in (straight, crashed)]
     assert losses[0] == losses[1] and len(losses[0]) == 16
+
+
+def test_streamed_greedy_text_equals_generate(trained):
+    from smoltrain.data.tokenizer import decode, encode
+    from smoltrain.generate import load_lm, stream_text
+
+    lm = load_lm(trained[0], device="cpu")
+    assert (trained[0] / "tokenizer" / "tokenizer.json").is_file()  # the run carries its tokenizer
+    prompt = "the cat sees"
+    streamed = "".join(stream_text(lm, prompt, max_new_tokens=12, temperature=0, stop_at_eos=False))
+    ids = torch.tensor([encode(lm.tokenizer, prompt)])
+    full = lm.model.generate(ids, 12, temperature=0)[0, ids.shape[1]:].tolist()
+    assert streamed == decode(lm.tokenizer, full) and streamed
+
+
+def test_generate_and_chat_cli(trained):
+    run = str(trained[0])
+    proc = run_python(["-m", "smoltrain", "generate", run, "--prompt", "a dog", "--max-new-tokens", "8", "--seed", "1"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("a dog") and len(proc.stdout.strip()) > len("a dog")
+    chat = subprocess.run([sys.executable, "-m", "smoltrain", "chat", run, "--max-new-tokens", "5"],
+                          input="hello\n\n", capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert chat.returncode == 0, chat.stderr
+    assert "model> " in chat.stdout

@@ -131,6 +131,48 @@ def cmd_data_text(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _sampling(ns: argparse.Namespace) -> dict:
+    return {"max_new_tokens": ns.max_new_tokens, "temperature": ns.temperature, "top_k": ns.top_k,
+            "top_p": ns.top_p, "seed": ns.seed}
+
+
+def cmd_generate(ns: argparse.Namespace) -> int:
+    from smoltrain.generate import load_lm, stream_text
+
+    lm = load_lm(ns.run_dir, device=ns.device)
+    print(ns.prompt, end="", flush=True)
+    for piece in stream_text(lm, ns.prompt, **_sampling(ns)):
+        print(piece, end="", flush=True)
+    print()
+    return 0
+
+
+def cmd_chat(ns: argparse.Namespace) -> int:
+    from smoltrain.generate import chat_reply, load_lm
+
+    lm = load_lm(ns.run_dir, device=ns.device)
+    messages: list[dict[str, str]] = []
+    if ns.system:
+        messages.append({"role": "system", "content": ns.system})
+    print("chat with the model; an empty line or Ctrl-D ends", file=sys.stderr)
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            break
+        if not line.strip():
+            break
+        messages.append({"role": "user", "content": line})
+        print("model> ", end="", flush=True)
+        reply = ""
+        for piece in chat_reply(lm, messages, **_sampling(ns)):
+            reply += piece
+            print(piece, end="", flush=True)
+        print()
+        messages.append({"role": "assistant", "content": reply})
+    return 0
+
+
 def cmd_demo(ns: argparse.Namespace) -> int:
     from smoltrain.demo import run_demo
 
@@ -158,6 +200,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = verb("info", cmd_info, "Show a recipe's parameter count, steps and resolved config.")
     sub.add_argument("args", nargs="*", metavar="[RECIPE] key=value")
     sub.add_argument("--show-config", action="store_true", help="print the resolved config as YAML")
+
+    for name, handler, text in (("generate", cmd_generate, "Continue a prompt with an LM run, streaming tokens."),
+                                ("chat", cmd_chat, "Chat with an LM run (ChatML template), one line a turn.")):
+        sub = verb(name, handler, text)
+        sub.add_argument("run_dir")
+        if name == "generate":
+            sub.add_argument("--prompt", required=True)
+        else:
+            sub.add_argument("--system", default=None, help="a system message")
+        sub.add_argument("--max-new-tokens", type=int, default=100)
+        sub.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+        sub.add_argument("--top-k", type=int, default=None)
+        sub.add_argument("--top-p", type=float, default=None)
+        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--device", default="auto")
 
     sub = verb("solve", cmd_solve, "Solve one Sudoku with a trained run and check the answer.")
     sub.add_argument("run_dir")

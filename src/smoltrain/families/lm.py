@@ -20,6 +20,7 @@ from smoltrain.config import ArchConfig
 from smoltrain.data.text import TokenWindows, read_metadata
 from smoltrain.errors import ConfigError
 from smoltrain.families.base import Batch, Family, OptimizerSpec, StepOutput, TrainStream
+from smoltrain.fileio import atomic_write_bytes
 from smoltrain.models.lm import LMConfig, LMForCausalLM
 from smoltrain.optim import AdamATan2
 
@@ -50,6 +51,17 @@ class LMFamily(Family):
         elif vocab is not None and vocab != self.arch.vocab_size:
             raise ConfigError(f"arch.vocab_size={self.arch.vocab_size} but the dataset {cfg.data_paths[0]} was "
                               f"tokenized with {vocab} tokens: use the tokenizer the run was trained with")
+
+    def save_artifacts(self, run_dir: Path) -> None:
+        """Copy the dataset's tokenizer into ``run_dir/tokenizer`` so generation and export need no dataset."""
+        if self.metadata is None:
+            return
+        source = Path(self.metadata["tokenizer"]["path"]).parent
+        target = run_dir / "tokenizer"
+        if source.is_dir() and not (target / "tokenizer.json").is_file():
+            for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+                if (source / name).is_file():
+                    atomic_write_bytes(target / name, (source / name).read_bytes())
 
     @property
     def arch(self) -> Any:

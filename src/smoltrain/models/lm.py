@@ -29,7 +29,7 @@ Shapes: ``B`` batch, ``T`` new tokens, ``S`` cached + new tokens, ``D`` hidden s
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -485,6 +485,45 @@ class LMForCausalLM(nn.Module):
         return LMOutput(logits=logits, loss=loss, aux_loss=aux_loss, past_key_values=presents)
 
     @torch.no_grad()
+    def generate_stream(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Autoregressive decoding with the KV cache, yielding each new token of every row (``[B]``) as soon
+        as it is chosen, so a caller can print while the model works.
+
+        Greedy when ``temperature == 0``; see ``sample_next_token`` for top-k / top-p. Rows that emitted
+        ``eos_token_id`` keep emitting it (so the batch stays rectangular) and decoding stops once every
+        row has. The prompt must not be left-padded (positions start at 0 for every row). Runs in eval
+        mode (no dropout) and restores the previous mode when the stream ends or is closed.
+        """
+        if input_ids.dim() != 2:
+            raise ValueError("input_ids must be [batch, seq]")
+        if max_new_tokens <= 0:
+            return
+        was_training = self.training
+        self.eval()
+        try:
+            out = self(input_ids, use_cache=True, logits_to_keep=1)
+            finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            for step in range(max_new_tokens):
+                next_token = sample_next_token(out.logits[:, -1], temperature, top_k, top_p, generator)
+                if eos_token_id is not None:
+                    next_token = next_token.masked_fill(finished, eos_token_id)
+                    finished |= next_token == eos_token_id
+                yield next_token
+                if step == max_new_tokens - 1 or bool(finished.all()):
+                    break
+                out = self(next_token[:, None], past_key_values=out.past_key_values, use_cache=True)
+        finally:
+            self.train(was_training)
+
     def generate(
         self,
         input_ids: torch.Tensor,
@@ -495,33 +534,6 @@ class LMForCausalLM(nn.Module):
         eos_token_id: int | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Autoregressive decoding with the KV cache. Returns a tensor ``[B, T + n]`` (prompt followed by
-        ``n <= max_new_tokens`` new tokens), not an iterator.
-
-        Greedy when ``temperature == 0``; see ``sample_next_token`` for top-k / top-p. Rows that emitted
-        ``eos_token_id`` keep emitting it (so the batch stays rectangular) and decoding stops once every
-        row has. The prompt must not be left-padded (positions start at 0 for every row). Runs in eval
-        mode (no dropout) and restores the previous mode.
-        """
-        if input_ids.dim() != 2:
-            raise ValueError("input_ids must be [batch, seq]")
-        was_training = self.training
-        self.eval()
-        try:
-            tokens = input_ids
-            if max_new_tokens <= 0:
-                return tokens
-            out = self(input_ids, use_cache=True, logits_to_keep=1)
-            finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-            for step in range(max_new_tokens):
-                next_token = sample_next_token(out.logits[:, -1], temperature, top_k, top_p, generator)
-                if eos_token_id is not None:
-                    next_token = next_token.masked_fill(finished, eos_token_id)
-                    finished |= next_token == eos_token_id
-                tokens = torch.cat((tokens, next_token[:, None]), dim=1)
-                if step == max_new_tokens - 1 or bool(finished.all()):
-                    break
-                out = self(next_token[:, None], past_key_values=out.past_key_values, use_cache=True)
-            return tokens
-        finally:
-            self.train(was_training)
+        """The prompt followed by ``n <= max_new_tokens`` new tokens, ``[B, T + n]`` (see ``generate_stream``)."""
+        new = self.generate_stream(input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, generator)
+        return torch.cat([input_ids, *(token[:, None] for token in new)], dim=1)

@@ -454,6 +454,7 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", config_to_yaml(self.cfg))
+            self.family.save_artifacts(self.run_dir)
 
     def _summary(self, stopped_by: str | None, seconds: float) -> dict[str, Any]:
         return {

@@ -1,0 +1,349 @@
+"""Hugging Face interop for ``arch=lm`` runs: export to / import from a local transformers directory.
+
+``export_hf`` writes a folder that ``transformers.AutoModelForCausalLM.from_pretrained(DIR)`` loads as
+``Qwen3ForCausalLM`` (runs with ``qk_norm``) or ``LlamaForCausalLM`` (without): ``config.json``,
+``model.safetensors``, ``generation_config.json`` and the run's tokenizer files. ``import_hf`` goes the
+other way and writes a run directory (``config.yaml`` + a weights-only step-0 checkpoint) that
+``smoltrain.load`` and ``smoltrain train`` (as a resume or ``load_checkpoint``) accept.
+
+The module names of ``smoltrain.models.lm`` are HF's, so weights map 1:1 by key; only the config needs
+translating. Both directions go through a temporary sibling directory renamed into place, so the output
+is either complete or absent. Nothing here touches the network: ``transformers`` is not needed at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from smoltrain.config import config_to_yaml, load_run_config, validate
+from smoltrain.errors import SmoltrainError
+from smoltrain.fileio import fsync_dir, fsync_file
+from smoltrain.models.lm import LMConfig, LMForCausalLM
+from smoltrain.train import checkpoint as ckpt
+
+__all__ = ["TOKENIZER_FILES", "export_hf", "import_hf"]
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+SUPPORTED_MODEL_TYPES = ("qwen3", "llama")
+_TIED_KEY, _EMBED_KEY = "lm_head.weight", "model.embed_tokens.weight"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------------
+
+
+def _check_output(output: Path, what: str) -> Path:
+    output = Path(output).absolute()
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise SmoltrainError(f"output {output} already exists and is not an empty directory: "
+                             f"choose a new path for the {what}")
+    return output
+
+
+@contextmanager
+def _atomic_dir(output: Path, what: str) -> Iterator[Path]:
+    """Yield a temporary sibling of ``output`` to fill; on success it is fsync'ed and renamed to ``output``."""
+    output = _check_output(output, what)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.parent / f".{output.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)  # left over by a crashed attempt of this same process id
+    tmp.mkdir()
+    try:
+        yield tmp
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                fsync_file(path)
+        for path in [*(p for p in tmp.rglob("*") if p.is_dir()), tmp]:
+            fsync_dir(path)
+        if output.exists():  # an empty directory: rename(2) replaces it, but be explicit about it
+            output.rmdir()
+        os.replace(tmp, output)
+        fsync_dir(output.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_json(path: Path, obj: object) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def _copy_tokenizer(source: Path, target: Path) -> list[str]:
+    """Copy the tokenizer files found in ``source`` into ``target``; returns the names copied."""
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / name, target / name)
+            copied.append(name)
+    return copied
+
+
+def _special_token_ids(tokenizer_dir: Path) -> dict[str, int]:
+    """``{"bos_token_id": ..., ...}`` for the special tokens the tokenizer files name and define."""
+    names: dict[str, Any] = {}
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):  # the map wins, as in transformers
+        path = tokenizer_dir / name
+        if path.is_file():
+            data = json.loads(path.read_text())
+            names.update({k: data[k] for k in ("bos_token", "eos_token", "pad_token") if data.get(k)})
+    if not names or not (tokenizer_dir / "tokenizer.json").is_file():
+        return {}
+    from tokenizers import Tokenizer  # a core dependency; imported late as export without a tokenizer skips it
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    ids = {}
+    for key, token in names.items():
+        content = token["content"] if isinstance(token, dict) else token  # AddedToken dicts or plain strings
+        token_id = tokenizer.token_to_id(content) if isinstance(content, str) else None
+        if token_id is not None:
+            ids[f"{key}_id"] = token_id
+    return ids
+
+
+# ---------------------------------------------------------------------------------------------------
+# Export
+# ---------------------------------------------------------------------------------------------------
+
+
+def _hf_config(lm: LMConfig, token_ids: dict[str, int]) -> dict[str, Any]:
+    qwen3 = lm.qk_norm
+    rope_theta = float(lm.rope_theta)
+    config: dict[str, Any] = {
+        "architectures": ["Qwen3ForCausalLM" if qwen3 else "LlamaForCausalLM"],
+        "model_type": "qwen3" if qwen3 else "llama",
+        "vocab_size": lm.vocab_size,
+        "hidden_size": lm.hidden_size,
+        "intermediate_size": lm.resolved_intermediate_size,
+        "num_hidden_layers": lm.num_hidden_layers,
+        "num_attention_heads": lm.num_attention_heads,
+        "num_key_value_heads": lm.num_key_value_heads,
+        "head_dim": lm.resolved_head_dim,
+        "max_position_embeddings": lm.max_position_embeddings,
+        # transformers < 5 reads rope_theta, >= 5 rope_parameters; writing both keeps either working.
+        "rope_theta": rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": rope_theta},
+        "rms_norm_eps": lm.rms_norm_eps,
+        "tie_word_embeddings": lm.tie_word_embeddings,
+        "hidden_act": lm.hidden_act,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        # transformers < 5 reads torch_dtype, >= 5 dtype. Weights are saved as trained: fp32.
+        "torch_dtype": "float32",
+        "dtype": "float32",
+        "bos_token_id": token_ids.get("bos_token_id"),
+        "eos_token_id": token_ids.get("eos_token_id"),
+        "pad_token_id": token_ids.get("pad_token_id"),
+    }
+    if qwen3:  # Qwen3 has optional sliding-window layers; ours attend over the whole context
+        config.update({
+            "use_sliding_window": False,
+            "sliding_window": None,
+            "max_window_layers": lm.num_hidden_layers,
+            "layer_types": ["full_attention"] * lm.num_hidden_layers,
+        })
+    else:
+        config.update({"mlp_bias": False, "pretraining_tp": 1})
+    return config
+
+
+def export_hf(run_dir: Path, output: Path, checkpoint: Path | None = None) -> Path:
+    """Write an ``arch=lm`` run's checkpoint (newest by default; EMA weights when present) as a local HF folder.
+
+    Returns the absolute output directory. ``output`` must not exist or be empty.
+    """
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    if cfg.arch.name != "lm":
+        raise SmoltrainError(f"only arch=lm runs export to Hugging Face format; {run_dir} is arch={cfg.arch.name}")
+    arch = cfg.arch
+    if arch.use_moe:
+        raise SmoltrainError("export of MoE runs is not supported yet: only dense (use_moe=false) runs export")
+    if arch.vocab_size is None:
+        raise SmoltrainError(f"{run_dir}/config.yaml has no arch.vocab_size: train the run before exporting it")
+    lm = LMConfig.model_validate(arch.model_dump(exclude={"name", "seq_len"}))
+    if checkpoint is None:
+        found = ckpt.list_checkpoints(run_dir / "checkpoints")
+        if not found:
+            raise SmoltrainError(f"{run_dir} has no checkpoint yet; train it with `smoltrain train` first")
+        checkpoint = found[-1]
+    model_state, ema_state, _ = ckpt.load_checkpoint(Path(checkpoint))
+    state = {**model_state, **(ema_state or {})}  # EMA weights are the ones the run evaluates (as `load`)
+
+    # A strict load into our own model catches a checkpoint that does not match its config.yaml here,
+    # with our message, instead of as a transformers warning about randomly initialised weights.
+    model = LMForCausalLM(lm)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise SmoltrainError(f"checkpoint {checkpoint} does not match {run_dir}/config.yaml: {first}") from None
+    tensors = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in model.state_dict().items()}
+    if lm.tie_word_embeddings:
+        # transformers ties lm_head to the embedding on load and leaves it out when saving; safetensors
+        # refuses two names for one storage anyway, so the embedding alone is written.
+        tensors.pop(_TIED_KEY)
+
+    tokenizer_dir = run_dir / "tokenizer"
+    token_ids = _special_token_ids(tokenizer_dir) if tokenizer_dir.is_dir() else {}
+    with _atomic_dir(output, "Hugging Face export") as tmp:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        _write_json(tmp / "config.json", _hf_config(lm, token_ids))
+        # Greedy by default: a tiny model sampled at temperature 1 mostly shows noise.
+        _write_json(tmp / "generation_config.json", {**token_ids, "do_sample": False})
+        if tokenizer_dir.is_dir():
+            _copy_tokenizer(tokenizer_dir, tmp)
+    return Path(output).absolute()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Import
+# ---------------------------------------------------------------------------------------------------
+
+
+def _read_hf_config(directory: Path) -> dict[str, Any]:
+    path = directory / "config.json"
+    if not path.is_file():
+        raise SmoltrainError(f"{directory} is not a Hugging Face model directory (no config.json)")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SmoltrainError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise SmoltrainError(f"{path} must hold a JSON object")
+    return config
+
+
+def _lm_fields(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Our ``LMConfig`` fields for an HF Qwen3 / Llama config; refuses what our decoder cannot reproduce."""
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise SmoltrainError(f"{path}: model_type {model_type!r} is not supported; "
+                             f"import handles {' and '.join(SUPPORTED_MODEL_TYPES)}")
+    for flag in ("attention_bias", "mlp_bias", "use_sliding_window"):
+        if config.get(flag):
+            raise SmoltrainError(f"{path}: {flag}=true is not supported by smoltrain's decoder")
+    if config.get("hidden_act", "silu") != "silu":
+        raise SmoltrainError(f"{path}: hidden_act {config['hidden_act']!r} is not supported (only silu)")
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    if rope_type != "default":
+        raise SmoltrainError(f"{path}: RoPE scaling {rope_type!r} is not supported (only default RoPE)")
+    rope_theta = (rope.get("rope_theta") if isinstance(rope, dict) else None) or config.get("rope_theta") or 10000.0
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+        if not isinstance(config.get(key), int):
+            raise SmoltrainError(f"{path}: {key} must be an integer, got {config.get(key)!r}")
+    heads = config["num_attention_heads"]
+    return {
+        "vocab_size": config["vocab_size"],
+        "hidden_size": config["hidden_size"],
+        "intermediate_size": config["intermediate_size"],
+        "num_hidden_layers": config["num_hidden_layers"],
+        "num_attention_heads": heads,
+        "num_key_value_heads": config.get("num_key_value_heads") or heads,  # HF: None means multi-head
+        "head_dim": config.get("head_dim") or config["hidden_size"] // heads,
+        "max_position_embeddings": config.get("max_position_embeddings", 2048),
+        "rope_theta": float(rope_theta),
+        "rms_norm_eps": config.get("rms_norm_eps", 1e-6),
+        "qk_norm": model_type == "qwen3",  # Qwen3 normalises q and k per head; Llama does not
+        # Qwen3Config and LlamaConfig both default to untied when the key is absent.
+        "tie_word_embeddings": bool(config.get("tie_word_embeddings", False)),
+    }
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    single = directory / "model.safetensors"
+    if single.is_file():
+        return [single]
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        files = sorted(set(weight_map.values()))
+        missing = [name for name in files if not (directory / name).is_file()]
+        if missing:
+            raise SmoltrainError(f"{directory}: shard {missing[0]} named in {index.name} is missing")
+        return [directory / name for name in files]
+    shards = sorted(directory.glob("model-*-of-*.safetensors"))
+    if shards:
+        return shards
+    raise SmoltrainError(f"{directory} has no model.safetensors (or model-0000x-of-0000y.safetensors shards); "
+                         "convert .bin weights to safetensors first")
+
+
+def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    for file in _weight_files(directory):
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open handles are not iterable
+                # Older exports saved the RoPE inverse frequencies; they are recomputed, not learned.
+                if not key.endswith("rotary_emb.inv_freq"):
+                    state[key] = handle.get_tensor(key)
+    return state
+
+
+def _match_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], tied: bool,
+                 path: Path) -> dict[str, torch.Tensor]:
+    """``state`` checked key-for-key and shape-for-shape against ``expected``, cast to fp32."""
+    if tied:
+        # HF leaves the tied head out of the file (or stores a copy); ours keeps both names, same values.
+        if _EMBED_KEY in state:
+            state[_TIED_KEY] = state[_EMBED_KEY]
+    for key, tensor in expected.items():
+        if key not in state:
+            raise SmoltrainError(f"{path}: weight {key} is missing (does config.json match the weights?)")
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise SmoltrainError(f"{path}: weight {key} has shape {tuple(state[key].shape)} but config.json "
+                                 f"implies {tuple(tensor.shape)}")
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise SmoltrainError(f"{path}: unexpected weight {extra[0]} (does config.json match the weights?)")
+    # fp32 master weights, as smoltrain trains and checkpoints; bf16/fp16 files are upcast exactly.
+    return {key: state[key].to(torch.float32).contiguous() for key in expected}
+
+
+def import_hf(directory: Path, output: Path) -> Path:
+    """Turn a local HF Qwen3 / Llama directory into a smoltrain run directory; returns it (absolute).
+
+    The run holds ``config.yaml`` (``arch=lm``, no data), ``checkpoints/step_00000000`` (weights only:
+    training from it starts fresh optimizer state) and ``tokenizer/`` when the directory has one.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise SmoltrainError(f"{directory} is not a directory: pass a local Hugging Face model folder")
+    output = _check_output(Path(output), "imported run")
+    config = _read_hf_config(directory)
+    fields = _lm_fields(config, directory / "config.json")
+    # seq_len is our training window; keep the default unless the model's context is shorter.
+    seq_len = min(256, int(fields["max_position_embeddings"]))
+    cfg = validate({"arch": {"name": "lm", **fields, "seq_len": seq_len}, "data_paths": [], "run_dir": str(output)})
+    lm = LMConfig.model_validate(cfg.arch.model_dump(exclude={"name", "seq_len"}))
+
+    with torch.device("meta"):  # shapes only: no need to allocate and initialise a second copy
+        expected = LMForCausalLM(lm).state_dict()
+    state = _match_state(_read_weights(directory), expected, lm.tie_word_embeddings, directory)
+
+    imported = {
+        "source": str(directory.absolute()),
+        "model_type": str(config["model_type"]),
+        "architectures": [str(a) for a in config.get("architectures") or []],
+    }
+    with _atomic_dir(output, "imported run") as tmp:
+        (tmp / "config.yaml").write_text(config_to_yaml(cfg))
+        # No "optimizers" in the trainer state: the trainer's resume treats it as weights only.
+        ckpt.save_checkpoint(tmp / "checkpoints", 0, state, None,
+                             {"step": 0, "imported": imported, "world_size": 1}, keep=1)
+        _copy_tokenizer(directory, tmp / "tokenizer")
+    return output

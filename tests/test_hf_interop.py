@@ -1,0 +1,175 @@
+"""Hugging Face export/import of ``arch=lm`` runs, checked against transformers itself (tiny fp32 models)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import smoltrain
+from smoltrain.config import config_to_yaml, load_config
+from smoltrain.errors import SmoltrainError
+from smoltrain.interop.hf import export_hf, import_hf
+from smoltrain.models.lm import LMConfig, LMForCausalLM
+from smoltrain.train.checkpoint import save_checkpoint
+
+transformers = pytest.importorskip("transformers", reason="transformers (dev extra) is needed for the HF parity tests")
+
+
+def make_run(run_dir: Path, *extra: str, seed: int = 0, tokenizer: bool = False) -> LMForCausalLM:
+    """A trained-looking run directory written by hand: config.yaml and one seeded checkpoint."""
+    cfg = load_config(None, [
+        "arch=lm", "arch.vocab_size=64", "arch.hidden_size=32", "arch.num_hidden_layers=2",
+        "arch.num_attention_heads=4", "arch.num_key_value_heads=2", "data_paths=[]", f"run_dir={run_dir}", *extra,
+    ])
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+    torch.manual_seed(seed)
+    model = LMForCausalLM(LMConfig.model_validate(cfg.arch.model_dump(exclude={"name", "seq_len"})))
+    with torch.no_grad():  # norms start at 1; perturb them so a dropped or swapped norm weight shows
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.add_(0.1 * torch.randn_like(param))
+    save_checkpoint(run_dir / "checkpoints", 5, model.state_dict(), None, {"step": 5}, keep=1)
+    if tokenizer:
+        write_tokenizer(run_dir / "tokenizer")
+    return model.eval()
+
+
+def write_tokenizer(target: Path) -> None:
+    """A 64-token word-level tokenizer with the MiniMind special tokens at ids 0, 1, 2."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {tok: i for i, tok in enumerate(specials + [f"w{i}" for i in range(61)])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(specials)
+    target.mkdir(parents=True)
+    tok.save(str(target / "tokenizer.json"))
+    names = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+             "unk_token": "<|endoftext|>"}
+    (target / "special_tokens_map.json").write_text(json.dumps(names))
+    (target / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", **names}))
+
+
+@pytest.mark.parametrize(("qk_norm", "tied"), [(True, True), (True, False), (False, True), (False, False)])
+def test_export_matches_transformers(tmp_path: Path, qk_norm: bool, tied: bool) -> None:
+    ours = make_run(tmp_path / "run", f"arch.qk_norm={qk_norm}", f"arch.tie_word_embeddings={tied}")
+    out = export_hf(tmp_path / "run", tmp_path / "hf")
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == ("qwen3" if qk_norm else "llama")
+    assert config["tie_word_embeddings"] is tied
+    keys = set(load_file(str(out / "model.safetensors")))
+    assert ("lm_head.weight" in keys) is not tied  # transformers re-ties a tied head on load
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(hf).__name__ == ("Qwen3ForCausalLM" if qk_norm else "LlamaForCausalLM")
+    if tied:
+        assert hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()
+
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = ours(ids).logits
+        got = hf(ids).logits
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+    prompt = ids[:, :5]
+    ours_gen = ours.generate(prompt, max_new_tokens=8, temperature=0)
+    hf_gen = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, min_new_tokens=8,
+                         do_sample=False, pad_token_id=0)
+    assert torch.equal(hf_gen, ours_gen)
+
+    # Round trip: the imported run loads through the public API with exactly the exported weights.
+    run2 = import_hf(out, tmp_path / "imported")
+    loaded = smoltrain.load(run2, device="cpu")
+    assert loaded.config.arch.qk_norm is qk_norm and loaded.config.arch.tie_word_embeddings is tied
+    original = ours.state_dict()
+    got_state = loaded.model.state_dict()
+    assert set(got_state) == set(original)
+    for key, value in original.items():
+        assert torch.equal(got_state[key], value), key
+    if tied:
+        assert loaded.model.lm_head.weight is loaded.model.model.embed_tokens.weight
+
+
+def test_export_tokenizer_and_special_ids(tmp_path: Path) -> None:
+    make_run(tmp_path / "run", tokenizer=True)
+    out = export_hf(tmp_path / "run", tmp_path / "hf")
+    config = json.loads((out / "config.json").read_text())
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (1, 2, 0)
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == 2
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        assert (out / name).read_bytes() == (tmp_path / "run" / "tokenizer" / name).read_bytes()
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert tok.eos_token_id == 2 and tok.encode("w0 w1", add_special_tokens=False) == [3, 4]
+
+    run2 = import_hf(out, tmp_path / "imported")
+    assert (run2 / "tokenizer" / "tokenizer.json").read_bytes() == (out / "tokenizer.json").read_bytes()
+
+
+def test_import_sharded_bf16(tmp_path: Path) -> None:
+    ours = make_run(tmp_path / "run", "arch.tie_word_embeddings=false")
+    out = export_hf(tmp_path / "run", tmp_path / "hf")
+    # Re-save as two bf16 shards with an index, the layout transformers uses for large models.
+    state = load_file(str(out / "model.safetensors"))
+    (out / "model.safetensors").unlink()
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+              "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    for name, part in shards.items():
+        save_file({k: state[k].to(torch.bfloat16) for k in part}, str(out / name))
+    weight_map = {k: name for name, part in shards.items() for k in part}
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+    loaded = smoltrain.load(import_hf(out, tmp_path / "imported"), device="cpu")
+    for key, value in ours.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value.to(torch.bfloat16).float()), key
+
+
+def test_import_shape_mismatch_is_one_clear_line(tmp_path: Path) -> None:
+    make_run(tmp_path / "run")
+    out = export_hf(tmp_path / "run", tmp_path / "hf")
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    config = json.loads((bad / "config.json").read_text())
+    config["intermediate_size"] += 8
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SmoltrainError, match=r"layers\.0\.mlp\.gate_proj\.weight has shape \(128, 32\) but config\.json implies \(136, 32\)") as err:
+        import_hf(bad, tmp_path / "imported")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "imported").exists()  # nothing half-written
+
+
+def test_import_refuses_unsupported_configs(tmp_path: Path) -> None:
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    (hf_dir / "config.json").write_text(json.dumps({"model_type": "mistral"}))
+    with pytest.raises(SmoltrainError, match="model_type 'mistral' is not supported"):
+        import_hf(hf_dir, tmp_path / "out")
+    (hf_dir / "config.json").write_text(json.dumps({"model_type": "llama", "rope_scaling": {"rope_type": "llama3"}}))
+    with pytest.raises(SmoltrainError, match="RoPE scaling 'llama3'"):
+        import_hf(hf_dir, tmp_path / "out")
+    with pytest.raises(SmoltrainError, match="no config.json"):
+        import_hf(tmp_path, tmp_path / "out2")
+
+
+def test_export_refuses_moe_and_busy_output(tmp_path: Path) -> None:
+    make_run(tmp_path / "moe", "arch.use_moe=true")
+    with pytest.raises(SmoltrainError, match="export of MoE runs is not supported yet"):
+        export_hf(tmp_path / "moe", tmp_path / "hf_moe")
+    assert not (tmp_path / "hf_moe").exists()
+
+    make_run(tmp_path / "run")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    with pytest.raises(SmoltrainError, match="not an empty directory"):
+        export_hf(tmp_path / "run", busy)
+    assert (busy / "keep.txt").read_text() == "mine"
