@@ -40,3 +40,10 @@ def test_solve_without_a_run_is_one_line(capsys, tmp_path):
 def test_info_lm_matches_minimind3(capsys):
     assert main(["info", "arch=lm", "arch.vocab_size=6400", "data_paths=[]"]) == 0
     assert "parameters: 63,912,192" in capsys.readouterr().out  # llm.md §1.3: minimind-3, 63.91M
+
+
+@pytest.mark.parametrize(("preset", "expected"), [("minimind2-26m", "25,829,888"), ("minimind3-64m", "63,912,192"),
+                                                  ("minimind3-moe", "198,416,640")])
+def test_lm_presets_match_minimind_counts(preset, expected, capsys):
+    assert main(["info", f"arch={preset}", "data_paths=[]"]) == 0  # llm.md §1.3: 25.83M, 63.91M, 198.42M
+    assert f"parameters: {expected}" in capsys.readouterr().out

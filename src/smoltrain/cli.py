@@ -326,3 +326,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `smoltrain info ... | head`: the reader left; that is not an error
+        sys.stderr.close()
+        return 0
