@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -62,3 +65,39 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_directory(output: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary sibling of ``output`` to fill; only when the body succeeds is it fsync'ed
+    and renamed onto ``output`` (an existing ``output`` is swapped out, then removed). On failure the
+    temporary directory is deleted, so a reader sees the old directory or the new one, never a partial one.
+    Callers decide beforehand whether an existing ``output`` may be replaced.
+    """
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # A sibling is on the same filesystem, so the renames are atomic.
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                fsync_file(path)
+        for path in [*(p for p in tmp.rglob("*") if p.is_dir()), tmp]:
+            fsync_dir(path)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+            os.rename(out, old)
+            try:
+                os.rename(tmp, out)
+            except BaseException:
+                os.rename(old, out)  # put the previous directory back
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+        fsync_dir(out.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

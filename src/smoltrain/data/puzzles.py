@@ -41,8 +41,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
-import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -52,7 +50,7 @@ import pydantic
 import torch
 
 from smoltrain.errors import ConfigError, DataError
-from smoltrain.fileio import fsync_dir, write_json_synced, write_synced
+from smoltrain.fileio import atomic_directory, fsync_dir, write_json_synced, write_synced
 
 __all__ = [
     "FIELDS",
@@ -127,29 +125,8 @@ def atomic_dataset_dir(output_dir: str | os.PathLike[str]) -> Iterator[Path]:
     is replaced only if it looks like a dataset (has identifiers.json, build_info.json or a split's
     dataset.json).
     """
-    out = check_output_dir(output_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Same parent directory => same filesystem => os.replace/rename is atomic.
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    try:
+    with atomic_directory(check_output_dir(output_dir)) as tmp:
         yield tmp
-        fsync_dir(tmp)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-            os.rename(out, old)
-            try:
-                os.rename(tmp, out)
-            except BaseException:
-                os.rename(old, out)  # put the previous dataset back
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-        fsync_dir(out.parent)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _token_dtype(vocab_size: int) -> type[np.integer]:

@@ -33,8 +33,6 @@ import json
 import math
 import os
 import re
-import secrets
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -44,7 +42,7 @@ import torch
 
 from smoltrain.data.tokenizer import eos_id, load_tokenizer, tokenizer_file
 from smoltrain.errors import ConfigError, DataError
-from smoltrain.fileio import fsync_dir, write_json_synced
+from smoltrain.fileio import atomic_directory, write_json_synced
 
 FORMAT = "smoltrain-text-v1"
 SPLITS = ("train", "val")
@@ -211,29 +209,8 @@ def _check_output_dir(output_dir: Path) -> Path:
 @contextlib.contextmanager
 def _atomic_dir(output_dir: Path) -> Iterator[Path]:
     """A temporary sibling directory renamed onto `output_dir` only when the body succeeds."""
-    out = _check_output_dir(output_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # A sibling is on the same filesystem, so the final rename is atomic.
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    try:
+    with atomic_directory(_check_output_dir(output_dir)) as tmp:
         yield tmp
-        fsync_dir(tmp)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-            os.rename(out, old)
-            try:
-                os.rename(tmp, out)
-            except BaseException:
-                os.rename(old, out)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-        fsync_dir(out.parent)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _sha256(path: Path) -> str:

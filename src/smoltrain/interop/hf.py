@@ -14,7 +14,6 @@ is either complete or absent. Nothing here touches the network: ``transformers``
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +26,7 @@ from safetensors.torch import save_file
 
 from smoltrain.config import config_to_yaml, load_run_config, validate
 from smoltrain.errors import SmoltrainError
-from smoltrain.fileio import fsync_dir, fsync_file
+from smoltrain.fileio import atomic_directory
 from smoltrain.models.lm import LMConfig, LMForCausalLM
 from smoltrain.train import checkpoint as ckpt
 
@@ -54,25 +53,8 @@ def _check_output(output: Path, what: str) -> Path:
 @contextmanager
 def _atomic_dir(output: Path, what: str) -> Iterator[Path]:
     """Yield a temporary sibling of ``output`` to fill; on success it is fsync'ed and renamed to ``output``."""
-    output = _check_output(output, what)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.parent / f".{output.name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)  # left over by a crashed attempt of this same process id
-    tmp.mkdir()
-    try:
+    with atomic_directory(_check_output(output, what)) as tmp:
         yield tmp
-        for path in tmp.rglob("*"):
-            if path.is_file():
-                fsync_file(path)
-        for path in [*(p for p in tmp.rglob("*") if p.is_dir()), tmp]:
-            fsync_dir(path)
-        if output.exists():  # an empty directory: rename(2) replaces it, but be explicit about it
-            output.rmdir()
-        os.replace(tmp, output)
-        fsync_dir(output.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _write_json(path: Path, obj: object) -> None:

@@ -24,9 +24,7 @@ The import, in order:
 
 from __future__ import annotations
 
-import os
 import re
-import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -43,7 +41,7 @@ from smoltrain.data.puzzles import load_metadata
 from smoltrain.errors import ConfigError, DataError, SmoltrainError
 from smoltrain.families import family_class
 from smoltrain.families.trm import DATA_SHAPE, INJECTED, LossConfig, TRMFamily
-from smoltrain.fileio import atomic_write_text
+from smoltrain.fileio import atomic_directory, atomic_write_text
 from smoltrain.train.checkpoint import save_checkpoint
 from smoltrain.train.distributed import DistEnv
 
@@ -365,15 +363,6 @@ def _check_output(output: Path) -> None:
         raise SmoltrainError(f"{output} already exists and is not empty; choose another --output or remove it")
 
 
-def _prepare_output(output: Path) -> Path:
-    """A fresh temporary sibling of ``output`` (renamed onto it when complete)."""
-    _check_output(output)  # again: it may have appeared while the model was being checked
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.parent / f".{output.name}.import-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    return tmp
-
-
 def import_reference_checkpoint(
     checkpoint: Path,
     output: Path,
@@ -406,8 +395,8 @@ def import_reference_checkpoint(
     _check_state(model.state_dict(), state, f"{path} does not match {config_path}")
     model.load_state_dict(state)
 
-    tmp = _prepare_output(output)
-    try:
+    _check_output(output)  # again: it may have appeared while the model was being checked
+    with atomic_directory(output) as tmp:
         atomic_write_text(tmp / "config.yaml", config_to_yaml(cfg))
         shutil.copyfile(config_path, tmp / "reference_all_config.yaml")
         trainer_state = {
@@ -420,10 +409,6 @@ def import_reference_checkpoint(
         }
         save_checkpoint(tmp / "checkpoints", step, model.state_dict(), None, trainer_state, keep=1)
         atomic_write_text(tmp / "README.md", _readme(output, path, step, cfg, shape, dropped, notes))
-        os.replace(tmp, output)  # also replaces an empty directory
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
     say(f"imported {path} (step {step}, arch {cfg.arch.name}) into {output}")
     say("data shape: " + ", ".join(f"{k}={v}" for k, v in shape.items()))
