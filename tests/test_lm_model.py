@@ -4,7 +4,6 @@ parameter counts (``llm.md`` §1.3), HF state-dict names, loss, KV-cache generat
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import pydantic
@@ -23,14 +22,7 @@ from smoltrain.models.lm import (
     sample_next_token,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    # Tiny models: OpenMP threads only add spin/sync overhead on a loaded 2-core box.
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny(**overrides: Any) -> LMConfig:

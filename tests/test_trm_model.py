@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from typing import Any
 
 import pydantic
@@ -21,14 +20,7 @@ from smoltrain.models.trm import (
     carry_to_state,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    # Tiny models: OpenMP threads only add spin/sync overhead (100x slower on a loaded 2-core box).
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_config(**overrides: Any) -> dict[str, Any]:
