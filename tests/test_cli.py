@@ -7,7 +7,7 @@ import pytest
 from smoltrain.cli import main
 
 VERBS = [["train"], ["eval"], ["info"], ["demo"], ["solve"], ["generate"], ["chat"], ["export"], ["data", "sudoku"],
-         ["data", "text"], ["tokenizer", "train"], ["import", "trm"], ["import", "hf"]]
+         ["data", "text"], ["tokenizer", "train"], ["import", "trm"], ["import", "hf"], ["import", "minimind"]]
 
 
 @pytest.mark.parametrize("verb", VERBS, ids=" ".join)

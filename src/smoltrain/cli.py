@@ -196,6 +196,17 @@ def cmd_import_hf(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_minimind(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from smoltrain.interop.minimind import import_minimind
+
+    out = import_minimind(Path(ns.checkpoint), ns.preset, Path(ns.output), ns.overrides,
+                          Path(ns.tokenizer) if ns.tokenizer else None)
+    print(f"imported {ns.checkpoint} ({ns.preset}) into run {out} (weights only)")
+    return 0
+
+
 def cmd_demo(ns: argparse.Namespace) -> int:
     from smoltrain.demo import run_demo, run_lm_demo
 
@@ -260,6 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.set_defaults(handler=cmd_import_hf)
     sub.add_argument("directory")
     sub.add_argument("--output", required=True, help="the run directory to create")
+
+    sub = kinds.add_parser("minimind", help="MiniMind's released .pth weights (bare or *_resume.pth).")
+    sub.set_defaults(handler=cmd_import_minimind)
+    sub.add_argument("--checkpoint", required=True)
+    sub.add_argument("--preset", required=True, choices=("minimind2-26m", "minimind3-64m", "minimind3-moe"))
+    sub.add_argument("--output", required=True, help="the run directory to create")
+    sub.add_argument("--tokenizer", default=None, help="MiniMind's tokenizer directory, copied into the run")
+    sub.add_argument("overrides", nargs="*", metavar="arch.key=value", help="shape changes, e.g. arch.vocab_size=...")
 
     sub = verb("export", cmd_export, "Export an LM run as a Hugging Face directory (Qwen3 or Llama).")
     sub.add_argument("run_dir")

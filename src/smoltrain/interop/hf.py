@@ -276,8 +276,8 @@ def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _match_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], tied: bool,
-                 path: Path) -> dict[str, torch.Tensor]:
+def match_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], tied: bool,
+                path: Path, config_name: str = "config.json") -> dict[str, torch.Tensor]:
     """``state`` checked key-for-key and shape-for-shape against ``expected``, cast to fp32."""
     if tied:
         # HF leaves the tied head out of the file (or stores a copy); ours keeps both names, same values.
@@ -285,13 +285,13 @@ def _match_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tenso
             state[_TIED_KEY] = state[_EMBED_KEY]
     for key, tensor in expected.items():
         if key not in state:
-            raise SmoltrainError(f"{path}: weight {key} is missing (does config.json match the weights?)")
+            raise SmoltrainError(f"{path}: weight {key} is missing (does {config_name} match the weights?)")
         if tuple(state[key].shape) != tuple(tensor.shape):
-            raise SmoltrainError(f"{path}: weight {key} has shape {tuple(state[key].shape)} but config.json "
+            raise SmoltrainError(f"{path}: weight {key} has shape {tuple(state[key].shape)} but {config_name} "
                                  f"implies {tuple(tensor.shape)}")
     extra = sorted(set(state) - set(expected))
     if extra:
-        raise SmoltrainError(f"{path}: unexpected weight {extra[0]} (does config.json match the weights?)")
+        raise SmoltrainError(f"{path}: unexpected weight {extra[0]} (does {config_name} match the weights?)")
     # fp32 master weights, as smoltrain trains and checkpoints; bf16/fp16 files are upcast exactly.
     return {key: state[key].to(torch.float32).contiguous() for key in expected}
 
@@ -315,17 +315,24 @@ def import_hf(directory: Path, output: Path) -> Path:
 
     with torch.device("meta"):  # shapes only: no need to allocate and initialise a second copy
         expected = LMForCausalLM(lm).state_dict()
-    state = _match_state(_read_weights(directory), expected, lm.tie_word_embeddings, directory)
+    state = match_state(_read_weights(directory), expected, lm.tie_word_embeddings, directory)
 
     imported = {
         "source": str(directory.absolute()),
         "model_type": str(config["model_type"]),
         "architectures": [str(a) for a in config.get("architectures") or []],
     }
+    return write_lm_run(output, cfg, state, imported, tokenizer_dir=directory)
+
+
+def write_lm_run(output: Path, cfg: Any, state: dict[str, torch.Tensor], imported: dict[str, Any],
+                 tokenizer_dir: Path | None = None) -> Path:
+    """A run directory holding imported LM weights: ``config.yaml``, a weights-only step-0 checkpoint (the
+    trainer resumes it with fresh optimizer state) and the tokenizer files found in ``tokenizer_dir``."""
     with _atomic_dir(output, "imported run") as tmp:
         (tmp / "config.yaml").write_text(config_to_yaml(cfg))
-        # No "optimizers" in the trainer state: the trainer's resume treats it as weights only.
         ckpt.save_checkpoint(tmp / "checkpoints", 0, state, None,
                              {"step": 0, "imported": imported, "world_size": 1}, keep=1)
-        _copy_tokenizer(directory, tmp / "tokenizer")
+        if tokenizer_dir is not None:
+            _copy_tokenizer(tokenizer_dir, tmp / "tokenizer")
     return output
