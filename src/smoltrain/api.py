@@ -47,7 +47,12 @@ def load(run_dir: str | Path, checkpoint: str | Path | None = None, device: str 
     dev = pick_device(device)
     family = family_class(cfg.arch.name)(cfg, DistEnv(), dev)
     model = family.build_model()
-    model.load_state_dict({**model_state, **(ema_state or {})})
+    try:
+        model.load_state_dict({**model_state, **(ema_state or {})})
+    except RuntimeError as err:  # torch lists every key; the first tells the user enough
+        lines = str(err).splitlines()
+        first = lines[1].strip() if len(lines) > 1 else str(err)
+        raise SmoltrainError(f"checkpoint {checkpoint} does not match {run_dir}/config.yaml: {first}") from None
     model.to(dev).eval()
     return LoadedRun(model=model, config=cfg, family=family, checkpoint=Path(checkpoint), device=dev)
 

@@ -24,6 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from smoltrain.api import load
 from smoltrain.config import config_to_yaml, load_run_config, validate
 from smoltrain.errors import SmoltrainError
 from smoltrain.fileio import atomic_directory
@@ -157,22 +158,9 @@ def export_hf(run_dir: Path, output: Path, checkpoint: Path | None = None) -> Pa
     if arch.vocab_size is None:
         raise SmoltrainError(f"{run_dir}/config.yaml has no arch.vocab_size: train the run before exporting it")
     lm = LMConfig.model_validate(arch.model_dump(exclude={"name", "seq_len"}))
-    if checkpoint is None:
-        found = ckpt.list_checkpoints(run_dir / "checkpoints")
-        if not found:
-            raise SmoltrainError(f"{run_dir} has no checkpoint yet; train it with `smoltrain train` first")
-        checkpoint = found[-1]
-    model_state, ema_state, _ = ckpt.load_checkpoint(Path(checkpoint))
-    state = {**model_state, **(ema_state or {})}  # EMA weights are the ones the run evaluates (as `load`)
-
-    # A strict load into our own model catches a checkpoint that does not match its config.yaml here,
-    # with our message, instead of as a transformers warning about randomly initialised weights.
-    model = LMForCausalLM(lm)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
-        raise SmoltrainError(f"checkpoint {checkpoint} does not match {run_dir}/config.yaml: {first}") from None
+    # `load` picks the newest checkpoint, overlays the EMA weights the run evaluates, and loads strictly,
+    # so a checkpoint that does not match config.yaml stops here with one line, not in transformers.
+    model = load(run_dir, checkpoint, device="cpu", overrides=["data_paths=[]"]).model
     tensors = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in model.state_dict().items()}
     if lm.tie_word_embeddings:
         # transformers ties lm_head to the embedding on load and leaves it out when saving; safetensors
