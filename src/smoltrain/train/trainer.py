@@ -365,7 +365,7 @@ class Trainer:
         if not path.exists():
             raise SmoltrainError(f"load_checkpoint={path} does not exist")
         model_state, ema_state, _ = ckpt.load_checkpoint(path)
-        self.model.load_state_dict(ema_state and {**model_state, **ema_state} or model_state)
+        self.model.load_state_dict({**model_state, **(ema_state or {})})  # EMA weights when the run had them
 
     def _maybe_resume(self) -> Path | None:
         choice = self.cfg.resume
