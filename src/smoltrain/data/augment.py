@@ -18,11 +18,14 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "ARC_NAME_SEPARATOR",
     "DIHEDRAL_INVERSE",
+    "arc_augmented_name",
     "apply_colour_permutation",
     "dihedral_transform",
     "inverse_colour_permutation",
     "inverse_dihedral_transform",
+    "parse_arc_name",
     "random_colour_permutation",
     "sudoku_shuffle",
     "sudoku_shuffle_batch",
@@ -87,6 +90,37 @@ def inverse_colour_permutation(mapping: np.ndarray) -> np.ndarray:
     inverse = np.empty_like(mapping)
     inverse[mapping] = np.arange(mapping.size, dtype=mapping.dtype)
     return inverse
+
+
+# ARC puzzle names carry their augmentation, as the reference builder writes them:
+# "{task}|||t{dihedral id}|||{mapping}", where mapping is the ten digits mapping[0..9] (mapping[old] = new).
+# The evaluator reads the augmentation back from the name to undo it; a name without the separator is the
+# original task (identity transform).
+ARC_NAME_SEPARATOR = "|||"
+
+
+def arc_augmented_name(task: str, dihedral: int, mapping: np.ndarray) -> str:
+    """The identifier name of `task` under dihedral transform `dihedral` and colour map `mapping`."""
+    digits = "".join(str(int(c)) for c in np.asarray(mapping))
+    if len(digits) != 10:
+        raise ValueError(f"an ARC colour map has ten entries 0..9, got {mapping}")
+    return f"{task}{ARC_NAME_SEPARATOR}t{dihedral}{ARC_NAME_SEPARATOR}{digits}"
+
+
+def parse_arc_name(name: str) -> tuple[str, int, np.ndarray]:
+    """`(task, dihedral id, colour map)` of an identifier name written by `arc_augmented_name`.
+
+    A name without the separator is an un-augmented task: identity transform and identity map.
+    """
+    if ARC_NAME_SEPARATOR not in name:
+        return name, 0, np.arange(10, dtype=np.int64)
+    task, transform, digits = name.rsplit(ARC_NAME_SEPARATOR, 2)
+    if not (transform.startswith("t") and transform[1:].isdigit() and int(transform[1:]) < 8):
+        raise ValueError(f"ARC identifier {name!r}: expected a dihedral id t0..t7, got {transform!r}")
+    mapping = np.array([int(c) for c in digits], dtype=np.int64) if digits.isdigit() else np.zeros(0)
+    if mapping.size != 10 or sorted(mapping.tolist()) != list(range(10)):
+        raise ValueError(f"ARC identifier {name!r}: expected a permutation of the digits 0..9, got {digits!r}")
+    return task, int(transform[1:]), mapping
 
 
 def _check_sudoku_shape(board: np.ndarray, n: int, box_rows: int, box_cols: int) -> None:

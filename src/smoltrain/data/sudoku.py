@@ -1005,6 +1005,7 @@ def build_sudoku_dataset(
     box_rows, box_cols = box_shape(size)  # also rejects unsupported sizes
     streams = np.random.SeedSequence(seed).spawn(5)  # train gen, test gen, subsample, test split, augment
     info: dict[str, Any] = {
+        "builder": "sudoku",  # what kind of puzzle this is: solve, eval and render read it
         "source": source,
         "size": size,
         "box": [box_rows, box_cols],
