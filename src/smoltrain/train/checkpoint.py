@@ -32,8 +32,19 @@ MODEL_FILE, EMA_FILE, STATE_FILE = "model.safetensors", "ema.safetensors", "trai
 
 
 def _to_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
-    # safetensors refuses shared or non-contiguous storage; a contiguous CPU clone of each is always fine.
-    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}, str(path))
+    """Write ``state`` without copying it: peak memory stays that of the model, even for ARC's 2 GB
+    puzzle-embedding table. safetensors (>= 0.8) writes straight from each tensor's memory; it refuses
+    tensors that share storage (tied embeddings) or are not contiguous, so only those are cloned."""
+    tensors: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
+    for key, value in state.items():
+        tensor = value.detach().to("cpu").contiguous()
+        pointer = tensor.untyped_storage().data_ptr()
+        if pointer in storages:
+            tensor = tensor.clone()
+        storages.add(tensor.untyped_storage().data_ptr())
+        tensors[key] = tensor
+    save_file(tensors, str(path))
     fsync_file(path)
 
 
@@ -84,7 +95,11 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict[str, Any]]:
-    """(model state, EMA state or None, trainer state) of one checkpoint directory."""
+    """(model state, EMA state or None, trainer state) of one checkpoint directory.
+
+    The weights come back memory-mapped from the files (safetensors' ``load_file``), so loading them into
+    a model (``load_state_dict`` copies tensor by tensor) never holds a second in-memory copy of the model.
+    """
     path = Path(path)
     if not (path / MODEL_FILE).is_file():
         raise SmoltrainError(f"{path} is not a smoltrain checkpoint (no {MODEL_FILE})")
