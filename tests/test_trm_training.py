@@ -168,8 +168,12 @@ def test_unknown_evaluators_and_outputs_are_refused(sudoku4, tmp_path):
     from smoltrain.errors import ConfigError
 
     base = ["arch=trm", "arch.L_layers=1", *TINY_TRM, f"data_paths=[{sudoku4}]", f"run_dir={tmp_path}", "max_steps=1"]
-    with pytest.raises(ConfigError, match="evaluators"):
-        Trainer(load_config(None, [*base, "evaluators=[arc]"]))
+    with pytest.raises(ConfigError, match="evaluators: unknown evaluator 'bleu'"):
+        Trainer(load_config(None, [*base, "evaluators=[bleu]"]))
+    with pytest.raises(ConfigError, match="needs an ARC dataset"):
+        Trainer(load_config(None, [*base, "evaluators=[{name: arc@ARC}]"]))
+    with pytest.raises(ConfigError, match="no option 'pass_K'"):
+        Trainer(load_config(None, [*base, "evaluators=[{name: arc, pass_K: 2}]"]))
     with pytest.raises(ConfigError, match="eval_save_outputs: unknown"):
         Trainer(load_config(None, [*base, "eval_save_outputs=[logitz]"]))
 

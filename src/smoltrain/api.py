@@ -58,8 +58,13 @@ def load(run_dir: str | Path, checkpoint: str | Path | None = None, device: str 
 
 
 def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
-             overrides: list[str] | None = None) -> dict[str, float]:
-    """The family's evaluation metrics of a trained run."""
+             overrides: list[str] | None = None, report_dir: str | Path | None = None) -> dict[str, float]:
+    """The family's evaluation metrics of a trained run.
+
+    Files the evaluation writes for people (ARC's ``submission.json``, ``arc_scores.json``) go to
+    ``report_dir``, by default ``RUN_DIR/eval/<checkpoint name>``.
+    """
     run = load(run_dir, checkpoint, device, overrides)
+    report = Path(report_dir) if report_dir is not None else Path(run_dir) / "eval" / run.checkpoint.name
     with torch.inference_mode():
-        return run.family.evaluate(run.model)
+        return run.family.evaluate(run.model, report_dir=report)

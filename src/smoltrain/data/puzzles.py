@@ -60,6 +60,7 @@ __all__ = [
     "PuzzleDatasetMetadata",
     "atomic_dataset_dir",
     "check_output_dir",
+    "dataset_kind",
     "load_identifiers",
     "load_metadata",
     "write_identifiers",
@@ -228,6 +229,34 @@ def load_metadata(root: str | os.PathLike[str], split: str) -> PuzzleDatasetMeta
     except pydantic.ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         raise DataError(f"{path} is not a valid dataset.json ({problems}): rebuild the dataset") from None
+
+
+PUZZLE_KINDS = ("sudoku", "maze", "arc")
+
+
+def dataset_kind(root: str | os.PathLike[str]) -> str:
+    """What a dataset holds: "sudoku", "maze" or "arc".
+
+    Our builders record it in ``build_info.json`` ("builder"); a dataset built by the reference code has
+    no such file, so its shape decides: ARC is a 30x30 canvas over 12 tokens, a maze 6 tokens on a grid of
+    at least 7x7 (a 4x4 Sudoku also has 6 tokens, but only 16 cells); anything else is a Sudoku.
+    """
+    root_path = Path(root)
+    info_path = root_path / "build_info.json"
+    if info_path.is_file():
+        try:
+            kind = json.loads(info_path.read_text()).get("builder")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            kind = None
+        if kind in PUZZLE_KINDS:
+            return kind
+    split = "test" if (root_path / "test" / "dataset.json").is_file() else "train"
+    meta = load_metadata(root_path, split)
+    if meta.vocab_size == 12 and meta.seq_len == 900:
+        return "arc"
+    if meta.vocab_size == 6 and meta.seq_len >= 49:
+        return "maze"
+    return "sudoku"
 
 
 def load_identifiers(root: str | os.PathLike[str]) -> list[str] | None:

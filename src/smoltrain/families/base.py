@@ -95,11 +95,13 @@ class Family(ABC):
     @abstractmethod
     def train_step(self, model: nn.Module, batch: Batch, carry: Any) -> StepOutput: ...
 
-    def evaluate(self, model: nn.Module, outputs_path: Path | None = None) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, outputs_path: Path | None = None,
+                 report_dir: Path | None = None) -> dict[str, float]:
         """Metrics on the held-out data; the model is in eval mode and holds the EMA weights if any.
 
         With ``outputs_path`` (the run sets ``eval_save_outputs``) the family also saves the tensors named
-        there for every evaluated example to that file.
+        there for every evaluated example to that file. Files an evaluation produces for people (such as
+        ARC's ``submission.json``) go to ``report_dir`` when one is given.
         """
         return {}
 

@@ -108,7 +108,8 @@ class LMFamily(Family):
             metrics["aux_loss"] = out.aux_loss.detach() * rows
         return StepOutput(loss=loss, metrics=metrics)
 
-    def evaluate(self, model: nn.Module, outputs_path: Path | None = None) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, outputs_path: Path | None = None,
+                 report_dir: Path | None = None) -> dict[str, float]:
         """Validation loss (nats per token), perplexity and bits per byte over the val split."""
         from smoltrain.train.distributed import all_reduce_sum
 

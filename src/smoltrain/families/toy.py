@@ -126,7 +126,8 @@ class ToyFamily(Family):
                                        self.arch.eval_examples)
         return torch.from_numpy(inputs), torch.from_numpy(labels)
 
-    def evaluate(self, model: nn.Module, outputs_path: Path | None = None) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, outputs_path: Path | None = None,
+                 report_dir: Path | None = None) -> dict[str, float]:
         inputs, labels = self.eval_examples()
         logits = model(inputs.to(self.device))
         ce, accuracy, exact = sequence_scores(logits, labels.to(self.device))

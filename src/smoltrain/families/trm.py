@@ -22,7 +22,7 @@ from pydantic import Field, ValidationError, create_model
 from torch import nn
 
 from smoltrain.config import ArchConfig, StrictModel
-from smoltrain.data.puzzles import PuzzleDataset, load_metadata
+from smoltrain.data.puzzles import PuzzleDataset, dataset_kind, load_metadata
 from smoltrain.errors import ConfigError
 from smoltrain.families.base import Batch, Family, OptimizerSpec, StepOutput, TrainStream
 from smoltrain.fileio import atomic_write_bytes
@@ -64,6 +64,32 @@ def _arch_config(name: str, model_config: type[TRMConfig]) -> type[ArchConfig]:
     )
 
 
+# The reference's option names of its ARC evaluator, and ours.
+ARC_OPTIONS = {"submission_K": "submission_k", "pass_Ks": "pass_ks", "aggregated_voting": "pool_evaluations",
+               "submission_k": "submission_k", "pass_ks": "pass_ks", "pool_evaluations": "pool_evaluations"}
+
+
+def _arc_evaluator_options(evaluators: list[Any]) -> dict[str, Any] | None:
+    """The ARC evaluator's keyword arguments from ``evaluators`` (None when it is not asked for).
+
+    The reference writes ``evaluators=[{name: arc@ARC}]``; its ``aggregated_voting`` (pooling votes over
+    every evaluation of a run, on by default there) is ``pool_evaluations`` here, off unless set.
+    """
+    options: dict[str, Any] | None = None
+    for entry in evaluators:
+        entry = {"name": entry} if isinstance(entry, str) else dict(entry)
+        name = str(entry.pop("name", ""))
+        if name.split("@")[0].lower() != "arc":
+            raise ConfigError(f"evaluators: unknown evaluator {name!r}; the one there is is the ARC voting "
+                              "evaluator: evaluators=[{name: arc}] (or [] for the exact-accuracy metrics only)")
+        unknown = sorted(set(entry) - set(ARC_OPTIONS))
+        if unknown:
+            raise ConfigError(f"evaluators: the arc evaluator has no option {unknown[0]!r}; choose from "
+                              f"{', '.join(sorted(set(ARC_OPTIONS)))}")
+        options = {ARC_OPTIONS[key]: value for key, value in entry.items()}
+    return options
+
+
 class PuzzleStream(TrainStream):
     """Endless train batches: one reference "pass" after another, resumable mid-pass."""
 
@@ -101,9 +127,10 @@ class TRMFamily(Family):
         # Record the shape in the run's config, so the saved run builds its model without the dataset.
         for key, value in self.data_shape.items():
             setattr(self.arch, key, value)
-        if cfg.evaluators:
-            raise ConfigError("evaluators (e.g. the ARC voting evaluator) are not implemented yet; use "
-                              "evaluators=[] (the exact-accuracy metrics are always computed)")
+        self.arc_options = _arc_evaluator_options(cfg.evaluators)
+        self.arc_evaluator: Any = None  # built at the first evaluation; lives as long as the run (pooling)
+        if self.arc_options is not None and (cfg.data_paths_test or cfg.data_paths):
+            self._check_arc_data()
         unknown = sorted(set(cfg.eval_save_outputs) - set(SAVABLE_OUTPUTS))
         if unknown:
             raise ConfigError(f"eval_save_outputs: unknown {unknown}; choose from {', '.join(SAVABLE_OUTPUTS)}")
@@ -215,9 +242,38 @@ class TRMFamily(Family):
         out["halted"] = count / self.cfg.global_batch_size
         return out
 
-    def evaluate(self, model: nn.Module, outputs_path: Path | None = None) -> dict[str, float]:
+    def _test_root(self) -> str:
+        paths = self.cfg.data_paths_test or self.cfg.data_paths
+        self._require_data(paths)
+        return paths[0]
+
+    def _check_arc_data(self) -> str:
+        root = self._test_root()
+        kind = dataset_kind(root)
+        if kind != "arc":
+            raise ConfigError(f"evaluators: the ARC evaluator needs an ARC dataset, and {root} is a {kind} dataset: "
+                              "set evaluators=[] or point data_paths at the output of `smoltrain data arc`")
+        return root
+
+    def _start_arc_evaluation(self) -> Any:
+        if self.arc_options is None:
+            return None
+        if self.arc_evaluator is None:
+            from smoltrain.eval.arc import ARCEvaluator
+
+            self.arc_evaluator = ARCEvaluator(self._check_arc_data(), **self.arc_options)
+        self.arc_evaluator.begin()
+        return self.arc_evaluator
+
+    def evaluate(self, model: nn.Module, outputs_path: Path | None = None,
+                 report_dir: Path | None = None) -> dict[str, float]:
         """Reference evaluation: a fresh carry per test batch, ``halt_max_steps`` ACT steps, metrics summed
         over the test set (all ranks) and divided by the number of scored sequences.
+
+        Mazes also get ``valid_optimal_path``: the share of answers that are a shortest S-to-G path, whether
+        or not it is the labelled one (shortest paths are rarely unique, so exact match undercounts).
+        With the ARC evaluator (``evaluators=[{name: arc}]``) the ``ARC/pass@k`` scores are added, and
+        ``submission.json`` and ``arc_scores.json`` are written to ``report_dir`` when one is given.
 
         With ``outputs_path``, the ``eval_save_outputs`` keys (batch fields such as ``inputs``, ``labels``,
         ``puzzle_identifiers``, or model outputs such as ``logits``, ``preds``, ``q_halt_logits``) of
@@ -227,8 +283,11 @@ class TRMFamily(Family):
         from smoltrain.train.distributed import all_reduce_sum
 
         dataset = self._dataset("test", test_mode=True)
+        is_maze = dataset_kind(self._test_root()) == "maze"
+        arc = self._start_arc_evaluation()
         limit = self.cfg.eval_max_examples
         keys = tuple(self.cfg.eval_save_outputs) if outputs_path is not None else ()
+        model_keys = set(keys) | ({"preds"} if is_maze or arc else set()) | ({"q_halt_logits"} if arc else set())
         saved: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         seen = 0
         sums: dict[str, torch.Tensor] = {}
@@ -244,21 +303,34 @@ class TRMFamily(Family):
             seen += item.global_num_real
             carry = model.initial_carry(batch)  # type: ignore[operator]
             for _ in range(steps):
-                carry, _, metrics, outputs, _ = model(carry, batch, return_keys=keys)
+                carry, _, metrics, outputs, _ = model(carry, batch, return_keys=tuple(model_keys))
             for key, value in metrics.items():
                 sums[key] = sums[key] + value.float() if key in sums else value.float().clone()
+            if is_maze or arc:
+                scored = (batch["labels"][: item.num_real] != -100).any(-1).cpu().numpy()
+                inputs = batch["inputs"][: item.num_real].cpu().numpy()[scored]
+                preds = outputs["preds"][: item.num_real].cpu().numpy()[scored]
+            if is_maze:
+                from smoltrain.eval.maze import valid_optimal_paths
+
+                valid = torch.tensor(float(valid_optimal_paths(inputs, preds).sum()), device=self.device)
+                sums["valid_optimal_path"] = sums.get("valid_optimal_path", 0.0) + valid
+            if arc:
+                arc.update(inputs, batch["puzzle_identifiers"][: item.num_real].cpu().numpy()[scored], preds,
+                           outputs["q_halt_logits"][: item.num_real].float().cpu().numpy()[scored])
             for key in keys:
                 saved[key].append((batch if key in batch else outputs)[key][: item.num_real].cpu())
         if outputs_path is not None and keys:
             buffer = io.BytesIO()
             torch.save({k: torch.cat(v) for k, v in saved.items() if v}, buffer)
             atomic_write_bytes(outputs_path, buffer.getvalue())
+        arc_scores = arc.result(report_dir) if arc else None  # every rank takes part in the gather
         if not sums:
             return {}
         names = sorted(sums)
         totals = dict(zip(names, all_reduce_sum(torch.stack([sums[k] for k in names])).tolist(), strict=True))
         count = totals.pop("count")
-        return {"count": count, **{k: (v / count if count else 0.0) for k, v in totals.items()}}
+        return {"count": count, **{k: (v / count if count else 0.0) for k, v in totals.items()}, **(arc_scores or {})}
 
     def carry_state(self, carry: TRMCarry) -> dict[str, torch.Tensor]:
         return carry_to_state(carry)

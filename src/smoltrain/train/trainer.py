@@ -293,7 +293,8 @@ class Trainer:
                 outputs = None
                 if self.cfg.eval_save_outputs:  # the reference's file name: step_N_all_preds.RANK
                     outputs = self.run_dir / f"step_{self.step}_all_preds.{self.dist.rank}"
-                return self.family.evaluate(self.model, outputs)
+                # Files an evaluation writes for people (ARC's submission.json) go next to the checkpoints.
+                return self.family.evaluate(self.model, outputs, self.run_dir / "eval" / f"step_{self.step:08d}")
         finally:
             if self.ema is not None:
                 self.ema.swap_into(self.model)
