@@ -1,0 +1,694 @@
+"""ARC: load ARC-AGI / ConceptARC tasks and build the augmented puzzle dataset (reference §3.5).
+
+Sources (one of the two):
+
+* ``input_file_prefix``: the Kaggle "combined" layout of the reference repository,
+  ``{prefix}_{subset}_challenges.json`` = ``{task: {"train": [{"input", "output"}...], "test": [{"input"}...]}}``
+  and ``{prefix}_{subset}_solutions.json`` = ``{task: [output grid per test input]}``.
+* ``input_dir``: the public ARC repositories' layout, one file per task, ``{dir}/{subset}/{task}.json`` =
+  ``{"train": [...], "test": [{"input", "output"}...]}``.
+
+Both give the same tasks and therefore byte-identical datasets. Tasks are taken in sorted-id order within
+each subset, subsets in the order given.
+
+What the builder does, as the reference `build_arc_dataset.py` does it:
+
+* Split assignment: the train pairs of every task go to `train`; the test pairs of the `test_set_name`
+  subset go to `test`, those of the other subsets to `train`. So evaluation tasks' demonstrations are trained
+  on, under the same puzzle identifier as their test inputs (test-time training).
+* Augmentation: per task the original version comes first, then up to ``5 * num_aug`` trials of (random
+  dihedral id 0..7, random permutation of the colours 1..9 with 0 fixed); a trial is kept when the whole
+  augmented task (all pairs of both splits, compared as a set of pairs) differs from every version kept so
+  far, until ``num_aug + 1`` versions exist. Symmetric tasks therefore get fewer versions.
+* Identifiers: 0 is ``"<blank>"``; every version of every task gets its own identifier, in build order. The
+  original is named by its bare task id (as the reference does); the others by
+  ``arc_augmented_name(task, dihedral, mapping)`` = ``"{task}|||t{k}|||{mapping digits}"``. `parse_arc_name`
+  reads both back.
+* Encoding: a 30x30 canvas, ``PAD 0, EOS 1, colour c -> c + 2`` (vocab 12, seq_len 900). EOS marks the row
+  just below the grid (over the grid's columns only) and the column just right of it (over the grid's rows
+  only), each only when inside the canvas; the corner cell diagonal to the grid stays PAD, exactly as the
+  reference writes it. `ignore_label_id` 0, so PAD is unsupervised while EOS is (the model predicts the size).
+* Translation: in the train split every example of a puzzle except one (chosen at random) is shifted by a
+  random offset, the same for its input and output, so that both fit the canvas; the test split is always
+  top-left.
+* `<root>/test_puzzles.json` holds the original grids of every task of the test subset, test outputs
+  included, for the evaluator (`smoltrain.eval.arc`).
+
+Differences from the reference, all deliberate: one seeded `numpy.random.Generator` per task (derived from
+`seed` and the task id) instead of the global NumPy RNG, so a build is reproducible and a task's
+augmentations do not depend on which other tasks are built; tasks are not shuffled (the loader shuffles
+groups anyway); a missing solutions file is an error rather than dummy outputs; duplicate task ids across
+subsets are an error. Rows are streamed to the `.npy` files task by task, so the ARC-AGI-1 + ConceptARC
+build with 1000 augmentations (3.6M train rows, 6.8 GiB) peaks at about 0.6 GB resident (bench/arc_build.py).
+
+De-duplication bounds the versions of a task that uses few colours: with c non-background colours there are
+at most 8 * 9!/(9-c)! distinct versions, 576 for c = 2 and 72 for c = 1. On ARC-AGI-1 + ConceptARC 164 of the
+960 tasks are such, so 1000 augmentations give 876k identifiers rather than the 960 * 1001 = 961k a count
+without de-duplication suggests (the reference hashes the same way, so it is bounded the same way).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+from numba import njit
+from tqdm import tqdm
+
+from smoltrain import __version__
+from smoltrain.data.augment import arc_augmented_name, dihedral_transform
+from smoltrain.data.puzzles import (  # _check_indices: write_split's own consistency check, for streamed rows
+    PuzzleDatasetMetadata,
+    _check_indices,
+    atomic_dataset_dir,
+    check_output_dir,
+    write_identifiers,
+)
+from smoltrain.errors import ConfigError, DataError
+from smoltrain.fileio import write_json_synced, write_synced
+
+__all__ = [
+    "ARC_SUBSETS",
+    "EOS_ID",
+    "GRID_SIZE",
+    "PAD_ID",
+    "SEQ_LEN",
+    "VOCAB_SIZE",
+    "ArcTask",
+    "build_arc_dataset",
+    "grid_to_tokens",
+    "load_arc_tasks",
+    "tokens_to_grid",
+]
+
+GRID_SIZE = 30  # ARC grids are at most 30x30
+SEQ_LEN = GRID_SIZE * GRID_SIZE
+PAD_ID = 0
+EOS_ID = 1
+COLOUR_OFFSET = 2  # colour c is token c + 2
+VOCAB_SIZE = 10 + COLOUR_OFFSET
+AUGMENT_RETRIES_FACTOR = 5  # trials per wanted augmentation before giving up (reference value)
+# Dihedral transforms that swap rows and columns (rotations by 90/270 degrees, transpose, anti-transpose).
+_TRANSPOSING = (1, 3, 6, 7)
+ARC_SUBSETS = ("training", "evaluation", "training2", "evaluation2", "concept")
+
+Grid = np.ndarray  # 2-D uint8, values 0..9
+Pair = tuple[Grid, Grid]
+
+
+@dataclass
+class ArcTask:
+    """One ARC task: its demonstration (train) pairs and its test pairs, outputs included."""
+
+    subset: str
+    task_id: str
+    train: list[Pair]
+    test: list[Pair]
+
+    @property
+    def pairs(self) -> list[Pair]:
+        """All pairs, train first: the order the augmentation and the row layout refer to."""
+        return [*self.train, *self.test]
+
+
+# ------------------------------------------------------------------------------------------------
+# Tokens
+
+
+def grid_to_tokens(grid: np.ndarray | Sequence[Sequence[int]], offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """A grid on the 30x30 canvas as 900 uint8 tokens, its top-left cell at `offset` (row, column).
+
+    Colour c becomes c + 2, EOS (1) fills the row below the grid (grid columns only) and the column right
+    of it (grid rows only) where they lie inside the canvas; everything else is PAD (0).
+    """
+    g = np.asarray(grid, dtype=np.int64)
+    r0, c0 = offset
+    h, w = g.shape
+    if not (0 <= r0 and 0 <= c0 and r0 + h <= GRID_SIZE and c0 + w <= GRID_SIZE):
+        raise ValueError(f"a {h}x{w} grid at offset {offset} does not fit the {GRID_SIZE}x{GRID_SIZE} canvas")
+    canvas = np.zeros((GRID_SIZE, GRID_SIZE), dtype=np.uint8)
+    canvas[r0 : r0 + h, c0 : c0 + w] = g + COLOUR_OFFSET
+    if r0 + h < GRID_SIZE:
+        canvas[r0 + h, c0 : c0 + w] = EOS_ID
+    if c0 + w < GRID_SIZE:
+        canvas[r0 : r0 + h, c0 + w] = EOS_ID
+    return canvas.reshape(-1)
+
+
+def tokens_to_grid(tokens: np.ndarray) -> np.ndarray | None:
+    """The builder-side inverse of `grid_to_tokens` at offset (0, 0): the grid cropped at EOS.
+
+    Takes the largest-area top-left rectangle whose cells are all colour tokens (2..11), as the
+    reference evaluator's `_crop` does (the evaluator in `smoltrain.eval.arc` has its own copy; this one
+    is for tests and tools). Returns the colours (uint8) or None when the top-left cell is not a colour.
+    """
+    canvas = np.asarray(tokens).reshape(GRID_SIZE, GRID_SIZE)
+    is_colour = (canvas >= COLOUR_OFFSET) & (canvas < VOCAB_SIZE)
+    best_area, best = 0, (0, 0)
+    width = GRID_SIZE
+    for rows in range(1, GRID_SIZE + 1):
+        # Width of the colour run at the start of this row, capped by the rows above.
+        run = is_colour[rows - 1, :width]
+        width = int(np.argmin(run)) if not run.all() else width
+        if width == 0:
+            break
+        if rows * width > best_area:
+            best_area, best = rows * width, (rows, width)
+    if best_area == 0:
+        return None
+    return (canvas[: best[0], : best[1]] - COLOUR_OFFSET).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(
+            f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}): fix or replace the file"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e.reason}): fix or replace the file") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path} ({e.strerror})") from None
+
+
+def _to_grid(value: Any, where: str) -> Grid:
+    """Validate one grid (list of equal-length rows of ints 0..9, at most 30x30) and return it as uint8."""
+    if not isinstance(value, list) or not value or not all(isinstance(row, list) for row in value):
+        raise DataError(f"{where}: a grid must be a non-empty list of rows (lists of colours 0..9)")
+    widths = {len(row) for row in value}
+    if len(widths) != 1:
+        raise DataError(f"{where}: ragged grid, rows have lengths {sorted(widths)}; every row needs the same length")
+    if 0 in widths:
+        raise DataError(f"{where}: empty rows; a grid needs at least one cell")
+    try:
+        arr = np.array(value)
+    except ValueError:  # rows of equal length whose cells are lists of different shapes
+        arr = np.array([], dtype=object)
+    if arr.ndim != 2:
+        raise DataError(f"{where}: grid cells must be single integers 0..9, found nested lists")
+    if arr.dtype.kind not in "iu":
+        raise DataError(f"{where}: grid cells must be integers 0..9, found {arr.dtype} values")
+    h, w = arr.shape
+    if h > GRID_SIZE or w > GRID_SIZE:
+        raise DataError(f"{where}: grid is {h}x{w}, larger than the {GRID_SIZE}x{GRID_SIZE} ARC maximum")
+    if arr.min() < 0 or arr.max() > 9:
+        raise DataError(f"{where}: grid holds colour values {int(arr.min())}..{int(arr.max())}, outside 0..9")
+    return arr.astype(np.uint8)
+
+
+def _pairs(examples: Any, kind: str, where: str, outputs: list | None = None) -> list[Pair]:
+    """Validate a task's `train` or `test` list; `outputs` supplies test outputs from a solutions file."""
+    if not isinstance(examples, list):
+        raise DataError(f"{where}: '{kind}' must be a list of {{'input', 'output'}} pairs")
+    pairs: list[Pair] = []
+    for i, example in enumerate(examples):
+        at = f"{where}, {kind} pair {i}"
+        if not isinstance(example, dict) or "input" not in example:
+            raise DataError(f"{at}: expected an object with 'input' (and 'output')")
+        if outputs is not None:
+            output = outputs[i]
+        elif "output" in example:
+            output = example["output"]
+        else:
+            raise DataError(f"{at}: no 'output'; every pair needs its output grid")
+        pairs.append((_to_grid(example["input"], f"{at} input"), _to_grid(output, f"{at} output")))
+    return pairs
+
+
+def _task(subset: str, task_id: str, data: Any, where: str, solutions: Any = None) -> ArcTask:
+    if not isinstance(data, dict) or "train" not in data or "test" not in data:
+        raise DataError(f"{where}: a task must be an object with 'train' and 'test' lists")
+    outputs = None
+    if solutions is not None:
+        tests = data["test"] if isinstance(data["test"], list) else []
+        if not isinstance(solutions, list) or len(solutions) != len(tests):
+            n = len(solutions) if isinstance(solutions, list) else "no list of"
+            raise DataError(f"{where}: the solutions file has {n} output grids for {len(tests)} test inputs")
+        outputs = solutions
+    train = _pairs(data["train"], "train", where)
+    test = _pairs(data["test"], "test", where, outputs)
+    if not train:
+        raise DataError(f"{where}: no train pairs; a task needs at least one demonstration")
+    return ArcTask(subset, task_id, train, test)
+
+
+def _load_kaggle_subset(prefix: str, subset: str, wanted: Collection[str] | None) -> list[ArcTask]:
+    challenges_path = Path(f"{prefix}_{subset}_challenges.json")
+    solutions_path = Path(f"{prefix}_{subset}_solutions.json")
+    for path in (challenges_path, solutions_path):
+        if not path.is_file():
+            raise DataError(f"{path} not found; drop `{subset}` from --subsets or add the file")
+    challenges = _read_json(challenges_path)
+    solutions = _read_json(solutions_path)
+    for path, obj in ((challenges_path, challenges), (solutions_path, solutions)):
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}: expected a JSON object keyed by task id, got {type(obj).__name__}")
+    tasks = []
+    for task_id in sorted(challenges):
+        if wanted is not None and task_id not in wanted:
+            continue
+        where = f"{challenges_path}, task {task_id}"
+        if task_id not in solutions:
+            raise DataError(f"{where}: no entry in {solutions_path}; add its test outputs there")
+        tasks.append(_task(subset, task_id, challenges[task_id], where, solutions[task_id]))
+    return tasks
+
+
+def _load_dir_subset(root: Path, subset: str, wanted: Collection[str] | None) -> list[ArcTask]:
+    folder = root / subset
+    if not folder.is_dir():
+        raise DataError(
+            f"{folder} not found (per-task json files of subset `{subset}`); drop `{subset}` from "
+            "--subsets or add the folder"
+        )
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise DataError(f"{folder} holds no .json task files; drop `{subset}` from --subsets or add them")
+    tasks = []
+    for path in files:
+        if wanted is not None and path.stem not in wanted:
+            continue
+        tasks.append(_task(subset, path.stem, _read_json(path), str(path)))
+    return tasks
+
+
+def load_arc_tasks(
+    input_file_prefix: str | os.PathLike[str] | None = None,
+    input_dir: str | os.PathLike[str] | None = None,
+    subsets: Sequence[str] = ("training", "evaluation", "concept"),
+    task_ids: Collection[str] | None = None,
+    max_tasks: int | None = None,
+) -> list[ArcTask]:
+    """Read and validate the tasks of `subsets` from exactly one of the two layouts (module docstring).
+
+    `task_ids` keeps only those tasks, `max_tasks` the first ones (sorted by id) of each subset: for tests
+    and quick builds. Every grid is checked (list of equal rows, ints 0..9, at most 30x30); problems raise
+    DataError naming the file, task and pair. Task ids must be unique across subsets.
+    """
+    if (input_file_prefix is None) == (input_dir is None):
+        raise ConfigError(
+            "give exactly one ARC source: --input-file-prefix (Kaggle combined json) or --input-dir "
+            "(one json per task in DIR/<subset>/)"
+        )
+    if not subsets:
+        raise ConfigError("no ARC subsets given: pass --subsets, e.g. training evaluation concept")
+    if len(set(subsets)) != len(subsets):
+        raise ConfigError(f"--subsets lists a subset twice: {list(subsets)}")
+    if max_tasks is not None and max_tasks < 1:
+        raise ConfigError(f"max_tasks must be >= 1, got {max_tasks}")
+    wanted = set(task_ids) if task_ids is not None else None
+    tasks: list[ArcTask] = []
+    seen: dict[str, str] = {}
+    for subset in subsets:
+        if input_file_prefix is not None:
+            loaded = _load_kaggle_subset(str(input_file_prefix), subset, wanted)
+        else:
+            loaded = _load_dir_subset(Path(input_dir), subset, wanted)  # type: ignore[arg-type]
+        if max_tasks is not None:
+            loaded = loaded[:max_tasks]
+        for task in loaded:
+            if task.task_id in seen:
+                raise DataError(
+                    f"task {task.task_id} is in both subsets `{seen[task.task_id]}` and `{subset}`; "
+                    "drop one of them from --subsets (ids name puzzles and must be unique)"
+                )
+            seen[task.task_id] = subset
+        tasks.extend(loaded)
+    if not tasks:
+        among = " with the given task ids" if wanted is not None else ""
+        raise DataError(f"no ARC tasks found in subsets {list(subsets)}{among}")
+    return tasks
+
+
+# ------------------------------------------------------------------------------------------------
+# Augmentation plan
+
+
+def _task_rngs(seed: int, task_id: str) -> tuple[np.random.Generator, np.random.Generator]:
+    """Two independent generators for a task (augmentation plan, translations), from `seed` and its id."""
+    digest = hashlib.sha256(task_id.encode("utf-8")).digest()
+    words = np.frombuffer(digest[:16], dtype=np.uint32).tolist()
+    plan, shift = np.random.SeedSequence([seed, *words]).spawn(2)
+    return np.random.default_rng(plan), np.random.default_rng(shift)
+
+
+class _TaskGrids:
+    """A task's grids under each of the 8 dihedral transforms, flattened for fast colour mapping.
+
+    Grid order: pair 0 input, pair 0 output, pair 1 input, ... (train pairs then test pairs). The cell
+    count of every grid is the same under every transform, so one `starts` table serves all eight.
+    """
+
+    def __init__(self, task: ArcTask) -> None:
+        grids = [g for pair in task.pairs for g in pair]
+        self.num_pairs = len(task.pairs)
+        sizes = np.array([g.size for g in grids], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.cells = np.empty((8, int(self.starts[-1])), dtype=np.uint8)
+        self.shapes = np.empty((8, len(grids), 2), dtype=np.int64)
+        for k in range(8):
+            moved = [dihedral_transform(g, k) for g in grids]
+            self.cells[k] = np.concatenate([m.reshape(-1) for m in moved])
+            self.shapes[k] = [m.shape for m in moved]
+        # Per transform and pair: (input header, input start, middle, output header, end) for the hash key.
+        self._key_parts = [
+            [
+                (
+                    bytes(self.shapes[k, 2 * p].tolist()),
+                    int(self.starts[2 * p]),
+                    int(self.starts[2 * p + 1]),
+                    bytes(self.shapes[k, 2 * p + 1].tolist()),
+                    int(self.starts[2 * p + 2]),
+                )
+                for p in range(self.num_pairs)
+            ]
+            for k in range(8)
+        ]
+
+    def key(self, k: int, mapping: np.ndarray) -> bytes:
+        """Digest of the task under (dihedral k, colour map): equal iff the same set of (input, output) pairs.
+
+        Pairs are compared as a sorted list, as the reference `puzzle_hash` does, so a transform that only
+        reorders the pairs counts as a duplicate.
+        """
+        flat = mapping[self.cells[k]].tobytes()
+        pieces = sorted(hin + flat[a:m] + hout + flat[m:e] for hin, a, m, hout, e in self._key_parts[k])
+        return hashlib.sha256(b"".join(pieces)).digest()
+
+
+def _augmentation_plan(grids: _TaskGrids, num_aug: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(dihedral ids [V], colour maps [V, 10]) of the kept versions, the original first; V <= num_aug + 1."""
+    identity = np.arange(10, dtype=np.uint8)
+    dihedrals = [0]
+    mappings = [identity]
+    if num_aug > 0:
+        trials = AUGMENT_RETRIES_FACTOR * num_aug
+        trial_k = rng.integers(0, 8, size=trials)
+        trial_perm = rng.permuted(np.tile(np.arange(1, 10, dtype=np.uint8), (trials, 1)), axis=1)
+        seen = {grids.key(0, identity)}
+        for k, perm in zip(trial_k.tolist(), trial_perm, strict=True):
+            mapping = np.concatenate([identity[:1], perm])
+            digest = grids.key(k, mapping)
+            if digest in seen:
+                continue
+            seen.add(digest)
+            dihedrals.append(k)
+            mappings.append(mapping)
+            if len(dihedrals) > num_aug:
+                break
+    return np.array(dihedrals, dtype=np.int64), np.stack(mappings)
+
+
+def _translations(
+    grids: _TaskGrids, pair_ids: np.ndarray, dihedrals: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Offsets [V, P, 2] for the train split: random per example, except one random example per version at 0.
+
+    The offset range keeps both the input and the output inside the canvas (reference behaviour).
+    """
+    rows = np.maximum(grids.shapes[:, 2 * pair_ids, 0], grids.shapes[:, 2 * pair_ids + 1, 0])[dihedrals]  # [V, P]
+    cols = np.maximum(grids.shapes[:, 2 * pair_ids, 1], grids.shapes[:, 2 * pair_ids + 1, 1])[dihedrals]
+    offsets = np.stack([rng.integers(0, GRID_SIZE - rows + 1), rng.integers(0, GRID_SIZE - cols + 1)], axis=-1)
+    untranslated = rng.integers(0, len(pair_ids), size=len(dihedrals))
+    offsets[np.arange(len(dihedrals)), untranslated] = 0
+    return offsets
+
+
+@njit(cache=True)
+def _fill_rows(cells, starts, shapes, grid_ids, dihedrals, mappings, offsets, out):  # pragma: no cover - numba
+    """Write grid `grid_ids[p]` of version v to row v * P + p of `out` ([V * P, 900] uint8), on the canvas.
+
+    Mirrors `grid_to_tokens`: colours + 2 at the offset, EOS below (grid columns) and right (grid rows).
+    """
+    num_versions = dihedrals.shape[0]
+    num_pairs = grid_ids.shape[0]
+    for v in range(num_versions):
+        k = dihedrals[v]
+        for p in range(num_pairs):
+            row = v * num_pairs + p
+            out[row, :] = 0
+            g = grid_ids[p]
+            h = shapes[k, g, 0]
+            w = shapes[k, g, 1]
+            r0 = offsets[v, p, 0]
+            c0 = offsets[v, p, 1]
+            base = starts[g]
+            for i in range(h):
+                for j in range(w):
+                    out[row, (r0 + i) * 30 + c0 + j] = mappings[v, cells[k, base + i * w + j]] + 2
+            if r0 + h < 30:
+                for j in range(w):
+                    out[row, (r0 + h) * 30 + c0 + j] = 1
+            if c0 + w < 30:
+                for i in range(h):
+                    out[row, (r0 + i) * 30 + c0 + w] = 1
+
+
+def _encode_split(
+    grids: _TaskGrids, pair_ids: np.ndarray, dihedrals: np.ndarray, mappings: np.ndarray, offsets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and labels [V * P, 900] of the pairs `pair_ids` under every version (version-major rows)."""
+    rows = len(dihedrals) * len(pair_ids)
+    inputs = np.empty((rows, SEQ_LEN), dtype=np.uint8)
+    labels = np.empty((rows, SEQ_LEN), dtype=np.uint8)
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    _fill_rows(grids.cells, grids.starts, grids.shapes, 2 * pair_ids, dihedrals, mappings, offsets, inputs)
+    _fill_rows(grids.cells, grids.starts, grids.shapes, 2 * pair_ids + 1, dihedrals, mappings, offsets, labels)
+    return inputs, labels
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing
+
+
+class _RowStream:
+    """A `[rows, 900]` uint8 `.npy` file filled sequentially, block by block.
+
+    The header comes from `np.lib.format.open_memmap` (so the file is a standard .npy); the rows are then
+    written with plain file writes, which keeps them in the page cache instead of in this process's
+    resident memory (a written memory map would count its dirty pages against the build's RSS).
+    """
+
+    def __init__(self, path: Path, rows: int) -> None:
+        header = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(rows, SEQ_LEN))
+        offset = header.offset
+        del header
+        self.path = path
+        self.rows = rows
+        self.written = 0
+        self._file: BinaryIO = open(path, "r+b")  # noqa: SIM115 - closed in close()
+        self._file.seek(offset)
+
+    def write(self, block: np.ndarray) -> None:
+        if self.written + block.shape[0] > self.rows:
+            raise RuntimeError(f"{self.path}: more rows than the {self.rows} planned")
+        self._file.write(memoryview(np.ascontiguousarray(block)))
+        self.written += block.shape[0]
+
+    def close(self, check: bool = True) -> None:
+        """Close the file; with `check`, fail unless exactly the planned rows were written."""
+        self._file.close()
+        if check and self.written != self.rows:
+            raise RuntimeError(f"{self.path}: wrote {self.written} rows, planned {self.rows}")
+
+
+@dataclass
+class _SplitPlan:
+    """Row counts and index arrays of one split, known before any row is written."""
+
+    name: str
+    examples_per_puzzle: list[int] = field(default_factory=list)
+    identifiers: list[int] = field(default_factory=list)
+    puzzles_per_group: list[int] = field(default_factory=list)
+
+    def add_group(self, first_identifier: int, num_versions: int, num_examples: int) -> None:
+        self.examples_per_puzzle.extend([num_examples] * num_versions)
+        self.identifiers.extend(range(first_identifier, first_identifier + num_versions))
+        self.puzzles_per_group.append(num_versions)
+
+    @property
+    def rows(self) -> int:
+        return int(sum(self.examples_per_puzzle))
+
+    def metadata(self, num_identifiers: int) -> PuzzleDatasetMetadata:
+        puzzles = len(self.identifiers)
+        return PuzzleDatasetMetadata(
+            pad_id=PAD_ID,
+            ignore_label_id=0,
+            blank_identifier_id=0,
+            vocab_size=VOCAB_SIZE,
+            seq_len=SEQ_LEN,
+            num_puzzle_identifiers=num_identifiers,
+            total_groups=len(self.puzzles_per_group),
+            mean_puzzle_examples=self.rows / puzzles if puzzles else 0.0,
+            total_puzzles=puzzles,
+            sets=["all"],
+        )
+
+    def write_indices(self, root: Path, num_identifiers: int) -> None:
+        """Check the index hierarchy against the rows, then write the three index arrays and dataset.json."""
+        metadata = self.metadata(num_identifiers)
+        identifiers = np.array(self.identifiers, dtype=np.int32)
+        puzzle_indices = np.concatenate([[0], np.cumsum(self.examples_per_puzzle, dtype=np.int64)]).astype(np.int32)
+        group_indices = np.concatenate([[0], np.cumsum(self.puzzles_per_group, dtype=np.int64)]).astype(np.int32)
+        _check_indices(f"ARC split '{self.name}'", self.rows, identifiers, puzzle_indices, group_indices, metadata)
+        split_dir = root / self.name
+        for name, arr in (
+            ("puzzle_identifiers", identifiers),
+            ("puzzle_indices", puzzle_indices),
+            ("group_indices", group_indices),
+        ):
+            write_synced(split_dir / f"all__{name}.npy", lambda f, a=arr: np.save(f, a))
+        write_json_synced(split_dir / "dataset.json", metadata.model_dump())
+
+
+def _pair_ids(task: ArcTask, test_set_name: str) -> dict[str, np.ndarray]:
+    """Indices into `task.pairs` that each split receives (see the split assignment in the module docstring)."""
+    train = list(range(len(task.train)))
+    test = list(range(len(task.train), len(task.pairs)))
+    if task.subset == test_set_name:
+        return {"train": np.array(train, dtype=np.int64), "test": np.array(test, dtype=np.int64)}
+    return {"train": np.array(train + test, dtype=np.int64), "test": np.array([], dtype=np.int64)}
+
+
+def _test_puzzles(tasks: list[ArcTask], test_set_name: str) -> dict[str, Any]:
+    def pairs(items: list[Pair]) -> list[dict[str, list]]:
+        return [{"input": i.tolist(), "output": o.tolist()} for i, o in items]
+
+    return {t.task_id: {"train": pairs(t.train), "test": pairs(t.test)} for t in tasks if t.subset == test_set_name}
+
+
+def build_arc_dataset(
+    output_dir: str | os.PathLike[str],
+    input_file_prefix: str | os.PathLike[str] | None = None,
+    input_dir: str | os.PathLike[str] | None = None,
+    subsets: Sequence[str] = ("training", "evaluation", "concept"),
+    test_set_name: str = "evaluation",
+    num_aug: int = 1000,
+    seed: int = 42,
+    progress: bool = False,
+    *,
+    task_ids: Collection[str] | None = None,
+    max_tasks: int | None = None,
+) -> dict[str, Any]:
+    """Build the augmented ARC dataset at `output_dir` (atomically) and return its build info.
+
+    Reads the tasks with `load_arc_tasks` (exactly one of `input_file_prefix` / `input_dir`), plans every
+    task's versions (original + up to `num_aug` de-duplicated augmentations), then streams the encoded rows
+    of both splits to disk task by task. Writes `identifiers.json`, `test_puzzles.json`, `build_info.json`
+    and the `train` / `test` splits. `task_ids` / `max_tasks` restrict the build (see `load_arc_tasks`).
+    The same inputs and `seed` give byte-identical files.
+    """
+    started = time.perf_counter()
+    subsets = list(subsets)
+    if test_set_name not in subsets:
+        raise ConfigError(
+            f"--test-set-name {test_set_name!r} is not among --subsets {subsets}: add it to --subsets "
+            "or name one of them"
+        )
+    if num_aug < 0:
+        raise ConfigError(f"--num-aug must be >= 0, got {num_aug}")
+    if seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {seed}")
+    output_dir = check_output_dir(output_dir)
+    tasks = load_arc_tasks(input_file_prefix, input_dir, subsets, task_ids=task_ids, max_tasks=max_tasks)
+
+    # Pass 1: every task's versions (cheap: colour-mapped byte strings and hashes, no canvas yet).
+    plans = []
+    names = ["<blank>"]
+    splits = {name: _SplitPlan(name) for name in ("train", "test")}
+    short_tasks = 0
+    for task in tqdm(tasks, desc="augment", disable=not progress, unit="task"):
+        grids = _TaskGrids(task)
+        plan_rng, shift_rng = _task_rngs(seed, task.task_id)
+        dihedrals, mappings = _augmentation_plan(grids, num_aug, plan_rng)
+        short_tasks += len(dihedrals) < num_aug + 1
+        first_id = len(names)
+        names.append(task.task_id)  # the original keeps its bare id, as in the reference
+        augmented = zip(dihedrals[1:].tolist(), mappings[1:], strict=True)
+        names.extend(arc_augmented_name(task.task_id, k, m) for k, m in augmented)
+        pair_ids = _pair_ids(task, test_set_name)
+        for split_name, ids in pair_ids.items():
+            if len(ids):
+                splits[split_name].add_group(first_id, len(dihedrals), len(ids))
+        plans.append((grids, dihedrals, mappings, pair_ids, shift_rng))
+    num_identifiers = len(names)
+    if splits["test"].rows == 0:
+        raise DataError(
+            f"the selected tasks of subset `{test_set_name}` have no test pairs, so the test split would be empty"
+        )
+
+    # Pass 2: encode and stream the rows in the order the index arrays describe.
+    with atomic_dataset_dir(output_dir) as tmp:
+        streams: dict[str, tuple[_RowStream, _RowStream]] = {}
+        finished = False
+        try:
+            for name, split in splits.items():
+                (tmp / name).mkdir()
+                streams[name] = (
+                    _RowStream(tmp / name / "all__inputs.npy", split.rows),
+                    _RowStream(tmp / name / "all__labels.npy", split.rows),
+                )
+            for grids, dihedrals, mappings, pair_ids, shift_rng in tqdm(
+                plans, desc="encode", disable=not progress, unit="task"
+            ):
+                for name, ids in pair_ids.items():
+                    if not len(ids):
+                        continue
+                    if name == "train":
+                        offsets = _translations(grids, ids, dihedrals, shift_rng)
+                    else:
+                        offsets = np.zeros((len(dihedrals), len(ids), 2), dtype=np.int64)
+                    inputs, labels = _encode_split(grids, ids, dihedrals, mappings, offsets)
+                    streams[name][0].write(inputs)
+                    streams[name][1].write(labels)
+            finished = True
+        finally:
+            for pair in streams.values():
+                for stream in pair:
+                    stream.close(check=finished)
+        for split in splits.values():
+            split.write_indices(tmp, num_identifiers)
+        write_identifiers(tmp, names)
+        write_json_synced(tmp / "test_puzzles.json", _test_puzzles(tasks, test_set_name))
+        subset_tasks = {s: sum(t.subset == s for t in tasks) for s in subsets}
+        info: dict[str, Any] = {
+            "builder": "arc",
+            "source": {
+                "input_file_prefix": None if input_file_prefix is None else str(input_file_prefix),
+                "input_dir": None if input_dir is None else str(input_dir),
+            },
+            "subsets": subsets,
+            "test_set_name": test_set_name,
+            "num_aug": num_aug,
+            "seed": seed,
+            "original_name": "bare task id (augmented versions: arc_augmented_name)",
+            "counts": {
+                "tasks": len(tasks),
+                "tasks_per_subset": subset_tasks,
+                "test_tasks": subset_tasks[test_set_name],
+                "puzzles": num_identifiers - 1,
+                "tasks_with_fewer_versions": int(short_tasks),
+                "train_rows": splits["train"].rows,
+                "test_rows": splits["test"].rows,
+                "test_puzzles": len(splits["test"].identifiers),
+                "identifiers": num_identifiers,
+            },
+            "smoltrain_version": __version__,
+        }
+        info["build_seconds"] = round(time.perf_counter() - started, 3)
+        write_json_synced(tmp / "build_info.json", info, indent=1)
+    return info
