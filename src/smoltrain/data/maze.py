@@ -1,0 +1,959 @@
+"""Maze: an offline Maze-Hard-style generator, a shortest-path checker, and the dataset builder.
+
+Encoding (reference `build_maze_dataset.py`): a maze is an n x n grid written row by row over the
+charset ``"# SGo"`` -- ``#`` wall, space free, ``S`` start, ``G`` goal, ``o`` a cell of the path
+between them (only in answers). Token = charset index + 1, so 0 = PAD, ``#`` 1, space 2, ``S`` 3,
+``G`` 4, ``o`` 5; vocab 6, seq_len n * n; every cell of the answer is supervised. Arrays in this
+module hold those tokens (uint8) unless stated otherwise.
+
+Path length: counted in *cells on the path including S and G* (= moves + 1). That is the unit of the
+generated CSV's `rating` column, of `min_path_length` and of the build statistics. Maze-Hard keeps
+"shortest path length > 110", which we read as >= 111 cells, i.e. >= 110 moves (shared/reference
+data.md section 3.2 uses the same unit).
+
+Generator (Lehnert et al., "Beyond A*" / Searchformer, made fast): a wall map with a number of walls
+drawn uniformly from Lehnert's range [3 * (n*n // 10), 5 * (n*n // 10)] (30-50%) at uniformly random
+cells (no border walls). Long shortest paths only occur just below the percolation threshold (the
+accepted 30x30 Maze-Hard-like maps average ~37% walls), so most maps are rejected, and cheaply: BFS
+from a random free cell, then BFS from the farthest cell found (double sweep, a lower bound on the
+cluster's diameter); a map whose sweep does not reach `min_path_length` is dropped (~300 maps per
+accepted 30x30 maze, ~10 ms compiled). Otherwise up to `_START_TRIES` times: S uniform
+in that cluster, BFS, G uniform among the cells at least `min_path_length` cells away. The label is one shortest path,
+traced back from G choosing the first neighbour one step closer to S in the fixed order up, down,
+left, right -- so the label is a function of the input (random-wall mazes have millions of shortest
+paths; evaluation therefore also scores "valid and optimal", see `smoltrain.eval.maze`). Each
+candidate is a pure function of its own seed and runs compiled without the GIL, so candidates are
+spread over threads and the output does not depend on the number of threads.
+
+Default minimum path length: 111 cells for 30x30 (Maze-Hard's "> 110"); for other sizes
+``max(n, round(0.12 * n * n))`` -- the same ~12% of n^2 as 111/900, and never below Lehnert's own
+filter of n -- e.g. 12 for 10x10 and 27 for 15x15.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numba import njit
+from tqdm import tqdm
+
+from smoltrain import __version__
+from smoltrain.data.augment import dihedral_transform
+from smoltrain.data.puzzles import (
+    PuzzleDatasetMetadata,
+    atomic_dataset_dir,
+    check_output_dir,
+    write_identifiers,
+    write_split,
+)
+from smoltrain.errors import DataError
+from smoltrain.fileio import write_json_synced
+
+__all__ = [
+    "CHARSET",
+    "CSV_COLUMNS",
+    "PATH_CHECK_REASONS",
+    "SOURCE_REPO",
+    "VOCAB_SIZE",
+    "MazeSplit",
+    "build_maze_dataset",
+    "check_maze_paths",
+    "decode_maze",
+    "default_min_path_length",
+    "encode_maze",
+    "generate_maze_candidates",
+    "generate_mazes",
+    "read_maze_csv",
+    "write_maze_csv",
+]
+
+CHARSET = "# SGo"
+PAD, WALL, FREE, START, GOAL, PATH = 0, 1, 2, 3, 4, 5
+VOCAB_SIZE = len(CHARSET) + 1
+SOURCE_REPO = "sapientinc/maze-30x30-hard-1k"
+CSV_COLUMNS = ("source", "question", "answer", "rating")
+
+# Maze-Hard: 30x30 with shortest paths > 110 (cells, see the module docstring).
+HARD_SIZE = 30
+HARD_MIN_PATH_LENGTH = 111
+# S choices per wall map that passed the double sweep, and wall maps per candidate before it gives up.
+_START_TRIES = 20
+_MAX_WALL_MAPS = 20_000
+
+
+def default_min_path_length(size: int) -> int:
+    """Minimum shortest-path length in cells (S and G included) used when none is given."""
+    if size == HARD_SIZE:
+        return HARD_MIN_PATH_LENGTH
+    return max(size, round(0.12 * size * size))
+
+
+def encode_maze(text: str) -> np.ndarray:
+    """One maze string over ``"# SGo"`` -> tokens (uint8); raises ValueError on other characters."""
+    table = _char_table(allow_path=True)
+    tokens = table[np.frombuffer(text.encode("latin-1", errors="replace"), dtype=np.uint8)]
+    if (tokens == 255).any():
+        raise ValueError(f"maze text has characters outside {CHARSET!r}")
+    return tokens
+
+
+def decode_maze(tokens: np.ndarray) -> str:
+    """Tokens -> the maze string (PAD and unknown tokens shown as '?')."""
+    chars = np.frombuffer(("?" + CHARSET).encode("ascii"), dtype=np.uint8)
+    flat = np.asarray(tokens).reshape(-1).astype(np.int64)
+    flat = np.where((flat >= 0) & (flat < VOCAB_SIZE), flat, 0)
+    return chars[flat].tobytes().decode("ascii")
+
+
+# ------------------------------------------------------------------------------------------------
+# Compiled kernels: BFS, path tracing, generation, path checking
+
+
+@njit(cache=True, nogil=True)
+def _bfs(grid: np.ndarray, n: int, source: int, dist: np.ndarray, queue: np.ndarray) -> int:
+    """Distances (moves) from `source` over non-wall cells into `dist` (-1 = unreachable).
+
+    On return `queue[:size]` lists the reached cells in BFS order; returns `size` (the last entry is
+    a farthest cell).
+    """
+    dist[:] = -1
+    dist[source] = 0
+    queue[0] = source
+    head = 0
+    tail = 1
+    while head < tail:
+        cell = queue[head]
+        head += 1
+        d = dist[cell] + 1
+        row = cell // n
+        col = cell - row * n
+        if row > 0:
+            nb = cell - n
+            if grid[nb] != WALL and dist[nb] < 0:
+                dist[nb] = d
+                queue[tail] = nb
+                tail += 1
+        if row < n - 1:
+            nb = cell + n
+            if grid[nb] != WALL and dist[nb] < 0:
+                dist[nb] = d
+                queue[tail] = nb
+                tail += 1
+        if col > 0:
+            nb = cell - 1
+            if grid[nb] != WALL and dist[nb] < 0:
+                dist[nb] = d
+                queue[tail] = nb
+                tail += 1
+        if col < n - 1:
+            nb = cell + 1
+            if grid[nb] != WALL and dist[nb] < 0:
+                dist[nb] = d
+                queue[tail] = nb
+                tail += 1
+    return tail
+
+
+@njit(cache=True, nogil=True)
+def _trace_path(dist: np.ndarray, n: int, goal: int, label: np.ndarray) -> None:
+    """Mark one shortest path S..G in `label` with PATH (S and G excluded), given `dist` from S.
+
+    From G, step to the first neighbour one move closer in the fixed order up, down, left, right:
+    the tie-break that makes the label a function of the maze.
+    """
+    cell = goal
+    d = dist[goal]
+    while d > 1:
+        row = cell // n
+        col = cell - row * n
+        if row > 0 and dist[cell - n] == d - 1:
+            cell = cell - n
+        elif row < n - 1 and dist[cell + n] == d - 1:
+            cell = cell + n
+        elif col > 0 and dist[cell - 1] == d - 1:
+            cell = cell - 1
+        else:
+            cell = cell + 1
+        label[cell] = PATH
+        d -= 1
+
+
+@njit(cache=True, nogil=True)
+def _generate_one(
+    seed: int,
+    n: int,
+    min_moves: int,
+    wall_lo: int,
+    wall_hi: int,
+    grid: np.ndarray,
+    label: np.ndarray,
+    dist: np.ndarray,
+    queue: np.ndarray,
+    component: np.ndarray,
+    order: np.ndarray,
+) -> tuple[int, int]:
+    """Fill `grid` (question) and `label` (answer) from `seed`; return (path cells or -1, wall maps)."""
+    np.random.seed(seed)  # numba's per-thread generator: the maze depends on its seed only
+    cells = n * n
+    for i in range(cells):
+        order[i] = i
+    for maps in range(1, _MAX_WALL_MAPS + 1):
+        num_walls = np.random.randint(wall_lo, wall_hi + 1)
+        grid[:] = FREE
+        # Partial Fisher-Yates: order[:num_walls] becomes a uniform random set of wall cells.
+        for i in range(num_walls):
+            j = np.random.randint(i, cells)
+            tmp = order[i]
+            order[i] = order[j]
+            order[j] = tmp
+            grid[order[i]] = WALL
+        num_free = cells - num_walls
+        if num_free < 2:
+            continue
+        # Double sweep: a cheap lower bound on the diameter of a random free cell's cluster.
+        size = _bfs(grid, n, order[num_walls + np.random.randint(0, num_free)], dist, queue)
+        size = _bfs(grid, n, queue[size - 1], dist, queue)
+        if dist[queue[size - 1]] < min_moves:
+            continue
+        component[:size] = queue[:size]
+        for _ in range(_START_TRIES):
+            start = component[np.random.randint(0, size)]
+            _bfs(grid, n, start, dist, queue)
+            far = 0
+            for i in range(size):
+                if dist[component[i]] >= min_moves:
+                    far += 1
+            if far == 0:
+                continue
+            pick = np.random.randint(0, far)
+            goal = -1
+            for i in range(size):
+                if dist[component[i]] >= min_moves:
+                    if pick == 0:
+                        goal = component[i]
+                        break
+                    pick -= 1
+            grid[start] = START
+            grid[goal] = GOAL
+            label[:] = grid
+            _trace_path(dist, n, goal, label)
+            return dist[goal] + 1, maps
+    return -1, _MAX_WALL_MAPS
+
+
+@njit(cache=True, nogil=True)
+def _generate_batch(
+    seeds: np.ndarray,
+    n: int,
+    min_moves: int,
+    wall_lo: int,
+    wall_hi: int,
+    grids: np.ndarray,
+    labels: np.ndarray,
+    lengths: np.ndarray,
+    maps: np.ndarray,
+) -> None:
+    cells = n * n
+    dist = np.empty(cells, dtype=np.int32)
+    queue = np.empty(cells, dtype=np.int32)
+    component = np.empty(cells, dtype=np.int32)
+    order = np.empty(cells, dtype=np.int32)
+    for i in range(seeds.shape[0]):
+        lengths[i], maps[i] = _generate_one(
+            seeds[i], n, min_moves, wall_lo, wall_hi, grids[i], labels[i], dist, queue, component, order
+        )
+
+
+# Reasons `check_maze_paths` gives (index = code).
+PATH_CHECK_REASONS = (
+    "a valid shortest path",
+    "the input is not a maze (needs exactly one S and one G, only '# SG' cells)",
+    "a cell other than a path cell differs from the input (wall, S, G or free cell changed)",
+    "a path cell ('o') lies on a wall, S or G of the input",
+    "the path cells do not form one simple 4-connected path from S to G (gap, branch or stray 'o')",
+    "the path is longer than the shortest path",
+)
+
+
+@njit(cache=True, nogil=True)
+def _path_degree(pred: np.ndarray, n: int, cell: int) -> int:
+    """Neighbours of `cell` that belong to the path (o, S or G) in `pred`."""
+    row = cell // n
+    col = cell - row * n
+    deg = 0
+    if row > 0 and pred[cell - n] >= START:
+        deg += 1
+    if row < n - 1 and pred[cell + n] >= START:
+        deg += 1
+    if col > 0 and pred[cell - 1] >= START:
+        deg += 1
+    if col < n - 1 and pred[cell + 1] >= START:
+        deg += 1
+    return deg
+
+
+@njit(cache=True, nogil=True)
+def _check_one(inp: np.ndarray, pred: np.ndarray, n: int, dist: np.ndarray, queue: np.ndarray) -> int:
+    cells = n * n
+    start = -1
+    goal = -1
+    num_start = 0
+    num_goal = 0
+    num_path = 0
+    changed = False
+    on_blocked = False
+    for c in range(cells):
+        t = inp[c]
+        if t < WALL or t > GOAL:
+            return 1
+        if t == START:
+            start = c
+            num_start += 1
+        elif t == GOAL:
+            goal = c
+            num_goal += 1
+        p = pred[c]
+        if p == PATH:
+            if t == FREE:
+                num_path += 1
+            else:
+                on_blocked = True
+        elif p != t:
+            changed = True
+    if num_start != 1 or num_goal != 1:
+        return 1
+    if changed:
+        return 2
+    if on_blocked:
+        return 3
+    # S and G end the path (one path neighbour each), every 'o' continues it (two); then the walk
+    # from S is forced and must reach G through every 'o' (otherwise a loop of 'o's is left over).
+    if _path_degree(pred, n, start) != 1 or _path_degree(pred, n, goal) != 1:
+        return 4
+    for c in range(cells):
+        if pred[c] == PATH and _path_degree(pred, n, c) != 2:
+            return 4
+    prev = -1
+    cell = start
+    moves = 0
+    while cell != goal:
+        row = cell // n
+        col = cell - row * n
+        nxt = -1
+        if row > 0 and pred[cell - n] >= START and cell - n != prev:
+            nxt = cell - n
+        elif row < n - 1 and pred[cell + n] >= START and cell + n != prev:
+            nxt = cell + n
+        elif col > 0 and pred[cell - 1] >= START and cell - 1 != prev:
+            nxt = cell - 1
+        elif col < n - 1 and pred[cell + 1] >= START and cell + 1 != prev:
+            nxt = cell + 1
+        if nxt < 0 or nxt == start:
+            return 4
+        prev = cell
+        cell = nxt
+        moves += 1
+    if moves - 1 != num_path:
+        return 4
+    _bfs(inp, n, start, dist, queue)
+    if moves != dist[goal]:
+        return 5
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def _check_batch(inputs: np.ndarray, preds: np.ndarray, n: int, codes: np.ndarray) -> None:
+    dist = np.empty(n * n, dtype=np.int32)
+    queue = np.empty(n * n, dtype=np.int32)
+    for i in range(inputs.shape[0]):
+        codes[i] = _check_one(inputs[i], preds[i], n, dist, queue)
+
+
+def _infer_size(seq_len: int, size: int | None) -> int:
+    if size is None:
+        size = round(seq_len**0.5)
+    if size * size != seq_len:
+        raise ValueError(f"rows of {seq_len} tokens are not {size}x{size} mazes")
+    return size
+
+
+def check_maze_paths(inputs: np.ndarray, preds: np.ndarray, size: int | None = None) -> np.ndarray:
+    """Per row, 0 when `preds` is a valid shortest S->G path for the maze `inputs`, else a reason code.
+
+    Both are token arrays [B, n*n] (n inferred from the row length unless `size` is given); the code
+    indexes `PATH_CHECK_REASONS`. Valid means: outside the path every cell equals the input; 'o' only
+    on free cells; the 'o' cells with S and G form one simple 4-connected path from S to G; its number
+    of moves equals the BFS distance from S to G in the input.
+    """
+    inputs = np.asarray(inputs)
+    preds = np.asarray(preds)
+    if inputs.ndim == 1:
+        inputs, preds = inputs[None], preds[None]
+    if inputs.shape != preds.shape or inputs.ndim != 2:
+        raise ValueError(f"inputs {inputs.shape} and preds {preds.shape} must both be [B, n*n]")
+    n = _infer_size(inputs.shape[1], size)
+    codes = np.zeros(inputs.shape[0], dtype=np.int8)
+    if inputs.shape[0]:
+        _check_batch(
+            np.ascontiguousarray(inputs, dtype=np.int32), np.ascontiguousarray(preds, dtype=np.int32), n, codes
+        )
+    return codes
+
+
+# ------------------------------------------------------------------------------------------------
+# Python API of the generator
+
+
+def _default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _check_size(size: int) -> None:
+    if not 3 <= size <= 255:
+        raise DataError(f"maze size must be in 3..255 (n x n grid), got {size}")
+
+
+def generate_maze_candidates(
+    seeds: np.ndarray, size: int, min_path_length: int, workers: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One maze per seed, spread over `workers` threads (default: all cores).
+
+    Returns (questions [k, n*n] uint8 tokens, answers, path lengths in cells [k] (-1 where the
+    candidate found no map in `_MAX_WALL_MAPS` tries), wall maps drawn [k]).
+    """
+    _check_size(size)
+    cells = size * size
+    seeds = np.ascontiguousarray(seeds, dtype=np.int64)
+    k = seeds.shape[0]
+    questions = np.zeros((k, cells), dtype=np.uint8)
+    answers = np.zeros((k, cells), dtype=np.uint8)
+    lengths = np.zeros(k, dtype=np.int64)
+    maps = np.zeros(k, dtype=np.int64)
+    wall_lo, wall_hi = 3 * (cells // 10), 5 * (cells // 10)  # Lehnert's wall count range
+    workers = min(workers or _default_workers(), max(k, 1))
+
+    def run(lo: int, hi: int) -> None:
+        _generate_batch(
+            seeds[lo:hi], size, min_path_length - 1, wall_lo, wall_hi,
+            questions[lo:hi], answers[lo:hi], lengths[lo:hi], maps[lo:hi],
+        )  # fmt: skip
+
+    if workers <= 1:
+        run(0, k)
+    else:
+        step = max(1, k // (8 * workers))  # small chunks: candidates differ a lot in cost
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for future in [pool.submit(run, lo, min(lo + step, k)) for lo in range(0, k, step)]:
+                future.result()
+    return questions, answers, lengths, maps
+
+
+def generate_mazes(
+    num: int,
+    size: int = HARD_SIZE,
+    seed: int | np.random.SeedSequence = 0,
+    *,
+    min_path_length: int | None = None,
+    exclude: Iterable[bytes] = (),
+    workers: int | None = None,
+    progress: bool = False,
+    stats: dict[str, Any] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`num` distinct mazes: (questions [num, n*n] uint8 tokens, answers, shortest path lengths in cells).
+
+    Deterministic for a given seed and any number of `workers`: candidate i is a pure function of
+    (seed, i) and candidates are accepted in index order. A candidate is dropped when its question
+    is a duplicate or in `exclude` (question token bytes, e.g. the other split). `stats`, if given,
+    receives the number of candidates and wall maps drawn.
+    """
+    _check_size(size)
+    if num < 0:
+        raise DataError(f"the number of mazes to generate must be >= 0, got {num}")
+    if workers is not None and workers < 1:
+        raise DataError(f"workers must be >= 1, got {workers}")
+    min_len = default_min_path_length(size) if min_path_length is None else int(min_path_length)
+    if not 2 <= min_len <= size * size:
+        raise DataError(f"min_path_length must be in 2..{size * size} cells for a {size}x{size} maze, got {min_len}")
+    seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    base = int(seq.generate_state(1, dtype=np.uint32)[0])
+    seen = set(exclude)
+    cells = size * size
+    questions = np.zeros((num, cells), dtype=np.uint8)
+    answers = np.zeros((num, cells), dtype=np.uint8)
+    lengths = np.zeros(num, dtype=np.int64)
+    workers = workers or _default_workers()
+    accepted = tried = failed = wall_maps = 0
+    max_candidates = 20 * num + 1000  # tiny sizes have few distinct mazes: stop instead of looping forever
+    with tqdm(total=num, disable=not progress, desc=f"generating {size}x{size} mazes", unit="maze") as bar:
+        while accepted < num:
+            if (accepted == 0 and failed >= 16) or tried >= max_candidates:
+                raise DataError(
+                    f"tried {tried} {size}x{size} candidates ({wall_maps:,} wall maps) but found only {accepted} of "
+                    f"the {num} distinct mazes asked for with a shortest path of >= {min_len} cells: lower "
+                    f"--min-path-length (default for {size}x{size}: {default_min_path_length(size)}) or ask for fewer"
+                )
+            rate = (accepted + 1) / (tried + 1)
+            # Large mazes take milliseconds each: smaller batches keep the progress bar moving.
+            cap = 4096 if size * size <= 400 else 32 * workers
+            batch = int(min(cap, max(2 * workers, np.ceil((num - accepted) / rate))))
+            seeds = (base + np.arange(tried, tried + batch, dtype=np.int64)) % (1 << 32)
+            q, a, lens, maps = generate_maze_candidates(seeds, size, min_len, workers)
+            tried += batch
+            wall_maps += int(maps.sum())
+            for j in range(batch):
+                if lens[j] < 0:
+                    failed += 1
+                    continue
+                key = q[j].tobytes()
+                if key in seen:
+                    continue
+                seen.add(key)
+                questions[accepted], answers[accepted], lengths[accepted] = q[j], a[j], lens[j]
+                accepted += 1
+                bar.update(1)
+                if accepted == num:
+                    break
+    if stats is not None:
+        stats.update(candidates=tried, failed_candidates=failed, wall_maps=wall_maps, min_path_length=min_len)
+    return questions, answers, lengths
+
+
+# ------------------------------------------------------------------------------------------------
+# CSV sources (the Maze-Hard files and anything in the same format)
+
+
+@dataclass
+class MazeSplit:
+    """Mazes of one split as tokens, with where each came from (for error messages and records)."""
+
+    questions: np.ndarray  # [N, n*n] uint8 tokens
+    answers: np.ndarray  # [N, n*n] uint8 tokens
+    ratings: np.ndarray  # [N] int64, -1 where the source has no rating
+    rows: np.ndarray  # [N] 0-based data-row index in `path` (header excluded), or generation order
+    path: str | None = None
+
+    def path_lengths(self) -> np.ndarray:
+        """Shortest path length of each maze in cells, S and G included (from the answers)."""
+        return (self.answers == PATH).sum(axis=1).astype(np.int64) + 2
+
+
+def _char_table(allow_path: bool) -> np.ndarray:
+    table = np.full(256, 255, dtype=np.uint8)
+    for token, ch in enumerate(CHARSET, start=1):
+        if ch != "o" or allow_path:
+            table[ord(ch)] = token
+    return table
+
+
+def _parse_rating(text: str, path: Path, line: int) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value) or value != int(value):
+        raise DataError(f"{path}, line {line}: rating {text!r} is not an integer")
+    return int(value)
+
+
+def read_maze_csv(path: str | os.PathLike[str], size: int = HARD_SIZE) -> MazeSplit:
+    """Read and validate a `source,question,answer,rating` maze CSV (header line required).
+
+    `question` and `answer` have size*size characters over ``"# SGo"`` (no 'o' in the question).
+    Any malformed row stops with a DataError naming the file, the line and the problem: wrong field
+    count, wrong length, a bad character, not exactly one S and one G, an answer that differs from
+    the question outside its path cells, or an answer whose path is not a shortest S->G path.
+    """
+    path = Path(path)
+    cells = size * size
+    if not path.is_file():
+        raise DataError(f"no CSV file at {path}: give csv:PATH with a file or a directory holding train.csv/test.csv")
+    q_buf = bytearray()
+    a_buf = bytearray()
+    ratings: list[int] = []
+    lines: list[int] = []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: tolerate a BOM
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{path} is empty: expected a header line '{','.join(CSV_COLUMNS)}'")
+            names = [h.strip().lower() for h in header]
+            missing = [c for c in ("question", "answer") if c not in names]
+            if missing:
+                raise DataError(
+                    f"{path}, line 1: the header {header} has no {' / '.join(missing)} column; expected "
+                    f"'{','.join(CSV_COLUMNS)}'"
+                )
+            qi, ai = names.index("question"), names.index("answer")
+            ri = names.index("rating") if "rating" in names else None
+            for fields in reader:
+                line = reader.line_num
+                if not fields:
+                    continue  # blank line
+                if len(fields) != len(names):
+                    raise DataError(
+                        f"{path}, line {line}: expected {len(names)} fields ({','.join(header)}), got {len(fields)}"
+                    )
+                for what, text, buf in (("question", fields[qi], q_buf), ("answer", fields[ai], a_buf)):
+                    if len(text) != cells:
+                        root = round(len(text) ** 0.5)
+                        hint = f" (a {root}x{root} maze? pass --size {root})" if root * root == len(text) else ""
+                        raise DataError(
+                            f"{path}, line {line}: {what} has {len(text)} characters, expected {cells} for a "
+                            f"{size}x{size} maze{hint}"
+                        )
+                    if not text.isascii():
+                        bad = next(ch for ch in text if not ch.isascii())
+                        raise DataError(f"{path}, line {line}: {what} has the bad character {bad!r}")
+                    buf += text.encode("ascii")
+                ratings.append(-1 if ri is None else _parse_rating(fields[ri], path, line))
+                lines.append(line)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e}): give a CSV file") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: malformed CSV ({e})") from None
+    num = len(lines)
+    questions = np.frombuffer(bytes(q_buf), dtype=np.uint8).reshape(num, cells)
+    answers = np.frombuffer(bytes(a_buf), dtype=np.uint8).reshape(num, cells)
+    line_of = np.asarray(lines, dtype=np.int64)
+    q_tokens, a_tokens = _decode_and_check(questions, answers, line_of, path, size)
+    return MazeSplit(q_tokens, a_tokens, np.asarray(ratings, dtype=np.int64), np.arange(num), str(path))
+
+
+def _decode_and_check(
+    questions: np.ndarray, answers: np.ndarray, line_of: np.ndarray, path: Path, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """ASCII bytes -> tokens, with every check of `read_maze_csv` (vectorised, first bad row reported)."""
+
+    def where(row: int, col: int) -> str:
+        return f"{path}, line {line_of[row]}"
+
+    def cell(col: int) -> str:
+        return f"row {col // n + 1}, column {col % n + 1}"
+
+    q = _char_table(allow_path=False)[questions]
+    a = _char_table(allow_path=True)[answers]
+    for what, decoded, raw, allowed in (
+        ("question", q, questions, "'#' wall, ' ' free, 'S' start, 'G' goal"),
+        ("answer", a, answers, "'#', ' ', 'S', 'G' and 'o' for the path"),
+    ):
+        bad = decoded == 255
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise DataError(
+                f"{where(row, col)}: {what} has the bad character {chr(raw[row, col])!r} at {cell(col)}; "
+                f"allowed are {allowed}"
+            )
+    for token, name in ((START, "S"), (GOAL, "G")):
+        counts = (q == token).sum(axis=1)
+        bad_rows = np.flatnonzero(counts != 1)
+        if bad_rows.size:
+            row = bad_rows[0]
+            raise DataError(f"{where(row, 0)}: the question has {counts[row]} '{name}' cells, expected exactly one")
+    clash = np.where(a == PATH, q != FREE, a != q)
+    if clash.any():
+        row, col = np.argwhere(clash)[0]
+        raise DataError(
+            f"{where(row, col)}: the answer has {CHARSET[a[row, col] - 1]!r} at {cell(col)} but the question has "
+            f"{CHARSET[q[row, col] - 1]!r} there (an answer may only turn free cells into 'o')"
+        )
+    codes = check_maze_paths(q, a, n)
+    bad_rows = np.flatnonzero(codes)
+    if bad_rows.size:
+        row = bad_rows[0]
+        raise DataError(f"{where(row, 0)}: the answer is not a shortest S-G path: {PATH_CHECK_REASONS[codes[row]]}")
+    return q, a
+
+
+def write_maze_csv(path: Path, split: MazeSplit, source_name: str) -> None:
+    """Write mazes in the Maze-Hard CSV layout (rating = shortest path length in cells), readable by csv:PATH."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for q, a, r in zip(split.questions, split.answers, split.ratings, strict=True):
+            writer.writerow([source_name, decode_maze(q), decode_maze(a), int(r)])
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _hf_download(repo_id: str, split: str) -> Path:
+    """Download `{split}.csv` of a Hugging Face dataset repo (needs huggingface_hub)."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise DataError(
+            "source 'hf' needs huggingface_hub: pip install huggingface_hub (or pip install 'smoltrain[hf]'); "
+            "offline, use --source generate or csv:PATH"
+        ) from None
+    try:
+        return Path(hf_hub_download(repo_id, f"{split}.csv", repo_type="dataset"))
+    except Exception as e:  # network, auth and missing-file errors all mean the same to the user
+        raise DataError(
+            f"could not download {split}.csv from the Hugging Face dataset {repo_id} ({e}): check the network, "
+            "or download the CSV files yourself and use csv:PATH"
+        ) from None
+
+
+def _select(split: MazeSplit, index: np.ndarray) -> MazeSplit:
+    return MazeSplit(split.questions[index], split.answers[index], split.ratings[index], split.rows[index], split.path)
+
+
+def _subsample(split: MazeSplit, size: int | None, rng: np.random.Generator) -> tuple[MazeSplit, bool]:
+    """A seeded random `size` rows (random order, like the reference `np.random.choice`); all when None."""
+    total = split.questions.shape[0]
+    if size is None or size >= total:
+        return split, False
+    return _select(split, rng.choice(total, size=size, replace=False)), True
+
+
+def _load_csv_source(spec: str, n: int, num_test: int | None, rng: np.random.Generator) -> tuple[MazeSplit, MazeSplit]:
+    path = Path(spec)
+    if path.is_dir():
+        files = [path / "train.csv", path / "test.csv"]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise DataError(
+                f"csv:{path} is a directory without {' and '.join(missing)}: put train.csv and test.csv "
+                "there, or give csv:FILE to split one file"
+            )
+        return read_maze_csv(files[0], n), read_maze_csv(files[1], n)
+    if not path.exists():
+        raise DataError(f"no CSV file or directory at {path}: check the csv:PATH source")
+    # One file: a seeded random num_test rows (default 10%) become the test split.
+    everything = read_maze_csv(path, n)
+    total = everything.questions.shape[0]
+    test_size = num_test if num_test is not None else max(1, total // 10)
+    if not 0 < test_size < total:
+        raise DataError(
+            f"{path} has {total} mazes, too few to hold out {test_size} for the test split: give more rows, "
+            "a smaller --num-test, or a directory with train.csv and test.csv"
+        )
+    order = rng.permutation(total)
+    return _select(everything, np.sort(order[test_size:])), _select(everything, np.sort(order[:test_size]))
+
+
+# ------------------------------------------------------------------------------------------------
+# Dataset builder
+
+
+def _dihedral_versions(split: MazeSplit, n: int, aug: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train rows: per maze its 8 dihedral transforms (numbering of `dihedral_transform`, 0 = the maze
+    itself) as 8 puzzles of one group, like the reference `--aug`; without `aug` one puzzle per group.
+
+    Returns (questions, answers, group sizes). A shortest path stays a shortest path under every
+    symmetry of the grid, though not necessarily the one the fixed tie-break would pick.
+    """
+    num = split.questions.shape[0]
+    if not aug:
+        return split.questions, split.answers, np.ones(num, dtype=np.int64)
+    q = split.questions.reshape(num, n, n)
+    a = split.answers.reshape(num, n, n)
+    # [num, 8, n*n]: transform k of every maze at once (dihedral_transform works on the last two axes' views).
+    out_q = np.stack([_transform_all(q, k) for k in range(8)], axis=1).reshape(num * 8, n * n)
+    out_a = np.stack([_transform_all(a, k) for k in range(8)], axis=1).reshape(num * 8, n * n)
+    return out_q, out_a, np.full(num, 8, dtype=np.int64)
+
+
+def _transform_all(grids: np.ndarray, k: int) -> np.ndarray:
+    """`dihedral_transform(grid, k)` for every grid of a [num, n, n] stack."""
+    if grids.shape[0] == 0:
+        return grids
+    return np.stack([dihedral_transform(g, k) for g in grids])
+
+
+def _write_maze_split(root: Path, name: str, questions: np.ndarray, answers: np.ndarray, sizes: np.ndarray, n: int):
+    num_rows = questions.shape[0]
+    metadata = PuzzleDatasetMetadata(
+        pad_id=PAD,
+        ignore_label_id=0,
+        blank_identifier_id=0,
+        vocab_size=VOCAB_SIZE,
+        seq_len=n * n,
+        num_puzzle_identifiers=1,
+        total_groups=int(sizes.shape[0]),
+        mean_puzzle_examples=1,
+        total_puzzles=num_rows,
+        sets=["all"],
+    )
+    write_split(
+        root,
+        name,
+        inputs=questions,
+        labels=answers,
+        puzzle_identifiers=np.zeros(num_rows, dtype=np.int32),
+        puzzle_indices=np.arange(num_rows + 1, dtype=np.int32),
+        group_indices=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32),
+        metadata=metadata,
+    )
+
+
+def _length_stats(split: MazeSplit) -> dict[str, float]:
+    lengths = split.path_lengths()
+    return {
+        "min": int(lengths.min()),
+        "mean": round(float(lengths.mean()), 3),
+        "median": float(np.median(lengths)),
+        "max": int(lengths.max()),
+    }
+
+
+def build_maze_dataset(
+    output_dir: str | os.PathLike[str],
+    source: str = "generate",
+    *,
+    size: int = HARD_SIZE,
+    num_train: int | None = None,
+    num_test: int | None = None,
+    min_path_length: int | None = None,
+    subsample_size: int | None = None,
+    aug: bool = False,
+    seed: int = 0,
+    workers: int | None = None,
+    source_repo: str = SOURCE_REPO,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Build a maze dataset in the reference layout at `output_dir` (atomically); return build info.
+
+    source:
+      "generate"  the offline generator: `num_train` and `num_test` (default 1000 each) size x size mazes
+                  with shortest paths of >= `min_path_length` cells (default `default_min_path_length(size)`), from
+                  independent seed streams; no test maze occurs among the train mazes. The CSVs go to
+                  `generated/` in the dataset, so `csv:<dataset>/generated` rebuilds the same arrays.
+      "hf"        download `train.csv` / `test.csv` of `source_repo` (Maze-Hard, 30x30 only).
+      "csv:PATH"  a directory with train.csv and test.csv, or one CSV file that is split with a seeded
+                  random `num_test` rows (default 10%) held out for test.
+    For CSV sources, `subsample_size` (alias `num_train`) keeps a seeded random subset of the train mazes
+    (default all), `num_test` of the test mazes (default all), and `min_path_length` (if given) filters both splits.
+    `aug` adds the 8 dihedral versions of every train maze (a group of 8 puzzles); test is never augmented.
+    The returned info (also `<output_dir>/build_info.json`) has counts and path-length stats in cells.
+    """
+    started = time.perf_counter()
+    output_dir = check_output_dir(output_dir)
+    _check_size(size)
+    for name, value in (("num_train", num_train), ("num_test", num_test), ("subsample_size", subsample_size)):
+        if value is not None and value < 1:
+            raise DataError(f"{name} must be >= 1, got {value}")
+    if min_path_length is not None and not 2 <= min_path_length <= size * size:
+        raise DataError(
+            f"min_path_length must be in 2..{size * size} cells for {size}x{size} mazes, got {min_path_length}"
+        )
+    streams = np.random.SeedSequence(seed).spawn(4)  # train gen, test gen, subsample, test split
+    info: dict[str, Any] = {
+        "builder": "maze",  # what kind of puzzle this is: solve, eval and render read it
+        "source": source,
+        "size": size,
+        "seed": seed,
+        "aug": aug,
+        "path_length_unit": "cells on the shortest path, S and G included (= moves + 1)",
+    }
+    subsample_record: dict[str, Any] | None = None
+
+    if source == "generate":
+        if subsample_size is not None and num_train is not None and subsample_size != num_train:
+            raise DataError("give either num_train or subsample_size for the generator, not both")
+        n_train = num_train or subsample_size or 1000
+        n_test = num_test or 1000
+        gen_start = time.perf_counter()
+        train_stats: dict[str, Any] = {}
+        test_stats: dict[str, Any] = {}
+        train_q, train_a, train_len = generate_mazes(
+            n_train, size, streams[0], min_path_length=min_path_length, workers=workers, progress=progress,
+            stats=train_stats,
+        )  # fmt: skip
+        test_q, test_a, test_len = generate_mazes(
+            n_test, size, streams[1], min_path_length=min_path_length, exclude={r.tobytes() for r in train_q},
+            workers=workers, progress=progress, stats=test_stats,
+        )  # fmt: skip
+        gen_seconds = time.perf_counter() - gen_start
+        train = MazeSplit(train_q, train_a, train_len, np.arange(n_train))
+        test = MazeSplit(test_q, test_a, test_len, np.arange(n_test))
+        wall_maps = train_stats["wall_maps"] + test_stats["wall_maps"]
+        candidates = train_stats["candidates"] + test_stats["candidates"]
+        info.update(
+            min_path_length=train_stats["min_path_length"],
+            generation_seconds=round(gen_seconds, 3),
+            generation_rate_mazes_per_s=round((n_train + n_test) / max(gen_seconds, 1e-9), 2),
+            wall_maps_per_candidate=round(wall_maps / candidates, 2),
+            workers=workers or _default_workers(),
+        )
+    elif source == "hf" or source.startswith("csv:"):
+        if source == "hf":
+            if size != HARD_SIZE:
+                raise DataError(f"{source_repo} holds 30x30 mazes; --size {size} needs --source generate or csv:PATH")
+            train = read_maze_csv(_hf_download(source_repo, "train"), size)
+            test = read_maze_csv(_hf_download(source_repo, "test"), size)
+            info["source_repo"] = source_repo
+        else:
+            spec = source[len("csv:") :]
+            if not spec:
+                raise DataError("csv: needs a path, e.g. --source csv:data/maze-csv")
+            test_rng = np.random.default_rng(streams[3])
+            train, test = _load_csv_source(spec, size, num_test if Path(spec).is_file() else None, test_rng)
+        if subsample_size is not None and num_train is not None and subsample_size != num_train:
+            raise DataError("give either num_train or subsample_size for a CSV source, not both")
+        single_file = source.startswith("csv:") and Path(source[4:]).is_file()
+        info["rows_in_source"] = {"train": int(train.questions.shape[0]), "test": int(test.questions.shape[0])}
+        filtered = min_path_length is not None
+        if filtered:
+            train = _select(train, np.flatnonzero(train.path_lengths() >= min_path_length))
+            test = _select(test, np.flatnonzero(test.path_lengths() >= min_path_length))
+            info["min_path_length"] = min_path_length
+        sub_rng = np.random.default_rng(streams[2])
+        train, train_sampled = _subsample(train, subsample_size or num_train, sub_rng)
+        test, test_sampled = _subsample(test, None if single_file else num_test, sub_rng)
+        if train_sampled or test_sampled or single_file or filtered:
+            subsample_record = {
+                "note": "0-based data rows (header excluded) of the source files, in dataset order",
+                **{name: {"file": s.path, "rows": s.rows.tolist()} for name, s in (("train", train), ("test", test))},
+            }
+    else:
+        raise DataError(f"unknown maze source {source!r}: use 'generate', 'hf' or 'csv:PATH'")
+
+    for name, split in (("train", train), ("test", test)):
+        if split.questions.shape[0] == 0:
+            hint = " after the --min-path-length filter" if min_path_length is not None else ""
+            raise DataError(f"no {name} mazes left{hint}: lower --min-path-length or use a larger source")
+
+    test_keys = {r.tobytes() for r in test.questions}
+    overlap = sum(r.tobytes() in test_keys for r in train.questions)
+    aug_q, aug_a, sizes = _dihedral_versions(train, size, aug)
+
+    with atomic_dataset_dir(output_dir) as tmp:
+        _write_maze_split(tmp, "train", aug_q, aug_a, sizes, size)
+        _write_maze_split(tmp, "test", test.questions, test.answers, np.ones(test.questions.shape[0], np.int64), size)
+        write_identifiers(tmp, ["<blank>"])
+        if subsample_record is not None:
+            write_json_synced(tmp / "subsample_indices.json", subsample_record, indent=1)
+        if source == "generate":
+            name = f"smoltrain-generate-{size}x{size}"
+            write_maze_csv(tmp / "generated" / "train.csv", train, name)
+            write_maze_csv(tmp / "generated" / "test.csv", test, name)
+        info.update(
+            counts={
+                "train_mazes": int(train.questions.shape[0]),
+                "train_rows": int(aug_q.shape[0]),
+                "test_mazes": int(test.questions.shape[0]),
+            },
+            path_length={"train": _length_stats(train), "test": _length_stats(test)},
+            wall_fraction={
+                "train": round(float((train.questions == WALL).mean()), 4),
+                "test": round(float((test.questions == WALL).mean()), 4),
+            },
+            train_test_overlap=int(overlap),
+            build_seconds=round(time.perf_counter() - started, 3),
+            smoltrain_version=__version__,
+        )
+        write_json_synced(tmp / "build_info.json", info, indent=1)
+    return info
