@@ -120,3 +120,98 @@ def test_solve_errors(sudoku_run: Path, tmp_path: Path) -> None:
     other = import_reference_checkpoint(path, tmp_path / "run")
     with pytest.raises(SmoltrainError, match=r"vocabulary has 5 tokens but 4x4 Sudoku uses 6"):
         solve_with_run(other, "." * 16, device="cpu")
+
+
+def test_solve_cli_prints_and_renders(sudoku_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from PIL import Image
+
+    from smoltrain.cli import main
+    from smoltrain.render import draw_trace
+    from smoltrain.solve import solve_puzzle
+
+    puzzle = "1.3. ..1. 2... ...1"
+    out_dir = tmp_path / "pictures"
+    assert main(["solve", str(sudoku_run), "--puzzle", puzzle, "--device", "cpu", "--render", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    result = solve_with_run(sudoku_run, puzzle, device="cpu")
+    assert out.startswith("puzzle:\n" + format_grid(result.givens, 4) + "\n\nanswer after 2 ACT steps ([d] = filled "
+                          "in by the model):\n" + format_grid(result.answer, 4, changed_mask=result.filled) + "\n")
+    assert ("valid solution" if result.valid else "not a valid solution: ") in out
+
+    # The picture: input | step 1 | step 2 (a typed puzzle has no target), one frame per step, and the page.
+    solution = solve_puzzle(sudoku_run, puzzle_text=puzzle, device="cpu")
+    assert [s.tolist() for s in solution.trace.steps] == [(s + 1).tolist() for s in result.steps]
+    drawn = draw_trace(solution.trace)
+    assert [p.caption for p in drawn.panels] == ["input", "step 1", "step 2"]
+    image = Image.open(out_dir / "puzzle.png")
+    assert image.size == drawn.image.size
+    assert np.array_equal(np.asarray(image.convert("RGB")), np.asarray(drawn.image))
+    frames = sorted(p.name for p in (out_dir / "frames").glob("*.png"))
+    assert frames == ["puzzle-step-01.png", "puzzle-step-02.png"]
+    page = (out_dir / "index.html").read_text()
+    assert '"puzzle.png"' in page and all(f'"frames/{f}"' in page for f in frames)
+
+    # Cells the model filled are drawn in blue in the last panel, the givens in black.
+    left, top, _, _ = drawn.panels[-1].box
+    panel = np.asarray(drawn.image)[top:top + 4 * 24, left:left + 4 * 24]
+    for cell in range(16):
+        r, c = divmod(cell, 4)
+        if 1 <= result.answer[cell] <= 4:
+            pixels = panel[r * 24 + 3:r * 24 + 21, c * 24 + 3:c * 24 + 21].reshape(-1, 3).astype(int)
+            darkest = pixels[pixels.sum(axis=1).argmin()]
+            bluish = darkest[2] > darkest[0] + 60
+            assert bluish == (result.givens[cell] == 0), (cell, darkest)
+
+
+def test_solve_cli_errors_are_one_line(sudoku_run: Path, capsys: pytest.CaptureFixture) -> None:
+    from smoltrain.cli import main
+
+    for args, message in ((["--puzzle", "12x4" + "." * 12], "the puzzle has 'x' at character 3"),
+                          (["--example", "0"], "this run has no dataset"),
+                          (["--puzzle-file", "/nonexistent/p.txt"], "cannot read the puzzle file /nonexistent/p.txt")):
+        assert main(["solve", str(sudoku_run), *args, "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    with pytest.raises(SystemExit) as exit_info:  # a puzzle and an example at once: argparse says no
+        main(["solve", str(sudoku_run), "--puzzle", "." * 16, "--example", "0"])
+    assert exit_info.value.code == 2
+
+
+def test_render_examples_of_a_sudoku_dataset(sudoku_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`eval --render`'s library on a hand-made 4x4 dataset: traces with targets, verdicts, the page."""
+    import json
+
+    from smoltrain.data.puzzles import PuzzleDatasetMetadata, write_identifiers, write_split
+    from smoltrain.render import render_examples
+    from smoltrain.solve import solve_puzzle, trace_test_examples
+
+    solved = pattern(4, 2, 2) + 1  # tokens: digit + 1
+    puzzles = np.stack([np.where(np.arange(16) % (k + 2) == 0, 1, solved) for k in range(3)])
+    root = tmp_path / "sudoku4"
+    for split in ("train", "test"):
+        meta = PuzzleDatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=6, seq_len=16,
+                                     num_puzzle_identifiers=1, total_groups=3, mean_puzzle_examples=1.0,
+                                     total_puzzles=3, sets=["all"])
+        write_split(root, split, puzzles, np.stack([solved] * 3), np.zeros(3, dtype=np.int32), np.arange(4),
+                    np.arange(4), meta)
+    write_identifiers(root, ["<blank>"])
+    (root / "build_info.json").write_text(json.dumps({"builder": "sudoku"}))
+
+    run = smoltrain.load(sudoku_run, device="cpu", overrides=[f"data_paths=[{root}]"])
+    traces, kept = trace_test_examples(run, [2, 0])
+    assert kept == [2, 0] and [t.title for t in traces] == ["test example 2", "test example 0"]
+    assert np.array_equal(traces[0].inputs, puzzles[2]) and np.array_equal(traces[0].target, solved)
+    # Same predictions as solving the typed puzzle; the verdict also compares with the dataset's answer.
+    typed = solve_with_run(run, "".join(str(d - 1) if d > 1 else "." for d in puzzles[2]))
+    assert np.array_equal(np.where(traces[0].steps[-1] >= 2, traces[0].steps[-1] - 1, 0), typed.answer)
+    solution = solve_puzzle(run, example=2)
+    assert solution.correct == typed.valid
+    assert solution.verdict.endswith("the dataset's answer)")
+    assert ("equals" in solution.verdict) == np.array_equal(traces[0].steps[-1], solved)
+
+    page = render_examples(run, tmp_path / "pictures", count=5)  # only 3 test examples: all of them
+    assert sorted(p.name for p in page.parent.glob("*.png")) == ["example-0000.png", "example-0001.png",
+                                                                "example-0002.png"]
+    assert len(list((page.parent / "frames").glob("*.png"))) == 3 * 2  # halt_max_steps frames each
+    with pytest.raises(DataError, match=r"--example 3 is out of range: the test split of .* has 3 examples \(0\.\.2\)"):
+        solve_puzzle(run, example=3)

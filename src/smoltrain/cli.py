@@ -42,6 +42,12 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 
     metrics = evaluate(ns.run_dir, checkpoint=ns.checkpoint, device=ns.device, overrides=ns.overrides)
     print(json.dumps(metrics, indent=2))
+    if ns.render:
+        from smoltrain.render import render_examples
+
+        page = render_examples(ns.run_dir, ns.render, count=ns.render_count, device=ns.device,
+                               checkpoint=ns.checkpoint, overrides=ns.overrides)
+        print(f"drew the ACT traces of up to {ns.render_count} test examples: open {page}")
     return 0
 
 
@@ -84,15 +90,46 @@ def cmd_data_sudoku(ns: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_solve(ns: argparse.Namespace) -> int:
-    from smoltrain.solve import format_grid, solve_with_run
+def cmd_data_maze(ns: argparse.Namespace) -> int:
+    from smoltrain.data.maze import build_maze_dataset
 
-    result = solve_with_run(ns.run_dir, ns.puzzle, device=ns.device)
-    print("puzzle:")
-    print(format_grid(result.givens, result.n))
-    print(f"\nanswer after {len(result.steps)} ACT steps ([d] = filled in by the model):")
-    print(format_grid(result.answer, result.n, changed_mask=result.filled))
-    print("valid solution" if result.valid else "not a valid solution: " + "; ".join(result.problems))
+    info = build_maze_dataset(
+        ns.output_dir, ns.source, size=ns.size, num_train=ns.num_train, num_test=ns.num_test,
+        min_path_length=ns.min_path_length, subsample_size=ns.subsample_size, aug=ns.aug, seed=ns.seed,
+        workers=ns.workers, source_repo=ns.source_repo, progress=True,
+    )
+    counts, lengths = info["counts"], info["path_length"]
+    print(f"wrote {ns.output_dir}: {counts['train_mazes']:,} train mazes ({counts['train_rows']:,} rows with "
+          f"augmentations), {counts['test_mazes']:,} test mazes of {info['size']}x{info['size']}, shortest paths "
+          f"{lengths['train']['min']}-{lengths['train']['max']} cells (train), in {info['build_seconds']:.1f} s")
+    return 0
+
+
+def cmd_data_arc(ns: argparse.Namespace) -> int:
+    from smoltrain.data.arc import build_arc_dataset
+
+    info = build_arc_dataset(
+        ns.output_dir, input_file_prefix=ns.input_file_prefix, input_dir=ns.input_dir, subsets=ns.subsets,
+        test_set_name=ns.test_set_name, num_aug=ns.num_aug, seed=ns.seed, progress=True,
+    )
+    counts = info["counts"]
+    print(f"wrote {ns.output_dir}: {counts['tasks']:,} tasks, {counts['puzzles']:,} puzzles "
+          f"({counts['identifiers']:,} identifiers), {counts['train_rows']:,} train rows, "
+          f"{counts['test_rows']:,} test rows in {info['build_seconds']:.1f} s")
+    return 0
+
+
+def cmd_solve(ns: argparse.Namespace) -> int:
+    from smoltrain.solve import read_puzzle_file, solve_puzzle
+
+    text = read_puzzle_file(ns.puzzle_file) if ns.puzzle_file else ns.puzzle
+    solution = solve_puzzle(ns.run_dir, puzzle_text=text, example=ns.example, device=ns.device)
+    print(solution.report())
+    if ns.render:
+        from smoltrain.render import render_traces
+
+        name = "puzzle" if ns.example is None else f"example-{ns.example:04d}"
+        print(f"drew the ACT trace: open {render_traces([solution.trace], ns.render, [name])}")
     return 0
 
 
@@ -232,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("overrides", nargs="*", metavar="key=value")
     sub.add_argument("--checkpoint", default=None, help="a checkpoint directory (default: the newest)")
     sub.add_argument("--device", default="auto")
+    sub.add_argument("--render", default=None, metavar="DIR",
+                     help="also draw the ACT traces of the first test examples as PNGs and DIR/index.html")
+    sub.add_argument("--render-count", type=int, default=8, metavar="N", help="how many examples to draw (8)")
 
     sub = verb("info", cmd_info, "Show a recipe's parameter count, steps and resolved config.")
     sub.add_argument("args", nargs="*", metavar="[RECIPE] key=value")
@@ -252,9 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--device", default="auto")
 
-    sub = verb("solve", cmd_solve, "Solve one Sudoku with a trained run and check the answer.")
+    sub = verb("solve", cmd_solve, "Solve one puzzle (Sudoku, maze, or a test example of any kind) and check it.")
     sub.add_argument("run_dir")
-    sub.add_argument("--puzzle", required=True, help="81, 36 or 16 cells, row by row; . or 0 for blanks")
+    which = sub.add_mutually_exclusive_group(required=True)
+    which.add_argument("--puzzle", help="Sudoku: 81, 36 or 16 cells, row by row, . or 0 for blanks; "
+                                        "maze: n lines (or one line of n*n) of '#', ' ' or '.', 'S', 'G'")
+    which.add_argument("--puzzle-file", default=None, metavar="PATH", help="read the --puzzle text from a file")
+    which.add_argument("--example", type=int, default=None, metavar="N",
+                       help="test example N of the run's own dataset (any kind, ARC included)")
+    sub.add_argument("--render", default=None, metavar="DIR", help="draw the ACT trace as PNGs and DIR/index.html")
     sub.add_argument("--device", default="auto")
 
     imports = verbs.add_parser("import", help="Convert checkpoints of other code bases into run directories.",
@@ -305,6 +351,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--workers", type=int, default=None, help="generate: threads (default: all cores)")
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--source-repo", default="sapientinc/sudoku-extreme")
+
+    sub = kinds.add_parser("maze", help="Mazes in the reference on-disk format (Maze-Hard 30x30 or smaller).")
+    sub.set_defaults(handler=cmd_data_maze)
+    sub.add_argument("--output-dir", required=True)
+    sub.add_argument("--source", default="generate",
+                     help="generate (offline, default) | hf (sapientinc/maze-30x30-hard-1k) | csv:PATH")
+    sub.add_argument("--size", type=int, default=30, help="n for n x n mazes (default 30, Maze-Hard)")
+    sub.add_argument("--num-train", type=int, default=None, help="mazes to generate for train (default 1000)")
+    sub.add_argument("--num-test", type=int, default=None, help="test mazes (generate: default 1000)")
+    sub.add_argument("--min-path-length", type=int, default=None,
+                     help="shortest path in cells incl. S and G (default 111 for 30x30, else ~12%% of n*n)")
+    sub.add_argument("--subsample-size", type=int, default=None, help="keep this many train mazes (seeded)")
+    sub.add_argument("--aug", action="store_true", help="add the 8 dihedral versions of every train maze")
+    sub.add_argument("--workers", type=int, default=None, help="generate: threads (default: all cores)")
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--source-repo", default="sapientinc/maze-30x30-hard-1k")
+
+    sub = kinds.add_parser("arc", help="ARC tasks, augmented (dihedral x colour maps) in the reference format.")
+    sub.set_defaults(handler=cmd_data_arc)
+    sub.add_argument("--input-file-prefix", default=None,
+                     help="Kaggle combined json: PREFIX_{subset}_challenges.json + _solutions.json")
+    sub.add_argument("--input-dir", default=None, help="one json per task: DIR/{subset}/{task}.json")
+    sub.add_argument("--subsets", nargs="+", default=["training", "evaluation", "concept"])
+    sub.add_argument("--test-set-name", default="evaluation", help="the subset whose test pairs form the test split")
+    sub.add_argument("--output-dir", required=True)
+    sub.add_argument("--num-aug", type=int, default=1000, help="augmented versions per task (de-duplicated)")
+    sub.add_argument("--seed", type=int, default=42)
 
     sub = kinds.add_parser("text", help="Tokenize text (jsonl `text` field, .txt, .parquet, hf:NAME) to shards.")
     sub.set_defaults(handler=cmd_data_text)

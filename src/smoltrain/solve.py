@@ -1,12 +1,19 @@
-"""Solve one Sudoku with a trained or imported TRM run: parse, run ACT inference, check, pretty-print.
+"""Solve one puzzle with a trained or imported TRM run: parse, run ACT inference, check, pretty-print.
 
-Boards are flat arrays of ``n*n`` digits (0 = blank), row-major, as in ``smoltrain.data.sudoku``; the
+Sudoku boards are flat arrays of ``n*n`` digits (0 = blank), row-major, as in ``smoltrain.data.sudoku``; the
 model sees tokens ``digit + 1`` (0 PAD, 1 blank, 2..n+1 digits) and the blank puzzle identifier 0, as in
 the Sudoku datasets, and predicts the whole solved grid at every ACT step.
+
+Mazes typed by the user are ``n`` lines of ``# SG`` (``.`` also means free), tokens as in
+``smoltrain.data.maze``. Any kind, ARC included, can also come from the run's own test split
+(:func:`solve_puzzle` with ``example=N``), with its puzzle identifier and its target. The kind of a run's
+puzzles is :func:`smoltrain.render.puzzle_kind` of its dataset (or of its model's shapes without one).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,16 +23,23 @@ import torch
 from smoltrain.api import LoadedRun, load
 from smoltrain.config import load_run_config
 from smoltrain.data.sudoku import box_shape
-from smoltrain.errors import DataError, SmoltrainError
+from smoltrain.errors import ConfigError, DataError, SmoltrainError
 from smoltrain.models.trm import TRMConfig, act_inference
+from smoltrain.render import MAZE_CHARS, PuzzleTrace, arc_crop, puzzle_kind, side_of
 
 __all__ = [
+    "PuzzleSolution",
     "SolveResult",
     "format_grid",
     "is_valid_solution",
+    "parse_maze",
     "parse_sudoku",
+    "read_puzzle_file",
+    "run_kind",
     "solution_problems",
+    "solve_puzzle",
     "solve_with_run",
+    "trace_test_examples",
 ]
 
 SIZES = {16: 4, 36: 6, 81: 9}  # cells -> n
@@ -161,14 +175,14 @@ class SolveResult:
         return self.answer != self.givens
 
 
-def _load(run_dir: Path, device: str) -> LoadedRun:
+def _load(run_dir: Path, device: str, keep_data: bool = False) -> LoadedRun:
     from smoltrain.families.trm import DATA_SHAPE
 
     cfg = load_run_config(run_dir)
-    # A run that declares its data shape (an imported one) builds without its dataset, which solving
-    # does not need: drop the data paths so a dataset absent on this machine does not stop it.
+    # A run that declares its data shape (an imported one) builds without its dataset, which solving a
+    # typed puzzle does not need: drop the data paths so a dataset absent on this machine does not stop it.
     declared = all(getattr(cfg.arch, key, None) is not None for key in DATA_SHAPE)
-    overrides = ["data_paths=[]", "data_paths_test=[]"] if declared else []
+    overrides = ["data_paths=[]", "data_paths_test=[]"] if declared and not keep_data else []
     return load(run_dir, device=device, overrides=overrides)
 
 
@@ -208,3 +222,307 @@ def solve_with_run(run_dir_or_loaded: str | Path | LoadedRun, puzzle_text: str, 
     answer = steps[-1]
     problems = solution_problems(givens, answer, n)
     return SolveResult(n=n, givens=givens, answer=answer, steps=steps, valid=not problems, problems=problems)
+
+
+# ------------------------------------------------------------------------------------------------
+# Any kind: mazes, ARC, and examples from the run's own dataset
+
+
+def parse_maze(text: str) -> np.ndarray:
+    """The ``n*n`` tokens of a maze written as ``n`` lines of ``n`` characters, or as one ``n*n``-character line.
+
+    ``#`` is a wall, space or ``.`` a free cell, ``S`` the start and ``G`` the goal (exactly one each). Lines
+    shorter than ``n`` are padded with free cells, since editors strip trailing spaces.
+    """
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if len(lines) > 1 and lines[-1] == "":
+        lines.pop()  # the file's final newline
+    # Rows of spaces are free cells, so blank lines at the ends are dropped only while there are more lines
+    # than the widest row has characters (extra newlines, not rows).
+    width = max(len(line) for line in lines)
+    while len(lines) > max(width, 1) and not lines[-1].strip():
+        lines.pop()
+    while len(lines) > max(width, 1) and not lines[0].strip():
+        lines.pop(0)
+    if not "".join(lines).strip():
+        raise DataError("the maze is empty; write n lines of '#' (wall), ' ' or '.' (free), 'S' and 'G'")
+    if len(lines) == 1:
+        n = math.isqrt(len(lines[0]))
+        if n * n != len(lines[0]):
+            raise DataError(f"the maze is one line of {len(lines[0])} characters, which is not n*n; write n lines "
+                            "of n characters, or one line of n*n")
+        rows = [lines[0][i:i + n] for i in range(0, n * n, n)]
+    else:
+        n = len(lines)
+        for r, line in enumerate(lines, start=1):
+            if len(line) > n:
+                raise DataError(f"maze row {r} has {len(line)} characters, but a maze of {n} rows needs {n} per row")
+        rows = [line.ljust(n) for line in lines]
+    tokens = np.empty((n, n), dtype=np.int64)
+    codes = {"#": 1, " ": 2, ".": 2, "S": 3, "G": 4}
+    for r, row in enumerate(rows):
+        for c, char in enumerate(row):
+            if char not in codes:
+                raise DataError(f"the maze has {char!r} at row {r + 1}, column {c + 1}; write '#' (wall), ' ' or '.' "
+                                "(free), 'S' and 'G' -- the model draws the path")
+            tokens[r, c] = codes[char]
+    for token, name in ((3, "S (start)"), (4, "G (goal)")):
+        count = int((tokens == token).sum())
+        if count != 1:
+            raise DataError(f"the maze has {count} {name} cells; it needs exactly one")
+    return tokens.reshape(-1)
+
+
+def maze_text(tokens: np.ndarray) -> str:
+    """A maze's tokens as lines of ``# SGo`` (``?`` for PAD or stray tokens)."""
+    grid = np.asarray(tokens).reshape(-1)
+    n = side_of("maze", grid.size)
+    chars = "?" + MAZE_CHARS
+    return "\n".join("".join(chars[t] if 0 <= t < len(chars) else "?" for t in grid[r * n:(r + 1) * n])
+                     for r in range(n))
+
+
+def arc_text(tokens: np.ndarray) -> str:
+    """The cropped ARC grid as rows of colour digits."""
+    grid = arc_crop(tokens)
+    if grid.size == 0:
+        return "(no grid: the canvas starts with EOS or PAD)"
+    return "\n".join("".join(str(int(v)) for v in row) for row in grid)
+
+
+def _trm_config(run: LoadedRun) -> TRMConfig:
+    config = getattr(getattr(run.model, "model", run.model), "config", None)
+    if not isinstance(config, TRMConfig):
+        raise SmoltrainError(f"solving and drawing puzzles need a TRM-family run (arch trm, hrm or trm_singlez); "
+                             f"this run is arch {run.config.arch.name}")
+    return config
+
+
+def _dataset_root(run: LoadedRun) -> Path | None:
+    """The dataset whose test split the run evaluates on (the first of ``data_paths_test``, else ``data_paths``)."""
+    paths = run.config.data_paths_test or run.config.data_paths
+    return Path(paths[0]) if paths else None
+
+
+def run_kind(run: LoadedRun, root: Path | None = None) -> str:
+    """``"sudoku"``, ``"maze"`` or ``"arc"``: what the run's puzzles are (from ``root``'s build_info.json, by
+    default the run's dataset's, else from the model's shapes)."""
+    config = _trm_config(run)
+    return puzzle_kind(config.vocab_size, config.seq_len, root or _dataset_root(run))
+
+
+def predict_steps(run: LoadedRun, inputs: np.ndarray, identifiers: np.ndarray) -> list[np.ndarray]:
+    """The predicted tokens ``[B, seq_len]`` after each of the run's ACT steps, for a batch of inputs."""
+    batch = {
+        "inputs": torch.from_numpy(np.asarray(inputs, dtype=np.int32)).to(run.device),
+        "puzzle_identifiers": torch.from_numpy(np.asarray(identifiers, dtype=np.int32)).to(run.device),
+    }
+    with torch.inference_mode():
+        return [logits.argmax(dim=-1).cpu().numpy().astype(np.int64) for logits in act_inference(run.model, batch)]
+
+
+def _test_examples(run: LoadedRun, indices: list[int], clip: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                            list[int], list[str]]:
+    """(inputs, labels, identifiers, indices, identifier names) of test examples ``indices`` of the run's data.
+
+    Labels the loss ignores come back as 0 (PAD). With ``clip``, indices past the end are dropped instead of
+    being an error (rendering "the first 8" of a smaller test set).
+    """
+    from smoltrain.data.puzzles import PuzzleDataset, load_identifiers
+
+    root = _dataset_root(run)
+    if root is None:
+        raise ConfigError("this run has no dataset (data_paths is empty): pass data_paths=[DIR] or solve a typed "
+                          "puzzle with --puzzle")
+    dataset = PuzzleDataset(root, "test", global_batch_size=1, test_mode=True)  # validates the split
+    total = dataset.num_examples
+    bad = [i for i in indices if not 0 <= i < total]
+    if bad and not clip:
+        raise DataError(f"--example {bad[0]} is out of range: the test split of {root} has {total} examples "
+                        f"(0..{total - 1})")
+    indices = [i for i in indices if 0 <= i < total]
+    if not indices:
+        raise DataError(f"the test split of {root} has no examples to draw")
+    split_dir = root / "test"
+    rows = np.array(indices, dtype=np.int64)
+    inputs = np.load(split_dir / "all__inputs.npy", mmap_mode="r")[rows].astype(np.int64)
+    labels = np.load(split_dir / "all__labels.npy", mmap_mode="r")[rows].astype(np.int64)
+    ignore = dataset.metadata.ignore_label_id
+    if ignore is not None:
+        labels[labels == ignore] = 0
+    puzzles = np.searchsorted(dataset.puzzle_indices, rows, side="right") - 1
+    identifiers = dataset.puzzle_identifiers[puzzles]
+    names = load_identifiers(root) or []
+    named = [names[i] if 0 <= i < len(names) else str(i) for i in identifiers.tolist()]
+    return inputs, labels, identifiers, indices, named
+
+
+def _title(kind: str, index: int, name: str) -> str:
+    return f"test example {index}" + (f" ({name})" if kind == "arc" and name else "")
+
+
+def trace_test_examples(run: LoadedRun, indices: Iterable[int], clip: bool = False,
+                        batch_size: int = 64) -> tuple[list[PuzzleTrace], list[int]]:
+    """The ACT traces of test examples ``indices`` of the run's dataset, and the indices drawn."""
+    kind = run_kind(run)
+    inputs, labels, identifiers, kept, names = _test_examples(run, list(indices), clip)
+    traces = []
+    for start in range(0, len(kept), batch_size):
+        stop = start + batch_size
+        steps = predict_steps(run, inputs[start:stop], identifiers[start:stop])
+        for row in range(min(batch_size, len(kept) - start)):
+            i = start + row
+            step_tokens = [step[row] for step in steps]
+            verdict = _verdict(kind, inputs[i], labels[i], step_tokens[-1])[1]
+            traces.append(PuzzleTrace(kind, inputs[i], labels[i], step_tokens, _title(kind, kept[i], names[i]),
+                                      verdict))
+    return traces, kept
+
+
+def _sudoku_digits(tokens: np.ndarray, n: int) -> np.ndarray:
+    digits = np.asarray(tokens).reshape(-1) - 1
+    return np.where((digits >= 1) & (digits <= n), digits, 0)
+
+
+def _maze_check(inputs: np.ndarray, answer: np.ndarray) -> tuple[bool, str]:
+    """(valid and optimal, why) for one maze answer."""
+    try:
+        from smoltrain.eval.maze import valid_optimal_paths
+    except ImportError:  # written alongside; the builder's checker says the same thing
+        from smoltrain.data.maze import check_maze_paths
+
+        def valid_optimal_paths(inputs: np.ndarray, preds: np.ndarray) -> np.ndarray:
+            return check_maze_paths(inputs, preds) == 0
+    valid = bool(np.asarray(valid_optimal_paths(inputs[None], answer[None])).reshape(-1)[0])
+    if valid:
+        return True, "a valid shortest path"
+    try:
+        from smoltrain.data.maze import PATH_CHECK_REASONS, check_maze_paths
+
+        return False, "not a valid shortest path: " + PATH_CHECK_REASONS[int(check_maze_paths(inputs, answer)[0])]
+    except ImportError:
+        return False, "not a valid shortest path"
+
+
+def _verdict(kind: str, inputs: np.ndarray, target: np.ndarray | None, answer: np.ndarray) -> tuple[bool | None, str]:
+    """(correct, a one-line verdict) of one answer: Sudoku rules, a maze's shortest path, ARC's exact grid."""
+    matches = None if target is None else (
+        np.array_equal(arc_crop(answer), arc_crop(target)) if kind == "arc"
+        else bool(np.all((target <= 0) | (answer == target)))
+    )
+    if kind == "sudoku":
+        n = side_of(kind, answer.size)
+        problems = solution_problems(_sudoku_digits(inputs, n), _sudoku_digits(answer, n), n)
+        verdict = "valid solution" if not problems else "not a valid solution: " + "; ".join(problems)
+        return not problems, verdict + ("" if matches is None else f" ({'equals' if matches else 'differs from'} "
+                                        "the dataset's answer)")
+    if kind == "maze":
+        valid, verdict = _maze_check(inputs, answer)
+        return valid, verdict + ("" if matches is None else f" ({'equals' if matches else 'differs from'} the "
+                                 "dataset's path)")
+    if target is None:
+        return None, "no target to compare with"
+    got, want = arc_crop(answer), arc_crop(target)
+    if matches:
+        return True, "equals the target"
+    if got.shape != want.shape:
+        return False, (f"differs from the target: {got.shape[0]}x{got.shape[1]} instead of "
+                       f"{want.shape[0]}x{want.shape[1]}")
+    return False, f"differs from the target in {int((got != want).sum())} of {want.size} cells"
+
+
+@dataclass
+class PuzzleSolution:
+    """One puzzle of any kind through the model: its trace (for pictures) and a verdict (for the terminal)."""
+
+    trace: PuzzleTrace
+    correct: bool | None  # Sudoku: a valid solution; maze: a valid shortest path; ARC: equals the target
+    verdict: str
+
+    @property
+    def kind(self) -> str:
+        return self.trace.kind
+
+    def report(self) -> str:
+        """What `smoltrain solve` prints: the puzzle, the answer after the last ACT step, the verdict."""
+        trace = self.trace
+        steps = len(trace.steps)
+        answer = trace.steps[-1]
+        lines = [f"{trace.title}:" if trace.title else "puzzle:"]
+        if self.kind == "sudoku":
+            n = side_of("sudoku", answer.size)
+            givens, digits = _sudoku_digits(trace.inputs, n), _sudoku_digits(answer, n)
+            lines += [format_grid(givens, n), "", f"answer after {steps} ACT steps ([d] = filled in by the model):",
+                      format_grid(digits, n, changed_mask=digits != givens)]
+        elif self.kind == "maze":
+            lines += [maze_text(trace.inputs), "", f"answer after {steps} ACT steps (o = path):", maze_text(answer)]
+        else:
+            rows, cols = arc_crop(trace.inputs).shape
+            lines += [f"input ({rows}x{cols}):", arc_text(trace.inputs)]
+            if trace.target is not None:
+                rows, cols = arc_crop(trace.target).shape
+                lines += ["", f"target ({rows}x{cols}):", arc_text(trace.target)]
+            rows, cols = arc_crop(answer).shape
+            lines += ["", f"answer after {steps} ACT steps ({rows}x{cols}):", arc_text(answer)]
+        lines.append(self.verdict)
+        return "\n".join(lines)
+
+
+def _solve_text(run: LoadedRun, kind: str, text: str) -> PuzzleSolution:
+    config = _trm_config(run)
+    if kind == "arc":
+        raise DataError("typed ARC puzzles are not supported (the model needs the task's puzzle identifier); "
+                        "use --example N to solve test example N of the run's dataset")
+    if kind == "sudoku":
+        result = solve_with_run(run, text)
+        inputs = result.givens + 1
+        steps = [step + 1 for step in result.steps]
+        verdict = "valid solution" if result.valid else "not a valid solution: " + "; ".join(result.problems)
+        return PuzzleSolution(PuzzleTrace(kind, inputs, None, steps, "", verdict), result.valid, verdict)
+    inputs = parse_maze(text)
+    if inputs.size != config.seq_len:
+        side = math.isqrt(config.seq_len)
+        raise DataError(f"the maze is {math.isqrt(inputs.size)}x{math.isqrt(inputs.size)}, but this run was "
+                        f"trained on {side}x{side} mazes")
+    steps = [step[0] for step in predict_steps(run, inputs[None], np.array([BLANK_ID]))]
+    correct, verdict = _verdict(kind, inputs, None, steps[-1])
+    return PuzzleSolution(PuzzleTrace(kind, inputs, None, steps, "", verdict), correct, verdict)
+
+
+def solve_puzzle(run_dir_or_loaded: str | Path | LoadedRun, puzzle_text: str | None = None, example: int | None = None,
+                 device: str = "auto") -> PuzzleSolution:
+    """One puzzle through a TRM-family run for its ``halt_max_steps`` ACT steps, checked.
+
+    Either ``puzzle_text`` (a Sudoku as for :func:`parse_sudoku`, a maze as for :func:`parse_maze`, whichever
+    the run was trained on) or ``example``, the index of a test example of the run's own dataset (any kind).
+    """
+    if (puzzle_text is None) == (example is None):
+        raise ConfigError("give either a puzzle (--puzzle / --puzzle-file) or --example N, not both or neither")
+    if isinstance(run_dir_or_loaded, LoadedRun):
+        run = run_dir_or_loaded
+        root = _dataset_root(run)
+    else:
+        run_dir = Path(run_dir_or_loaded)
+        cfg = load_run_config(run_dir)
+        paths = cfg.data_paths_test or cfg.data_paths
+        root = Path(paths[0]) if paths else None  # its build_info.json names the kind even when not loaded
+        missing = [p for p in paths if not Path(p).is_dir()]
+        if example is not None and missing:
+            raise DataError(f"--example needs the run's dataset, and {missing[0]} is not here: build or copy "
+                            "it there, or solve a typed puzzle with --puzzle")
+        run = _load(run_dir, device, keep_data=example is not None)
+    kind = run_kind(run, root)
+    if puzzle_text is not None:
+        return _solve_text(run, kind, puzzle_text)
+    assert example is not None
+    (trace,), _ = trace_test_examples(run, [example])
+    correct, verdict = _verdict(kind, trace.inputs, trace.target, trace.steps[-1])
+    return PuzzleSolution(trace, correct, verdict)
+
+
+def read_puzzle_file(path: str | Path) -> str:
+    """The text of a puzzle file (``--puzzle-file``), with one clear error when it cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read the puzzle file {path} ({err.__class__.__name__}): check the path") from None

@@ -1,0 +1,444 @@
+"""Puzzle pictures: grids of each kind read back pixel by pixel, ACT traces, the stepping page, and
+`smoltrain solve` / `smoltrain eval --render` on tiny Maze and ARC runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from smoltrain.cli import main
+from smoltrain.config import load_config
+from smoltrain.data.puzzles import PuzzleDatasetMetadata, write_identifiers, write_split
+from smoltrain.errors import ConfigError, DataError
+from smoltrain.render import (
+    PuzzleTrace,
+    arc_crop,
+    draw_grid,
+    draw_trace,
+    puzzle_kind,
+    render_traces,
+    write_html,
+)
+from smoltrain.solve import _verdict, parse_maze, solve_puzzle
+from smoltrain.train.trainer import Trainer
+
+from .conftest import run_python
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+# ARC's standard palette, written out from the ARC task viewer's colours (not from smoltrain.render).
+ARC_HEX = ["#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF",
+           "#870C25"]
+
+
+def rgb(hex_colour: str) -> tuple[int, int, int]:
+    return tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+
+
+def near(pixel: tuple[int, ...], colour: tuple[int, int, int], tolerance: int = 40) -> bool:
+    return sum(abs(int(a) - b) for a, b in zip(pixel, colour, strict=True)) <= tolerance
+
+
+def cell_pixels(image: Image.Image, r: int, c: int, cell: int) -> np.ndarray:
+    return np.asarray(image)[r * cell + 3:(r + 1) * cell - 2, c * cell + 3:(c + 1) * cell - 2].reshape(-1, 3)
+
+
+# ------------------------------------------------------------------------------------------------
+# Grids
+
+
+def sudoku_tokens(digits: str) -> np.ndarray:
+    return np.array([1 if ch == "." else int(ch) + 1 for ch in digits])
+
+
+def test_sudoku_grid_colours() -> None:
+    givens = sudoku_tokens("1.3..........2.1")
+    answer = sudoku_tokens("1234341221434321")
+    target = sudoku_tokens("1234341221434312")  # the last two cells differ from the answer
+    previous = answer.copy()
+    previous[1] = 1  # row 0, column 1 was blank one step before
+    image = draw_grid("sudoku", answer, givens=givens, target=target, previous=previous)
+    assert image.size == (4 * 24 + 1, 4 * 24 + 1)
+    pixels = image.load()
+    white, light_red = (255, 255, 255), (255, 205, 205)
+    assert pixels[5, 5] == white  # row 0 col 0: a given, right
+    assert near(pixels[3 * 24 + 5, 3 * 24 + 5], light_red, 60) and near(pixels[2 * 24 + 5, 3 * 24 + 5], light_red, 60)
+    assert pixels[1 * 24 + 5, 3 * 24 + 5] == white  # row 3 col 1: filled by the model, right
+    # The cell that changed since the previous step is outlined, the others are not.
+    assert pixels[1 * 24 + 2, 12] == (255, 150, 0) and pixels[3 * 24 + 2, 12] == white
+
+    def darkest(r: int, c: int) -> tuple[int, int, int]:
+        cell = cell_pixels(image, r, c, 24)
+        return tuple(cell[cell.sum(axis=1).argmin()])
+
+    assert near(darkest(0, 0), (17, 17, 17))  # given digit: black
+    blue = darkest(0, 1)  # filled in by the model: blue
+    assert blue[2] > blue[0] + 80
+    red = darkest(3, 3)  # wrong: red
+    assert red[0] > red[2] + 80
+    # Box borders are darker than cell lines: the line between columns 1|2 (a box edge) vs 0|1.
+    assert sum(pixels[2 * 24, 12]) < sum(pixels[1 * 24, 12])
+
+
+def test_maze_grid_colours() -> None:
+    maze = ("S  #   "
+            "## # # "
+            "   #   "
+            " ##### "
+            "       "
+            "###### "
+            "G      ")
+    chars = "# SGo"
+    inputs = np.array([chars.index(ch) + 1 for ch in maze])
+    answer = inputs.copy()
+    answer[1] = answer[2] = 5  # right along row 0: a path cell the target has ...
+    answer[8 * 1 + 6] = 5  # ... and a stray one at row 1, column 6 it does not
+    target = inputs.copy()
+    target[[1, 2, 7 + 2]] = 5  # the target's path also goes down at row 1, column 2
+    image = draw_grid("maze", answer, target=target)
+    assert image.size == (7 * 24 + 1, 7 * 24 + 1)  # 7x7 mazes get the largest cells
+    px = image.load()
+
+    def centre(r: int, c: int) -> tuple[int, int, int]:
+        return px[c * 24 + 12, r * 24 + 12]
+
+    walls, free = centre(0, 3), centre(0, 4)
+    assert sum(walls) < 200 and sum(free) > 700  # walls dark, free cells light
+    assert centre(0, 0)[2] > 150 > centre(0, 0)[0]  # S blue
+    assert centre(6, 0)[0] > 200 > centre(6, 0)[2]  # G red
+    green = centre(0, 1)
+    assert green[1] > 150 > green[0]  # path cells the target has: green
+    assert centre(1, 6) != green and centre(1, 6)[0] > 200  # a stray path cell: orange
+    missed = centre(1, 2)
+    assert missed != free and missed[1] > missed[0]  # target path the model did not draw: pale green
+
+    plain = draw_grid("maze", inputs)  # no target: nothing marked
+    assert plain.load()[6 * 24 + 12, 1 * 24 + 12] == free
+
+
+def arc_canvas(grid: np.ndarray) -> np.ndarray:
+    """A 30x30 token canvas: colours + 2 at the top left, an EOS (1) border right and below, PAD elsewhere."""
+    canvas = np.zeros((30, 30), dtype=np.int64)
+    rows, cols = grid.shape
+    canvas[:rows, :cols] = grid + 2
+    canvas[rows, :cols] = 1
+    canvas[:rows, cols] = 1
+    return canvas.reshape(-1)
+
+
+def test_arc_grid_colours_and_crop() -> None:
+    grid = np.arange(12).reshape(3, 4) % 10  # every colour at least once
+    canvas = arc_canvas(grid)
+    assert np.array_equal(arc_crop(canvas), grid)
+    image = draw_grid("arc", canvas, cell=10)
+    assert image.size == (4 * 10 + 1, 3 * 10 + 1)
+    px = image.load()
+    for r in range(3):
+        for c in range(4):
+            assert px[c * 10 + 5, r * 10 + 5] == rgb(ARC_HEX[grid[r, c]]), (r, c)
+    assert px[0, 5] == px[10, 5] != rgb(ARC_HEX[0])  # thin grid lines between cells
+    # A full 30x30 grid at the default size: ~10 px cells.
+    full = draw_grid("arc", (np.arange(900) % 10) + 2)
+    assert full.size == (301, 301)
+    # Ragged predictions: the largest top-left rectangle of colour tokens; nothing when the corner is EOS.
+    ragged = arc_canvas(np.ones((4, 5), dtype=np.int64))
+    ragged[2 * 30 + 3] = 1
+    assert arc_crop(ragged).shape == (4, 3)
+    assert arc_crop(np.ones(900, dtype=np.int64)).shape == (0, 0)
+    assert draw_grid("arc", np.ones(900, dtype=np.int64)).size[0] > 0  # drawn as an "empty" placeholder
+
+
+def test_unknown_kind_and_shapes() -> None:
+    with pytest.raises(ConfigError, match="unknown puzzle kind 'chess'"):
+        draw_grid("chess", np.ones(16))
+    with pytest.raises(ConfigError, match="cannot draw maze puzzles of 50 cells"):
+        draw_grid("maze", np.ones(50, dtype=np.int64))
+
+
+def test_puzzle_kind(tmp_path: Path) -> None:
+    assert puzzle_kind(12, 900) == "arc"
+    assert puzzle_kind(6, 900) == "maze" and puzzle_kind(6, 49) == "maze"
+    assert puzzle_kind(6, 16) == "sudoku" and puzzle_kind(11, 81) == "sudoku"
+    (tmp_path / "build_info.json").write_text(json.dumps({"builder": "maze"}))
+    assert puzzle_kind(11, 81, tmp_path) == "maze"  # the builder's word wins over the shapes
+    (tmp_path / "build_info.json").write_text("{broken")
+    assert puzzle_kind(12, 900, tmp_path) == "arc"
+
+
+# ------------------------------------------------------------------------------------------------
+# Traces and the page
+
+
+def sudoku_trace(steps: int = 3, target: bool = True) -> PuzzleTrace:
+    inputs = sudoku_tokens("1.3..........2.1")
+    solved = sudoku_tokens("1234341221434321")
+    answers = []
+    for k in range(steps):
+        answer = solved.copy()
+        answer[k] = 1  # one more blank each step, a change every step
+        answers.append(answer)
+    return PuzzleTrace("sudoku", inputs, solved if target else None, answers, "a 4x4 Sudoku", "valid")
+
+
+def test_trace_has_input_target_and_every_step() -> None:
+    trace = sudoku_trace(steps=3)
+    drawn = draw_trace(trace)
+    assert [p.caption for p in drawn.panels] == ["input", "target", "step 1: 1 wrong", "step 2: 1 wrong",
+                                                 "step 3: 1 wrong"]
+    boxes = [p.box for p in drawn.panels]
+    assert all(a[2] < b[0] for a, b in zip(boxes[:-1], boxes[1:], strict=True))  # side by side, left to right
+    assert drawn.image.width >= boxes[-1][2] and drawn.image.height >= boxes[0][3]
+    # Each panel holds the grid drawn on its own: the input, and step 2 with step 1 as its previous.
+    pasted = np.asarray(drawn.image.crop(boxes[0]))
+    assert np.array_equal(pasted, np.asarray(draw_grid("sudoku", trace.inputs, givens=trace.inputs)))
+    step2 = draw_grid("sudoku", trace.steps[1], givens=trace.inputs, target=trace.target, previous=trace.steps[0])
+    assert np.array_equal(np.asarray(drawn.image.crop(boxes[3])), np.asarray(step2))
+    # A typed puzzle has no target: K + 1 panels.
+    assert len(draw_trace(sudoku_trace(steps=4, target=False)).panels) == 5
+
+
+def test_arc_trace_panels_differ_in_size() -> None:
+    inputs = arc_canvas(np.zeros((2, 3), dtype=np.int64))
+    target = arc_canvas(np.full((4, 4), 3))
+    steps = [arc_canvas(np.full((4, 4), 3)), np.ones(900, dtype=np.int64)]  # right, then nothing
+    drawn = draw_trace(PuzzleTrace("arc", inputs, target, steps))
+    captions = [p.caption for p in drawn.panels]
+    assert captions == ["input (2x3)", "target (4x4)", "step 1: correct", "step 2: 0x0, wrong size"]
+    widths = [p.box[2] - p.box[0] for p in drawn.panels]
+    assert widths[0] * 4 == (widths[1] - 1) * 3 + 4 and widths[1] == widths[2]  # one cell size for all panels
+
+
+def test_render_traces_writes_pngs_and_a_page(tmp_path: Path) -> None:
+    traces = [sudoku_trace(steps=3), sudoku_trace(steps=2, target=False)]
+    page = render_traces(traces, tmp_path / "out", ["first", "second"])
+    assert page == tmp_path / "out" / "index.html"
+    text = page.read_text()
+    pngs = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png"))
+    assert pngs == ["first.png", "frames/first-step-01.png", "frames/first-step-02.png", "frames/first-step-03.png",
+                    "frames/second-step-01.png", "frames/second-step-02.png", "second.png"]
+    assert all(f'"{png}"' in text for png in pngs)  # every picture is on the page
+    assert "http" not in text and "<script src" not in text  # nothing fetched from the network
+    assert 'id="prevStep"' in text and 'id="nextPuzzle"' in text
+    assert Image.open(tmp_path / "out" / "first.png").size == draw_trace(traces[0]).image.size
+    # A frame is input | target | that step.
+    assert Image.open(tmp_path / "out" / "frames" / "first-step-01.png").width < Image.open(
+        tmp_path / "out" / "first.png").width
+    assert not list((tmp_path / "out").rglob("*.tmp"))  # atomic writes leave nothing behind
+
+
+def test_html_escapes_titles(tmp_path: Path) -> None:
+    from smoltrain.render import RenderedPuzzle
+
+    write_html(tmp_path, [RenderedPuzzle("</script><b>x", "a & b", "t.png", ["f.png"])])
+    text = (tmp_path / "index.html").read_text()
+    assert "</script><b>" not in text  # the title cannot close the script early ...
+    assert "&lt;/script&gt;&lt;b&gt;x: a &amp; b" in text  # ... nor add markup to the no-script list
+    data = json.loads(re.search(r"const puzzles = (.*);\n", text).group(1).replace("<\\/", "</"))
+    assert data[0]["title"] == "</script><b>x" and data[0]["frames"] == ["f.png"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Typed mazes
+
+
+def test_parse_maze_variants_and_errors() -> None:
+    lines = "S.#\n  #\n##G\n"
+    tokens = parse_maze(lines)
+    assert tokens.tolist() == [3, 2, 1, 2, 2, 1, 1, 1, 4]
+    assert np.array_equal(parse_maze("S #  ###G"), tokens)  # one n*n line
+    # A row of free cells stripped by an editor still counts.
+    assert parse_maze("S.#\n\n##G").tolist() == parse_maze("S.#\n   \n##G").tolist() == [3, 2, 1, 2, 2, 2, 1, 1, 4]
+    with pytest.raises(DataError, match=r"one line of 8 characters, which is not n\*n"):
+        parse_maze("S #  ##G")
+    with pytest.raises(DataError, match="maze row 2 has 4 characters, but a maze of 3 rows needs 3"):
+        parse_maze("S #\n    \n##G")
+    with pytest.raises(DataError, match=r"'x' at row 1, column 2"):
+        parse_maze("Sx#\n  #\n##G")
+    with pytest.raises(DataError, match=r"2 G \(goal\) cells; it needs exactly one"):
+        parse_maze("S #\n G#\n##G")
+
+
+# ------------------------------------------------------------------------------------------------
+# Tiny runs on hand-made Maze and ARC datasets
+
+MAZE_N = 7
+
+
+def write_maze_dataset(root: Path, n_train: int = 8, n_test: int = 5) -> Path:
+    """7x7 mazes with a wall row under a free row r: S and G at the ends of row r, the path along it."""
+    for split, count in (("train", n_train), ("test", n_test)):
+        inputs, labels = [], []
+        for i in range(count):
+            grid = np.full((MAZE_N, MAZE_N), 2)
+            r = i % (MAZE_N - 1)
+            grid[r + 1, :] = 1  # walls below the row: the straight line is the only shortest path
+            grid[r, 0], grid[r, -1] = 3, 4
+            label = grid.copy()
+            label[r, 1:-1] = 5
+            inputs.append(grid.reshape(-1))
+            labels.append(label.reshape(-1))
+        meta = PuzzleDatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=6,
+                                     seq_len=MAZE_N ** 2, num_puzzle_identifiers=1, total_groups=count,
+                                     mean_puzzle_examples=1.0, total_puzzles=count, sets=["all"])
+        write_split(root, split, np.array(inputs), np.array(labels), np.zeros(count, dtype=np.int32),
+                    np.arange(count + 1), np.arange(count + 1), meta)
+    write_identifiers(root, ["<blank>"])
+    (root / "build_info.json").write_text(json.dumps({"builder": "maze"}))
+    return root
+
+
+def write_arc_dataset(root: Path) -> Path:
+    """Two ARC "tasks": fill a grid with colour 3 (task-a) or turn it upside down (task-b)."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 8), ("test", 3)):
+        inputs, labels, ids = [], [], []
+        for i in range(count):
+            grid = rng.integers(0, 10, size=(2 + i % 3, 3 + i % 2))
+            answer = np.full_like(grid, 3) if i % 2 == 0 else grid[::-1]
+            inputs.append(arc_canvas(grid))
+            labels.append(arc_canvas(answer))
+            ids.append(1 + i % 2)
+        meta = PuzzleDatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=12, seq_len=900,
+                                     num_puzzle_identifiers=3, total_groups=count, mean_puzzle_examples=1.0,
+                                     total_puzzles=count, sets=["all"])
+        write_split(root, split, np.array(inputs), np.array(labels), np.array(ids, dtype=np.int32),
+                    np.arange(count + 1), np.arange(count + 1), meta)
+    write_identifiers(root, ["<blank>", "task-a", "task-b"])
+    (root / "build_info.json").write_text(json.dumps({"builder": "arc"}))
+    return root
+
+
+TINY = ["arch=trm", "arch.hidden_size=16", "arch.num_heads=2", "arch.L_layers=1", "arch.H_cycles=1",
+        "arch.L_cycles=1", "arch.halt_max_steps=3", "arch.puzzle_emb_ndim=16", "global_batch_size=4", "max_steps=1",
+        "eval_max_examples=4", "log_every=1", "device=cpu", "lr_warmup_steps=1"]
+
+
+def tiny_run(data: Path, run_dir: Path) -> Path:
+    Trainer(load_config(None, [*TINY, f"data_paths=[{data}]", f"run_dir={run_dir}"])).fit()
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def maze_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("maze")
+    return tiny_run(write_maze_dataset(root / "data"), root / "run")
+
+
+@pytest.fixture(scope="module")
+def arc_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("arc")
+    return tiny_run(write_arc_dataset(root / "data"), root / "run")
+
+
+def test_maze_verdicts() -> None:
+    """The checks behind `solve`'s verdict, on the dataset's own labels (valid) and a broken path."""
+    root_inputs = np.full((MAZE_N, MAZE_N), 2)
+    root_inputs[1, :] = 1
+    root_inputs[0, 0], root_inputs[0, -1] = 3, 4
+    label = root_inputs.copy()
+    label[0, 1:-1] = 5
+    inputs, label = root_inputs.reshape(-1), label.reshape(-1)
+    assert _verdict("maze", inputs, label, label) == (True, "a valid shortest path (equals the dataset's path)")
+    gap = label.copy()
+    gap[3] = 2
+    correct, verdict = _verdict("maze", inputs, label, gap)
+    assert correct is False and verdict.startswith("not a valid shortest path")
+
+
+def test_solve_maze_from_text_and_example(maze_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    maze = "\n".join(["S     G", *["#######"], *(["       "] * 5)])
+    solution = solve_puzzle(maze_run, puzzle_text=maze, device="cpu")
+    assert solution.kind == "maze" and len(solution.trace.steps) == 3 and solution.trace.target is None
+    assert solution.correct in (True, False)
+    report = solution.report().splitlines()
+    assert report[0] == "puzzle:" and report[1] == "S     G" and report[2] == "#######"
+
+    puzzle_file = tmp_path / "maze.txt"
+    puzzle_file.write_text(maze + "\n")
+    assert main(["solve", str(maze_run), "--puzzle-file", str(puzzle_file), "--device", "cpu",
+                 "--render", str(tmp_path / "typed")]) == 0
+    out = capsys.readouterr().out
+    assert "answer after 3 ACT steps (o = path):" in out and "shortest path" in out
+    assert (tmp_path / "typed" / "puzzle.png").is_file() and (tmp_path / "typed" / "index.html").is_file()
+    assert len(list((tmp_path / "typed" / "frames").glob("*.png"))) == 3
+    assert Image.open(tmp_path / "typed" / "puzzle.png").size == draw_trace(solution.trace).image.size
+
+    assert main(["solve", str(maze_run), "--example", "2", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("test example 2:\n") and "dataset's path" in out
+
+    for bad in (["--example", "5"], ["--puzzle", "S#G"], ["--puzzle", "S  \n # \n  G"]):
+        assert main(["solve", str(maze_run), *bad, "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert main(["solve", str(maze_run), "--example", "-1"]) == 2
+    assert "--example -1 is out of range: the test split of" in capsys.readouterr().err
+
+
+def test_solve_arc_example(arc_run: Path, capsys: pytest.CaptureFixture) -> None:
+    solution = solve_puzzle(arc_run, example=1, device="cpu")
+    assert solution.kind == "arc" and solution.trace.title == "test example 1 (task-b)"
+    target = arc_crop(solution.trace.target)
+    assert target.shape == (3, 4)
+    answer = arc_crop(solution.trace.steps[-1])
+    assert solution.correct == np.array_equal(answer, target)
+    assert main(["solve", str(arc_run), "--example", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "target (3x4):\n" + "\n".join("".join(map(str, row)) for row in target) in out
+    assert ("equals the target" in out) == solution.correct
+    assert main(["solve", str(arc_run), "--puzzle", "123"]) == 2
+    assert "typed ARC puzzles are not supported" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["maze", "arc"])
+def test_eval_render_through_the_cli(kind: str, maze_run: Path, arc_run: Path, tmp_path: Path) -> None:
+    run = maze_run if kind == "maze" else arc_run
+    out = tmp_path / "pictures"
+    proc = run_python(["-m", "smoltrain", "eval", str(run), "--device", "cpu", "--render", str(out),
+                       "--render-count", "4"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert '"exact_accuracy"' in proc.stdout and "index.html" in proc.stdout
+    available = 5 if kind == "maze" else 3  # fewer test examples than asked for: all of them
+    traces = sorted(p.name for p in out.glob("*.png"))
+    assert traces == [f"example-{i:04d}.png" for i in range(min(4, available))]
+    page = (out / "index.html").read_text()
+    for png in [*traces, *(p.relative_to(out).as_posix() for p in (out / "frames").glob("*.png"))]:
+        assert f'"{png}"' in page
+    assert len(list((out / "frames").glob("*.png"))) == 3 * len(traces)  # halt_max_steps frames each
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run the page's script")
+def test_page_steps_through_puzzles_and_steps(tmp_path: Path) -> None:
+    """The page's own script, run in node with a stand-in document: buttons and arrow keys move the frame."""
+    from smoltrain.render import RenderedPuzzle
+
+    items = [RenderedPuzzle("one", "ok", "a.png", ["a1.png", "a2.png", "a3.png"]),
+             RenderedPuzzle("two", "bad", "b.png", ["b1.png", "b2.png"])]
+    script = re.search(r"<script>(.*)</script>", write_html(tmp_path, items).read_text(), re.S).group(1)
+    driver = """
+const els = {};
+const document = {getElementById: (id) => (els[id] = els[id] || {}), addEventListener: (e, f) => { els.key = f; }};
+""" + script + """
+const seen = () => els.frame.src + " " + els.trace.src + " " + els.summary.textContent;
+const key = (k) => els.key({key: k, preventDefault() {}});
+const out = [seen()];
+els.nextStep.onclick(); out.push(seen());
+els.nextStep.onclick(); els.nextStep.onclick(); out.push(seen());  // stops at the last step
+key("ArrowDown"); out.push(seen());  // next puzzle starts at its first step
+key("ArrowRight"); out.push(seen());
+els.nextPuzzle.onclick(); out.push(seen());  // wraps around
+els.prevStep.onclick(); out.push(seen());  // stops at the first step
+console.log(JSON.stringify(out));
+"""
+    (tmp_path / "driver.js").write_text(driver)
+    proc = subprocess.run(["node", str(tmp_path / "driver.js")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == ["a1.png a.png ok", "a2.png a.png ok", "a3.png a.png ok", "b1.png b.png bad",
+                                       "b2.png b.png bad", "a1.png a.png ok", "a1.png a.png ok"]
