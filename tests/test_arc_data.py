@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smoltrain.data.arc import build_arc_dataset, grid_to_tokens, load_arc_tasks, tokens_to_grid
+from smoltrain.data.arc import build_arc_dataset, crop_grid, grid_to_tokens, load_arc_tasks
 from smoltrain.data.augment import (
     apply_colour_permutation,
     dihedral_transform,
@@ -105,7 +105,7 @@ def decode_row(tokens: np.ndarray) -> tuple[tuple[int, int], np.ndarray]:
     r0, c0 = int(rows.min()), int(cols.min())
     shifted = np.zeros_like(canvas)
     shifted[: 30 - r0, : 30 - c0] = canvas[r0:, c0:]
-    grid = tokens_to_grid(shifted.reshape(-1))
+    grid = crop_grid(shifted.reshape(-1))
     assert grid is not None
     np.testing.assert_array_equal(grid_to_tokens(grid, (r0, c0)), tokens)
     return (r0, c0), grid
@@ -142,17 +142,17 @@ def test_grid_to_tokens_eos_border_is_exact() -> None:
         grid_to_tokens(np.ones((4, 3), dtype=int), (27, 0))
 
 
-def test_tokens_to_grid_crops_at_eos() -> None:
+def test_crop_grid_crops_at_eos() -> None:
     for shape in [(1, 1), (3, 7), (30, 30), (12, 1)]:
         grid = np.random.default_rng(sum(shape)).integers(0, 10, size=shape)
-        np.testing.assert_array_equal(tokens_to_grid(grid_to_tokens(grid)), grid)
-    assert tokens_to_grid(np.zeros(900, dtype=np.uint8)) is None
+        np.testing.assert_array_equal(crop_grid(grid_to_tokens(grid)), grid)
+    assert crop_grid(np.zeros(900, dtype=np.uint8)).shape == (0, 0)
     # Ragged prediction: row 0 has 5 colours, row 1 has 3 -> the largest top-left rectangle is 2x3.
     canvas = np.zeros((30, 30), dtype=np.uint8)
     canvas[0, :5] = 4
     canvas[1, :3] = 5
     canvas[1, 3] = 1
-    np.testing.assert_array_equal(tokens_to_grid(canvas.reshape(-1)), [[2, 2, 2], [3, 3, 3]])
+    np.testing.assert_array_equal(crop_grid(canvas.reshape(-1)), [[2, 2, 2], [3, 3, 3]])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -15,14 +15,13 @@ from PIL import Image
 
 from smoltrain.cli import main
 from smoltrain.config import load_config
-from smoltrain.data.puzzles import PuzzleDatasetMetadata, write_identifiers, write_split
+from smoltrain.data.arc import crop_grid
+from smoltrain.data.puzzles import PuzzleDatasetMetadata, puzzle_kind, write_identifiers, write_split
 from smoltrain.errors import ConfigError, DataError
 from smoltrain.render import (
     PuzzleTrace,
-    arc_crop,
     draw_grid,
     draw_trace,
-    puzzle_kind,
     render_traces,
     write_html,
 )
@@ -136,7 +135,7 @@ def arc_canvas(grid: np.ndarray) -> np.ndarray:
 def test_arc_grid_colours_and_crop() -> None:
     grid = np.arange(12).reshape(3, 4) % 10  # every colour at least once
     canvas = arc_canvas(grid)
-    assert np.array_equal(arc_crop(canvas), grid)
+    assert np.array_equal(crop_grid(canvas), grid)
     image = draw_grid("arc", canvas, cell=10)
     assert image.size == (4 * 10 + 1, 3 * 10 + 1)
     px = image.load()
@@ -150,8 +149,8 @@ def test_arc_grid_colours_and_crop() -> None:
     # Ragged predictions: the largest top-left rectangle of colour tokens; nothing when the corner is EOS.
     ragged = arc_canvas(np.ones((4, 5), dtype=np.int64))
     ragged[2 * 30 + 3] = 1
-    assert arc_crop(ragged).shape == (4, 3)
-    assert arc_crop(np.ones(900, dtype=np.int64)).shape == (0, 0)
+    assert crop_grid(ragged).shape == (4, 3)
+    assert crop_grid(np.ones(900, dtype=np.int64)).shape == (0, 0)
     assert draw_grid("arc", np.ones(900, dtype=np.int64)).size[0] > 0  # drawn as an "empty" placeholder
 
 
@@ -385,9 +384,9 @@ def test_solve_maze_from_text_and_example(maze_run: Path, tmp_path: Path, capsys
 def test_solve_arc_example(arc_run: Path, capsys: pytest.CaptureFixture) -> None:
     solution = solve_puzzle(arc_run, example=1, device="cpu")
     assert solution.kind == "arc" and solution.trace.title == "test example 1 (task-b)"
-    target = arc_crop(solution.trace.target)
+    target = crop_grid(solution.trace.target)
     assert target.shape == (3, 4)
-    answer = arc_crop(solution.trace.steps[-1])
+    answer = crop_grid(solution.trace.steps[-1])
     assert solution.correct == np.array_equal(answer, target)
     assert main(["solve", str(arc_run), "--example", "1", "--device", "cpu"]) == 0
     out = capsys.readouterr().out

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from smoltrain.data.arc import crop_grid
+from smoltrain.data.puzzles import PUZZLE_KINDS
 from smoltrain.errors import ConfigError, DataError
 from smoltrain.fileio import atomic_write_bytes
 
@@ -39,10 +41,8 @@ __all__ = [
     "PuzzleTrace",
     "RenderedPuzzle",
     "TraceImage",
-    "arc_crop",
     "draw_grid",
     "draw_trace",
-    "puzzle_kind",
     "render_examples",
     "render_traces",
     "save_png",
@@ -50,8 +50,8 @@ __all__ = [
     "write_html",
 ]
 
-KINDS = ("sudoku", "maze", "arc")
-ARC_SIDE = 30  # the ARC canvas is 30x30
+KINDS = PUZZLE_KINDS
+
 ARC_COLOURS = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00",
                "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF", "#870C25")  # ARC's standard ten, colour 0..9
 MAZE_CHARS = "# SGo"  # token 1..5; 0 (PAD) prints as '?'
@@ -100,24 +100,6 @@ ARC_RGB = tuple(_rgb(c) for c in ARC_COLOURS)
 # What kind of puzzle
 
 
-def puzzle_kind(vocab_size: int, seq_len: int, root: str | Path | None = None) -> str:
-    """``"sudoku"``, ``"maze"`` or ``"arc"``: the ``builder`` in ``<root>/build_info.json`` when there is one,
-    else a guess from the shapes (vocabulary 12 over 900 cells is ARC, 6 over 49+ cells a maze, the rest Sudoku)."""
-    if root is not None:
-        info_path = Path(root) / "build_info.json"
-        try:
-            builder = json.loads(info_path.read_text()).get("builder")
-        except (OSError, ValueError, AttributeError):
-            builder = None
-        if builder in KINDS:
-            return str(builder)
-    if vocab_size == 12 and seq_len == ARC_SIDE * ARC_SIDE:
-        return "arc"
-    if vocab_size == 6 and seq_len >= 49:
-        return "maze"
-    return "sudoku"
-
-
 def side_of(kind: str, seq_len: int) -> int:
     """The board side of a square kind; a ConfigError when ``seq_len`` is not a square."""
     side = math.isqrt(seq_len)
@@ -131,28 +113,11 @@ def side_of(kind: str, seq_len: int) -> int:
 # Grids
 
 
-def arc_crop(tokens: np.ndarray) -> np.ndarray:
-    """The ARC grid (colours 0..9, shape ``[rows, cols]``) in a 30x30 token canvas: the largest top-left
-    rectangle of colour tokens. Predictions can be ragged, so each row may only narrow the rectangle."""
-    canvas = np.asarray(tokens).reshape(ARC_SIDE, ARC_SIDE)
-    is_colour = (canvas >= 2) & (canvas <= 11)
-    best_rows = best_cols = 0
-    width = ARC_SIDE
-    for r in range(ARC_SIDE):
-        row = is_colour[r, :width]
-        width = width if row.all() else int(np.argmin(row))
-        if width == 0:
-            break
-        if (r + 1) * width > best_rows * best_cols:
-            best_rows, best_cols = r + 1, width
-    return (canvas[:best_rows, :best_cols] - 2).astype(np.int64)
-
-
 def _cells(kind: str, tokens: np.ndarray) -> np.ndarray:
     """The 2-D grid of tokens to draw (ARC: colours of the cropped grid)."""
     tokens = np.asarray(tokens).reshape(-1)
     if kind == "arc":
-        return arc_crop(tokens)
+        return crop_grid(tokens)
     side = side_of(kind, tokens.size)
     return tokens.reshape(side, side)
 
@@ -285,8 +250,8 @@ def draw_grid(kind: str, tokens: np.ndarray, *, givens: np.ndarray | None = None
         return _draw_sudoku(tokens, cell or SUDOKU_CELL, givens, target, previous)
     if kind == "maze":
         return _draw_maze(tokens, cell or _cell_size(kind, [side_of(kind, tokens.size)]), target, previous)
-    colours = arc_crop(tokens)
-    before = None if previous is None else arc_crop(np.asarray(previous).reshape(-1))
+    colours = crop_grid(tokens)
+    before = None if previous is None else crop_grid(np.asarray(previous).reshape(-1))
     return _draw_arc(colours, cell or _cell_size(kind, list(colours.shape)), before)
 
 
@@ -321,7 +286,7 @@ class TraceImage:
 def _wrong_count(kind: str, tokens: np.ndarray, target: np.ndarray) -> str:
     """A short verdict of one answer against the target, for a caption."""
     if kind == "arc":
-        got, want = arc_crop(tokens), arc_crop(target)
+        got, want = crop_grid(tokens), crop_grid(target)
         if got.shape != want.shape:
             return f"{got.shape[0]}x{got.shape[1]}, wrong size"
         wrong = int((got != want).sum())
@@ -333,7 +298,7 @@ def _wrong_count(kind: str, tokens: np.ndarray, target: np.ndarray) -> str:
 
 def _grid_caption(kind: str, tokens: np.ndarray) -> str:
     if kind == "arc":
-        rows, cols = arc_crop(tokens).shape
+        rows, cols = crop_grid(tokens).shape
         return f"{rows}x{cols}"
     return ""
 
@@ -368,7 +333,7 @@ def _trace_panels(trace: PuzzleTrace) -> list[tuple[str, Image.Image]]:
     kind = trace.kind
     grids = [trace.inputs, *([] if trace.target is None else [trace.target]), *trace.steps]
     if kind == "arc":
-        sides = [max(arc_crop(g).shape) for g in grids]
+        sides = [max(crop_grid(g).shape) for g in grids]
     else:
         sides = [side_of(kind, np.asarray(trace.inputs).size)]
     cell = _cell_size(kind, sides)

@@ -7,7 +7,7 @@ the Sudoku datasets, and predicts the whole solved grid at every ACT step.
 Mazes typed by the user are ``n`` lines of ``# SG`` (``.`` also means free), tokens as in
 ``smoltrain.data.maze``. Any kind, ARC included, can also come from the run's own test split
 (:func:`solve_puzzle` with ``example=N``), with its puzzle identifier and its target. The kind of a run's
-puzzles is :func:`smoltrain.render.puzzle_kind` of its dataset (or of its model's shapes without one).
+puzzles is :func:`smoltrain.data.puzzles.puzzle_kind` of its dataset (or of its model's shapes without one).
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ import torch
 
 from smoltrain.api import LoadedRun, load
 from smoltrain.config import load_run_config
+from smoltrain.data.arc import crop_grid
+from smoltrain.data.puzzles import puzzle_kind
 from smoltrain.data.sudoku import box_shape
 from smoltrain.errors import ConfigError, DataError, SmoltrainError
 from smoltrain.models.trm import TRMConfig, act_inference
-from smoltrain.render import MAZE_CHARS, PuzzleTrace, arc_crop, puzzle_kind, side_of
+from smoltrain.render import MAZE_CHARS, PuzzleTrace, side_of
 
 __all__ = [
     "PuzzleSolution",
@@ -284,7 +286,7 @@ def maze_text(tokens: np.ndarray) -> str:
 
 def arc_text(tokens: np.ndarray) -> str:
     """The cropped ARC grid as rows of colour digits."""
-    grid = arc_crop(tokens)
+    grid = crop_grid(tokens)
     if grid.size == 0:
         return "(no grid: the canvas starts with EOS or PAD)"
     return "\n".join("".join(str(int(v)) for v in row) for row in grid)
@@ -407,7 +409,7 @@ def _maze_check(inputs: np.ndarray, answer: np.ndarray) -> tuple[bool, str]:
 def _verdict(kind: str, inputs: np.ndarray, target: np.ndarray | None, answer: np.ndarray) -> tuple[bool | None, str]:
     """(correct, a one-line verdict) of one answer: Sudoku rules, a maze's shortest path, ARC's exact grid."""
     matches = None if target is None else (
-        np.array_equal(arc_crop(answer), arc_crop(target)) if kind == "arc"
+        np.array_equal(crop_grid(answer), crop_grid(target)) if kind == "arc"
         else bool(np.all((target <= 0) | (answer == target)))
     )
     if kind == "sudoku":
@@ -422,7 +424,7 @@ def _verdict(kind: str, inputs: np.ndarray, target: np.ndarray | None, answer: n
                                  "dataset's path)")
     if target is None:
         return None, "no target to compare with"
-    got, want = arc_crop(answer), arc_crop(target)
+    got, want = crop_grid(answer), crop_grid(target)
     if matches:
         return True, "equals the target"
     if got.shape != want.shape:
@@ -457,12 +459,12 @@ class PuzzleSolution:
         elif self.kind == "maze":
             lines += [maze_text(trace.inputs), "", f"answer after {steps} ACT steps (o = path):", maze_text(answer)]
         else:
-            rows, cols = arc_crop(trace.inputs).shape
+            rows, cols = crop_grid(trace.inputs).shape
             lines += [f"input ({rows}x{cols}):", arc_text(trace.inputs)]
             if trace.target is not None:
-                rows, cols = arc_crop(trace.target).shape
+                rows, cols = crop_grid(trace.target).shape
                 lines += ["", f"target ({rows}x{cols}):", arc_text(trace.target)]
-            rows, cols = arc_crop(answer).shape
+            rows, cols = crop_grid(answer).shape
             lines += ["", f"answer after {steps} ACT steps ({rows}x{cols}):", arc_text(answer)]
         lines.append(self.verdict)
         return "\n".join(lines)

@@ -84,8 +84,9 @@ __all__ = [
     "ArcTask",
     "build_arc_dataset",
     "grid_to_tokens",
+    "crop_grid",
+    "crop_sizes",
     "load_arc_tasks",
-    "tokens_to_grid",
 ]
 
 GRID_SIZE = 30  # ARC grids are at most 30x30
@@ -142,28 +143,40 @@ def grid_to_tokens(grid: np.ndarray | Sequence[Sequence[int]], offset: tuple[int
     return canvas.reshape(-1)
 
 
-def tokens_to_grid(tokens: np.ndarray) -> np.ndarray | None:
-    """The builder-side inverse of `grid_to_tokens` at offset (0, 0): the grid cropped at EOS.
+def crop_sizes(canvases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(heights, widths) of the crop of each canvas in a batch `[B, 900]` or `[B, 30, 30]`: the largest-area
+    top-left rectangle of colour tokens (2..11), as the reference evaluator's `_crop`; (0, 0) when none.
 
-    Takes the largest-area top-left rectangle whose cells are all colour tokens (2..11), as the
-    reference evaluator's `_crop` does (the evaluator in `smoltrain.eval.arc` has its own copy; this one
-    is for tests and tools). Returns the colours (uint8) or None when the top-left cell is not a colour.
+    Vectorised over the batch: per row, the run of colour cells from the left; its running minimum down
+    the rows is the widest all-colour rectangle of each height; the best height maximises height x width
+    (`argmax` returns the first maximum, as the reference's strict `>` keeps the first).
     """
-    canvas = np.asarray(tokens).reshape(GRID_SIZE, GRID_SIZE)
-    is_colour = (canvas >= COLOUR_OFFSET) & (canvas < VOCAB_SIZE)
-    best_area, best = 0, (0, 0)
-    width = GRID_SIZE
-    for rows in range(1, GRID_SIZE + 1):
-        # Width of the colour run at the start of this row, capped by the rows above.
-        run = is_colour[rows - 1, :width]
-        width = int(np.argmin(run)) if not run.all() else width
-        if width == 0:
-            break
-        if rows * width > best_area:
-            best_area, best = rows * width, (rows, width)
-    if best_area == 0:
-        return None
-    return (canvas[: best[0], : best[1]] - COLOUR_OFFSET).astype(np.uint8)
+    canvases = np.asarray(canvases)
+    batch = canvases.reshape(-1, GRID_SIZE, GRID_SIZE)
+    is_colour = (batch >= COLOUR_OFFSET) & (batch < VOCAB_SIZE)
+    # First non-colour column of each row (GRID_SIZE when the whole row is colours).
+    row_runs = np.where(is_colour.all(axis=2), GRID_SIZE, np.argmin(is_colour, axis=2))
+    widths_by_height = np.minimum.accumulate(row_runs, axis=1)  # [B, 30]: widest rectangle of height i+1
+    areas = widths_by_height * np.arange(1, GRID_SIZE + 1)
+    best = np.argmax(areas, axis=1)
+    rows = np.arange(batch.shape[0])
+    found = areas[rows, best] > 0
+    heights = np.where(found, best + 1, 0)
+    widths = np.where(found, widths_by_height[rows, best], 0)
+    return heights, widths
+
+
+def crop_grid(canvas: np.ndarray, height: int | None = None, width: int | None = None) -> np.ndarray:
+    """The colour grid (values 0..9, uint8) at the top-left of one canvas; `(0, 0)` when there is none.
+
+    Pass `height`/`width` from `crop_sizes` to skip recomputing them.
+    """
+    board = np.asarray(canvas).reshape(GRID_SIZE, GRID_SIZE)
+    if height is None or width is None:
+        heights, widths = crop_sizes(board[None])
+        height, width = int(heights[0]), int(widths[0])
+    # Cells of the crop are tokens 2..11, so the subtraction stays inside uint8.
+    return board[:height, :width].astype(np.uint8) - np.uint8(COLOUR_OFFSET)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ __all__ = [
     "check_output_dir",
     "dataset_kind",
     "load_identifiers",
+    "puzzle_kind",
     "load_metadata",
     "write_identifiers",
     "write_split",
@@ -234,29 +235,33 @@ def load_metadata(root: str | os.PathLike[str], split: str) -> PuzzleDatasetMeta
 PUZZLE_KINDS = ("sudoku", "maze", "arc")
 
 
-def dataset_kind(root: str | os.PathLike[str]) -> str:
+def puzzle_kind(vocab_size: int, seq_len: int, root: str | os.PathLike[str] | None = None) -> str:
     """What a dataset holds: "sudoku", "maze" or "arc".
 
-    Our builders record it in ``build_info.json`` ("builder"); a dataset built by the reference code has
-    no such file, so its shape decides: ARC is a 30x30 canvas over 12 tokens, a maze 6 tokens on a grid of
-    at least 7x7 (a 4x4 Sudoku also has 6 tokens, but only 16 cells); anything else is a Sudoku.
+    Our builders record it in ``<root>/build_info.json`` ("builder"); a dataset built by the reference code
+    has no such file, so its shape decides: ARC is a 30x30 canvas over 12 tokens, a maze 6 tokens on a grid
+    of at least 7x7 (a 4x4 Sudoku also has 6 tokens, but only 16 cells); anything else is a Sudoku.
     """
-    root_path = Path(root)
-    info_path = root_path / "build_info.json"
-    if info_path.is_file():
+    if root is not None:
         try:
-            kind = json.loads(info_path.read_text()).get("builder")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            kind = json.loads((Path(root) / "build_info.json").read_text()).get("builder")
+        except (OSError, ValueError, AttributeError):
             kind = None
         if kind in PUZZLE_KINDS:
-            return kind
-    split = "test" if (root_path / "test" / "dataset.json").is_file() else "train"
-    meta = load_metadata(root_path, split)
-    if meta.vocab_size == 12 and meta.seq_len == 900:
+            return str(kind)
+    if vocab_size == 12 and seq_len == 900:
         return "arc"
-    if meta.vocab_size == 6 and meta.seq_len >= 49:
+    if vocab_size == 6 and seq_len >= 49:
         return "maze"
     return "sudoku"
+
+
+def dataset_kind(root: str | os.PathLike[str]) -> str:
+    """`puzzle_kind` of the dataset at ``root`` (its build_info.json, else its dataset.json shapes)."""
+    root_path = Path(root)
+    split = "test" if (root_path / "test" / "dataset.json").is_file() else "train"
+    meta = load_metadata(root_path, split)
+    return puzzle_kind(meta.vocab_size, meta.seq_len, root_path)
 
 
 def load_identifiers(root: str | os.PathLike[str]) -> list[str] | None:

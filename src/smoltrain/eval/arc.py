@@ -66,6 +66,7 @@ from pathlib import Path
 
 import numpy as np
 
+from smoltrain.data.arc import COLOUR_OFFSET, EOS_ID, GRID_SIZE, PAD_ID, crop_grid, crop_sizes
 from smoltrain.data.augment import inverse_colour_permutation, parse_arc_name
 from smoltrain.data.puzzles import load_identifiers
 from smoltrain.errors import ConfigError, DataError
@@ -83,52 +84,13 @@ __all__ = [
     "grid_key",
 ]
 
-PAD_TOKEN = 0
-EOS_TOKEN = 1
-COLOUR_OFFSET = 2  # colour c is token c + 2
-NUM_COLOURS = 10
-CANVAS_SIZE = 30  # the reference ARCMaxGridSize; seq_len = 30 * 30
+PAD_TOKEN, EOS_TOKEN, CANVAS_SIZE = PAD_ID, EOS_ID, GRID_SIZE  # the format's constants (data/arc.py)
 # How many of each test pair's best candidates arc_scores.json lists.
 REPORTED_CANDIDATES = 10
 
 
 # ------------------------------------------------------------------------------------------------
 # Canvas -> grid
-
-
-def crop_sizes(canvases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(heights, widths) of the crop of each canvas in a batch `[B, 900]` or `[B, 30, 30]` (see module doc).
-
-    Vectorised over the batch: per row, the run of colour cells from the left; its running minimum down
-    the rows is the widest all-colour rectangle of each height; the best height maximises height x width
-    (`argmax` returns the first maximum, as the reference's strict `>` keeps the first).
-    """
-    canvases = np.asarray(canvases)
-    batch = canvases.reshape(-1, CANVAS_SIZE, CANVAS_SIZE)
-    is_colour = (batch >= COLOUR_OFFSET) & (batch < COLOUR_OFFSET + NUM_COLOURS)
-    # First non-colour column of each row (CANVAS_SIZE when the whole row is colours).
-    row_runs = np.where(is_colour.all(axis=2), CANVAS_SIZE, np.argmin(is_colour, axis=2))
-    widths_by_height = np.minimum.accumulate(row_runs, axis=1)  # [B, 30]: widest rectangle of height i+1
-    areas = widths_by_height * np.arange(1, CANVAS_SIZE + 1)
-    best = np.argmax(areas, axis=1)
-    rows = np.arange(batch.shape[0])
-    found = areas[rows, best] > 0
-    heights = np.where(found, best + 1, 0)
-    widths = np.where(found, widths_by_height[rows, best], 0)
-    return heights, widths
-
-
-def crop_grid(canvas: np.ndarray, height: int | None = None, width: int | None = None) -> np.ndarray:
-    """The colour grid (values 0..9, uint8) at the top-left of one canvas; `(0, 0)` when there is none.
-
-    Pass `height`/`width` from `crop_sizes` to skip recomputing them.
-    """
-    board = np.asarray(canvas).reshape(CANVAS_SIZE, CANVAS_SIZE)
-    if height is None or width is None:
-        heights, widths = crop_sizes(board[None])
-        height, width = int(heights[0]), int(widths[0])
-    # Cells of the crop are tokens 2..11, so the subtraction stays inside uint8.
-    return board[:height, :width].astype(np.uint8) - np.uint8(COLOUR_OFFSET)
 
 
 # Inverse dihedral transforms as plain slicing views (`np.rot90`/`np.flip` cost microseconds of argument
@@ -186,7 +148,7 @@ def _as_grid(value: object, where: str) -> np.ndarray:
         grid = np.asarray(value, dtype=np.int64)
     except (TypeError, ValueError):
         grid = np.zeros(0)
-    if grid.ndim != 2 or grid.size == 0 or grid.min() < 0 or grid.max() >= NUM_COLOURS:
+    if grid.ndim != 2 or grid.size == 0 or grid.min() < 0 or grid.max() >= 10:
         raise DataError(f"{where} is not a grid of colours 0..9 (a non-empty list of equal-length rows): "
                         "rebuild the dataset with `smoltrain data arc`")
     return grid.astype(np.uint8)
