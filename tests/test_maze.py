@@ -33,9 +33,9 @@ from .conftest import run_python
 # Independent reference: plain-Python BFS and a path check that does not walk degrees like the kernel
 
 
-def bfs_distance(text: str, n: int, allowed: set[int] | None = None) -> int:
-    """Moves from S to G over non-wall cells (restricted to `allowed` cells if given); -1 if unreachable."""
-    start, goal = text.index("S"), text.index("G")
+def bfs_distances(text: str, n: int, allowed: set[int] | None = None) -> dict[int, int]:
+    """Moves from S to every reachable non-wall cell (only through `allowed` cells if given)."""
+    start = text.index("S")
     dist = {start: 0}
     queue = deque([start])
     while queue:
@@ -47,7 +47,12 @@ def bfs_distance(text: str, n: int, allowed: set[int] | None = None) -> int:
                 if allowed is None or nb in allowed:
                     dist[nb] = dist[cell] + 1
                     queue.append(nb)
-    return dist.get(goal, -1)
+    return dist
+
+
+def bfs_distance(text: str, n: int, allowed: set[int] | None = None) -> int:
+    """Moves from S to G over non-wall cells (restricted to `allowed` cells if given); -1 if unreachable."""
+    return bfs_distances(text, n, allowed).get(text.index("G"), -1)
 
 
 def py_valid_optimal(question: str, answer: str, n: int) -> bool:
@@ -178,18 +183,9 @@ def test_validator_handles_padding_rows_and_agrees_with_reference_on_mutations()
 
 def alternative_shortest_path(question: str, n: int) -> str:
     """A shortest path traced with the opposite neighbour order (right, left, down, up) to the generator's."""
-    start, goal = question.index("S"), question.index("G")
-    dist = {start: 0}
-    queue = deque([start])
-    while queue:
-        cell = queue.popleft()
-        r, c = divmod(cell, n)
-        for rr, cc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
-            if 0 <= rr < n and 0 <= cc < n and question[rr * n + cc] != "#" and rr * n + cc not in dist:
-                dist[rr * n + cc] = dist[cell] + 1
-                queue.append(rr * n + cc)
+    dist = bfs_distances(question, n)
     answer = list(question)
-    cell = goal
+    cell = question.index("G")
     while dist[cell] > 1:
         r, c = divmod(cell, n)
         for rr, cc in ((r, c + 1), (r, c - 1), (r + 1, c), (r - 1, c)):

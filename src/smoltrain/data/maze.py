@@ -32,11 +32,9 @@ filter of n -- e.g. 12 for 10x10 and 27 for 15x15.
 
 from __future__ import annotations
 
-import csv
 import os
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,17 +43,26 @@ import numpy as np
 from numba import njit
 from tqdm import tqdm
 
-from smoltrain import __version__
 from smoltrain.data.augment import dihedral_transform
-from smoltrain.data.puzzles import (
-    PuzzleDatasetMetadata,
-    atomic_dataset_dir,
-    check_output_dir,
-    write_identifiers,
-    write_split,
+from smoltrain.data.puzzle_source import (
+    CSV_COLUMNS,
+    CsvPuzzles,
+    PuzzleSplit,
+    candidate_seeds,
+    check_counts,
+    default_workers,
+    load_source_splits,
+    read_puzzle_csv,
+    run_in_chunks,
+    select,
+    subsample,
+    train_size,
+    write_build_info,
+    write_puzzle_csv,
+    write_puzzle_files,
 )
+from smoltrain.data.puzzles import atomic_dataset_dir, check_output_dir
 from smoltrain.errors import DataError
-from smoltrain.fileio import write_json_synced
 
 __all__ = [
     "CHARSET",
@@ -79,7 +86,6 @@ CHARSET = "# SGo"
 PAD, WALL, FREE, START, GOAL, PATH = 0, 1, 2, 3, 4, 5
 VOCAB_SIZE = len(CHARSET) + 1
 SOURCE_REPO = "sapientinc/maze-30x30-hard-1k"
-CSV_COLUMNS = ("source", "question", "answer", "rating")
 
 # Maze-Hard: 30x30 with shortest paths > 110 (cells, see the module docstring).
 HARD_SIZE = 30
@@ -412,13 +418,6 @@ def check_maze_paths(inputs: np.ndarray, preds: np.ndarray, size: int | None = N
 # Python API of the generator
 
 
-def _default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def _check_size(size: int) -> None:
     if not 3 <= size <= 255:
         raise DataError(f"maze size must be in 3..255 (n x n grid), got {size}")
@@ -441,7 +440,6 @@ def generate_maze_candidates(
     lengths = np.zeros(k, dtype=np.int64)
     maps = np.zeros(k, dtype=np.int64)
     wall_lo, wall_hi = 3 * (cells // 10), 5 * (cells // 10)  # Lehnert's wall count range
-    workers = min(workers or _default_workers(), max(k, 1))
 
     def run(lo: int, hi: int) -> None:
         _generate_batch(
@@ -449,13 +447,7 @@ def generate_maze_candidates(
             questions[lo:hi], answers[lo:hi], lengths[lo:hi], maps[lo:hi],
         )  # fmt: skip
 
-    if workers <= 1:
-        run(0, k)
-    else:
-        step = max(1, k // (8 * workers))  # small chunks: candidates differ a lot in cost
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for future in [pool.submit(run, lo, min(lo + step, k)) for lo in range(0, k, step)]:
-                future.result()
+    run_in_chunks(run, k, workers)
     return questions, answers, lengths, maps
 
 
@@ -485,14 +477,12 @@ def generate_mazes(
     min_len = default_min_path_length(size) if min_path_length is None else int(min_path_length)
     if not 2 <= min_len <= size * size:
         raise DataError(f"min_path_length must be in 2..{size * size} cells for a {size}x{size} maze, got {min_len}")
-    seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
-    base = int(seq.generate_state(1, dtype=np.uint32)[0])
     seen = set(exclude)
     cells = size * size
     questions = np.zeros((num, cells), dtype=np.uint8)
     answers = np.zeros((num, cells), dtype=np.uint8)
     lengths = np.zeros(num, dtype=np.int64)
-    workers = workers or _default_workers()
+    workers = workers or default_workers()
     accepted = tried = failed = wall_maps = 0
     max_candidates = 20 * num + 1000  # tiny sizes have few distinct mazes: stop instead of looping forever
     with tqdm(total=num, disable=not progress, desc=f"generating {size}x{size} mazes", unit="maze") as bar:
@@ -507,7 +497,7 @@ def generate_mazes(
             # Large mazes take milliseconds each: smaller batches keep the progress bar moving.
             cap = 4096 if size * size <= 400 else 32 * workers
             batch = int(min(cap, max(2 * workers, np.ceil((num - accepted) / rate))))
-            seeds = (base + np.arange(tried, tried + batch, dtype=np.int64)) % (1 << 32)
+            seeds = candidate_seeds(seed, tried, batch)
             q, a, lens, maps = generate_maze_candidates(seeds, size, min_len, workers)
             tried += batch
             wall_maps += int(maps.sum())
@@ -534,14 +524,8 @@ def generate_mazes(
 
 
 @dataclass
-class MazeSplit:
-    """Mazes of one split as tokens, with where each came from (for error messages and records)."""
-
-    questions: np.ndarray  # [N, n*n] uint8 tokens
-    answers: np.ndarray  # [N, n*n] uint8 tokens
-    ratings: np.ndarray  # [N] int64, -1 where the source has no rating
-    rows: np.ndarray  # [N] 0-based data-row index in `path` (header excluded), or generation order
-    path: str | None = None
+class MazeSplit(PuzzleSplit):
+    """Mazes of one split as tokens (questions and answers), with where each came from."""
 
     def path_lengths(self) -> np.ndarray:
         """Shortest path length of each maze in cells, S and G included (from the answers)."""
@@ -556,16 +540,6 @@ def _char_table(allow_path: bool) -> np.ndarray:
     return table
 
 
-def _parse_rating(text: str, path: Path, line: int) -> int:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not np.isfinite(value) or value != int(value):
-        raise DataError(f"{path}, line {line}: rating {text!r} is not an integer")
-    return int(value)
-
-
 def read_maze_csv(path: str | os.PathLike[str], size: int = HARD_SIZE) -> MazeSplit:
     """Read and validate a `source,question,answer,rating` maze CSV (header line required).
 
@@ -574,85 +548,34 @@ def read_maze_csv(path: str | os.PathLike[str], size: int = HARD_SIZE) -> MazeSp
     count, wrong length, a bad character, not exactly one S and one G, an answer that differs from
     the question outside its path cells, or an answer whose path is not a shortest S->G path.
     """
-    path = Path(path)
-    cells = size * size
-    if not path.is_file():
-        raise DataError(f"no CSV file at {path}: give csv:PATH with a file or a directory holding train.csv/test.csv")
-    q_buf = bytearray()
-    a_buf = bytearray()
-    ratings: list[int] = []
-    lines: list[int] = []
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: tolerate a BOM
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                raise DataError(f"{path} is empty: expected a header line '{','.join(CSV_COLUMNS)}'")
-            names = [h.strip().lower() for h in header]
-            missing = [c for c in ("question", "answer") if c not in names]
-            if missing:
-                raise DataError(
-                    f"{path}, line 1: the header {header} has no {' / '.join(missing)} column; expected "
-                    f"'{','.join(CSV_COLUMNS)}'"
-                )
-            qi, ai = names.index("question"), names.index("answer")
-            ri = names.index("rating") if "rating" in names else None
-            for fields in reader:
-                line = reader.line_num
-                if not fields:
-                    continue  # blank line
-                if len(fields) != len(names):
-                    raise DataError(
-                        f"{path}, line {line}: expected {len(names)} fields ({','.join(header)}), got {len(fields)}"
-                    )
-                for what, text, buf in (("question", fields[qi], q_buf), ("answer", fields[ai], a_buf)):
-                    if len(text) != cells:
-                        root = round(len(text) ** 0.5)
-                        hint = f" (a {root}x{root} maze? pass --size {root})" if root * root == len(text) else ""
-                        raise DataError(
-                            f"{path}, line {line}: {what} has {len(text)} characters, expected {cells} for a "
-                            f"{size}x{size} maze{hint}"
-                        )
-                    if not text.isascii():
-                        bad = next(ch for ch in text if not ch.isascii())
-                        raise DataError(f"{path}, line {line}: {what} has the bad character {bad!r}")
-                    buf += text.encode("ascii")
-                ratings.append(-1 if ri is None else _parse_rating(fields[ri], path, line))
-                lines.append(line)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text ({e}): give a CSV file") from None
-    except csv.Error as e:
-        raise DataError(f"{path}: malformed CSV ({e})") from None
-    num = len(lines)
-    questions = np.frombuffer(bytes(q_buf), dtype=np.uint8).reshape(num, cells)
-    answers = np.frombuffer(bytes(a_buf), dtype=np.uint8).reshape(num, cells)
-    line_of = np.asarray(lines, dtype=np.int64)
-    q_tokens, a_tokens = _decode_and_check(questions, answers, line_of, path, size)
-    return MazeSplit(q_tokens, a_tokens, np.asarray(ratings, dtype=np.int64), np.arange(num), str(path))
+    raw = read_puzzle_csv(path, size * size, lambda length: f"for a {size}x{size} maze{_size_hint(length)}")
+    q_tokens, a_tokens = _decode_and_check(raw, size)
+    return MazeSplit(q_tokens, a_tokens, raw.ratings, np.arange(raw.lines.shape[0]), str(raw.path))
 
 
-def _decode_and_check(
-    questions: np.ndarray, answers: np.ndarray, line_of: np.ndarray, path: Path, n: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _size_hint(length: int) -> str:
+    """For a question of the wrong length: the maze size it would fit, as a --size hint ('' if none)."""
+    root = round(length**0.5)
+    return f" (a {root}x{root} maze? pass --size {root})" if root * root == length else ""
+
+
+def _decode_and_check(raw: CsvPuzzles, n: int) -> tuple[np.ndarray, np.ndarray]:
     """ASCII bytes -> tokens, with every check of `read_maze_csv` (vectorised, first bad row reported)."""
-
-    def where(row: int, col: int) -> str:
-        return f"{path}, line {line_of[row]}"
 
     def cell(col: int) -> str:
         return f"row {col // n + 1}, column {col % n + 1}"
 
-    q = _char_table(allow_path=False)[questions]
-    a = _char_table(allow_path=True)[answers]
-    for what, decoded, raw, allowed in (
-        ("question", q, questions, "'#' wall, ' ' free, 'S' start, 'G' goal"),
-        ("answer", a, answers, "'#', ' ', 'S', 'G' and 'o' for the path"),
+    q = _char_table(allow_path=False)[raw.questions]
+    a = _char_table(allow_path=True)[raw.answers]
+    for what, decoded, ascii_codes, allowed in (
+        ("question", q, raw.questions, "'#' wall, ' ' free, 'S' start, 'G' goal"),
+        ("answer", a, raw.answers, "'#', ' ', 'S', 'G' and 'o' for the path"),
     ):
         bad = decoded == 255
         if bad.any():
             row, col = np.argwhere(bad)[0]
             raise DataError(
-                f"{where(row, col)}: {what} has the bad character {chr(raw[row, col])!r} at {cell(col)}; "
+                f"{raw.where(row)}: {what} has the bad character {chr(ascii_codes[row, col])!r} at {cell(col)}; "
                 f"allowed are {allowed}"
             )
     for token, name in ((START, "S"), (GOAL, "G")):
@@ -660,88 +583,25 @@ def _decode_and_check(
         bad_rows = np.flatnonzero(counts != 1)
         if bad_rows.size:
             row = bad_rows[0]
-            raise DataError(f"{where(row, 0)}: the question has {counts[row]} '{name}' cells, expected exactly one")
+            raise DataError(f"{raw.where(row)}: the question has {counts[row]} '{name}' cells, expected exactly one")
     clash = np.where(a == PATH, q != FREE, a != q)
     if clash.any():
         row, col = np.argwhere(clash)[0]
         raise DataError(
-            f"{where(row, col)}: the answer has {CHARSET[a[row, col] - 1]!r} at {cell(col)} but the question has "
+            f"{raw.where(row)}: the answer has {CHARSET[a[row, col] - 1]!r} at {cell(col)} but the question has "
             f"{CHARSET[q[row, col] - 1]!r} there (an answer may only turn free cells into 'o')"
         )
     codes = check_maze_paths(q, a, n)
     bad_rows = np.flatnonzero(codes)
     if bad_rows.size:
         row = bad_rows[0]
-        raise DataError(f"{where(row, 0)}: the answer is not a shortest S-G path: {PATH_CHECK_REASONS[codes[row]]}")
+        raise DataError(f"{raw.where(row)}: the answer is not a shortest S-G path: {PATH_CHECK_REASONS[codes[row]]}")
     return q, a
 
 
 def write_maze_csv(path: Path, split: MazeSplit, source_name: str) -> None:
     """Write mazes in the Maze-Hard CSV layout (rating = shortest path length in cells), readable by csv:PATH."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        for q, a, r in zip(split.questions, split.answers, split.ratings, strict=True):
-            writer.writerow([source_name, decode_maze(q), decode_maze(a), int(r)])
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _hf_download(repo_id: str, split: str) -> Path:
-    """Download `{split}.csv` of a Hugging Face dataset repo (needs huggingface_hub)."""
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        raise DataError(
-            "source 'hf' needs huggingface_hub: pip install huggingface_hub (or pip install 'smoltrain[hf]'); "
-            "offline, use --source generate or csv:PATH"
-        ) from None
-    try:
-        return Path(hf_hub_download(repo_id, f"{split}.csv", repo_type="dataset"))
-    except Exception as e:  # network, auth and missing-file errors all mean the same to the user
-        raise DataError(
-            f"could not download {split}.csv from the Hugging Face dataset {repo_id} ({e}): check the network, "
-            "or download the CSV files yourself and use csv:PATH"
-        ) from None
-
-
-def _select(split: MazeSplit, index: np.ndarray) -> MazeSplit:
-    return MazeSplit(split.questions[index], split.answers[index], split.ratings[index], split.rows[index], split.path)
-
-
-def _subsample(split: MazeSplit, size: int | None, rng: np.random.Generator) -> tuple[MazeSplit, bool]:
-    """A seeded random `size` rows (random order, like the reference `np.random.choice`); all when None."""
-    total = split.questions.shape[0]
-    if size is None or size >= total:
-        return split, False
-    return _select(split, rng.choice(total, size=size, replace=False)), True
-
-
-def _load_csv_source(spec: str, n: int, num_test: int | None, rng: np.random.Generator) -> tuple[MazeSplit, MazeSplit]:
-    path = Path(spec)
-    if path.is_dir():
-        files = [path / "train.csv", path / "test.csv"]
-        missing = [str(f) for f in files if not f.is_file()]
-        if missing:
-            raise DataError(
-                f"csv:{path} is a directory without {' and '.join(missing)}: put train.csv and test.csv "
-                "there, or give csv:FILE to split one file"
-            )
-        return read_maze_csv(files[0], n), read_maze_csv(files[1], n)
-    if not path.exists():
-        raise DataError(f"no CSV file or directory at {path}: check the csv:PATH source")
-    # One file: a seeded random num_test rows (default 10%) become the test split.
-    everything = read_maze_csv(path, n)
-    total = everything.questions.shape[0]
-    test_size = num_test if num_test is not None else max(1, total // 10)
-    if not 0 < test_size < total:
-        raise DataError(
-            f"{path} has {total} mazes, too few to hold out {test_size} for the test split: give more rows, "
-            "a smaller --num-test, or a directory with train.csv and test.csv"
-        )
-    order = rng.permutation(total)
-    return _select(everything, np.sort(order[test_size:])), _select(everything, np.sort(order[:test_size]))
+    write_puzzle_csv(path, split, source_name, decode_maze)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -771,32 +631,6 @@ def _transform_all(grids: np.ndarray, k: int) -> np.ndarray:
     if grids.shape[0] == 0:
         return grids
     return np.stack([dihedral_transform(g, k) for g in grids])
-
-
-def _write_maze_split(root: Path, name: str, questions: np.ndarray, answers: np.ndarray, sizes: np.ndarray, n: int):
-    num_rows = questions.shape[0]
-    metadata = PuzzleDatasetMetadata(
-        pad_id=PAD,
-        ignore_label_id=0,
-        blank_identifier_id=0,
-        vocab_size=VOCAB_SIZE,
-        seq_len=n * n,
-        num_puzzle_identifiers=1,
-        total_groups=int(sizes.shape[0]),
-        mean_puzzle_examples=1,
-        total_puzzles=num_rows,
-        sets=["all"],
-    )
-    write_split(
-        root,
-        name,
-        inputs=questions,
-        labels=answers,
-        puzzle_identifiers=np.zeros(num_rows, dtype=np.int32),
-        puzzle_indices=np.arange(num_rows + 1, dtype=np.int32),
-        group_indices=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32),
-        metadata=metadata,
-    )
 
 
 def _length_stats(split: MazeSplit) -> dict[str, float]:
@@ -842,9 +676,7 @@ def build_maze_dataset(
     started = time.perf_counter()
     output_dir = check_output_dir(output_dir)
     _check_size(size)
-    for name, value in (("num_train", num_train), ("num_test", num_test), ("subsample_size", subsample_size)):
-        if value is not None and value < 1:
-            raise DataError(f"{name} must be >= 1, got {value}")
+    check_counts(num_train=num_train, num_test=num_test, subsample_size=subsample_size)
     if min_path_length is not None and not 2 <= min_path_length <= size * size:
         raise DataError(
             f"min_path_length must be in 2..{size * size} cells for {size}x{size} mazes, got {min_path_length}"
@@ -861,9 +693,7 @@ def build_maze_dataset(
     subsample_record: dict[str, Any] | None = None
 
     if source == "generate":
-        if subsample_size is not None and num_train is not None and subsample_size != num_train:
-            raise DataError("give either num_train or subsample_size for the generator, not both")
-        n_train = num_train or subsample_size or 1000
+        n_train = train_size(num_train, subsample_size, "the generator") or 1000
         n_test = num_test or 1000
         gen_start = time.perf_counter()
         train_stats: dict[str, Any] = {}
@@ -886,33 +716,28 @@ def build_maze_dataset(
             generation_seconds=round(gen_seconds, 3),
             generation_rate_mazes_per_s=round((n_train + n_test) / max(gen_seconds, 1e-9), 2),
             wall_maps_per_candidate=round(wall_maps / candidates, 2),
-            workers=workers or _default_workers(),
+            workers=workers or default_workers(),
         )
     elif source == "hf" or source.startswith("csv:"):
         if source == "hf":
             if size != HARD_SIZE:
                 raise DataError(f"{source_repo} holds 30x30 mazes; --size {size} needs --source generate or csv:PATH")
-            train = read_maze_csv(_hf_download(source_repo, "train"), size)
-            test = read_maze_csv(_hf_download(source_repo, "test"), size)
             info["source_repo"] = source_repo
-        else:
-            spec = source[len("csv:") :]
-            if not spec:
-                raise DataError("csv: needs a path, e.g. --source csv:data/maze-csv")
-            test_rng = np.random.default_rng(streams[3])
-            train, test = _load_csv_source(spec, size, num_test if Path(spec).is_file() else None, test_rng)
-        if subsample_size is not None and num_train is not None and subsample_size != num_train:
-            raise DataError("give either num_train or subsample_size for a CSV source, not both")
+        train, test = load_source_splits(
+            source, lambda path: read_maze_csv(path, size), source_repo=source_repo, num_test=num_test,
+            rng=np.random.default_rng(streams[3]), noun="mazes", example="data/maze-csv",
+        )  # fmt: skip
+        train_wanted = train_size(num_train, subsample_size, "a CSV source")
         single_file = source.startswith("csv:") and Path(source[4:]).is_file()
         info["rows_in_source"] = {"train": int(train.questions.shape[0]), "test": int(test.questions.shape[0])}
         filtered = min_path_length is not None
         if filtered:
-            train = _select(train, np.flatnonzero(train.path_lengths() >= min_path_length))
-            test = _select(test, np.flatnonzero(test.path_lengths() >= min_path_length))
+            train = select(train, np.flatnonzero(train.path_lengths() >= min_path_length))
+            test = select(test, np.flatnonzero(test.path_lengths() >= min_path_length))
             info["min_path_length"] = min_path_length
         sub_rng = np.random.default_rng(streams[2])
-        train, train_sampled = _subsample(train, subsample_size or num_train, sub_rng)
-        test, test_sampled = _subsample(test, None if single_file else num_test, sub_rng)
+        train, train_sampled = subsample(train, train_wanted, sub_rng)
+        test, test_sampled = subsample(test, None if single_file else num_test, sub_rng)
         if train_sampled or test_sampled or single_file or filtered:
             subsample_record = {
                 "note": "0-based data rows (header excluded) of the source files, in dataset order",
@@ -931,11 +756,7 @@ def build_maze_dataset(
     aug_q, aug_a, sizes = _dihedral_versions(train, size, aug)
 
     with atomic_dataset_dir(output_dir) as tmp:
-        _write_maze_split(tmp, "train", aug_q, aug_a, sizes, size)
-        _write_maze_split(tmp, "test", test.questions, test.answers, np.ones(test.questions.shape[0], np.int64), size)
-        write_identifiers(tmp, ["<blank>"])
-        if subsample_record is not None:
-            write_json_synced(tmp / "subsample_indices.json", subsample_record, indent=1)
+        write_puzzle_files(tmp, (aug_q, aug_a, sizes), (test.questions, test.answers), VOCAB_SIZE, subsample_record)
         if source == "generate":
             name = f"smoltrain-generate-{size}x{size}"
             write_maze_csv(tmp / "generated" / "train.csv", train, name)
@@ -952,8 +773,6 @@ def build_maze_dataset(
                 "test": round(float((test.questions == WALL).mean()), 4),
             },
             train_test_overlap=int(overlap),
-            build_seconds=round(time.perf_counter() - started, 3),
-            smoltrain_version=__version__,
         )
-        write_json_synced(tmp / "build_info.json", info, indent=1)
+        write_build_info(tmp, info, started)
     return info

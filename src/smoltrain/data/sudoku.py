@@ -28,12 +28,9 @@ a pure function of its own seed, so the output does not depend on the number of 
 
 from __future__ import annotations
 
-import csv
 import os
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,17 +38,26 @@ import numpy as np
 from numba import njit
 from tqdm import tqdm
 
-from smoltrain import __version__
 from smoltrain.data.augment import sudoku_shuffle_batch
-from smoltrain.data.puzzles import (
-    PuzzleDatasetMetadata,
-    atomic_dataset_dir,
-    check_output_dir,
-    write_identifiers,
-    write_split,
+from smoltrain.data.puzzle_source import (
+    CSV_COLUMNS,
+    CsvPuzzles,
+    PuzzleSplit,
+    candidate_seeds,
+    check_counts,
+    default_workers,
+    load_source_splits,
+    read_puzzle_csv,
+    run_in_chunks,
+    select,
+    subsample,
+    train_size,
+    write_build_info,
+    write_puzzle_csv,
+    write_puzzle_files,
 )
+from smoltrain.data.puzzles import atomic_dataset_dir, check_output_dir
 from smoltrain.errors import DataError
-from smoltrain.fileio import write_json_synced
 
 # ------------------------------------------------------------------------------------------------
 # Board topology
@@ -501,14 +507,6 @@ def rate_sudoku(puzzle: np.ndarray, n: int = 9) -> int:
     return solve_sudoku(puzzle, n, limit=2)[1]
 
 
-def default_workers() -> int:
-    """CPU cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def generate_candidates(
     seeds: np.ndarray,
     n: int = 9,
@@ -529,7 +527,6 @@ def generate_candidates(
     puzzles = np.zeros((k, n * n), dtype=np.int8)
     solutions = np.zeros((k, n * n), dtype=np.int8)
     ratings = np.zeros(k, dtype=np.int64)
-    workers = min(workers or default_workers(), max(k, 1))
 
     def run(lo: int, hi: int) -> None:
         # Row slices of C-contiguous arrays are contiguous views: results land in place.
@@ -547,14 +544,7 @@ def generate_candidates(
             ratings[lo:hi],
         )
 
-    if workers <= 1:
-        run(0, k)
-    else:
-        # Small chunks balance the load: hardened candidates take very different times.
-        step = max(1, k // (8 * workers))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for future in [pool.submit(run, lo, min(lo + step, k)) for lo in range(0, k, step)]:
-                future.result()
+    run_in_chunks(run, k, workers)  # small chunks: hardened candidates take very different times
     return puzzles, solutions, ratings
 
 
@@ -599,8 +589,6 @@ def generate_sudoku_puzzles(
     if target_clues is not None and not 0 <= target_clues <= size * size:
         raise DataError(f"target_clues must be in 0..{size * size} for a {size}x{size} Sudoku, got {target_clues}")
     min_rating = int(min_difficulty or 0)
-    seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
-    base = int(seq.generate_state(1, dtype=np.uint32)[0])
     seen = set(exclude)
     questions = np.zeros((num, size * size), dtype=np.uint8)
     answers = np.zeros((num, size * size), dtype=np.uint8)
@@ -627,7 +615,7 @@ def generate_sudoku_puzzles(
             cap = 1024 if harden_steps == 0 else 16 * workers
             batch = int(min(cap, max(2 * workers, np.ceil((num - accepted) / rate))))
             batch = min(batch, max_candidates - tried)
-            seeds = (base + np.arange(tried, tried + batch, dtype=np.int64)) % (1 << 32)
+            seeds = candidate_seeds(seed, tried, batch)
             puzzles, solutions, cand_ratings = generate_candidates(
                 seeds, size, target_clues or 0, harden_steps, min_rating, workers
             )
@@ -653,18 +641,9 @@ def generate_sudoku_puzzles(
 # CSV sources (the Sudoku-Extreme files and anything in the same format)
 
 SOURCE_REPO = "sapientinc/sudoku-extreme"
-CSV_COLUMNS = ("source", "question", "answer", "rating")
 
-
-@dataclass
-class SudokuSplit:
-    """Puzzles of one split as raw digits, with where each came from (for error messages/records)."""
-
-    questions: np.ndarray  # [N, n*n] uint8, 0 = blank
-    answers: np.ndarray  # [N, n*n] uint8, 1..n
-    ratings: np.ndarray  # [N] int64, -1 where the source has no rating
-    rows: np.ndarray  # [N] 0-based data-row index in `path` (header excluded), or candidate order
-    path: str | None = None
+# One split as raw digits: questions 0 = blank, answers 1..n (the fields of the shared PuzzleSplit).
+SudokuSplit = PuzzleSplit
 
 
 def _digit_table(n: int, allow_blank: bool) -> np.ndarray:
@@ -685,85 +664,22 @@ def read_sudoku_csv(path: str | os.PathLike[str], n: int = 9) -> SudokuSplit:
     wrong field count, wrong length, a bad character, a given that disagrees with the answer, an
     answer that is not a valid Sudoku, or a rating that is not an integer.
     """
-    path = Path(path)
-    cells = n * n
-    if not path.is_file():
-        raise DataError(f"no CSV file at {path}: give csv:PATH with a file or a directory holding train.csv/test.csv")
-    q_buf = bytearray()
-    a_buf = bytearray()
-    ratings: list[int] = []
-    lines: list[int] = []
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: tolerate a BOM
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                raise DataError(f"{path} is empty: expected a header line '{','.join(CSV_COLUMNS)}'")
-            names = [h.strip().lower() for h in header]
-            missing = [c for c in ("question", "answer") if c not in names]
-            if missing:
-                raise DataError(
-                    f"{path}, line 1: the header {header} has no {' / '.join(missing)} column; expected "
-                    f"'{','.join(CSV_COLUMNS)}'"
-                )
-            qi, ai = names.index("question"), names.index("answer")
-            ri = names.index("rating") if "rating" in names else None
-            for fields in reader:
-                line = reader.line_num
-                if not fields:
-                    continue  # blank line
-                if len(fields) != len(names):
-                    raise DataError(
-                        f"{path}, line {line}: expected {len(names)} fields ({','.join(header)}), got {len(fields)}"
-                    )
-                for what, text, buf in (("question", fields[qi], q_buf), ("answer", fields[ai], a_buf)):
-                    if len(text) != cells:
-                        raise DataError(
-                            f"{path}, line {line}: {what} has {len(text)} characters, expected {cells} for a "
-                            f"{n}x{n} Sudoku"
-                        )
-                    if not text.isascii():
-                        bad = next(ch for ch in text if not ch.isascii())
-                        raise DataError(f"{path}, line {line}: {what} has the bad character {bad!r}")
-                    buf += text.encode("ascii")
-                if ri is None:
-                    ratings.append(-1)
-                else:
-                    ratings.append(_parse_rating(fields[ri], path, line))
-                lines.append(line)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text ({e}): give a CSV file") from None
-    except csv.Error as e:
-        raise DataError(f"{path}: malformed CSV ({e})") from None
-    num = len(lines)
-    questions = np.frombuffer(q_buf, dtype=np.uint8).reshape(num, cells).copy()
-    answers = np.frombuffer(a_buf, dtype=np.uint8).reshape(num, cells).copy()
-    line_of = np.asarray(lines, dtype=np.int64)
-    _decode_and_check(questions, answers, line_of, path, n)
-    return SudokuSplit(questions, answers, np.asarray(ratings, dtype=np.int64), np.arange(num), str(path))
+    raw = read_puzzle_csv(path, n * n, lambda _length: f"for a {n}x{n} Sudoku")
+    _decode_and_check(raw, n)
+    return SudokuSplit(raw.questions, raw.answers, raw.ratings, np.arange(raw.lines.shape[0]), str(raw.path))
 
 
-def _parse_rating(text: str, path: Path, line: int) -> int:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not np.isfinite(value) or value != int(value):
-        raise DataError(f"{path}, line {line}: rating {text!r} is not an integer")
-    return int(value)
-
-
-def _decode_and_check(questions: np.ndarray, answers: np.ndarray, line_of: np.ndarray, path: Path, n: int) -> None:
+def _decode_and_check(raw: CsvPuzzles, n: int) -> None:
     """Turn ASCII bytes into digits in place and validate, in chunks to bound memory."""
     q_table, a_table = _digit_table(n, True), _digit_table(n, False)
     units = topology(n).tables[0]
     full = ((1 << n) - 1) << 1  # digits 1..n as bits 1..n
     chunk = 100_000
-    for start in range(0, questions.shape[0], chunk):
-        q_raw = questions[start : start + chunk]
-        a_raw = answers[start : start + chunk]
+    for start in range(0, raw.questions.shape[0], chunk):
+        q_raw = raw.questions[start : start + chunk]
+        a_raw = raw.answers[start : start + chunk]
         q, a = q_table[q_raw], a_table[a_raw]
-        for what, decoded, raw, allowed in (
+        for what, decoded, ascii_codes, allowed in (
             ("question", q, q_raw, f"'.' or '0' for a blank and 1-{n}"),
             ("answer", a, a_raw, f"1-{n} (the full solution, no blanks)"),
         ):
@@ -771,14 +687,14 @@ def _decode_and_check(questions: np.ndarray, answers: np.ndarray, line_of: np.nd
             if bad.any():
                 row, col = np.argwhere(bad)[0]
                 raise DataError(
-                    f"{path}, line {line_of[start + row]}: {what} has the bad character "
-                    f"{chr(raw[row, col])!r} at position {col + 1}; allowed are {allowed}"
+                    f"{raw.where(start + row)}: {what} has the bad character "
+                    f"{chr(ascii_codes[row, col])!r} at position {col + 1}; allowed are {allowed}"
                 )
         clash = (q != 0) & (q != a)
         if clash.any():
             row, col = np.argwhere(clash)[0]
             raise DataError(
-                f"{path}, line {line_of[start + row]}: question gives {q[row, col]} at row {col // n + 1}, "
+                f"{raw.where(start + row)}: question gives {q[row, col]} at row {col // n + 1}, "
                 f"column {col % n + 1} but the answer has {a[row, col]} there"
             )
         bits = np.left_shift(np.int32(1), a.astype(np.int32))[:, units]  # [rows, 3n, n]
@@ -787,29 +703,20 @@ def _decode_and_check(questions: np.ndarray, answers: np.ndarray, line_of: np.nd
             row, unit = np.argwhere(~unit_ok)[0]
             kind = ("row", "column", "box")[unit // n]
             raise DataError(
-                f"{path}, line {line_of[start + row]}: the answer is not a valid Sudoku solution "
+                f"{raw.where(start + row)}: the answer is not a valid Sudoku solution "
                 f"({kind} {unit % n + 1} repeats a digit)"
             )
-        questions[start : start + chunk] = q
-        answers[start : start + chunk] = a
+        q_raw[:] = q
+        a_raw[:] = a
 
 
-def _hf_download(repo_id: str, split: str) -> Path:
-    """Download `{split}.csv` of a Hugging Face dataset repo (needs the `hf` extra)."""
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        raise DataError(
-            "source 'hf' needs huggingface_hub: pip install 'smoltrain[hf]' "
-            "(offline, use --source generate or csv:PATH)"
-        ) from None
-    try:
-        return Path(hf_hub_download(repo_id, f"{split}.csv", repo_type="dataset"))
-    except Exception as e:  # network, auth and missing-file errors all mean the same to the user
-        raise DataError(
-            f"could not download {split}.csv from the Hugging Face dataset {repo_id} ({e}): check the network, "
-            "or download the CSV files yourself and use csv:PATH"
-        ) from None
+def _digits_text(digits: np.ndarray) -> str:
+    return "".join("." if d == 0 else str(d) for d in digits)
+
+
+def write_sudoku_csv(path: Path, split: SudokuSplit, source_name: str) -> None:
+    """Write puzzles in the Sudoku-Extreme CSV layout (`.` for blanks), readable by `csv:PATH`."""
+    write_puzzle_csv(path, split, source_name, _digits_text)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -869,51 +776,6 @@ def _augment(
     return questions, answers, np.asarray(sizes, dtype=np.int64), {"redrawn": redrawn, "dropped": dropped}
 
 
-def _write_sudoku_split(root: Path, name: str, questions: np.ndarray, answers: np.ndarray, sizes: np.ndarray, n: int):
-    num_rows = questions.shape[0]
-    group_indices = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
-    metadata = PuzzleDatasetMetadata(
-        pad_id=0,
-        ignore_label_id=0,
-        blank_identifier_id=0,
-        vocab_size=n + 2,
-        seq_len=n * n,
-        num_puzzle_identifiers=1,
-        total_groups=int(sizes.shape[0]),
-        mean_puzzle_examples=1,
-        total_puzzles=num_rows,
-        sets=["all"],
-    )
-    write_split(
-        root,
-        name,
-        inputs=_encode(questions),
-        labels=_encode(answers),
-        puzzle_identifiers=np.zeros(num_rows, dtype=np.int32),
-        puzzle_indices=np.arange(num_rows + 1, dtype=np.int32),
-        group_indices=group_indices,
-        metadata=metadata,
-    )
-
-
-def write_sudoku_csv(path: Path, split: SudokuSplit, source_name: str) -> None:
-    """Write puzzles in the Sudoku-Extreme CSV layout (`.` for blanks), readable by `csv:PATH`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        for q, a, r in zip(split.questions, split.answers, split.ratings, strict=True):
-            writer.writerow([source_name, "".join("." if d == 0 else str(d) for d in q), "".join(map(str, a)), int(r)])
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _select(split: SudokuSplit, index: np.ndarray) -> SudokuSplit:
-    return SudokuSplit(
-        split.questions[index], split.answers[index], split.ratings[index], split.rows[index], split.path
-    )
-
-
 def _filter_difficulty(split: SudokuSplit, min_difficulty: int | None) -> SudokuSplit:
     if min_difficulty is None:
         return split
@@ -922,43 +784,7 @@ def _filter_difficulty(split: SudokuSplit, min_difficulty: int | None) -> Sudoku
             f"{split.path} has no rating column, so --min-difficulty cannot filter it: add a rating column "
             "or drop --min-difficulty"
         )
-    return _select(split, np.flatnonzero(split.ratings >= min_difficulty))
-
-
-def _subsample(split: SudokuSplit, size: int | None, rng: np.random.Generator) -> tuple[SudokuSplit, bool]:
-    """Seeded version of the reference `np.random.choice(N, size, replace=False)` (random order)."""
-    total = split.questions.shape[0]
-    if size is None or size >= total:
-        return split, False
-    return _select(split, rng.choice(total, size=size, replace=False)), True
-
-
-def _load_csv_source(
-    spec: str, n: int, num_test: int | None, rng: np.random.Generator
-) -> tuple[SudokuSplit, SudokuSplit]:
-    path = Path(spec)
-    if path.is_dir():
-        files = [path / "train.csv", path / "test.csv"]
-        missing = [str(f) for f in files if not f.is_file()]
-        if missing:
-            raise DataError(
-                f"csv:{path} is a directory without {' and '.join(missing)}: put train.csv and test.csv "
-                "there, or give csv:FILE to split one file"
-            )
-        return read_sudoku_csv(files[0], n), read_sudoku_csv(files[1], n)
-    if not path.exists():
-        raise DataError(f"no CSV file or directory at {path}: check the csv:PATH source")
-    # One file: a seeded random num_test rows (default 10%) become the test split.
-    everything = read_sudoku_csv(path, n)
-    total = everything.questions.shape[0]
-    test_size = num_test if num_test is not None else max(1, total // 10)
-    if not 0 < test_size < total:
-        raise DataError(
-            f"{path} has {total} puzzles, too few to hold out {test_size} for the test split: give more rows, "
-            "a smaller --num-test, or a directory with train.csv and test.csv"
-        )
-    order = rng.permutation(total)
-    return _select(everything, np.sort(order[test_size:])), _select(everything, np.sort(order[:test_size]))
+    return select(split, np.flatnonzero(split.ratings >= min_difficulty))
 
 
 def build_sudoku_dataset(
@@ -995,9 +821,7 @@ def build_sudoku_dataset(
     """
     started = time.perf_counter()
     output_dir = check_output_dir(output_dir)
-    for name, value in (("num_train", num_train), ("num_test", num_test), ("subsample_size", subsample_size)):
-        if value is not None and value < 1:
-            raise DataError(f"{name} must be >= 1, got {value}")
+    check_counts(num_train=num_train, num_test=num_test, subsample_size=subsample_size)
     if num_aug < 0:
         raise DataError(f"num_aug must be >= 0, got {num_aug}")
     if min_difficulty is not None and min_difficulty < 0:
@@ -1022,9 +846,7 @@ def build_sudoku_dataset(
     )
 
     if source == "generate":
-        if subsample_size is not None and num_train is not None and subsample_size != num_train:
-            raise DataError("give either num_train or subsample_size for the generator, not both")
-        n_train = num_train or subsample_size or 1000
+        n_train = train_size(num_train, subsample_size, "the generator") or 1000
         n_test = num_test if num_test is not None else 1000
         steps = default_harden_steps(min_difficulty) if harden_steps is None else harden_steps
         gen_start = time.perf_counter()
@@ -1062,25 +884,19 @@ def build_sudoku_dataset(
         if source == "hf":
             if size != 9:
                 raise DataError(f"{source_repo} holds 9x9 puzzles; --size {size} needs --source generate or csv:PATH")
-            train = read_sudoku_csv(_hf_download(source_repo, "train"), size)
-            test = read_sudoku_csv(_hf_download(source_repo, "test"), size)
             info["source_repo"] = source_repo
-        else:
-            spec = source[len("csv:") :]
-            if not spec:
-                raise DataError("csv: needs a path, e.g. --source csv:data/sudoku-csv")
-            train, test = _load_csv_source(
-                spec, size, num_test if Path(spec).is_file() else None, np.random.default_rng(streams[3])
-            )
-        if subsample_size is not None and num_train is not None and subsample_size != num_train:
-            raise DataError("give either num_train or subsample_size for a CSV source, not both")
+        train, test = load_source_splits(
+            source, lambda path: read_sudoku_csv(path, size), source_repo=source_repo, num_test=num_test,
+            rng=np.random.default_rng(streams[3]), noun="puzzles", example="data/sudoku-csv",
+        )  # fmt: skip
+        train_wanted = train_size(num_train, subsample_size, "a CSV source")
         info["rows_in_source"] = {"train": int(train.questions.shape[0]), "test": int(test.questions.shape[0])}
         train = _filter_difficulty(train, min_difficulty)
         test = _filter_difficulty(test, min_difficulty)
         sub_rng = np.random.default_rng(streams[2])
-        train, train_sampled = _subsample(train, subsample_size or num_train, sub_rng)
+        train, train_sampled = subsample(train, train_wanted, sub_rng)
         single_file = source.startswith("csv:") and Path(source[4:]).is_file()
-        test, test_sampled = _subsample(test, None if single_file else num_test, sub_rng)
+        test, test_sampled = subsample(test, None if single_file else num_test, sub_rng)
         # Row lists for the splits that are not simply "every row of the file, in file order" (null).
         filtered = min_difficulty is not None
         if train_sampled or test_sampled or single_file or filtered:
@@ -1111,11 +927,8 @@ def build_sudoku_dataset(
     )
 
     with atomic_dataset_dir(output_dir) as tmp:
-        _write_sudoku_split(tmp, "train", aug_q, aug_a, sizes, size)
-        _write_sudoku_split(tmp, "test", test.questions, test.answers, np.ones(test.questions.shape[0], np.int64), size)
-        write_identifiers(tmp, ["<blank>"])
-        if subsample_record is not None:
-            write_json_synced(tmp / "subsample_indices.json", subsample_record, indent=1)
+        test_rows = (_encode(test.questions), _encode(test.answers))
+        write_puzzle_files(tmp, (_encode(aug_q), _encode(aug_a), sizes), test_rows, size + 2, subsample_record)
         if source == "generate":
             name = f"smoltrain-generate-{size}x{size}"
             write_sudoku_csv(tmp / "generated" / "train.csv", train, name)
@@ -1141,10 +954,8 @@ def build_sudoku_dataset(
             train_test_overlap=int(overlap),
             augmentations_redrawn=counters["redrawn"],
             augmentations_dropped=counters["dropped"],
-            build_seconds=round(time.perf_counter() - started, 3),
-            smoltrain_version=__version__,
         )
-        write_json_synced(tmp / "build_info.json", info, indent=1)
+        write_build_info(tmp, info, started)
     return info
 
 
@@ -1155,6 +966,7 @@ __all__ = [
     "box_shape",
     "build_sudoku_dataset",
     "default_harden_steps",
+    "default_workers",
     "generate_candidates",
     "generate_sudoku_puzzles",
     "rate_sudoku",
