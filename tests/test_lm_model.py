@@ -226,6 +226,36 @@ def test_loss_is_shifted_cross_entropy() -> None:
     assert model(ids, labels=torch.full_like(ids, -100)).loss.item() == 0.0
 
 
+def test_shifted_targets_score_every_position() -> None:
+    torch.manual_seed(0)
+    model = LMForCausalLM(tiny())
+    ids = torch.randint(0, 61, (3, 10))
+    targets = torch.randint(0, 61, (3, 10))
+    targets[1, 6:] = -100  # padding
+    out = model(ids, targets=targets)
+    # targets[:, t] scores position t itself (no shift): the packed windows' and padded rows' convention.
+    logp = out.logits.log_softmax(-1)
+    keep = targets != -100
+    want = -logp[keep].gather(-1, targets[keep][:, None]).mean()
+    torch.testing.assert_close(out.loss, want)
+    # Unshifted labels are the same loss as targets shifted by one with the last position ignored.
+    labels = torch.randint(0, 61, (3, 10))
+    shifted = torch.cat([labels[:, 1:], torch.full((3, 1), -100)], dim=1)
+    torch.testing.assert_close(model(ids, labels=labels).loss, model(ids, targets=shifted).loss)
+    with pytest.raises(ValueError, match="not both"):
+        model(ids, labels=labels, targets=shifted)
+    with pytest.raises(ValueError, match="logits_to_keep"):
+        model(ids, targets=shifted, logits_to_keep=1)
+
+
+def test_config_ignores_the_family_data_keys() -> None:
+    # The LM family's arch config carries seq_len / packing; a dumped arch validates as a model config.
+    config = LMConfig.model_validate({**tiny().model_dump(), "seq_len": 64, "packing": False})
+    assert config == tiny()
+    with pytest.raises(pydantic.ValidationError):
+        LMConfig.model_validate({**tiny().model_dump(), "seq_length": 64})
+
+
 def test_a_few_steps_reduce_loss() -> None:
     torch.manual_seed(0)
     model = LMForCausalLM(tiny())

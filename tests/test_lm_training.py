@@ -13,9 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 from smoltrain.config import load_config
-from smoltrain.data.text import build_text_dataset, unigram_entropy
+from smoltrain.data.text import build_text_dataset, open_tokens, read_metadata, unigram_entropy
 from smoltrain.data.tokenizer import train_tokenizer
+from smoltrain.families.lm import LMFamily
 from smoltrain.train import checkpoint as ckpt
+from smoltrain.train.distributed import DistEnv
 from smoltrain.train.logging import read_metrics
 from smoltrain.train.trainer import Trainer
 
@@ -46,7 +48,7 @@ def text_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(text_data, tmp_path_factory) -> tuple[Path, dict]:
     run = tmp_path_factory.mktemp("lmrun")
-    cfg = load_config("lm-tiny-cpu", [*TINY, f"data_paths=[{text_data}]", f"run_dir={run}", "max_steps=120",
+    cfg = load_config("lm-pretrain-cpu", [*TINY, f"data_paths=[{text_data}]", f"run_dir={run}", "max_steps=120",
                                       "lr=3e-3", "lr_warmup_steps=10"])
     return run, Trainer(cfg).fit()
 
@@ -61,7 +63,7 @@ def test_tiny_pretraining_beats_the_unigram_baseline(text_data, trained):
 def test_lm_resume_after_sigkill_is_bitwise_exact(text_data, tmp_path):
     common = [*TINY, f"data_paths=[{text_data}]", "max_steps=16", "checkpoint_every=8", "arch.dropout=0.1"]
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    recipe = ["--recipe", "lm-tiny-cpu"]
+    recipe = ["--recipe", "lm-pretrain-cpu"]
     assert run_python([RUNNER, *recipe, *common, f"run_dir={straight}"]).returncode == 0
     killed = run_python([RUNNER, *recipe, "--kill-at-step", "11", *common, f"run_dir={crashed}"])
     assert killed.returncode == -signal.SIGKILL
@@ -108,3 +110,76 @@ def test_lm_demo_with_a_local_corpus(tmp_path):
                        "--run-dir", str(tmp_path / "run")], timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "against" in proc.stdout and "unigram baseline" in proc.stdout and "--- To be" in proc.stdout
+
+
+def test_cpu_recipe_uses_the_tiny_preset() -> None:
+    recipe = load_config("lm-pretrain-cpu", ["arch.vocab_size=300"]).arch
+    preset = load_config(None, ["arch=lm-tiny-cpu", "arch.vocab_size=300"]).arch
+    assert recipe == preset and recipe.packing
+    for args in (["arch=lm-tiny-cpu"], ["lm-pretrain-cpu"], ["lm-pretrain-cpu", "arch.packing=false"]):
+        proc = run_python(["-m", "smoltrain", "info", *args])
+        assert proc.returncode == 0, proc.stderr
+        assert "parameters: 1,262,336" in proc.stdout and "vocab_size: 6400 (assumed" in proc.stdout
+
+
+def test_family_scores_each_position_on_the_next_token(text_data) -> None:
+    # The rows' targets are pre-shifted; the family must not shift them again.
+    cfg = load_config("lm-pretrain-cpu", [*TINY, f"data_paths=[{text_data}]"])
+    family = LMFamily(cfg, DistEnv(), torch.device("cpu"))
+    torch.manual_seed(0)
+    model = family.build_model()
+    batch = next(family.train_stream())
+    out = family.train_step(model, batch, None)
+    tokens = torch.from_numpy(open_tokens(text_data, "train").astype("int64"))
+    # Each row's window in the shard; the token after input position t is the shard's next token.
+    starts = [next(s for s in range(0, len(tokens) - 32, 32) if torch.equal(tokens[s : s + 32], row))
+              for row in batch["input_ids"]]
+    next_tokens = torch.stack([tokens[s + 1 : s + 33] for s in starts])
+    logits = model(batch["input_ids"]).logits
+    want = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), next_tokens.reshape(-1))
+    torch.testing.assert_close(out.loss, want * batch["input_ids"].shape[0] / cfg.global_batch_size)
+
+
+def _document_lengths(text_data: Path, split: str) -> list[int]:
+    eos = read_metadata(text_data)[1]["eos_id"]
+    lengths, current = [], 0
+    for token in open_tokens(text_data, split).tolist():
+        if token == eos:
+            lengths.append(current)
+            current = 0
+        else:
+            current += 1
+    return lengths
+
+
+def test_padded_document_rows_train_and_evaluate(text_data, tmp_path) -> None:
+    lengths = _document_lengths(text_data, "val")
+    seq_len = sorted(lengths)[len(lengths) // 2]  # about half the documents are truncated, half padded
+    cfg = load_config("lm-pretrain-cpu", [*TINY, f"data_paths=[{text_data}]", f"run_dir={tmp_path}", "max_steps=40",
+                                          "arch.packing=false", "lr_warmup_steps=5", f"arch.seq_len={seq_len}"])
+    summary = Trainer(cfg).fit()
+    # Validation scores the real tokens of every val document: text (truncated to seq_len - 1) + EOS.
+    assert summary["eval"]["tokens"] == sum(min(n, seq_len - 1) + 1 for n in lengths)
+    assert summary["eval"]["loss"] < unigram_entropy(text_data)
+    train_rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    # Padding is not counted as trained tokens.
+    full = cfg.global_batch_size * seq_len
+    assert all(0 < r["tokens_per_step"] <= full for r in train_rows)
+    assert sum(r["tokens_per_step"] for r in train_rows) < full * len(train_rows)  # padding is not counted
+
+
+@pytest.mark.slow
+def test_padded_rows_resume_after_sigkill_is_bitwise_exact(text_data, tmp_path):
+    common = [*TINY, f"data_paths=[{text_data}]", "max_steps=12", "checkpoint_every=6", "arch.packing=false"]
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    recipe = ["--recipe", "lm-pretrain-cpu"]
+    assert run_python([RUNNER, *recipe, *common, f"run_dir={straight}"]).returncode == 0
+    killed = run_python([RUNNER, *recipe, "--kill-at-step", "8", *common, f"run_dir={crashed}"])
+    assert killed.returncode == -signal.SIGKILL
+    resumed = run_python([RUNNER, *recipe, *common, f"run_dir={crashed}"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = (load_file(str(ckpt.list_checkpoints(d / "checkpoints")[-1] / ckpt.MODEL_FILE)) for d in (straight, crashed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    losses = [[r["loss"] for r in read_metrics(d / "metrics.jsonl") if r["split"] == "train"]
+              for d in (straight, crashed)]
+    assert losses[0] == losses[1] and len(losses[0]) == 12

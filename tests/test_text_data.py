@@ -1,4 +1,4 @@
-"""Text -> token shards, packed resumable windows, unigram baseline and bits per byte."""
+"""Text -> token shards, packed resumable windows, padded document rows, unigram baseline and bits per byte."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from smoltrain.data.text import (
+    DocumentRows,
     TokenWindows,
     bits_per_byte,
     build_text_dataset,
@@ -22,7 +23,7 @@ from smoltrain.data.tokenizer import decode, encode, load_tokenizer, train_token
 from smoltrain.errors import ConfigError, DataError
 from tests.test_tokenizer import make_sentences
 
-EOS = 2
+PAD, BOS, EOS = 0, 1, 2  # the MiniMind special-token layout of smoltrain's tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +57,7 @@ def test_txt_paragraphs_and_jsonl(tmp_path: Path) -> None:
 def test_metadata_consistent_with_shards(dataset: Path, corpus: dict[str, Path]) -> None:
     meta = json.loads((dataset / "metadata.json").read_text())
     assert meta["dtype"] == "uint16" and meta["eos_id"] == EOS
+    assert (meta["bos_id"], meta["pad_id"]) == (BOS, PAD)
     assert meta["documents"] == 75 + 100
     assert meta["splits"]["val"]["documents"] == round(175 * 0.1)
     assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 175
@@ -132,11 +134,11 @@ def test_windows_shapes_and_shift(dataset: Path) -> None:
     tokens = np.asarray(open_tokens(dataset, "train"))
     assert windows.num_windows == (len(tokens) - 1) // 16
     batch = next(windows)
-    assert batch["input_ids"].shape == batch["labels"].shape == (4, 16)
-    assert batch["input_ids"].dtype == batch["labels"].dtype == torch.int64
-    assert torch.equal(batch["input_ids"][:, 1:], batch["labels"][:, :-1])
+    assert batch["input_ids"].shape == batch["targets"].shape == (4, 16)
+    assert batch["input_ids"].dtype == batch["targets"].dtype == torch.int64
+    assert torch.equal(batch["input_ids"][:, 1:], batch["targets"][:, :-1])
     # Every row is a window of the shard starting at a multiple of seq_len.
-    for row_in, row_lab in zip(batch["input_ids"], batch["labels"], strict=True):
+    for row_in, row_lab in zip(batch["input_ids"], batch["targets"], strict=True):
         full = np.concatenate([row_in.numpy(), row_lab.numpy()[-1:]])
         starts = [s for s in range(0, len(tokens) - 16, 16) if np.array_equal(tokens[s : s + 17], full)]
         assert starts
@@ -163,11 +165,11 @@ def test_epochs_resume_and_determinism(dataset: Path) -> None:
     rows = torch.cat(first_epoch)
     assert len({tuple(r.tolist()) for r in rows}) == len(rows)
     state = a.state_dict()
-    expected = [next(a)["labels"] for _ in range(epoch_len + 2)]  # crosses into epoch 2
+    expected = [next(a)["targets"] for _ in range(epoch_len + 2)]  # crosses into epoch 2
     assert a.state_dict()["epoch"] == 2
     b = make(1)
     b.load_state_dict(state)
-    assert all(torch.equal(x, next(b)["labels"]) for x in expected)
+    assert all(torch.equal(x, next(b)["targets"]) for x in expected)
     assert torch.equal(make(1).__next__()["input_ids"], first_epoch[0])
     assert not torch.equal(make(2).__next__()["input_ids"], first_epoch[0])
     # Epoch 1 is a different order from epoch 0.
@@ -178,13 +180,13 @@ def test_iter_eval_covers_val_once(dataset: Path) -> None:
     w = TokenWindows(dataset, "val", seq_len=8, global_batch_size=2)
     tokens = np.asarray(open_tokens(dataset, "val"))
     batches = list(w.iter_eval(batch_size=3))
-    labels = torch.cat([b["labels"] for b in batches]).reshape(-1).numpy()
+    labels = torch.cat([b["targets"] for b in batches]).reshape(-1).numpy()
     assert np.array_equal(labels, tokens[1 : 1 + w.num_windows * 8])
     shards = [
         list(TokenWindows(dataset, "val", seq_len=8, global_batch_size=2, rank=r, world_size=2).iter_eval(3))
         for r in range(2)
     ]
-    assert sum(len(b["labels"]) for s in shards for b in s) == w.num_windows
+    assert sum(len(b["targets"]) for s in shards for b in s) == w.num_windows
 
 
 def test_too_small_for_a_batch(dataset: Path) -> None:
@@ -217,3 +219,90 @@ def test_unigram_entropy_real_and_bpb(dataset: Path) -> None:
         h * val["tokens"] / val["bytes"] / math.log(2)
     )
     assert bits_per_byte(math.log(2), 10, 10) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# One padded document per row (packing=false)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _documents(dataset: Path, split: str) -> list[list[int]]:
+    """The split's documents (text tokens, EOS dropped), split at EOS with a plain loop."""
+    docs, current = [], []
+    for token in np.asarray(open_tokens(dataset, split)).tolist():
+        if token == EOS:
+            docs.append(current)
+            current = []
+        else:
+            current.append(token)
+    assert not current  # every document ends with EOS
+    return docs
+
+
+def test_document_rows_layout(dataset: Path, corpus: dict[str, Path]) -> None:
+    docs = _documents(dataset, "train")
+    seq_len = 24  # shorter than some documents, longer than others
+    assert min(map(len, docs)) < seq_len - 1 < max(map(len, docs))
+    rows = DocumentRows(dataset, "train", seq_len=seq_len, global_batch_size=4, seed=0)
+    assert rows.num_windows == len(docs) == json.loads((dataset / "metadata.json").read_text())["splits"]["train"][
+        "documents"]
+    batch = rows._windows(np.arange(len(docs)))
+    assert batch["input_ids"].shape == batch["targets"].shape == (len(docs), seq_len)
+    for doc, inputs, targets in zip(docs, batch["input_ids"].tolist(), batch["targets"].tolist(), strict=True):
+        row = [BOS, *doc[: seq_len - 1], EOS]  # MiniMind's PretrainDataset: bos + truncated ids + eos, then pad
+        row += [PAD] * (seq_len + 1 - len(row))
+        assert inputs == row[:-1]
+        expected = [t if i + 1 < len(doc[: seq_len - 1]) + 2 else -100 for i, t in enumerate(row[1:])]
+        assert targets == expected
+        assert targets.count(-100) == seq_len - min(len(doc) + 1, seq_len)
+    tok = load_tokenizer(corpus["tok"] / "tokenizer.json")
+    short = next(i for i, d in enumerate(docs) if len(d) < seq_len - 1)
+    text_ids = [t for t in batch["targets"][short].tolist() if t != -100]
+    assert text_ids[-1] == EOS and decode(tok, text_ids[:-1]) == decode(tok, docs[short])
+
+
+def test_document_rows_resume_and_ranks(dataset: Path) -> None:
+    make = lambda **kw: DocumentRows(dataset, seq_len=16, global_batch_size=6, seed=3, **kw)  # noqa: E731
+    a = make()
+    epoch_len = a.batches_per_epoch
+    assert epoch_len >= 2
+    first_epoch = torch.cat([next(a)["input_ids"] for _ in range(epoch_len)])
+    assert len({tuple(r.tolist()) for r in first_epoch}) == len(first_epoch)  # distinct documents
+    for _ in range(epoch_len - 1):
+        next(a)
+    state = a.state_dict()  # one batch before the end of epoch 1
+    expected = [next(a) for _ in range(3)]  # crosses into epoch 2
+    b = make()
+    b.load_state_dict(state)
+    for want in expected:
+        got = next(b)
+        assert torch.equal(got["input_ids"], want["input_ids"]) and torch.equal(got["targets"], want["targets"])
+    ranks = [make(rank=r, world_size=2) for r in range(2)]
+    whole = make()
+    for _ in range(2):
+        assert torch.equal(next(whole)["targets"], torch.cat([next(r)["targets"] for r in ranks]))
+
+
+def test_document_rows_eval_counts_real_tokens(dataset: Path) -> None:
+    meta = json.loads((dataset / "metadata.json").read_text())
+    longest = max(map(len, _documents(dataset, "val")))
+    rows = DocumentRows(dataset, "val", seq_len=longest + 1, global_batch_size=2)
+    batches = list(rows.iter_eval(batch_size=3))
+    # No truncation: the scored tokens are exactly the split's tokens (text + EOS), so bits per byte holds.
+    assert sum(int((b["targets"] != -100).sum()) for b in batches) == meta["splits"]["val"]["tokens"]
+    assert sum(len(b["targets"]) for b in batches) == meta["splits"]["val"]["documents"]
+    with pytest.raises(DataError, match="packing=true"):
+        next(DocumentRows(dataset, "val", seq_len=8, global_batch_size=10_000))
+
+
+def test_document_rows_need_special_ids(dataset: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    old.mkdir()
+    meta = json.loads((dataset / "metadata.json").read_text())
+    del meta["bos_id"], meta["pad_id"]
+    (old / "metadata.json").write_text(json.dumps(meta))
+    for split in ("train", "val"):
+        (old / f"{split}.bin").write_bytes((dataset / f"{split}.bin").read_bytes())
+    assert TokenWindows(old, seq_len=8, global_batch_size=2).num_windows > 0  # packed rows do not need them
+    with pytest.raises(DataError, match="rebuild it"):
+        DocumentRows(old, seq_len=8, global_batch_size=2)

@@ -113,9 +113,9 @@ def run_lm_demo(run_dir: str = "runs/demo-lm", minutes: float | None = None, cor
     info = build_text_dataset([str(text)], path / "tokenizer-src", path / "data", val_fraction=0.02)
     tokens = info["splits"]["train"]["tokens"]
     print(f"2/4 Byte-level BPE with 2,048 tokens; {tokens:,} training tokens")
-    print(f"3/4 Training lm-tiny-cpu for {minutes:g} minutes on the CPU ...")
-    cfg = load_config("lm-tiny-cpu", [f"data_paths=[{path / 'data'}]", f"run_dir={path}", "resume=none",
-                                      f"max_minutes={minutes}", "epochs=1000"])
+    print(f"3/4 Training lm-pretrain-cpu (the lm-tiny-cpu decoder) for {minutes:g} minutes on the CPU ...")
+    cfg = load_config("lm-pretrain-cpu", [f"data_paths=[{path / 'data'}]", f"run_dir={path}", "resume=none",
+                                          f"max_minutes={minutes}", "epochs=1000"])
     summary = Trainer(cfg).fit()
     baseline = unigram_entropy(path / "data")
     loss = summary["eval"]["loss"]

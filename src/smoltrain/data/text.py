@@ -17,8 +17,17 @@ Inputs (`iter_documents`):
 Layout written by `build_text_dataset` (one directory, replaced atomically)::
 
     train.bin, val.bin   flat token ids, EOS after every document; uint16 when ids fit, else uint32
-    metadata.json        vocab_size, dtype, eos_id, tokenizer path + sha256, per-split tokens,
-                         documents and UTF-8 bytes (for bits per byte), skipped lines, seed
+    metadata.json        vocab_size, dtype, eos_id, bos_id, pad_id, tokenizer path + sha256, per-split
+                         tokens, documents and UTF-8 bytes (for bits per byte), skipped lines, seed
+
+Training rows (one ``[B, T + 1]`` token block gives ``input_ids`` = its first T columns and ``targets`` =
+its last T, the next token of each position, ``-100`` where nothing is to be predicted):
+
+* `TokenWindows` (``packing=True``, the default): fixed-length windows cut from the concatenated
+  documents, no padding waste; attention crosses document boundaries (EOS separates them).
+* `DocumentRows` (``packing=False``): MiniMind's pretraining rows, one document per row,
+  ``[BOS] + document[: T - 1] + [EOS]`` right-padded with PAD; pad targets are -100. Document
+  boundaries are the EOS positions of the shard.
 
 Documents are assigned to train/val by a seeded random choice of exactly
 ``max(1, round(n * val_fraction))`` documents, so the whole text is held in memory while it is
@@ -40,7 +49,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from smoltrain.data.tokenizer import eos_id, load_tokenizer, tokenizer_file
+from smoltrain.data.tokenizer import BOS_TOKEN, PAD_TOKEN, eos_id, load_tokenizer, special_token_id, tokenizer_file
 from smoltrain.errors import ConfigError, DataError
 from smoltrain.fileio import atomic_directory, write_json_synced
 
@@ -246,6 +255,7 @@ def build_text_dataset(
     tok_file = tokenizer_file(tokenizer_dir)
     tokenizer = load_tokenizer(tok_file)
     eos = eos_id(tokenizer)
+    bos, pad = special_token_id(tokenizer, BOS_TOKEN), special_token_id(tokenizer, PAD_TOKEN)
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     dtype = token_dtype(vocab_size)
     if workers is not None and workers > 1:
@@ -297,6 +307,8 @@ def build_text_dataset(
             "vocab_size": vocab_size,
             "dtype": dtype.name,
             "eos_id": eos,
+            "bos_id": bos,
+            "pad_id": pad,
             "tokenizer": {"path": str(tok_file.absolute()), "sha256": _sha256(tok_file)},
             "splits": {
                 s: {**c, "bytes_per_token": (c["bytes"] / c["tokens"]) if c["tokens"] else None}
@@ -374,6 +386,7 @@ class TokenWindows:
                 "pick a multiple of the number of processes"
             )
         self.tokens = open_tokens(path_or_dir, split)
+        self.metadata = read_metadata(path_or_dir)[1]
         self.split = split
         self.seq_len = seq_len
         self.global_batch_size = global_batch_size
@@ -381,17 +394,25 @@ class TokenWindows:
         self.rank = rank
         self.world_size = world_size
         self.seed = seed
-        self.num_windows = max(0, (len(self.tokens) - 1) // seq_len)
+        self.num_windows = self._count_rows()
         self.batches_per_epoch = self.num_windows // global_batch_size
         self.epoch = 0
         self.batch = 0
         self._perm_epoch = -1
         self._perm = np.zeros(0, dtype=np.int64)
 
+    def _count_rows(self) -> int:
+        return max(0, (len(self.tokens) - 1) // self.seq_len)
+
     def _windows(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
         rows = np.stack([self.tokens[i * self.seq_len : i * self.seq_len + self.seq_len + 1] for i in indices])
         rows = torch.from_numpy(rows.astype(np.int64))
-        return {"input_ids": rows[:, :-1].contiguous(), "labels": rows[:, 1:].contiguous()}
+        return {"input_ids": rows[:, :-1].contiguous(), "targets": rows[:, 1:].contiguous()}
+
+    def _too_small(self) -> str:
+        need = self.global_batch_size * self.seq_len + 1
+        return (f"{self.split} split has {len(self.tokens)} tokens, fewer than one global batch needs ({need}): "
+                "add text, or lower seq_len / global_batch_size")
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._perm_epoch:
@@ -404,11 +425,7 @@ class TokenWindows:
 
     def __next__(self) -> dict[str, torch.Tensor]:
         if self.batches_per_epoch == 0:
-            need = self.global_batch_size * self.seq_len + 1
-            raise DataError(
-                f"{self.split} split has {len(self.tokens)} tokens, fewer than one global batch needs ({need}): "
-                "add text, or lower seq_len / global_batch_size"
-            )
+            raise DataError(self._too_small())
         if self.batch >= self.batches_per_epoch:
             self.epoch += 1
             self.batch = 0
@@ -440,6 +457,48 @@ class TokenWindows:
             hi = min(lo + batch_size, self.num_windows)
             if lo < hi:
                 yield self._windows(np.arange(lo, hi))
+
+
+class DocumentRows(TokenWindows):
+    """MiniMind's pretraining rows: one document per row, padded, in the same resumable order as `TokenWindows`.
+
+    Row i is document i of the split (documents end at the shard's EOS tokens), laid out as MiniMind's
+    ``PretrainDataset`` does: ``[BOS] + document[: seq_len - 1] + [EOS]`` (a longer document is truncated,
+    its EOS kept), right-padded with PAD to ``seq_len + 1`` tokens. ``input_ids`` are the first ``seq_len``
+    tokens, ``targets`` the last ``seq_len`` with -100 at padding, so the loss and the token counts of
+    evaluation (bits per byte) cover the document's tokens and its EOS only. Right padding and the causal
+    mask mean real tokens never attend to pads. Rows are shuffled, batched, sliced per rank and resumed
+    exactly as `TokenWindows` windows are (``state_dict`` = (epoch, batch)).
+    """
+
+    def _count_rows(self) -> int:
+        for key in ("bos_id", "pad_id"):
+            if key not in self.metadata:
+                raise DataError(f"this text dataset has no {key} in metadata.json (built by an older smoltrain): "
+                                "rebuild it with `smoltrain data text` to train with packing=false")
+        self.bos, self.pad, eos = (int(self.metadata[k]) for k in ("bos_id", "pad_id", "eos_id"))
+        self.ends = np.flatnonzero(np.asarray(self.tokens) == eos)  # index of each document's EOS
+        self.starts = np.concatenate([[0], self.ends + 1])[:-1].astype(np.int64)
+        return len(self.ends)
+
+    def _windows(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        rows = np.full((len(indices), self.seq_len + 1), self.pad, dtype=np.int64)
+        rows[:, 0] = self.bos
+        lengths = np.empty(len(indices), dtype=np.int64)
+        for r, i in enumerate(indices):
+            start, end = int(self.starts[i]), int(self.ends[i])
+            body = self.tokens[start : min(end, start + self.seq_len - 1)]  # the text, without its EOS
+            rows[r, 1 : 1 + len(body)] = body
+            rows[r, 1 + len(body)] = self.tokens[end]
+            lengths[r] = len(body) + 2
+        targets = torch.from_numpy(rows[:, 1:].copy())
+        # Position j of targets holds row token j + 1: real up to and including the EOS at lengths - 1.
+        targets[torch.arange(self.seq_len)[None, :] >= torch.from_numpy(lengths - 1)[:, None]] = -100
+        return {"input_ids": torch.from_numpy(rows[:, :-1].copy()), "targets": targets}
+
+    def _too_small(self) -> str:
+        return (f"{self.split} split has {self.num_windows} documents, fewer than one global batch of rows "
+                f"({self.global_batch_size}): add text, lower global_batch_size, or use packing=true")
 
 
 def unigram_entropy(path_or_dir: str | Path, split: str = "val", alpha: float = 1.0) -> float:

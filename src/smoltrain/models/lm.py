@@ -15,7 +15,7 @@ for the router and, before transformers 5, the experts).
 Conventions:
 
 * ``labels`` are *not* pre-shifted: the model shifts (``logits[:, :-1]`` vs ``labels[:, 1:]``), as MiniMind
-  and HF do; ``-100`` is ignored.
+  and HF do; ``targets`` are (the packed training windows' convention). ``-100`` is ignored.
 * KV cache: a list with one ``(k, v)`` per layer, each ``[batch, kv_heads, seq, head_dim]``, stored after
   RoPE and before the GQA head expansion; new tokens are concatenated on the sequence dimension and their
   RoPE positions start at the cached length.
@@ -56,6 +56,7 @@ __all__ = [
     "sample_next_token",
 ]
 
+DATA_KEYS = ("seq_len", "packing")  # arch keys of the LM family that describe data, not the network
 INIT_STD = 0.02  # HF `initializer_range` default for Llama/Qwen3
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
@@ -104,6 +105,15 @@ class LMConfig(BaseModel):
     n_shared_experts: int = 0  # experts applied to every token (MiniMind-2 uses 1)
     aux_loss_alpha: float = 5e-4  # MiniMind-3's router_aux_loss_coef; MiniMind-2 used 0.01
     norm_topk_prob: bool = True  # renormalise the top-k router probabilities to sum to 1 (as HF Qwen3-MoE)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_data_keys(cls, data: Any) -> Any:
+        # The LM family's arch config adds keys about the training rows (`seq_len`, `packing`); they do not
+        # shape the network, so a dumped arch config validates here as it is.
+        if isinstance(data, Mapping) and any(key in data for key in DATA_KEYS):
+            data = {k: v for k, v in data.items() if k not in DATA_KEYS}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> LMConfig:
@@ -461,25 +471,37 @@ class LMForCausalLM(nn.Module):
         past_key_values: KVCache | None = None,
         use_cache: bool = False,
         logits_to_keep: int = 0,
+        targets: torch.Tensor | None = None,
     ) -> LMOutput:
-        """``input_ids`` ``[B, T]``; ``labels`` ``[B, T]`` aligned with the inputs (shifted here, -100 ignored).
+        """``input_ids`` ``[B, T]``; the loss comes from one of
 
-        ``logits_to_keep > 0`` applies ``lm_head`` to the last positions only (generation); it must be 0
-        when ``labels`` are given.
+        * ``labels`` ``[B, T]`` aligned with the inputs, HF style: position t is scored on ``labels[:, t + 1]``
+          (the shift happens here), so the last position has no target;
+        * ``targets`` ``[B, T]`` already shifted (``targets[:, t]`` is the token after ``input_ids[:, t]``),
+          the convention of the packed training windows: every position has a target.
+
+        ``-100`` is ignored in both. ``logits_to_keep > 0`` applies ``lm_head`` to the last positions only
+        (generation); it must be 0 when a loss is asked for.
         """
+        if labels is not None and targets is not None:
+            raise ValueError("give labels (unshifted) or targets (shifted), not both")
+        if labels is not None:
+            # Shift the labels instead of the logits: the same loss without copying [B, T-1, V] logits.
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
         hidden, presents, aux_loss = self.model(input_ids, past_key_values, use_cache)
         if logits_to_keep > 0:
-            if labels is not None:
-                raise ValueError("logits_to_keep must be 0 when labels are given")
+            if targets is not None:
+                raise ValueError("logits_to_keep must be 0 when labels or targets are given")
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
         loss: torch.Tensor | None = None
-        if labels is not None:
-            shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()  # fp32 CE under autocast
-            shift_labels = labels[:, 1:].reshape(-1)
-            # Sum / count instead of reduction="mean": same value, but 0 (not NaN) for an all-ignored batch.
-            total = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
-            loss = total / (shift_labels != -100).sum().clamp(min=1)
+        if targets is not None:
+            flat_targets = targets.reshape(-1)
+            # fp32 CE under autocast (`.float()` is free for fp32 logits). Sum / count instead of
+            # reduction="mean": the same value, but 0 (not NaN) for an all-ignored batch.
+            total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), flat_targets, ignore_index=-100,
+                                    reduction="sum")
+            loss = total / (flat_targets != -100).sum().clamp(min=1)
             if aux_loss is not None:
                 loss = loss + aux_loss
         return LMOutput(logits=logits, loss=loss, aux_loss=aux_loss, past_key_values=presents)
