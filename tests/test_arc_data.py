@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from smoltrain.data.arc import build_arc_dataset, crop_grid, grid_to_tokens, load_arc_tasks
+from smoltrain.data.arc import build_arc_dataset, crop_grid, crop_sizes, grid_to_tokens, load_arc_tasks
 from smoltrain.data.augment import (
     apply_colour_permutation,
     dihedral_transform,
@@ -16,7 +17,7 @@ from smoltrain.data.augment import (
     inverse_dihedral_transform,
     parse_arc_name,
 )
-from smoltrain.data.puzzles import PuzzleDataset, load_identifiers, load_metadata
+from smoltrain.data.puzzles import PuzzleDataset, dataset_kind, load_identifiers, load_metadata
 from smoltrain.errors import ConfigError, DataError
 from tests.conftest import run_python
 
@@ -49,6 +50,30 @@ def synthetic_tasks() -> dict[str, dict[str, dict]]:
             "e0000002": {"train": [pair(30, 1, 1, 2, 2)], "test": [pair(31, 3, 2, 2, 3)]},
         },
     }
+
+
+SMALL_CANVAS = 10
+
+
+def small_canvas_tasks() -> dict[str, dict[str, dict]]:
+    """`synthetic_tasks` plus tasks at the edge of a 10x10 canvas: one whose grids are exactly 10x10 (fits,
+    EOS border nowhere), and two with a single grid one cell too tall or too wide (skipped whole at 10)."""
+
+    def pair(seed: int, h: int, w: int, oh: int, ow: int) -> dict:
+        return {"input": _grid(seed, h, w), "output": _grid(seed + 1000, oh, ow)}
+
+    tasks = synthetic_tasks()
+    # e0000001 (a 30x30 test input) is skipped too.
+    tasks["training"]["a0000003"] = {"train": [pair(50, 2, 2, 1, 11)], "test": [pair(51, 3, 3, 3, 3)]}
+    tasks["evaluation"]["e0000003"] = {
+        "train": [pair(40, 10, 10, 10, 10), pair(41, 4, 10, 10, 4)],
+        "test": [pair(42, 10, 10, 10, 10), pair(43, 2, 9, 9, 2)],
+    }
+    tasks["evaluation"]["e0000004"] = {"train": [pair(60, 3, 3, 3, 3)], "test": [pair(61, 11, 2, 2, 2)]}
+    return tasks
+
+
+SMALL_CANVAS_SKIPPED = ["a0000003", "e0000001", "e0000004"]  # build order: subsets as given, ids sorted
 
 
 def write_kaggle(root: Path, tasks: dict[str, dict[str, dict]]) -> str:
@@ -99,15 +124,17 @@ def load_split(root: Path, split: str) -> dict[str, np.ndarray]:
 
 
 def decode_row(tokens: np.ndarray) -> tuple[tuple[int, int], np.ndarray]:
-    """(offset, grid) of one canvas row; checks the row is exactly `grid_to_tokens(grid, offset)`."""
-    canvas = tokens.reshape(30, 30)
+    """(offset, grid) of one canvas row (n x n, n from its length); checks the row is exactly
+    `grid_to_tokens(grid, offset, n)`, so the grid also lies inside the canvas."""
+    n = math.isqrt(tokens.size)
+    canvas = tokens.reshape(n, n)
     rows, cols = np.nonzero(canvas)
     r0, c0 = int(rows.min()), int(cols.min())
     shifted = np.zeros_like(canvas)
-    shifted[: 30 - r0, : 30 - c0] = canvas[r0:, c0:]
+    shifted[: n - r0, : n - c0] = canvas[r0:, c0:]
     grid = crop_grid(shifted.reshape(-1))
     assert grid is not None
-    np.testing.assert_array_equal(grid_to_tokens(grid, (r0, c0)), tokens)
+    np.testing.assert_array_equal(grid_to_tokens(grid, (r0, c0), n), tokens)
     return (r0, c0), grid
 
 
@@ -155,12 +182,42 @@ def test_crop_grid_crops_at_eos() -> None:
     np.testing.assert_array_equal(crop_grid(canvas.reshape(-1)), [[2, 2, 2], [3, 3, 3]])
 
 
+def test_small_canvas_tokens_and_crop() -> None:
+    rng = np.random.default_rng(3)
+    grids = [rng.integers(0, 10, size=shape) for shape in [(1, 1), (3, 7), (10, 10), (10, 4), (2, 10)]]
+    rows = np.stack([grid_to_tokens(g, canvas_size=10) for g in grids])
+    assert rows.shape == (5, 100)
+    # The canvas side comes from the shape: [B, n*n] and [B, n, n] crop alike, as does one flat canvas.
+    heights, widths = crop_sizes(rows)
+    assert list(zip(heights.tolist(), widths.tolist(), strict=True)) == [g.shape for g in grids]
+    square = crop_sizes(rows.reshape(5, 10, 10))
+    assert heights.tolist() == square[0].tolist() and widths.tolist() == square[1].tolist()
+    assert [h.item() for h in crop_sizes(rows[1])] == [3, 7]
+    for g, row in zip(grids, rows, strict=True):
+        np.testing.assert_array_equal(crop_grid(row), g)
+        np.testing.assert_array_equal(crop_grid(row.reshape(10, 10)), g)
+    # An exactly 10x10 grid fills the canvas: no EOS at all; a 3x7 one gets its border inside it.
+    assert (rows[2] >= 2).all() and (rows[1].reshape(10, 10)[3, :7] == 1).all()
+    with pytest.raises(ValueError, match="does not fit the 10x10 canvas"):
+        grid_to_tokens(np.ones((4, 3), dtype=int), (7, 0), canvas_size=10)
+    with pytest.raises(ValueError, match="not a positive square"):
+        crop_sizes(np.zeros((2, 99), dtype=np.uint8))
+    with pytest.raises(ValueError, match="not a positive square"):
+        crop_grid(np.zeros(50, dtype=np.uint8))
+
+
 # ------------------------------------------------------------------------------------------------
 # The built dataset
 
 
 def test_augmented_puzzles_are_transforms_of_the_original(built) -> None:
-    root, tasks, info = built
+    root, tasks, _ = built
+    assert_rows_decode_to_originals(root, tasks)
+
+
+def assert_rows_decode_to_originals(root: Path, tasks: dict[str, dict[str, dict]]) -> None:
+    """Every row of both splits, cropped and de-augmented, is its task's original grid (tasks named "e..." are
+    the evaluation subset: their test pairs form the test split)."""
     names = load_identifiers(root)
     by_id = {tid: t for subset in tasks.values() for tid, t in subset.items()}
     for split in ("train", "test"):
@@ -298,6 +355,93 @@ def test_loads_with_puzzle_dataset(built) -> None:
     assert int(batch["puzzle_identifiers"].min()) >= 1
     test = PuzzleDataset(root, "test", global_batch_size=8, test_mode=True)
     assert sum(b.num_real for b in test.iter_test()) == 3 * (NUM_AUG + 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# A smaller canvas (--canvas-size)
+
+
+@pytest.fixture(scope="module")
+def built_small(tmp_path_factory) -> tuple[Path, dict, dict]:
+    base = tmp_path_factory.mktemp("arc10")
+    tasks = small_canvas_tasks()
+    prefix = write_kaggle(base / "kaggle", tasks)
+    info = build_arc_dataset(
+        base / "ds",
+        input_file_prefix=prefix,
+        subsets=["training", "evaluation"],
+        num_aug=NUM_AUG,
+        seed=7,
+        canvas_size=SMALL_CANVAS,
+    )
+    kept = {subset: {tid: t for tid, t in by_id.items() if tid not in SMALL_CANVAS_SKIPPED}
+            for subset, by_id in tasks.items()}
+    return base / "ds", kept, info
+
+
+def test_small_canvas_shapes_and_skipped_tasks(built_small) -> None:
+    root, kept, info = built_small
+    for split in ("train", "test"):
+        meta = load_metadata(root, split)
+        assert (meta.seq_len, meta.vocab_size) == (SMALL_CANVAS * SMALL_CANVAS, 12)
+        data = load_split(root, split)
+        assert data["inputs"].shape[1] == data["labels"].shape[1] == 100
+    saved = json.loads((root / "build_info.json").read_text())
+    for record in (info, saved):
+        assert record["canvas_size"] == SMALL_CANVAS
+        assert record["skipped_tasks"] == SMALL_CANVAS_SKIPPED
+        counts = record["counts"]
+        assert (counts["tasks"], counts["skipped_tasks"]) == (4, 3)
+        assert counts["tasks_per_subset"] == {"training": 2, "evaluation": 2} and counts["test_tasks"] == 2
+    # Skipped tasks are gone everywhere: identifiers, both splits, the evaluator's test puzzles.
+    names = load_identifiers(root)
+    assert not {parse_arc_name(n)[0] for n in names[1:]} & set(SMALL_CANVAS_SKIPPED)
+    assert json.loads((root / "test_puzzles.json").read_text()) == kept["evaluation"]
+    assert set(kept["evaluation"]) == {"e0000002", "e0000003"}
+    assert info["counts"]["test_rows"] == (1 + 2) * (NUM_AUG + 1)
+    assert dataset_kind(root) == "arc"
+
+
+def test_small_canvas_rows_decode_to_the_original_grids(built_small) -> None:
+    root, kept, _ = built_small
+    assert_rows_decode_to_originals(root, kept)  # decode_row checks every grid lies inside the 10x10 canvas
+    # Translation still happens in train, inside the small canvas; the test split stays top-left.
+    train = load_split(root, "train")
+    offsets = {decode_row(row)[0] for row in train["inputs"]}
+    assert len(offsets) > 5
+    test = load_split(root, "test")
+    assert {decode_row(row)[0] for row in np.concatenate([test["inputs"], test["labels"]])} == {(0, 0)}
+
+
+def test_small_canvas_loads_with_puzzle_dataset(built_small) -> None:
+    root, _, _ = built_small
+    batch = next(iter(PuzzleDataset(root, "train", global_batch_size=8, seed=0).iter_train()))
+    assert batch["inputs"].shape == (8, 100) and int(batch["inputs"].max()) <= 11
+
+
+def test_small_canvas_keeps_the_augmentations_of_the_default_canvas(built, built_small) -> None:
+    """A task's versions depend on the seed and its id only, so the kept tasks get the same identifiers'
+    names on any canvas (only the translations differ: offsets are drawn from a smaller range)."""
+    full = [n for n in load_identifiers(built[0]) if parse_arc_name(n)[0] in {"a0000001", "e0000002"}]
+    small = [n for n in load_identifiers(built_small[0]) if parse_arc_name(n)[0] in {"a0000001", "e0000002"}]
+    assert small == full and len(small) == 2 * (NUM_AUG + 1)
+
+
+def test_canvas_size_errors(tmp_path: Path) -> None:
+    prefix = write_kaggle(tmp_path / "src", small_canvas_tasks())
+    out = tmp_path / "out"
+    common = {"output_dir": out, "input_file_prefix": prefix, "subsets": ["training", "evaluation"]}
+    for bad in (0, 31, -5):
+        _expect(ConfigError, rf"--canvas-size must be from 1 to 30 .*got {bad}", canvas_size=bad, **common)
+    _expect(DataError, r"none of the 7 selected ARC tasks fits a 1x1 canvas.*raise --canvas-size",
+            canvas_size=1, **common)
+    # Tasks remain, but every test task is skipped: the empty test split names the canvas as the cause.
+    _expect(DataError, r"test split would be empty \(1 of its tasks were skipped for grids larger than 10x10: "
+            r"raise --canvas-size\)", canvas_size=10, task_ids={"a0000001", "e0000001"}, **common)
+    assert not out.exists()
+    # A grid of exactly n x n fits: e0000003 (10x10) is kept at 10 and skipped at 9.
+    info = build_arc_dataset(canvas_size=9, num_aug=0, **common)
+    assert "e0000003" in info["skipped_tasks"] and load_metadata(out, "test").seq_len == 81
 
 
 # ------------------------------------------------------------------------------------------------
@@ -515,6 +659,25 @@ def test_cli_builds_and_reports_errors(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert "arc-agi_concept_challenges.json not found; drop `concept` from --subsets" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_cli_canvas_size(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from smoltrain.cli import main
+
+    prefix = write_kaggle(tmp_path / "src", small_canvas_tasks())
+    base = ["data", "arc", "--input-file-prefix", prefix, "--subsets", "training", "evaluation", "--num-aug", "1"]
+    assert main([*base, "--output-dir", str(tmp_path / "ds"), "--canvas-size", "10"]) == 0
+    printed = capsys.readouterr().out
+    assert "on a 10x10 canvas" in printed
+    assert "skipped 3 tasks with grids larger than 10x10: a0000003, e0000001, e0000004" in printed
+    assert json.loads((tmp_path / "ds" / "build_info.json").read_text())["canvas_size"] == 10
+    for bad in ("0", "31"):
+        proc = run_python(["-m", "smoltrain", *base, "--output-dir", str(tmp_path / f"x{bad}"), "--canvas-size", bad])
+        assert proc.returncode == 2
+        assert proc.stderr.strip().splitlines() == [
+            f"error: --canvas-size must be from 1 to 30 (ARC grids are at most 30x30), got {bad}"
+        ]
+        assert not (tmp_path / f"x{bad}").exists()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -32,14 +32,15 @@ PASS_KS = (1, 2, 5, 10, 100, 1000)
 # EOS in the row below and the column right of the grid).
 
 
-def encode(grid: np.ndarray) -> np.ndarray:
+def encode(grid: np.ndarray, n: int = 30) -> np.ndarray:
+    """`grid` on an n x n canvas (30x30: the reference; smaller: `smoltrain data arc --canvas-size n`)."""
     grid = np.asarray(grid)
     h, w = grid.shape
-    canvas = np.zeros((30, 30), dtype=np.uint8)
+    canvas = np.zeros((n, n), dtype=np.uint8)
     canvas[:h, :w] = grid + 2
-    if h < 30:
+    if h < n:
         canvas[h, :w] = 1
-    if w < 30:
+    if w < n:
         canvas[:h, w] = 1
     return canvas.reshape(-1)
 
@@ -55,11 +56,12 @@ def random_mapping(rng: np.random.Generator) -> np.ndarray:
 
 
 def brute_force_crop(canvas: np.ndarray) -> tuple[int, int]:
-    """Largest-area top-left rectangle of colour tokens, shortest one on ties: the obvious O(30^4) search."""
-    board = np.asarray(canvas).reshape(30, 30)
+    """Largest-area top-left rectangle of colour tokens, shortest one on ties: the obvious O(n^4) search."""
+    n = int(round(np.sqrt(np.asarray(canvas).size)))
+    board = np.asarray(canvas).reshape(n, n)
     best_area, best = 0, (0, 0)
-    for h in range(1, 31):
-        for w in range(1, 31):
+    for h in range(1, n + 1):
+        for w in range(1, n + 1):
             block = board[:h, :w]
             if ((block >= 2) & (block <= 11)).all() and h * w > best_area:
                 best_area, best = h * w, (h, w)
@@ -102,13 +104,15 @@ def test_crop_hand_made_canvases():
     assert crop_grid(eos_first).shape == (0, 0)
 
 
-def test_crop_matches_brute_force_on_random_canvases():
+@pytest.mark.parametrize("n", [30, 10, 1])  # the side comes from the rows' length
+def test_crop_matches_brute_force_on_random_canvases(n):
     rng = np.random.default_rng(0)
     canvases = []
     for _ in range(40):
-        canvas = rng.integers(2, 12, size=(30, 30))
+        canvas = rng.integers(2, 12, size=(n, n))
         # Sprinkle non-colour tokens (PAD, EOS, out of vocabulary) with a density that makes ragged shapes.
-        mask = rng.random((30, 30)) < rng.choice([0.002, 0.02, 0.1])
+        # (Denser on small canvases, so that they are ragged too; n = 1 gives both outcomes.)
+        mask = rng.random((n, n)) < min(0.5, rng.choice([0.002, 0.02, 0.1]) * 30 / n)
         canvas[mask] = rng.choice([0, 1, 12], size=mask.sum())
         canvases.append(canvas.reshape(-1))
     heights, widths = crop_sizes(np.stack(canvases))
@@ -172,14 +176,17 @@ WRONG = {  # a wrong answer per task, different from the label
     "second": g([[1, 0, 0], [0, 2, 0]]),
     "two": g([[3, 3, 2]]),
 }
-INVALID = np.zeros(900, dtype=np.uint8)
-INVALID[0] = 1  # EOS at the top-left: no valid crop
+def invalid(n: int = 30) -> np.ndarray:
+    canvas = np.zeros(n * n, dtype=np.uint8)
+    canvas[0] = 1  # EOS at the top-left: no valid crop
+    return canvas
 
 
 class Rows:
-    """Builds evaluator rows: every row is its own augmentation (identifier) of a task."""
+    """Builds evaluator rows on an n x n canvas: every row is its own augmentation (identifier) of a task."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, canvas: int = 30) -> None:
+        self.canvas = canvas
         self.rng = np.random.default_rng(seed)
         self.names = ["<blank>"]
         self.inputs, self.ids, self.preds, self.q, self.labels = [], [], [], [], []
@@ -189,9 +196,10 @@ class Rows:
         mapping = random_mapping(self.rng) if self.rng.random() < 0.8 else np.arange(10)
         self.names.append(arc_augmented_name(task, dihedral, mapping))
         source, label = TASKS[task][pair]
-        self.inputs.append(encode(augment(source if test_input is None else test_input, dihedral, mapping)))
-        self.labels.append(encode(augment(label, dihedral, mapping)))
-        self.preds.append(INVALID.copy() if answer is None else encode(augment(answer, dihedral, mapping)))
+        n = self.canvas
+        self.inputs.append(encode(augment(source if test_input is None else test_input, dihedral, mapping), n))
+        self.labels.append(encode(augment(label, dihedral, mapping), n))
+        self.preds.append(invalid(n) if answer is None else encode(augment(answer, dihedral, mapping), n))
         self.ids.append(len(self.names) - 1)
         self.q.append(q)
 
@@ -210,7 +218,7 @@ def write_dataset(root: Path, rows: Rows, extra_names: int = 0) -> Path:
     (root / "test_puzzles.json").write_text(json.dumps(puzzles))
     n = len(rows.ids)
     metadata = PuzzleDatasetMetadata(
-        pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=12, seq_len=900,
+        pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=12, seq_len=rows.canvas ** 2,
         num_puzzle_identifiers=len(names), total_groups=n, mean_puzzle_examples=1.0, total_puzzles=n, sets=["all"],
     )
     write_split(root, "test", np.stack(rows.inputs), np.stack(rows.labels), np.array(rows.ids, dtype=np.int32),
@@ -218,8 +226,8 @@ def write_dataset(root: Path, rows: Rows, extra_names: int = 0) -> Path:
     return root
 
 
-def known_winners_rows() -> Rows:
-    rows = Rows()
+def known_winners_rows(canvas: int = 30) -> Rows:
+    rows = Rows(canvas=canvas)
     label = {task: pairs[0][1] for task, pairs in TASKS.items()}
     # count: the label wins 3 votes to 2, although the wrong answer is more confident.
     for q in (-2.0, -1.0, -3.0):
@@ -254,7 +262,7 @@ def padded_batch(rows: Rows, pad: int = 3) -> tuple[np.ndarray, ...]:
     """The rows plus `pad` blank rows (identifier 0) holding a confident copy of a wrong answer."""
     inputs, ids, preds, q = rows.arrays()
     junk_input = np.repeat(inputs[:1], pad, axis=0)
-    junk_pred = np.repeat(encode(augment(WRONG["second"], 0, np.arange(10)))[None], pad, axis=0)
+    junk_pred = np.repeat(encode(augment(WRONG["second"], 0, np.arange(10)), rows.canvas)[None], pad, axis=0)
     return (np.concatenate([inputs, junk_input]), np.concatenate([ids, np.zeros(pad, dtype=np.int32)]),
             np.concatenate([preds, junk_pred]), np.concatenate([q, np.full(pad, 10.0, dtype=np.float32)]))
 
@@ -265,8 +273,11 @@ def dataset(tmp_path: Path) -> tuple[Path, Rows]:
     return write_dataset(tmp_path / "arc", rows), rows
 
 
-def test_voting_known_winners(dataset, tmp_path):
-    root, rows = dataset
+@pytest.mark.parametrize("canvas", [30, 10, 3])  # the reference canvas and `data arc --canvas-size` ones
+def test_voting_known_winners(canvas, tmp_path):
+    rows = known_winners_rows(canvas)
+    root = write_dataset(tmp_path / "arc", rows)
+    assert np.stack(rows.inputs).shape[1] == canvas * canvas
     evaluator = ARCEvaluator(root)
     evaluator.begin()
     inputs, ids, preds, q = padded_batch(rows)
@@ -358,6 +369,49 @@ def test_missing_files_raise_data_error(tmp_path):
     evaluator = ARCEvaluator(tmp_path)
     with pytest.raises(DataError, match="puzzle identifier 5"):
         evaluator.update(np.zeros((1, 900)), np.array([5]), np.zeros((1, 900)), np.zeros(1))
+    with pytest.raises(ValueError, match=r"expects \[B, n\*n\] inputs and preds"):
+        evaluator.update(np.zeros((1, 99)), np.array([1]), np.zeros((1, 99)), np.zeros(1))  # not a square canvas
+    with pytest.raises(ValueError, match=r"expects \[B, n\*n\] inputs and preds"):
+        evaluator.update(np.zeros((1, 100)), np.array([1]), np.zeros((1, 900)), np.zeros(1))  # two canvases
+
+
+# ------------------------------------------------------------------------------------------------
+# Datasets from the builder, on the reference canvas and a smaller one
+
+
+@pytest.mark.parametrize("canvas", [30, 10])
+def test_labels_as_predictions_score_full_marks(canvas, tmp_path):
+    """Feeding the test split's labels back as predictions solves every task: the crop, the inverse
+    augmentation (every dihedral and colour map the builder drew) and the submission work on any canvas."""
+    from smoltrain.data.arc import build_arc_dataset
+    from tests.test_arc_data import SMALL_CANVAS_SKIPPED, small_canvas_tasks, write_kaggle
+
+    tasks = small_canvas_tasks()
+    prefix = write_kaggle(tmp_path / "src", tasks)
+    root = tmp_path / "ds"
+    build_arc_dataset(root, input_file_prefix=prefix, subsets=["training", "evaluation"], num_aug=12, seed=3,
+                      canvas_size=canvas)
+    test = {name: np.load(root / "test" / f"all__{name}.npy") for name in ("inputs", "labels", "puzzle_identifiers",
+                                                                          "puzzle_indices")}
+    assert test["inputs"].shape[1] == canvas * canvas
+    ids = np.repeat(test["puzzle_identifiers"], np.diff(test["puzzle_indices"]))
+    evaluator = ARCEvaluator(root)
+    evaluator.begin()
+    # Two batches, as the trainer feeds them.
+    half = len(ids) // 2
+    for part in (slice(0, half), slice(half, None)):
+        evaluator.update(test["inputs"][part], ids[part], test["labels"][part], np.zeros(len(ids[part])))
+    metrics = evaluator.result(tmp_path / "out")
+    assert metrics == {f"ARC/pass@{k}": 1.0 for k in PASS_KS}
+    assert evaluator.unmatched_rows == 0
+    expected_tasks = {tid for tid in tasks["evaluation"] if canvas == 30 or tid not in SMALL_CANVAS_SKIPPED}
+    submission = json.loads((tmp_path / "out" / "submission.json").read_text())
+    assert set(submission) == expected_tasks
+    for tid in expected_tasks:
+        outputs = [pair["output"] for pair in tasks["evaluation"][tid]["test"]]
+        assert [attempts["attempt_1"] for attempts in submission[tid]] == outputs
+    scores = json.loads((tmp_path / "out" / "arc_scores.json").read_text())
+    assert all(pair["label_rank"] == 1 for task in scores["tasks"].values() for pair in task["test_pairs"])
 
 
 # ------------------------------------------------------------------------------------------------

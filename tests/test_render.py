@@ -122,9 +122,9 @@ def test_maze_grid_colours() -> None:
     assert plain.load()[6 * 24 + 12, 1 * 24 + 12] == free
 
 
-def arc_canvas(grid: np.ndarray) -> np.ndarray:
-    """A 30x30 token canvas: colours + 2 at the top left, an EOS (1) border right and below, PAD elsewhere."""
-    canvas = np.zeros((30, 30), dtype=np.int64)
+def arc_canvas(grid: np.ndarray, n: int = 30) -> np.ndarray:
+    """An n x n token canvas: colours + 2 at the top left, an EOS (1) border right and below, PAD elsewhere."""
+    canvas = np.zeros((n, n), dtype=np.int64)
     rows, cols = grid.shape
     canvas[:rows, :cols] = grid + 2
     canvas[rows, :cols] = 1
@@ -154,6 +154,19 @@ def test_arc_grid_colours_and_crop() -> None:
     assert draw_grid("arc", np.ones(900, dtype=np.int64)).size[0] > 0  # drawn as an "empty" placeholder
 
 
+def test_arc_grid_on_a_small_canvas() -> None:
+    """`smoltrain data arc --canvas-size 10`: 100 tokens per grid; the picture is the same cropped grid."""
+    grid = np.arange(12).reshape(3, 4) % 10
+    small = draw_grid("arc", arc_canvas(grid, 10), cell=10)
+    assert np.array_equal(np.asarray(small), np.asarray(draw_grid("arc", arc_canvas(grid), cell=10)))
+    full = draw_grid("arc", (np.arange(100) % 10) + 2, cell=10)  # a 10x10 grid fills its canvas
+    assert full.size == (10 * 10 + 1, 10 * 10 + 1)
+    trace = draw_trace(PuzzleTrace("arc", arc_canvas(grid, 10), arc_canvas(grid, 10), [arc_canvas(grid, 10)]))
+    assert [panel.caption for panel in trace.panels] == ["input (3x4)", "target (3x4)", "step 1: correct"]
+    with pytest.raises(ConfigError, match="cannot draw arc puzzles of 99 cells"):
+        draw_grid("arc", np.ones(99, dtype=np.int64))
+
+
 def test_unknown_kind_and_shapes() -> None:
     with pytest.raises(ConfigError, match="unknown puzzle kind 'chess'"):
         draw_grid("chess", np.ones(16))
@@ -163,6 +176,9 @@ def test_unknown_kind_and_shapes() -> None:
 
 def test_puzzle_kind(tmp_path: Path) -> None:
     assert puzzle_kind(12, 900) == "arc"
+    # Smaller ARC canvases (`data arc --canvas-size`): any square up to 30x30 over the 12 ARC tokens.
+    assert puzzle_kind(12, 100) == "arc" and puzzle_kind(12, 1) == "arc" and puzzle_kind(12, 841) == "arc"
+    assert puzzle_kind(12, 99) == "sudoku" and puzzle_kind(12, 961) == "sudoku"  # not an ARC canvas: as before
     assert puzzle_kind(6, 900) == "maze" and puzzle_kind(6, 49) == "maze"
     assert puzzle_kind(6, 16) == "sudoku" and puzzle_kind(11, 81) == "sudoku"
     (tmp_path / "build_info.json").write_text(json.dumps({"builder": "maze"}))

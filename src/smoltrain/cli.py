@@ -11,6 +11,7 @@ from smoltrain.errors import SmoltrainError
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
+SKIPPED_SHOWN = 10  # `data arc`: task ids named in the summary (a small canvas can skip hundreds)
 
 
 def _split_recipe(args: list[str]) -> tuple[str | None, list[str]]:
@@ -111,11 +112,17 @@ def cmd_data_arc(ns: argparse.Namespace) -> int:
     info = build_arc_dataset(
         ns.output_dir, input_file_prefix=ns.input_file_prefix, input_dir=ns.input_dir, subsets=ns.subsets,
         test_set_name=ns.test_set_name, num_aug=ns.num_aug, seed=ns.seed, progress=True,
+        canvas_size=ns.canvas_size,
     )
-    counts = info["counts"]
+    counts, n = info["counts"], info["canvas_size"]
     print(f"wrote {ns.output_dir}: {counts['tasks']:,} tasks, {counts['puzzles']:,} puzzles "
           f"({counts['identifiers']:,} identifiers), {counts['train_rows']:,} train rows, "
-          f"{counts['test_rows']:,} test rows in {info['build_seconds']:.1f} s")
+          f"{counts['test_rows']:,} test rows on a {n}x{n} canvas in {info['build_seconds']:.1f} s")
+    skipped = info["skipped_tasks"]
+    if skipped:
+        shown = ", ".join(skipped[:SKIPPED_SHOWN]) + (", ..." if len(skipped) > SKIPPED_SHOWN else "")
+        print(f"skipped {len(skipped):,} tasks with grids larger than {n}x{n}: {shown} "
+              f"(all listed in {ns.output_dir}/build_info.json)")
     return 0
 
 
@@ -378,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--output-dir", required=True)
     sub.add_argument("--num-aug", type=int, default=1000, help="augmented versions per task (de-duplicated)")
     sub.add_argument("--seed", type=int, default=42)
+    sub.add_argument("--canvas-size", type=int, default=30,
+                     help="n for an n x n canvas, 1..30 (default 30, the reference); tasks with larger grids "
+                          "are skipped. Smaller canvases train faster, e.g. 10 on a laptop CPU")
 
     sub = kinds.add_parser("text", help="Tokenize text (jsonl `text` field, .txt, .parquet, hf:NAME) to shards.")
     sub.set_defaults(handler=cmd_data_text)

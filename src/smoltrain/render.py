@@ -6,8 +6,9 @@ datasets' vocabularies:
 
 * Sudoku ``n x n``: 0 PAD, 1 blank, ``d + 1`` for digit ``d`` (vocabulary ``n + 2``).
 * Maze ``n x n``: 0 PAD, then ``"# SGo"`` as 1..5 (wall, free, start, goal, path; vocabulary 6).
-* ARC: a 30x30 canvas, 0 PAD, 1 EOS (the border after the grid), colour ``c`` as ``c + 2``; the grid is the
-  top-left rectangle of colour tokens, and only that part is drawn.
+* ARC: an n x n canvas (30x30 in the reference, smaller with ``smoltrain data arc --canvas-size``; n is the
+  square root of ``seq_len``), 0 PAD, 1 EOS (the border after the grid), colour ``c`` as ``c + 2``; the grid
+  is the top-left rectangle of colour tokens, and only that part is drawn.
 
 :func:`render_traces` writes one trace PNG per puzzle, one small frame per ACT step under ``frames/`` and
 ``index.html``; :func:`render_examples` does it for a run's first test examples (``smoltrain eval --render``).
@@ -105,7 +106,7 @@ def side_of(kind: str, seq_len: int) -> int:
     side = math.isqrt(seq_len)
     if side * side != seq_len:
         raise ConfigError(f"cannot draw {kind} puzzles of {seq_len} cells: the grid is not square; rendering "
-                          "knows Sudoku, Maze (n x n) and ARC (30x30) datasets")
+                          "knows Sudoku, Maze and ARC datasets (all n x n)")
     return side
 
 
@@ -116,9 +117,9 @@ def side_of(kind: str, seq_len: int) -> int:
 def _cells(kind: str, tokens: np.ndarray) -> np.ndarray:
     """The 2-D grid of tokens to draw (ARC: colours of the cropped grid)."""
     tokens = np.asarray(tokens).reshape(-1)
+    side = side_of(kind, tokens.size)  # ARC too: its canvas is square, and crop_grid reads the side off it
     if kind == "arc":
         return crop_grid(tokens)
-    side = side_of(kind, tokens.size)
     return tokens.reshape(side, side)
 
 
@@ -250,6 +251,7 @@ def draw_grid(kind: str, tokens: np.ndarray, *, givens: np.ndarray | None = None
         return _draw_sudoku(tokens, cell or SUDOKU_CELL, givens, target, previous)
     if kind == "maze":
         return _draw_maze(tokens, cell or _cell_size(kind, [side_of(kind, tokens.size)]), target, previous)
+    side_of(kind, tokens.size)  # a ConfigError, not crop_grid's ValueError, for a canvas that is not square
     colours = crop_grid(tokens)
     before = None if previous is None else crop_grid(np.asarray(previous).reshape(-1))
     return _draw_arc(colours, cell or _cell_size(kind, list(colours.shape)), before)

@@ -28,6 +28,10 @@ What the builder does, as the reference `build_arc_dataset.py` does it:
   just below the grid (over the grid's columns only) and the column just right of it (over the grid's rows
   only), each only when inside the canvas; the corner cell diagonal to the grid stays PAD, exactly as the
   reference writes it. `ignore_label_id` 0, so PAD is unsupervised while EOS is (the model predicts the size).
+* Smaller canvas (``canvas_size`` n < 30, not in the reference): rows are n x n (seq_len n*n), so a model
+  trains on a laptop CPU; tasks with any grid larger than n x n are skipped whole (a task without all its
+  pairs would teach and score a different puzzle) and listed in ``build_info.json``. Readers (crop,
+  evaluator, pictures) take the canvas side from the rows' length, so they need no setting.
 * Translation: in the train split every example of a puzzle except one (chosen at random) is shifted by a
   random offset, the same for its input and output, so that both fit the canvas; the test split is always
   top-left.
@@ -51,6 +55,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Collection, Sequence
@@ -83,14 +88,15 @@ __all__ = [
     "VOCAB_SIZE",
     "ArcTask",
     "build_arc_dataset",
+    "canvas_side",
     "grid_to_tokens",
     "crop_grid",
     "crop_sizes",
     "load_arc_tasks",
 ]
 
-GRID_SIZE = 30  # ARC grids are at most 30x30
-SEQ_LEN = GRID_SIZE * GRID_SIZE
+GRID_SIZE = 30  # ARC grids are at most 30x30; also the default (and largest) canvas
+SEQ_LEN = GRID_SIZE * GRID_SIZE  # of the default canvas; a dataset's own is its dataset.json seq_len
 PAD_ID = 0
 EOS_ID = 1
 COLOUR_OFFSET = 2  # colour c is token c + 2
@@ -123,8 +129,11 @@ class ArcTask:
 # Tokens
 
 
-def grid_to_tokens(grid: np.ndarray | Sequence[Sequence[int]], offset: tuple[int, int] = (0, 0)) -> np.ndarray:
-    """A grid on the 30x30 canvas as 900 uint8 tokens, its top-left cell at `offset` (row, column).
+def grid_to_tokens(
+    grid: np.ndarray | Sequence[Sequence[int]], offset: tuple[int, int] = (0, 0), canvas_size: int = GRID_SIZE
+) -> np.ndarray:
+    """A grid on the `canvas_size` square canvas (default 30x30) as `canvas_size`**2 uint8 tokens, its
+    top-left cell at `offset` (row, column).
 
     Colour c becomes c + 2, EOS (1) fills the row below the grid (grid columns only) and the column right
     of it (grid rows only) where they lie inside the canvas; everything else is PAD (0).
@@ -132,32 +141,55 @@ def grid_to_tokens(grid: np.ndarray | Sequence[Sequence[int]], offset: tuple[int
     g = np.asarray(grid, dtype=np.int64)
     r0, c0 = offset
     h, w = g.shape
-    if not (0 <= r0 and 0 <= c0 and r0 + h <= GRID_SIZE and c0 + w <= GRID_SIZE):
-        raise ValueError(f"a {h}x{w} grid at offset {offset} does not fit the {GRID_SIZE}x{GRID_SIZE} canvas")
-    canvas = np.zeros((GRID_SIZE, GRID_SIZE), dtype=np.uint8)
+    n = canvas_size
+    if not (0 <= r0 and 0 <= c0 and r0 + h <= n and c0 + w <= n):
+        raise ValueError(f"a {h}x{w} grid at offset {offset} does not fit the {n}x{n} canvas")
+    canvas = np.zeros((n, n), dtype=np.uint8)
     canvas[r0 : r0 + h, c0 : c0 + w] = g + COLOUR_OFFSET
-    if r0 + h < GRID_SIZE:
+    if r0 + h < n:
         canvas[r0 + h, c0 : c0 + w] = EOS_ID
-    if c0 + w < GRID_SIZE:
+    if c0 + w < n:
         canvas[r0 : r0 + h, c0 + w] = EOS_ID
     return canvas.reshape(-1)
 
 
+def canvas_side(seq_len: int) -> int:
+    """The side n of an n x n canvas of `seq_len` tokens; a ValueError when `seq_len` is not a positive square.
+
+    Datasets do not record their canvas anywhere but in the row length, so every reader derives it here.
+    """
+    side = math.isqrt(max(int(seq_len), 0))
+    if side < 1 or side * side != seq_len:
+        raise ValueError(f"an ARC canvas is n x n tokens, but rows have {seq_len} tokens (not a positive square)")
+    return side
+
+
 def crop_sizes(canvases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(heights, widths) of the crop of each canvas in a batch `[B, 900]` or `[B, 30, 30]`: the largest-area
-    top-left rectangle of colour tokens (2..11), as the reference evaluator's `_crop`; (0, 0) when none.
+    """(heights, widths) of the crop of each canvas in a batch `[B, n*n]` or `[B, n, n]` (one canvas `[n*n]`
+    also works): the largest-area top-left rectangle of colour tokens (2..11), as the reference evaluator's
+    `_crop`; (0, 0) when none. The side n comes from the array's shape (30 for the reference datasets).
 
     Vectorised over the batch: per row, the run of colour cells from the left; its running minimum down
     the rows is the widest all-colour rectangle of each height; the best height maximises height x width
     (`argmax` returns the first maximum, as the reference's strict `>` keeps the first).
     """
     canvases = np.asarray(canvases)
-    batch = canvases.reshape(-1, GRID_SIZE, GRID_SIZE)
+    if canvases.ndim == 3:
+        if canvases.shape[1] != canvases.shape[2]:
+            raise ValueError(f"crop_sizes expects square canvases [B, n, n], got shape {canvases.shape}")
+        batch = canvases
+    elif canvases.ndim in (1, 2):
+        flat = canvases.reshape(1 if canvases.ndim == 1 else canvases.shape[0], canvases.shape[-1])
+        side = canvas_side(flat.shape[1])
+        batch = flat.reshape(flat.shape[0], side, side)
+    else:
+        raise ValueError(f"crop_sizes expects canvases [B, n*n] or [B, n, n], got shape {canvases.shape}")
+    side = batch.shape[1]
     is_colour = (batch >= COLOUR_OFFSET) & (batch < VOCAB_SIZE)
-    # First non-colour column of each row (GRID_SIZE when the whole row is colours).
-    row_runs = np.where(is_colour.all(axis=2), GRID_SIZE, np.argmin(is_colour, axis=2))
-    widths_by_height = np.minimum.accumulate(row_runs, axis=1)  # [B, 30]: widest rectangle of height i+1
-    areas = widths_by_height * np.arange(1, GRID_SIZE + 1)
+    # First non-colour column of each row (the side when the whole row is colours).
+    row_runs = np.where(is_colour.all(axis=2), side, np.argmin(is_colour, axis=2))
+    widths_by_height = np.minimum.accumulate(row_runs, axis=1)  # [B, n]: widest rectangle of height i+1
+    areas = widths_by_height * np.arange(1, side + 1)
     best = np.argmax(areas, axis=1)
     rows = np.arange(batch.shape[0])
     found = areas[rows, best] > 0
@@ -167,11 +199,14 @@ def crop_sizes(canvases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def crop_grid(canvas: np.ndarray, height: int | None = None, width: int | None = None) -> np.ndarray:
-    """The colour grid (values 0..9, uint8) at the top-left of one canvas; `(0, 0)` when there is none.
+    """The colour grid (values 0..9, uint8) at the top-left of one canvas (`[n*n]` or `[n, n]`, the side from
+    its size); `(0, 0)` when there is none.
 
     Pass `height`/`width` from `crop_sizes` to skip recomputing them.
     """
-    board = np.asarray(canvas).reshape(GRID_SIZE, GRID_SIZE)
+    board = np.asarray(canvas)
+    side = canvas_side(board.size)
+    board = board.reshape(side, side)
     if height is None or width is None:
         heights, widths = crop_sizes(board[None])
         height, width = int(heights[0]), int(widths[0])
@@ -426,23 +461,23 @@ def _augmentation_plan(grids: _TaskGrids, num_aug: int, rng: np.random.Generator
 
 
 def _translations(
-    grids: _TaskGrids, pair_ids: np.ndarray, dihedrals: np.ndarray, rng: np.random.Generator
+    grids: _TaskGrids, pair_ids: np.ndarray, dihedrals: np.ndarray, rng: np.random.Generator, canvas_size: int
 ) -> np.ndarray:
     """Offsets [V, P, 2] for the train split: random per example, except one random example per version at 0.
 
-    The offset range keeps both the input and the output inside the canvas (reference behaviour).
+    The offset range keeps both the input and the output inside the `canvas_size` canvas (reference behaviour).
     """
     rows = np.maximum(grids.shapes[:, 2 * pair_ids, 0], grids.shapes[:, 2 * pair_ids + 1, 0])[dihedrals]  # [V, P]
     cols = np.maximum(grids.shapes[:, 2 * pair_ids, 1], grids.shapes[:, 2 * pair_ids + 1, 1])[dihedrals]
-    offsets = np.stack([rng.integers(0, GRID_SIZE - rows + 1), rng.integers(0, GRID_SIZE - cols + 1)], axis=-1)
+    offsets = np.stack([rng.integers(0, canvas_size - rows + 1), rng.integers(0, canvas_size - cols + 1)], axis=-1)
     untranslated = rng.integers(0, len(pair_ids), size=len(dihedrals))
     offsets[np.arange(len(dihedrals)), untranslated] = 0
     return offsets
 
 
 @njit(cache=True)
-def _fill_rows(cells, starts, shapes, grid_ids, dihedrals, mappings, offsets, out):  # pragma: no cover - numba
-    """Write grid `grid_ids[p]` of version v to row v * P + p of `out` ([V * P, 900] uint8), on the canvas.
+def _fill_rows(cells, starts, shapes, grid_ids, dihedrals, mappings, offsets, n, out):  # pragma: no cover - numba
+    """Write grid `grid_ids[p]` of version v to row v * P + p of `out` ([V * P, n * n] uint8), on the n x n canvas.
 
     Mirrors `grid_to_tokens`: colours + 2 at the offset, EOS below (grid columns) and right (grid rows).
     """
@@ -461,25 +496,30 @@ def _fill_rows(cells, starts, shapes, grid_ids, dihedrals, mappings, offsets, ou
             base = starts[g]
             for i in range(h):
                 for j in range(w):
-                    out[row, (r0 + i) * 30 + c0 + j] = mappings[v, cells[k, base + i * w + j]] + 2
-            if r0 + h < 30:
+                    out[row, (r0 + i) * n + c0 + j] = mappings[v, cells[k, base + i * w + j]] + 2
+            if r0 + h < n:
                 for j in range(w):
-                    out[row, (r0 + h) * 30 + c0 + j] = 1
-            if c0 + w < 30:
+                    out[row, (r0 + h) * n + c0 + j] = 1
+            if c0 + w < n:
                 for i in range(h):
-                    out[row, (r0 + i) * 30 + c0 + w] = 1
+                    out[row, (r0 + i) * n + c0 + w] = 1
 
 
 def _encode_split(
-    grids: _TaskGrids, pair_ids: np.ndarray, dihedrals: np.ndarray, mappings: np.ndarray, offsets: np.ndarray
+    grids: _TaskGrids,
+    pair_ids: np.ndarray,
+    dihedrals: np.ndarray,
+    mappings: np.ndarray,
+    offsets: np.ndarray,
+    canvas_size: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs and labels [V * P, 900] of the pairs `pair_ids` under every version (version-major rows)."""
+    """Inputs and labels [V * P, n * n] of the pairs `pair_ids` under every version (version-major rows)."""
     rows = len(dihedrals) * len(pair_ids)
-    inputs = np.empty((rows, SEQ_LEN), dtype=np.uint8)
-    labels = np.empty((rows, SEQ_LEN), dtype=np.uint8)
+    inputs = np.empty((rows, canvas_size * canvas_size), dtype=np.uint8)
+    labels = np.empty((rows, canvas_size * canvas_size), dtype=np.uint8)
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-    _fill_rows(grids.cells, grids.starts, grids.shapes, 2 * pair_ids, dihedrals, mappings, offsets, inputs)
-    _fill_rows(grids.cells, grids.starts, grids.shapes, 2 * pair_ids + 1, dihedrals, mappings, offsets, labels)
+    for grid_ids, out in ((2 * pair_ids, inputs), (2 * pair_ids + 1, labels)):
+        _fill_rows(grids.cells, grids.starts, grids.shapes, grid_ids, dihedrals, mappings, offsets, canvas_size, out)
     return inputs, labels
 
 
@@ -488,15 +528,15 @@ def _encode_split(
 
 
 class _RowStream:
-    """A `[rows, 900]` uint8 `.npy` file filled sequentially, block by block.
+    """A `[rows, seq_len]` uint8 `.npy` file filled sequentially, block by block.
 
     The header comes from `np.lib.format.open_memmap` (so the file is a standard .npy); the rows are then
     written with plain file writes, which keeps them in the page cache instead of in this process's
     resident memory (a written memory map would count its dirty pages against the build's RSS).
     """
 
-    def __init__(self, path: Path, rows: int) -> None:
-        header = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(rows, SEQ_LEN))
+    def __init__(self, path: Path, rows: int, seq_len: int) -> None:
+        header = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(rows, seq_len))
         offset = header.offset
         del header
         self.path = path
@@ -523,6 +563,7 @@ class _SplitPlan:
     """Row counts and index arrays of one split, known before any row is written."""
 
     name: str
+    seq_len: int
     examples_per_puzzle: list[int] = field(default_factory=list)
     identifiers: list[int] = field(default_factory=list)
     puzzles_per_group: list[int] = field(default_factory=list)
@@ -543,7 +584,7 @@ class _SplitPlan:
             ignore_label_id=0,
             blank_identifier_id=0,
             vocab_size=VOCAB_SIZE,
-            seq_len=SEQ_LEN,
+            seq_len=self.seq_len,
             num_puzzle_identifiers=num_identifiers,
             total_groups=len(self.puzzles_per_group),
             mean_puzzle_examples=self.rows / puzzles if puzzles else 0.0,
@@ -584,6 +625,14 @@ def _test_puzzles(tasks: list[ArcTask], test_set_name: str) -> dict[str, Any]:
     return {t.task_id: {"train": pairs(t.train), "test": pairs(t.test)} for t in tasks if t.subset == test_set_name}
 
 
+def _fits(task: ArcTask, canvas_size: int) -> bool:
+    """Whether every grid of the task (train and test, input and output) fits an n x n canvas.
+
+    A dihedral transform only swaps height and width, so a task that fits, fits in every version.
+    """
+    return all(max(grid.shape) <= canvas_size for pair in task.pairs for grid in pair)
+
+
 def build_arc_dataset(
     output_dir: str | os.PathLike[str],
     input_file_prefix: str | os.PathLike[str] | None = None,
@@ -596,6 +645,7 @@ def build_arc_dataset(
     *,
     task_ids: Collection[str] | None = None,
     max_tasks: int | None = None,
+    canvas_size: int = GRID_SIZE,
 ) -> dict[str, Any]:
     """Build the augmented ARC dataset at `output_dir` (atomically) and return its build info.
 
@@ -603,7 +653,9 @@ def build_arc_dataset(
     task's versions (original + up to `num_aug` de-duplicated augmentations), then streams the encoded rows
     of both splits to disk task by task. Writes `identifiers.json`, `test_puzzles.json`, `build_info.json`
     and the `train` / `test` splits. `task_ids` / `max_tasks` restrict the build (see `load_arc_tasks`).
-    The same inputs and `seed` give byte-identical files.
+    `canvas_size` n (1..30) gives rows of n * n tokens; tasks with a grid larger than n x n are skipped and
+    listed in the build info (`skipped_tasks`). The same inputs and `seed` give byte-identical files, and
+    tasks that fit a smaller canvas get the same augmentations there as on the default one.
     """
     started = time.perf_counter()
     subsets = list(subsets)
@@ -616,13 +668,30 @@ def build_arc_dataset(
         raise ConfigError(f"--num-aug must be >= 0, got {num_aug}")
     if seed < 0:
         raise ConfigError(f"--seed must be >= 0, got {seed}")
+    if not 1 <= canvas_size <= GRID_SIZE:
+        raise ConfigError(
+            f"--canvas-size must be from 1 to {GRID_SIZE} (ARC grids are at most {GRID_SIZE}x{GRID_SIZE}), "
+            f"got {canvas_size}"
+        )
+    canvas_size = int(canvas_size)  # a NumPy integer would otherwise reach build_info.json
     output_dir = check_output_dir(output_dir)
-    tasks = load_arc_tasks(input_file_prefix, input_dir, subsets, task_ids=task_ids, max_tasks=max_tasks)
+    loaded = load_arc_tasks(input_file_prefix, input_dir, subsets, task_ids=task_ids, max_tasks=max_tasks)
+    # Whole tasks only: a task missing some of its pairs would be a different puzzle (and the evaluator
+    # would score its test inputs against demonstrations it never saw).
+    tasks = [task for task in loaded if _fits(task, canvas_size)]
+    skipped_tasks = [task for task in loaded if not _fits(task, canvas_size)]
+    skipped = [task.task_id for task in skipped_tasks]
+    if not tasks:
+        raise DataError(
+            f"none of the {len(loaded)} selected ARC tasks fits a {canvas_size}x{canvas_size} canvas (each has a "
+            f"larger grid): raise --canvas-size (ARC grids are up to {GRID_SIZE}x{GRID_SIZE}) or select other tasks"
+        )
+    seq_len = canvas_size * canvas_size
 
     # Pass 1: every task's versions (cheap: colour-mapped byte strings and hashes, no canvas yet).
     plans = []
     names = ["<blank>"]
-    splits = {name: _SplitPlan(name) for name in ("train", "test")}
+    splits = {name: _SplitPlan(name, seq_len) for name in ("train", "test")}
     short_tasks = 0
     for task in tqdm(tasks, desc="augment", disable=not progress, unit="task"):
         grids = _TaskGrids(task)
@@ -640,8 +709,16 @@ def build_arc_dataset(
         plans.append((grids, dihedrals, mappings, pair_ids, shift_rng))
     num_identifiers = len(names)
     if splits["test"].rows == 0:
+        too_big = sum(task.subset == test_set_name for task in skipped_tasks)
+        because = (
+            f" ({too_big} of its tasks were skipped for grids larger than {canvas_size}x{canvas_size}: "
+            "raise --canvas-size)"
+            if too_big
+            else ""
+        )
         raise DataError(
-            f"the selected tasks of subset `{test_set_name}` have no test pairs, so the test split would be empty"
+            f"the selected tasks of subset `{test_set_name}` have no test pairs, so the test split would be "
+            f"empty{because}"
         )
 
     # Pass 2: encode and stream the rows in the order the index arrays describe.
@@ -652,8 +729,8 @@ def build_arc_dataset(
             for name, split in splits.items():
                 (tmp / name).mkdir()
                 streams[name] = (
-                    _RowStream(tmp / name / "all__inputs.npy", split.rows),
-                    _RowStream(tmp / name / "all__labels.npy", split.rows),
+                    _RowStream(tmp / name / "all__inputs.npy", split.rows, seq_len),
+                    _RowStream(tmp / name / "all__labels.npy", split.rows, seq_len),
                 )
             for grids, dihedrals, mappings, pair_ids, shift_rng in tqdm(
                 plans, desc="encode", disable=not progress, unit="task"
@@ -662,10 +739,10 @@ def build_arc_dataset(
                     if not len(ids):
                         continue
                     if name == "train":
-                        offsets = _translations(grids, ids, dihedrals, shift_rng)
+                        offsets = _translations(grids, ids, dihedrals, shift_rng, canvas_size)
                     else:
                         offsets = np.zeros((len(dihedrals), len(ids), 2), dtype=np.int64)
-                    inputs, labels = _encode_split(grids, ids, dihedrals, mappings, offsets)
+                    inputs, labels = _encode_split(grids, ids, dihedrals, mappings, offsets, canvas_size)
                     streams[name][0].write(inputs)
                     streams[name][1].write(labels)
             finished = True
@@ -688,9 +765,13 @@ def build_arc_dataset(
             "test_set_name": test_set_name,
             "num_aug": num_aug,
             "seed": seed,
+            "canvas_size": canvas_size,
             "original_name": "bare task id (augmented versions: arc_augmented_name)",
+            # Tasks left out because a grid is larger than the canvas, in build order (empty at 30).
+            "skipped_tasks": skipped,
             "counts": {
                 "tasks": len(tasks),
+                "skipped_tasks": len(skipped),
                 "tasks_per_subset": subset_tasks,
                 "test_tasks": subset_tasks[test_set_name],
                 "puzzles": num_identifiers - 1,

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -239,8 +240,10 @@ def puzzle_kind(vocab_size: int, seq_len: int, root: str | os.PathLike[str] | No
     """What a dataset holds: "sudoku", "maze" or "arc".
 
     Our builders record it in ``<root>/build_info.json`` ("builder"); a dataset built by the reference code
-    has no such file, so its shape decides: ARC is a 30x30 canvas over 12 tokens, a maze 6 tokens on a grid
-    of at least 7x7 (a 4x4 Sudoku also has 6 tokens, but only 16 cells); anything else is a Sudoku.
+    has no such file, so its shape decides: ARC is a square canvas of at most 30x30 (30x30 in the reference,
+    smaller with ``--canvas-size``) over 12 tokens, which no Sudoku (n + 2 tokens for n = 4, 6, 9) or maze
+    (6 tokens) vocabulary is; a maze 6 tokens on a grid of at least 7x7 (a 4x4 Sudoku also has 6 tokens, but
+    only 16 cells); anything else is a Sudoku.
     """
     if root is not None:
         try:
@@ -249,7 +252,7 @@ def puzzle_kind(vocab_size: int, seq_len: int, root: str | os.PathLike[str] | No
             kind = None
         if kind in PUZZLE_KINDS:
             return str(kind)
-    if vocab_size == 12 and seq_len == 900:
+    if vocab_size == 12 and 1 <= seq_len <= 900 and math.isqrt(seq_len) ** 2 == seq_len:
         return "arc"
     if vocab_size == 6 and seq_len >= 49:
         return "maze"

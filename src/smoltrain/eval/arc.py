@@ -15,12 +15,13 @@ Per row (`ARCEvaluator.update`):
   `arc_scores.json`; it casts no vote.
 * The row casts one vote for its de-augmented prediction, with confidence sigmoid(q_halt logit) in float64.
 
-Crop (`crop_sizes`, exactly the reference `_crop`): on the 30x30 canvas, a cell is a colour when its token is
-2..11 (PAD 0, EOS 1 and anything above 11 are not). Walking down the rows, the usable width is the running
-minimum over rows of "cells before the first non-colour cell"; the crop is the top-left rectangle of
-height h and that running width at h with the largest area (the first, i.e. the shortest, on ties). So it
-is the largest-area top-left rectangle made only of colour cells. A 30x30 canvas full of colours crops to
-30x30 (no EOS needed); a prediction with a non-colour token at the top-left crops to an empty 0x0 grid.
+Crop (`crop_sizes`, exactly the reference `_crop`): on the n x n canvas (30x30 in the reference; n is the
+square root of the rows' length, so datasets built with `--canvas-size` work unchanged), a cell is a colour
+when its token is 2..11 (PAD 0, EOS 1 and anything above 11 are not). Walking down the rows, the usable width
+is the running minimum over rows of "cells before the first non-colour cell"; the crop is the top-left
+rectangle of height h and that running width at h with the largest area (the first, i.e. the shortest, on
+ties). So it is the largest-area top-left rectangle made only of colour cells. An n x n canvas full of colours
+crops to n x n (no EOS needed); a prediction with a non-colour token at the top-left crops to an empty 0x0 grid.
 
 Voting (`ARCEvaluator.result`): per test pair, identical de-augmented predictions are grouped; candidates
 rank by (vote count, mean sigmoid(q_halt)) descending. pass@k for a pair = the label is among the top k.
@@ -84,7 +85,9 @@ __all__ = [
     "grid_key",
 ]
 
-PAD_TOKEN, EOS_TOKEN, CANVAS_SIZE = PAD_ID, EOS_ID, GRID_SIZE  # the format's constants (data/arc.py)
+PAD_TOKEN, EOS_TOKEN = PAD_ID, EOS_ID  # the format's constants (data/arc.py)
+# The reference's (and the largest) canvas side; a dataset's own is sqrt(seq_len), read from the rows.
+CANVAS_SIZE = GRID_SIZE
 # How many of each test pair's best candidates arc_scores.json lists.
 REPORTED_CANDIDATES = 10
 
@@ -270,7 +273,8 @@ class ARCEvaluator:
         preds: np.ndarray,
         q_halt_logits: np.ndarray,
     ) -> None:
-        """Record one batch: `inputs`/`preds` `[B, 900]` tokens, `puzzle_identifiers` `[B]`, `q_halt_logits` `[B]`.
+        """Record one batch: `inputs`/`preds` `[B, n*n]` tokens (n x n the dataset's canvas, 30x30 by default),
+        `puzzle_identifiers` `[B]`, `q_halt_logits` `[B]`.
 
         Rows with identifier 0 (padding) are dropped. Accepts numpy arrays or CPU tensors.
         """
@@ -278,10 +282,12 @@ class ARCEvaluator:
         inputs = np.asarray(inputs).reshape(identifiers.shape[0], -1)
         preds = np.asarray(preds).reshape(identifiers.shape[0], -1)
         logits = np.asarray(q_halt_logits, dtype=np.float64).reshape(-1)
-        seq_len = CANVAS_SIZE * CANVAS_SIZE
-        if inputs.shape[1] != seq_len or preds.shape[1] != seq_len or logits.shape[0] != identifiers.shape[0]:
-            raise ValueError(f"ARCEvaluator.update expects [B, {seq_len}] inputs and preds and [B] ids and logits, "
-                             f"got {inputs.shape}, {preds.shape}, {identifiers.shape}, {logits.shape}")
+        seq_len = inputs.shape[1]
+        square = seq_len > 0 and math.isqrt(seq_len) ** 2 == seq_len  # the canvas side comes from the rows
+        if not square or preds.shape[1] != seq_len or logits.shape[0] != identifiers.shape[0]:
+            raise ValueError("ARCEvaluator.update expects [B, n*n] inputs and preds (one n x n canvas per row) and "
+                             f"[B] ids and logits, got {inputs.shape}, {preds.shape}, {identifiers.shape}, "
+                             f"{logits.shape}")
         keep = identifiers != 0
         if not keep.any():
             return
