@@ -29,12 +29,13 @@ def _grid(seed: int, h: int, w: int) -> list[list[int]]:
     return np.random.default_rng(seed).integers(0, 10, size=(h, w)).tolist()
 
 
+def pair(seed: int, h: int, w: int, oh: int, ow: int) -> dict:
+    """A demonstration pair of random grids: an h x w input, an oh x ow output."""
+    return {"input": _grid(seed, h, w), "output": _grid(seed + 1000, oh, ow)}
+
+
 def synthetic_tasks() -> dict[str, dict[str, dict]]:
     """subset -> task id -> {"train": [...], "test": [...]} with outputs (the per-task layout)."""
-
-    def pair(seed: int, h: int, w: int, oh: int, ow: int) -> dict:
-        return {"input": _grid(seed, h, w), "output": _grid(seed + 1000, oh, ow)}
-
     zero = {"input": [[0, 0], [0, 0]], "output": [[0, 0], [0, 0]]}
     return {
         "training": {
@@ -58,10 +59,6 @@ SMALL_CANVAS = 10
 def small_canvas_tasks() -> dict[str, dict[str, dict]]:
     """`synthetic_tasks` plus tasks at the edge of a 10x10 canvas: one whose grids are exactly 10x10 (fits,
     EOS border nowhere), and two with a single grid one cell too tall or too wide (skipped whole at 10)."""
-
-    def pair(seed: int, h: int, w: int, oh: int, ow: int) -> dict:
-        return {"input": _grid(seed, h, w), "output": _grid(seed + 1000, oh, ow)}
-
     tasks = synthetic_tasks()
     # e0000001 (a 30x30 test input) is skipped too.
     tasks["training"]["a0000003"] = {"train": [pair(50, 2, 2, 1, 11)], "test": [pair(51, 3, 3, 3, 3)]}
@@ -102,17 +99,14 @@ NUM_AUG = 8
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> tuple[Path, dict, dict]:
-    base = tmp_path_factory.mktemp("arc")
-    tasks = synthetic_tasks()
-    prefix = write_kaggle(base / "kaggle", tasks)
-    info = build_arc_dataset(
-        base / "ds",
-        input_file_prefix=prefix,
-        subsets=["training", "evaluation"],
-        test_set_name="evaluation",
-        num_aug=NUM_AUG,
-        seed=7,
-    )
+    return build_synthetic(tmp_path_factory.mktemp("arc"), synthetic_tasks())
+
+
+def build_synthetic(base: Path, tasks: dict[str, dict[str, dict]], **options) -> tuple[Path, dict, dict]:
+    """Build `tasks` (Kaggle layout, training + evaluation, NUM_AUG, seed 7) under `base`."""
+    info = build_arc_dataset(base / "ds", input_file_prefix=write_kaggle(base / "kaggle", tasks),
+                             subsets=["training", "evaluation"], test_set_name="evaluation", num_aug=NUM_AUG,
+                             seed=7, **options)
     return base / "ds", tasks, info
 
 
@@ -363,20 +357,11 @@ def test_loads_with_puzzle_dataset(built) -> None:
 
 @pytest.fixture(scope="module")
 def built_small(tmp_path_factory) -> tuple[Path, dict, dict]:
-    base = tmp_path_factory.mktemp("arc10")
-    tasks = small_canvas_tasks()
-    prefix = write_kaggle(base / "kaggle", tasks)
-    info = build_arc_dataset(
-        base / "ds",
-        input_file_prefix=prefix,
-        subsets=["training", "evaluation"],
-        num_aug=NUM_AUG,
-        seed=7,
-        canvas_size=SMALL_CANVAS,
-    )
+    root, tasks, info = build_synthetic(tmp_path_factory.mktemp("arc10"), small_canvas_tasks(),
+                                        canvas_size=SMALL_CANVAS)
     kept = {subset: {tid: t for tid, t in by_id.items() if tid not in SMALL_CANVAS_SKIPPED}
             for subset, by_id in tasks.items()}
-    return base / "ds", kept, info
+    return root, kept, info
 
 
 def test_small_canvas_shapes_and_skipped_tasks(built_small) -> None:

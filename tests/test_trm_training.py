@@ -188,3 +188,24 @@ def test_freeze_weights_trains_only_the_puzzle_embeddings(sudoku4, tmp_path):
     after = trainer.model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"model.inner.puzzle_emb.weights"}
+
+
+@pytest.mark.slow
+def test_end_to_end_trm_maze_cpu_learns_shortest_paths(tmp_path):
+    """The `trm-maze-cpu` recipe on generated 6x6 mazes: 700 steps (about a minute) already find a shortest
+    path for a clear share of held-out mazes (the 5-minute recipe reaches ~90%; bench/RESULTS.md)."""
+    from smoltrain.data.maze import CHARSET, build_maze_dataset
+
+    data = tmp_path / "maze6"
+    build_maze_dataset(data, "generate", size=6, num_train=6000, num_test=300, seed=3)
+    cfg = load_config("trm-maze-cpu", [f"data_paths=[{data}]", f"run_dir={tmp_path / 'run'}", "max_steps=700",
+                                       "epochs=1000", "eval_interval=1000", "eval_max_examples=null"])
+    summary = Trainer(cfg).fit()["eval"]
+    assert summary["count"] == 300
+    labels = np.load(data / "test" / "all__labels.npy")
+    path_token = CHARSET.index("o") + 1  # tokens are charset indices shifted by PAD
+    blank_baseline = 1.0 - float((labels == path_token).mean())  # per-cell accuracy of answering "no path"
+    assert summary["accuracy"] > blank_baseline + 0.02, (summary, blank_baseline)
+    # Every exact answer is a valid optimal path, and other shortest paths count too.
+    assert summary["valid_optimal_path"] >= summary["exact_accuracy"]
+    assert summary["valid_optimal_path"] >= 0.15, summary

@@ -112,7 +112,7 @@ def cmd_data_arc(ns: argparse.Namespace) -> int:
     info = build_arc_dataset(
         ns.output_dir, input_file_prefix=ns.input_file_prefix, input_dir=ns.input_dir, subsets=ns.subsets,
         test_set_name=ns.test_set_name, num_aug=ns.num_aug, seed=ns.seed, progress=True,
-        canvas_size=ns.canvas_size,
+        canvas_size=ns.canvas_size, task_ids=ns.tasks, max_tasks=ns.max_tasks,
     )
     counts, n = info["counts"], info["canvas_size"]
     print(f"wrote {ns.output_dir}: {counts['tasks']:,} tasks, {counts['puzzles']:,} puzzles "
@@ -388,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--canvas-size", type=int, default=30,
                      help="n for an n x n canvas, 1..30 (default 30, the reference); tasks with larger grids "
                           "are skipped. Smaller canvases train faster, e.g. 10 on a laptop CPU")
+    sub.add_argument("--tasks", nargs="+", default=None, metavar="TASK_ID",
+                     help="build only these tasks (ids as in the json files), e.g. a handful for a CPU run")
+    sub.add_argument("--max-tasks", type=int, default=None, help="only the first N tasks (by id) of each subset")
 
     sub = kinds.add_parser("text", help="Tokenize text (jsonl `text` field, .txt, .parquet, hf:NAME) to shards.")
     sub.set_defaults(handler=cmd_data_text)

@@ -378,6 +378,10 @@ def load_arc_tasks(
     if not tasks:
         among = " with the given task ids" if wanted is not None else ""
         raise DataError(f"no ARC tasks found in subsets {list(subsets)}{among}")
+    missing = sorted(wanted - seen.keys()) if wanted is not None and max_tasks is None else []
+    if missing:
+        raise DataError(f"task ids not found in subsets {list(subsets)}: {', '.join(missing)}; "
+                        "check the ids or add the subset that holds them to --subsets")
     return tasks
 
 

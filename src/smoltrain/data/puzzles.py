@@ -634,7 +634,9 @@ class PuzzleDataset:
                 )
             raise DataError(
                 f"the {self.split} split has too few examples for one global batch of "
-                f"{self.global_batch_size} rows per pass: lower global_batch_size or raise epochs_per_iter"
+                f"{self.global_batch_size} rows (a pass draws one puzzle from each group of examples, so it "
+                f"holds fewer rows than the split): lower global_batch_size, e.g. "
+                f"global_batch_size={max(1, self.global_batch_size // 4)}, or add puzzles or augmentations"
             )
         index = skip
         while upcoming is not None:
