@@ -179,7 +179,7 @@ def test_puzzle_kind(tmp_path: Path) -> None:
     # Smaller ARC canvases (`data arc --canvas-size`): any square up to 30x30 over the 12 ARC tokens.
     assert puzzle_kind(12, 100) == "arc" and puzzle_kind(12, 1) == "arc" and puzzle_kind(12, 841) == "arc"
     assert puzzle_kind(12, 99) == "sudoku" and puzzle_kind(12, 961) == "sudoku"  # not an ARC canvas: as before
-    assert puzzle_kind(6, 900) == "maze" and puzzle_kind(6, 49) == "maze"
+    assert puzzle_kind(6, 900) == "maze" and puzzle_kind(6, 49) == "maze" and puzzle_kind(6, 36) == "maze"
     assert puzzle_kind(6, 16) == "sudoku" and puzzle_kind(11, 81) == "sudoku"
     (tmp_path / "build_info.json").write_text(json.dumps({"builder": "maze"}))
     assert puzzle_kind(11, 81, tmp_path) == "maze"  # the builder's word wins over the shapes

@@ -242,8 +242,8 @@ def puzzle_kind(vocab_size: int, seq_len: int, root: str | os.PathLike[str] | No
     Our builders record it in ``<root>/build_info.json`` ("builder"); a dataset built by the reference code
     has no such file, so its shape decides: ARC is a square canvas of at most 30x30 (30x30 in the reference,
     smaller with ``--canvas-size``) over 12 tokens, which no Sudoku (n + 2 tokens for n = 4, 6, 9) or maze
-    (6 tokens) vocabulary is; a maze 6 tokens on a grid of at least 7x7 (a 4x4 Sudoku also has 6 tokens, but
-    only 16 cells); anything else is a Sudoku.
+    (6 tokens) vocabulary is; a maze is 6 tokens on any square grid but 4x4 (a 4x4 Sudoku also has 6 tokens
+    and 16 cells; a foreign 4x4 maze needs its build_info.json); anything else is a Sudoku.
     """
     if root is not None:
         try:
@@ -254,7 +254,7 @@ def puzzle_kind(vocab_size: int, seq_len: int, root: str | os.PathLike[str] | No
             return str(kind)
     if vocab_size == 12 and 1 <= seq_len <= 900 and math.isqrt(seq_len) ** 2 == seq_len:
         return "arc"
-    if vocab_size == 6 and seq_len >= 49:
+    if vocab_size == 6 and seq_len != 16 and math.isqrt(seq_len) ** 2 == seq_len:
         return "maze"
     return "sudoku"
 
