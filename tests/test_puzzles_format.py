@@ -145,6 +145,9 @@ def test_hand_written_reference_layout_loads(tmp_path: Path) -> None:
 def test_missing_dataset_errors_name_the_fix(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no dataset at .*smoltrain data sudoku --output-dir"):
         load_metadata(tmp_path / "nope", "train")
+    for name, builder in (("maze6", "maze"), ("arc-cpu", "arc")):  # the recipes' directory names
+        with pytest.raises(DataError, match=f"smoltrain data {builder} --output-dir .*{name}"):
+            load_metadata(tmp_path / name, "train")
     write_dataset(tmp_path, [[1]])
     with pytest.raises(DataError, match="no 'test' split"):
         PuzzleDataset(tmp_path, "test", global_batch_size=1)

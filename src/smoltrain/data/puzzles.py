@@ -202,7 +202,12 @@ def write_identifiers(root: str | os.PathLike[str], names: Sequence[str]) -> Pat
 
 
 def _build_hint(root: Path) -> str:
-    return f"build one with `smoltrain data sudoku --output-dir {root}`"
+    """The builder command for a missing dataset, guessed from its name (recipes name theirs after the kind)."""
+    name = root.name.lower()
+    kind = next((k for k in ("maze", "arc") if k in name), "sudoku")
+    others = " / ".join(f"`smoltrain data {k}`" for k in PUZZLE_KINDS if k != kind)
+    return (f"build one with `smoltrain data {kind} --output-dir {root}` (or {others}; the README gives "
+            "each recipe's command)")
 
 
 def load_metadata(root: str | os.PathLike[str], split: str) -> PuzzleDatasetMetadata:
