@@ -60,12 +60,14 @@ def test_tiny_pretraining_beats_the_unigram_baseline(text_data, trained):
     assert summary["eval"]["perplexity"] > 1.0 and summary["eval"]["bits_per_byte"] > 0.0
 
 
-def test_lm_resume_after_sigkill_is_bitwise_exact(text_data, tmp_path):
-    common = [*TINY, f"data_paths=[{text_data}]", "max_steps=16", "checkpoint_every=8", "arch.dropout=0.1"]
+def check_resume_after_sigkill_is_bitwise_exact(text_data, tmp_path, options: list[str], steps: int,
+                                               kill_at: int) -> None:
+    """Train `steps` straight, and again killed (SIGKILL) at `kill_at` then resumed: same weights, same losses."""
+    common = [*TINY, f"data_paths=[{text_data}]", f"max_steps={steps}", f"checkpoint_every={steps // 2}", *options]
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     recipe = ["--recipe", "lm-pretrain-cpu"]
     assert run_python([RUNNER, *recipe, *common, f"run_dir={straight}"]).returncode == 0
-    killed = run_python([RUNNER, *recipe, "--kill-at-step", "11", *common, f"run_dir={crashed}"])
+    killed = run_python([RUNNER, *recipe, "--kill-at-step", str(kill_at), *common, f"run_dir={crashed}"])
     assert killed.returncode == -signal.SIGKILL
     resumed = run_python([RUNNER, *recipe, *common, f"run_dir={crashed}"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -73,7 +75,11 @@ def test_lm_resume_after_sigkill_is_bitwise_exact(text_data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     losses = [[r["loss"] for r in read_metrics(d / "metrics.jsonl") if r["split"] == "train"]
               for d in (straight, crashed)]
-    assert losses[0] == losses[1] and len(losses[0]) == 16
+    assert losses[0] == losses[1] and len(losses[0]) == steps
+
+
+def test_lm_resume_after_sigkill_is_bitwise_exact(text_data, tmp_path):
+    check_resume_after_sigkill_is_bitwise_exact(text_data, tmp_path, ["arch.dropout=0.1"], steps=16, kill_at=11)
 
 
 def test_streamed_greedy_text_equals_generate(trained):
@@ -170,16 +176,4 @@ def test_padded_document_rows_train_and_evaluate(text_data, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_padded_rows_resume_after_sigkill_is_bitwise_exact(text_data, tmp_path):
-    common = [*TINY, f"data_paths=[{text_data}]", "max_steps=12", "checkpoint_every=6", "arch.packing=false"]
-    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    recipe = ["--recipe", "lm-pretrain-cpu"]
-    assert run_python([RUNNER, *recipe, *common, f"run_dir={straight}"]).returncode == 0
-    killed = run_python([RUNNER, *recipe, "--kill-at-step", "8", *common, f"run_dir={crashed}"])
-    assert killed.returncode == -signal.SIGKILL
-    resumed = run_python([RUNNER, *recipe, *common, f"run_dir={crashed}"])
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = (load_file(str(ckpt.list_checkpoints(d / "checkpoints")[-1] / ckpt.MODEL_FILE)) for d in (straight, crashed))
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    losses = [[r["loss"] for r in read_metrics(d / "metrics.jsonl") if r["split"] == "train"]
-              for d in (straight, crashed)]
-    assert losses[0] == losses[1] and len(losses[0]) == 12
+    check_resume_after_sigkill_is_bitwise_exact(text_data, tmp_path, ["arch.packing=false"], steps=12, kill_at=8)
