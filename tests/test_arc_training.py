@@ -78,3 +78,13 @@ def test_trm_arc_cpu_end_to_end_on_synthetic_tasks(tmp_path: Path) -> None:
 def test_trm_arc_cpu_end_to_end_on_the_recipe_tasks(shared_dir: Path, tmp_path: Path) -> None:
     build(str(shared_dir / "data" / "arc" / "arc-agi"), tmp_path / "data", RECIPE_TASKS, num_aug=2)
     train_and_check_submission(tmp_path / "data", tmp_path / "run", RECIPE_TASKS, steps=20)
+
+
+def test_unknown_task_ids_are_named(tmp_path: Path) -> None:
+    prefix = write_kaggle(tmp_path / "src", mirror_tasks(2))
+    proc = run_python(["-m", "smoltrain", "data", "arc", "--input-file-prefix", prefix, "--subsets", "training",
+                       "--test-set-name", "training", "--tasks", "m0000000", "nope1234", "--output-dir",
+                       str(tmp_path / "out")])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "nope1234" in proc.stderr and "--subsets" in proc.stderr
+    assert not (tmp_path / "out").exists()
