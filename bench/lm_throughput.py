@@ -79,7 +79,7 @@ SHAPES = {
 
 def lm_config(shape: Shape) -> LMConfig:
     arch = load_config(None, [f"arch={shape.name}", f"arch.vocab_size={shape.vocab_size}"]).arch
-    return LMConfig.model_validate(arch.model_dump(exclude={"name"}))
+    return LMConfig.from_arch(arch)
 
 
 def reference_config(config: LMConfig) -> ref.MiniMindConfig:

@@ -29,7 +29,7 @@ def make_run(run_dir: Path, *extra: str, seed: int = 0, tokenizer: bool = False)
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
     torch.manual_seed(seed)
-    model = LMForCausalLM(LMConfig.model_validate(cfg.arch.model_dump(exclude={"name", "seq_len"})))
+    model = LMForCausalLM(LMConfig.from_arch(cfg.arch))
     with torch.no_grad():  # norms start at 1; perturb them so a dropped or swapped norm weight shows
         for name, param in model.named_parameters():
             if name.endswith("norm.weight"):

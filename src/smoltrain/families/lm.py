@@ -97,7 +97,7 @@ class LMFamily(Family):
 
     def build_model(self) -> nn.Module:
         try:
-            config = LMConfig.model_validate(self.arch.model_dump(exclude={"name"}))
+            config = LMConfig.from_arch(self.arch)
         except ValidationError as err:
             raise ConfigError(f"arch: {err.errors()[0]['msg']}") from None
         return LMForCausalLM(config)

@@ -46,7 +46,7 @@ def import_minimind(checkpoint: Path, preset: str, output: Path, overrides: list
     if preset not in PRESETS:
         raise SmoltrainError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
     cfg = load_config(None, [f"arch={preset}", "data_paths=[]", f"run_dir={output}", *(overrides or [])])
-    lm = LMConfig.model_validate(cfg.arch.model_dump(exclude={"name", "seq_len"}))
+    lm = LMConfig.from_arch(cfg.arch)
     with torch.device("meta"):  # shapes only
         expected = LMForCausalLM(lm).state_dict()
     state = match_state(read_minimind_state(Path(checkpoint)), expected, lm.tie_word_embeddings, Path(checkpoint),
