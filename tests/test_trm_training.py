@@ -209,3 +209,17 @@ def test_end_to_end_trm_maze_cpu_learns_shortest_paths(tmp_path):
     # Every exact answer is a valid optimal path, and other shortest paths count too.
     assert summary["valid_optimal_path"] >= summary["exact_accuracy"]
     assert summary["valid_optimal_path"] >= 0.15, summary
+
+
+def test_puzzle_embedding_table_is_off_the_dense_optimizer_and_ema(sudoku4, tmp_path):
+    """As in the reference (and what keeps ARC's ~961k x 512 table affordable): only the sparse sign-SGD
+    updates the table; neither AdamATan2's state nor the EMA holds a copy of it."""
+    cfg = load_config(None, ["arch=trm", "arch.L_layers=1", *TINY_TRM, f"data_paths=[{sudoku4}]",
+                             f"run_dir={tmp_path}", "arch.puzzle_emb_ndim=32", "ema=True"])
+    trainer = Trainer(cfg)
+    table = trainer.model.model.puzzle_emb.weights
+    dense, sparse = (spec.optimizer for spec in trainer.optimizers)
+    dense_params = [p for group in dense.param_groups for p in group["params"]]
+    assert all(p is not table for p in dense_params)
+    assert any(p is table for group in sparse.param_groups for p in group["params"])
+    assert trainer.ema.shadow and not any("puzzle_emb" in name for name in trainer.ema.shadow)
