@@ -160,6 +160,30 @@ def test_generator_target_clues_and_min_difficulty() -> None:
         generate_sudoku_puzzles(3, 4, seed=0, min_difficulty=1, harden_steps=0)
 
 
+def test_climb_yields_distinct_hard_neighbours_with_its_solution() -> None:
+    kwargs = dict(min_difficulty=8, harden_steps=200, per_climb=4)
+    q, a, r = generate_sudoku_puzzles(24, 9, seed=5, **kwargs)
+    assert (r >= 8).all() and [rate_sudoku(x, 9) for x in q] == r.tolist()
+    assert len({row.tobytes() for row in q}) == 24
+    for question, answer in zip(q, a, strict=True):
+        count, _, solution = solve_sudoku(question, 9)
+        assert count == 1 and (solution == answer).all()
+    # Puzzles of one climb share its solution grid; their givens differ in at least 4 positions.
+    grids: dict[bytes, list[np.ndarray]] = {}
+    for question, answer in zip(q, a, strict=True):
+        grids.setdefault(answer.tobytes(), []).append(question > 0)
+    assert max(len(g) for g in grids.values()) > 1 and all(len(g) <= 4 for g in grids.values())
+    for given_sets in grids.values():
+        for i, first in enumerate(given_sets):
+            for second in given_sets[i + 1 :]:
+                assert (first != second).sum() >= 4
+    # Still a function of the seed alone, however many threads.
+    again = generate_sudoku_puzzles(24, 9, seed=5, workers=1, **kwargs)
+    assert all((x == y).all() for x, y in zip((q, a, r), again, strict=True))
+    with pytest.raises(DataError, match="per_climb must be >= 1"):
+        generate_sudoku_puzzles(2, 9, seed=5, per_climb=0)
+
+
 # ------------------------------------------------------------------------------------------------
 # Builder: generate
 
@@ -197,6 +221,7 @@ def test_build_generate_disjoint_and_reference_layout(tmp_path: Path) -> None:
 def test_build_generate_min_difficulty(tmp_path: Path) -> None:
     info = build_sudoku_dataset(tmp_path / "d", "generate", size=9, num_train=4, num_test=2, min_difficulty=5)
     assert info["rating"]["train"]["mean"] >= 5
+    assert info["per_climb"] == 8  # the default while climbing
     inputs = np.load(tmp_path / "d" / "train" / "all__inputs.npy").astype(np.int8)
     assert all(rate_sudoku(np.where(row == 1, 0, row - 1), 9) >= 5 for row in inputs)
 

@@ -82,7 +82,7 @@ def cmd_data_sudoku(ns: argparse.Namespace) -> int:
     info = build_sudoku_dataset(
         ns.output_dir, ns.source, size=ns.size, num_train=ns.num_train, num_test=ns.num_test,
         subsample_size=ns.subsample_size, num_aug=ns.num_aug, min_difficulty=ns.min_difficulty, seed=ns.seed,
-        target_clues=ns.target_clues, harden_steps=ns.harden_steps, workers=ns.workers,
+        target_clues=ns.target_clues, harden_steps=ns.harden_steps, per_climb=ns.per_climb, workers=ns.workers,
         source_repo=ns.source_repo, progress=True,
     )
     counts = info["counts"]
@@ -355,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--target-clues", type=int, default=None, help="generate: stop removing clues here")
     sub.add_argument("--harden-steps", type=int, default=None,
                      help="generate: hill-climbing budget per puzzle towards --min-difficulty (0 = filter only)")
+    sub.add_argument("--per-climb", type=int, default=None,
+                     help="generate: puzzles one successful climb may yield, itself and hard neighbours with "
+                     "the same solution grid (default 8 when climbing; 1 = a new grid for every puzzle)")
     sub.add_argument("--workers", type=int, default=None, help="generate: threads (default: all cores)")
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--source-repo", default="sapientinc/sudoku-extreme")

@@ -393,6 +393,32 @@ def _rate(puzzle: np.ndarray, tables: tuple, pop: np.ndarray, n: int, full: int)
 
 
 @njit(cache=True)
+def _propose(
+    puzzle: np.ndarray, solution: np.ndarray, target_clues: int, tables: tuple, pop: np.ndarray, n: int, full: int
+) -> np.ndarray:
+    """A minimal unique neighbour of `puzzle` with the same solution (a new array; may equal `puzzle`)."""
+    sol1 = np.zeros_like(puzzle)
+    sol2 = np.zeros_like(puzzle)
+    proposal = puzzle.copy()
+    # Drop one or two random clues: the puzzle becomes ambiguous, then repair it differently.
+    for _drop in range(1 + np.random.randint(2)):
+        givens = np.nonzero(proposal)[0]
+        if givens.shape[0] > 1:
+            proposal[givens[np.random.randint(givens.shape[0])]] = 0
+    # Repair: pin a cell where a solution found disagrees with the target until unique again.
+    # (A variant that also adds a random clue, letting the solution grid change as in data.md
+    # section 2.2, climbed more slowly in our measurements.)
+    count, _ = _search(_givens_to_masks(proposal, full), tables, pop, n, full, 2, False, sol1, sol2)
+    while count > 1:
+        wrong = np.nonzero((sol1 != solution) | (sol2 != solution))[0]
+        cell = wrong[np.random.randint(wrong.shape[0])]
+        proposal[cell] = solution[cell]
+        count, _ = _search(_givens_to_masks(proposal, full), tables, pop, n, full, 2, False, sol1, sol2)
+    _minimise(proposal, solution, target_clues, tables, pop, n, full)
+    return proposal
+
+
+@njit(cache=True)
 def _harden(
     puzzle: np.ndarray,
     solution: np.ndarray,
@@ -409,27 +435,10 @@ def _harden(
 
     Stops early once the rating reaches `target` (when target > 0).
     """
-    sol1 = np.zeros_like(puzzle)
-    sol2 = np.zeros_like(puzzle)
     for _ in range(steps):
         if 0 < target <= rating:
             break
-        proposal = puzzle.copy()
-        # Drop one or two random clues: the puzzle becomes ambiguous, then repair it differently.
-        for _drop in range(1 + np.random.randint(2)):
-            givens = np.nonzero(proposal)[0]
-            if givens.shape[0] > 1:
-                proposal[givens[np.random.randint(givens.shape[0])]] = 0
-        # Repair: pin a cell where a solution found disagrees with the target until unique again.
-        # (A variant that also adds a random clue, letting the solution grid change as in data.md
-        # section 2.2, climbed more slowly in our measurements.)
-        count, _ = _search(_givens_to_masks(proposal, full), tables, pop, n, full, 2, False, sol1, sol2)
-        while count > 1:
-            wrong = np.nonzero((sol1 != solution) | (sol2 != solution))[0]
-            cell = wrong[np.random.randint(wrong.shape[0])]
-            proposal[cell] = solution[cell]
-            count, _ = _search(_givens_to_masks(proposal, full), tables, pop, n, full, 2, False, sol1, sol2)
-        _minimise(proposal, solution, target_clues, tables, pop, n, full)
+        proposal = _propose(puzzle, solution, target_clues, tables, pop, n, full)
         new_rating = _rate(proposal, tables, pop, n, full)
         if new_rating >= rating:
             puzzle[:] = proposal
@@ -438,29 +447,90 @@ def _harden(
 
 
 @njit(cache=True)
+def _walk(
+    puzzles: np.ndarray,
+    ratings: np.ndarray,
+    solution: np.ndarray,
+    min_rating: int,
+    steps: int,
+    min_distance: int,
+    target_clues: int,
+    tables: tuple,
+    pop: np.ndarray,
+    n: int,
+    full: int,
+) -> None:
+    """Fill puzzles[1:] with hard neighbours of puzzles[0] (rated >= min_rating); unused slots rate -1.
+
+    A random walk that only moves to neighbours rated >= min_rating: hard puzzles cluster, so once a
+    climb has reached the difficulty its neighbourhood yields more hard puzzles far faster than a
+    new climb (the forum collections in Sudoku-Extreme were found the same way). A puzzle is kept
+    only if its givens sit in at least `min_distance` other cells than every puzzle kept before.
+    """
+    ncell = puzzles.shape[1]
+    current = puzzles[0].copy()
+    kept = 1
+    for k in range(1, puzzles.shape[0]):
+        ratings[k] = -1
+    for _ in range(steps):
+        if kept == puzzles.shape[0]:
+            break
+        proposal = _propose(current, solution, target_clues, tables, pop, n, full)
+        rating = _rate(proposal, tables, pop, n, full)
+        if rating < min_rating:
+            continue
+        current[:] = proposal
+        far = True
+        for j in range(kept):
+            distance = 0
+            for c in range(ncell):
+                if (puzzles[j, c] != 0) != (current[c] != 0):
+                    distance += 1
+            if distance < min_distance:
+                far = False
+                break
+        if far:
+            puzzles[kept] = current
+            ratings[kept] = rating
+            kept += 1
+
+
+@njit(cache=True)
 def _generate_one(
     seed: int,
     target_clues: int,
     harden_steps: int,
     target_rating: int,
+    walk_steps: int,
+    min_distance: int,
     tables: tuple,
     pop: np.ndarray,
     n: int,
     full: int,
-    puzzle: np.ndarray,
+    puzzles: np.ndarray,
     solution: np.ndarray,
-) -> int:
-    """Fill `puzzle` / `solution` with a fresh puzzle from `seed`; return its rating."""
+    ratings: np.ndarray,
+) -> None:
+    """Fill `puzzles` ([per_climb, cells]), `solution` and `ratings` from `seed` alone.
+
+    puzzles[0] is the climbed puzzle; once it reaches `target_rating`, the rest are its hard
+    neighbours (rating -1 where the walk found too few).
+    """
     np.random.seed(seed)  # numba's per-thread generator: the candidate depends on its seed only
     ncell = n * n
     dummy = np.zeros(ncell, dtype=solution.dtype)
     _search(np.full(ncell, full, dtype=np.int32), tables, pop, n, full, 1, True, solution, dummy)
+    puzzle = puzzles[0]
     puzzle[:] = solution
     _minimise(puzzle, solution, target_clues, tables, pop, n, full)
     rating = _rate(puzzle, tables, pop, n, full)
     if harden_steps > 0:
         rating = _harden(puzzle, solution, rating, harden_steps, target_rating, target_clues, tables, pop, n, full)
-    return rating
+    ratings[0] = rating
+    if rating >= target_rating:
+        _walk(puzzles, ratings, solution, target_rating, walk_steps, min_distance, target_clues, tables, pop, n, full)
+    else:
+        ratings[1:] = -1
 
 
 @njit(cache=True, nogil=True)
@@ -469,6 +539,8 @@ def _generate_batch(
     target_clues: int,
     harden_steps: int,
     target_rating: int,
+    walk_steps: int,
+    min_distance: int,
     tables: tuple,
     pop: np.ndarray,
     n: int,
@@ -480,9 +552,10 @@ def _generate_batch(
     # Runs without the GIL: the Python side splits a batch over threads (cheaper to compile than
     # numba's parallel=True, which recompiles every callee for the parallel backend).
     for i in range(seeds.shape[0]):
-        ratings[i] = _generate_one(
-            seeds[i], target_clues, harden_steps, target_rating, tables, pop, n, full, puzzles[i], solutions[i]
-        )
+        _generate_one(
+            seeds[i], target_clues, harden_steps, target_rating, walk_steps, min_distance,
+            tables, pop, n, full, puzzles[i], solutions[i], ratings[i],
+        )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------
@@ -507,6 +580,12 @@ def rate_sudoku(puzzle: np.ndarray, n: int = 9) -> int:
     return solve_sudoku(puzzle, n, limit=2)[1]
 
 
+# Walk budget per extra puzzle of a climb, and how far apart (in given positions) its puzzles must be.
+# Measured on 9x9 at --min-difficulty 60-80: about one kept neighbour per 100 walk steps at distance 4.
+WALK_STEPS_PER_PUZZLE = 200
+NEIGHBOUR_MIN_DISTANCE = 4
+
+
 def generate_candidates(
     seeds: np.ndarray,
     n: int = 9,
@@ -514,19 +593,26 @@ def generate_candidates(
     harden_steps: int = 0,
     target_rating: int = 0,
     workers: int | None = None,
+    per_climb: int = 1,
+    min_distance: int = NEIGHBOUR_MIN_DISTANCE,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One puzzle per seed (0 <= seed < 2**32), spread over `workers` threads (default: all cores).
+    """Puzzles from each seed (0 <= seed < 2**32), spread over `workers` threads (default: all cores).
 
-    Returns (puzzles [k, n*n] int8, solutions [k, n*n] int8, ratings [k] int64). Every puzzle has a
-    unique solution; it is minimal unless `target_clues` stopped the clue removal first. With
-    `harden_steps`, up to that many hill-climbing steps raise the rating, stopping at `target_rating`.
+    Returns (puzzles [k, per_climb, n*n] int8, solutions [k, n*n] int8, ratings [k, per_climb] int64).
+    Every puzzle has a unique solution; it is minimal unless `target_clues` stopped the clue removal
+    first. With `harden_steps`, up to that many hill-climbing steps raise the rating of puzzles[:, 0],
+    stopping at `target_rating`; a climb that got there adds up to `per_climb - 1` hard neighbours with
+    the same solution (see `_walk`). Empty slots have rating -1.
     """
     topo = topology(n)
     seeds = np.ascontiguousarray(seeds, dtype=np.int64)
     k = seeds.shape[0]
-    puzzles = np.zeros((k, n * n), dtype=np.int8)
+    if per_climb < 1:
+        raise DataError(f"per_climb must be >= 1, got {per_climb}")
+    puzzles = np.zeros((k, per_climb, n * n), dtype=np.int8)
     solutions = np.zeros((k, n * n), dtype=np.int8)
-    ratings = np.zeros(k, dtype=np.int64)
+    ratings = np.zeros((k, per_climb), dtype=np.int64)
+    walk_steps = WALK_STEPS_PER_PUZZLE * (per_climb - 1)
 
     def run(lo: int, hi: int) -> None:
         # Row slices of C-contiguous arrays are contiguous views: results land in place.
@@ -535,6 +621,8 @@ def generate_candidates(
             target_clues,
             harden_steps,
             target_rating,
+            walk_steps,
+            min_distance,
             topo.tables,
             topo.pop,
             n,
@@ -560,6 +648,12 @@ def default_harden_steps(min_difficulty: int | None) -> int:
     return int(min(3000, max(100, 25 * min_difficulty)))
 
 
+def default_per_climb(harden_steps: int) -> int:
+    """Puzzles per successful climb: 8 when climbing (about 6x faster at Sudoku-Extreme's difficulty
+    than one per climb, measured in bench/RESULTS.md), else 1 (random minimal puzzles are cheap)."""
+    return 8 if harden_steps > 0 else 1
+
+
 def generate_sudoku_puzzles(
     num: int,
     size: int = 9,
@@ -571,6 +665,7 @@ def generate_sudoku_puzzles(
     exclude: Iterable[bytes] = (),
     workers: int | None = None,
     progress: bool = False,
+    per_climb: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`num` distinct puzzles: (questions [num, size**2] uint8 with 0 = blank, answers, ratings).
 
@@ -578,6 +673,8 @@ def generate_sudoku_puzzles(
     (seed, i), and candidates are accepted in index order. A candidate is rejected if its rating is
     below `min_difficulty`, or if its question string is a duplicate or in `exclude` (raw-digit
     bytes of questions, e.g. the other split). `harden_steps=None` picks `default_harden_steps`.
+    `per_climb`: how many puzzles one successful climb may yield (itself and hard neighbours with
+    the same solution grid); None picks `default_per_climb`. 1 gives a new grid for every puzzle.
     """
     if num < 0:
         raise DataError(f"the number of puzzles to generate must be >= 0, got {num}")
@@ -586,6 +683,10 @@ def generate_sudoku_puzzles(
         harden_steps = default_harden_steps(min_difficulty)
     if harden_steps < 0:
         raise DataError(f"harden_steps must be >= 0, got {harden_steps}")
+    if per_climb is None:
+        per_climb = default_per_climb(harden_steps)
+    if per_climb < 1:
+        raise DataError(f"per_climb must be >= 1, got {per_climb}")
     if target_clues is not None and not 0 <= target_clues <= size * size:
         raise DataError(f"target_clues must be in 0..{size * size} for a {size}x{size} Sudoku, got {target_clues}")
     min_rating = int(min_difficulty or 0)
@@ -611,25 +712,23 @@ def generate_sudoku_puzzles(
                 )
             # Size the next batch by the acceptance rate so far (optimistic, so little is wasted);
             # hardened candidates take seconds each, so keep their batches small for progress updates.
-            rate = (accepted + 1) / (tried + 1)
+            rate = (accepted + per_climb) / (tried + 1)
             cap = 1024 if harden_steps == 0 else 16 * workers
             batch = int(min(cap, max(2 * workers, np.ceil((num - accepted) / rate))))
             batch = min(batch, max_candidates - tried)
             seeds = candidate_seeds(seed, tried, batch)
             puzzles, solutions, cand_ratings = generate_candidates(
-                seeds, size, target_clues or 0, harden_steps, min_rating, workers
+                seeds, size, target_clues or 0, harden_steps, min_rating, workers, per_climb
             )
             tried += batch
-            for j in range(batch):
-                if cand_ratings[j] < min_rating:
-                    continue
-                key = puzzles[j].astype(np.uint8).tobytes()
+            for j, slot in np.argwhere(cand_ratings >= max(min_rating, 0)):  # candidate order, then slot
+                key = puzzles[j, slot].astype(np.uint8).tobytes()
                 if key in seen:
                     continue
                 seen.add(key)
-                questions[accepted] = puzzles[j]
+                questions[accepted] = puzzles[j, slot]
                 answers[accepted] = solutions[j]
-                ratings[accepted] = cand_ratings[j]
+                ratings[accepted] = cand_ratings[j, slot]
                 accepted += 1
                 bar.update(1)
                 if accepted == num:
@@ -800,6 +899,7 @@ def build_sudoku_dataset(
     seed: int = 0,
     target_clues: int | None = None,
     harden_steps: int | None = None,
+    per_climb: int | None = None,
     workers: int | None = None,
     source_repo: str = SOURCE_REPO,
     progress: bool = False,
@@ -816,7 +916,8 @@ def build_sudoku_dataset(
     `choice` and the chosen rows go to subsample_indices.json; `num_test` subsamples the CSV test split
     (default: all of it, like the reference). `min_difficulty` keeps puzzles with rating >= it (CSV:
     the rating column; generate: our solver's guess count, reached by hill-climbing for up to
-    `harden_steps` steps). `num_aug` augmentations per train puzzle (test is never augmented).
+    `harden_steps` steps; each climb that gets there yields up to `per_climb` puzzles). `num_aug`
+    augmentations per train puzzle (test is never augmented).
     `target_clues` stops the generator's clue removal early (easier puzzles).
     """
     started = time.perf_counter()
@@ -849,6 +950,7 @@ def build_sudoku_dataset(
         n_train = train_size(num_train, subsample_size, "the generator") or 1000
         n_test = num_test if num_test is not None else 1000
         steps = default_harden_steps(min_difficulty) if harden_steps is None else harden_steps
+        per_climb = default_per_climb(steps) if per_climb is None else per_climb
         gen_start = time.perf_counter()
         train_q, train_a, train_r = generate_sudoku_puzzles(
             n_train,
@@ -857,6 +959,7 @@ def build_sudoku_dataset(
             min_difficulty=min_difficulty,
             target_clues=target_clues,
             harden_steps=steps,
+            per_climb=per_climb,
             workers=workers,
             progress=progress,
         )
@@ -867,6 +970,7 @@ def build_sudoku_dataset(
             min_difficulty=min_difficulty,
             target_clues=target_clues,
             harden_steps=steps,
+            per_climb=per_climb,
             exclude=_split_strings(train_q),
             workers=workers,
             progress=progress,
@@ -876,6 +980,7 @@ def build_sudoku_dataset(
         test = SudokuSplit(test_q, test_a, test_r, np.arange(n_test))
         info.update(
             harden_steps=steps,
+            per_climb=per_climb,
             generation_seconds=round(gen_seconds, 3),
             generation_rate_puzzles_per_s=round((n_train + n_test) / max(gen_seconds, 1e-9), 2),
             workers=workers or default_workers(),
@@ -966,6 +1071,7 @@ __all__ = [
     "box_shape",
     "build_sudoku_dataset",
     "default_harden_steps",
+    "default_per_climb",
     "default_workers",
     "generate_candidates",
     "generate_sudoku_puzzles",
