@@ -72,7 +72,8 @@ def main() -> None:
                 assert count == 1 and (solution == answer).all() and guesses == rating, "a generated puzzle failed"
             grids = len({answer.tobytes() for answer in answers})
             print(
-                f"| {min_difficulty} | {per_climb} | {args.count:,} | {seconds:.1f} | {1000 * seconds / args.count:.0f} "
+                f"| {min_difficulty} | {per_climb} | {args.count:,} | {seconds:.1f} "
+                f"| {1000 * seconds / args.count:.0f} "
                 f"| {ratings.mean():.1f} / {np.median(ratings):.0f} / {np.percentile(ratings, 10):.0f} / "
                 f"{ratings.max()} | {(questions > 0).sum(1).mean():.1f} | {grids:,} |",
                 flush=True,
