@@ -180,7 +180,7 @@ def test_climb_yields_distinct_hard_neighbours_with_its_solution() -> None:
     # Still a function of the seed alone, however many threads.
     again = generate_sudoku_puzzles(24, 9, seed=5, workers=1, **kwargs)
     assert all((x == y).all() for x, y in zip((q, a, r), again, strict=True))
-    with pytest.raises(DataError, match="per_climb must be >= 1"):
+    with pytest.raises(DataError, match=r"per_climb \(--per-climb\) must be >= 1"):
         generate_sudoku_puzzles(2, 9, seed=5, per_climb=0)
 
 

@@ -608,7 +608,9 @@ def generate_candidates(
     seeds = np.ascontiguousarray(seeds, dtype=np.int64)
     k = seeds.shape[0]
     if per_climb < 1:
-        raise DataError(f"per_climb must be >= 1, got {per_climb}")
+        raise DataError(
+            f"per_climb (--per-climb) must be >= 1 (1 = a new solution grid for every puzzle), got {per_climb}"
+        )
     puzzles = np.zeros((k, per_climb, n * n), dtype=np.int8)
     solutions = np.zeros((k, n * n), dtype=np.int8)
     ratings = np.zeros((k, per_climb), dtype=np.int64)
@@ -686,7 +688,9 @@ def generate_sudoku_puzzles(
     if per_climb is None:
         per_climb = default_per_climb(harden_steps)
     if per_climb < 1:
-        raise DataError(f"per_climb must be >= 1, got {per_climb}")
+        raise DataError(
+            f"per_climb (--per-climb) must be >= 1 (1 = a new solution grid for every puzzle), got {per_climb}"
+        )
     if target_clues is not None and not 0 <= target_clues <= size * size:
         raise DataError(f"target_clues must be in 0..{size * size} for a {size}x{size} Sudoku, got {target_clues}")
     min_rating = int(min_difficulty or 0)
