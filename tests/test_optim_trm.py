@@ -158,6 +158,9 @@ def _sparse_worker(rank: int, world_size: int, port: int, queue: mp.SimpleQueue)
         (out * torch.tensor(grads)).sum().backward()
         opt.step()
         queue.put((rank, emb.weights.tolist()))
+        # Both ranks leave together: destroying the group while the other rank's gloo threads are still
+        # finishing aborted a worker ("terminate called without an active exception") once in a full run.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
