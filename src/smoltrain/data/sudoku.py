@@ -586,6 +586,13 @@ WALK_STEPS_PER_PUZZLE = 200
 NEIGHBOUR_MIN_DISTANCE = 4
 
 
+def _check_per_climb(per_climb: int) -> None:
+    if per_climb < 1:
+        raise DataError(
+            f"per_climb (--per-climb) must be >= 1 (1 = a new solution grid for every puzzle), got {per_climb}"
+        )
+
+
 def generate_candidates(
     seeds: np.ndarray,
     n: int = 9,
@@ -607,10 +614,7 @@ def generate_candidates(
     topo = topology(n)
     seeds = np.ascontiguousarray(seeds, dtype=np.int64)
     k = seeds.shape[0]
-    if per_climb < 1:
-        raise DataError(
-            f"per_climb (--per-climb) must be >= 1 (1 = a new solution grid for every puzzle), got {per_climb}"
-        )
+    _check_per_climb(per_climb)
     puzzles = np.zeros((k, per_climb, n * n), dtype=np.int8)
     solutions = np.zeros((k, n * n), dtype=np.int8)
     ratings = np.zeros((k, per_climb), dtype=np.int64)
@@ -686,7 +690,8 @@ def generate_sudoku_puzzles(
     if harden_steps < 0:
         raise DataError(f"harden_steps must be >= 0, got {harden_steps}")
     if per_climb is None:
-        per_climb = default_per_climb(harden_steps)  # generate_candidates validates it on the first batch
+        per_climb = default_per_climb(harden_steps)
+    _check_per_climb(per_climb)
     if target_clues is not None and not 0 <= target_clues <= size * size:
         raise DataError(f"target_clues must be in 0..{size * size} for a {size}x{size} Sudoku, got {target_clues}")
     min_rating = int(min_difficulty or 0)
