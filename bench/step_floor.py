@@ -53,9 +53,8 @@ def trm_products(shape: trm_throughput.Shape, batch: int) -> tuple[Counter, Coun
     gemms: Counter = Counter()
     elementwise: Counter = Counter()
     for rows, k, n in per_layer:
-        gemms[(rows, k, n)] += calls * shape.L_layers
-        gemms[(rows, n, k)] += grad_calls * shape.L_layers  # input gradient
-        gemms[(n, rows, k)] += grad_calls * shape.L_layers  # weight gradient
+        with_gradients(gemms, rows, k, n, grad_calls * shape.L_layers)
+        gemms[(rows, k, n)] += (calls - grad_calls) * shape.L_layers  # forward only, under no_grad
     for rows, inner in ((batch * d, inner_t), (batch * seq, inner_c)):
         elementwise[(rows, inner, False)] += (calls - grad_calls) * shape.L_layers
         elementwise[(rows, inner, True)] += grad_calls * shape.L_layers

@@ -460,7 +460,7 @@ def _walk(
     n: int,
     full: int,
 ) -> None:
-    """Fill puzzles[1:] with hard neighbours of puzzles[0] (rated >= min_rating); unused slots rate -1.
+    """Fill puzzles[1:] with hard neighbours of puzzles[0] (rated >= min_rating) and their ratings.
 
     A random walk that only moves to neighbours rated >= min_rating: hard puzzles cluster, so once a
     climb has reached the difficulty its neighbourhood yields more hard puzzles far faster than a
@@ -470,8 +470,6 @@ def _walk(
     ncell = puzzles.shape[1]
     current = puzzles[0].copy()
     kept = 1
-    for k in range(1, puzzles.shape[0]):
-        ratings[k] = -1
     for _ in range(steps):
         if kept == puzzles.shape[0]:
             break
@@ -527,10 +525,9 @@ def _generate_one(
     if harden_steps > 0:
         rating = _harden(puzzle, solution, rating, harden_steps, target_rating, target_clues, tables, pop, n, full)
     ratings[0] = rating
+    ratings[1:] = -1  # empty slots until the walk fills them
     if rating >= target_rating:
         _walk(puzzles, ratings, solution, target_rating, walk_steps, min_distance, target_clues, tables, pop, n, full)
-    else:
-        ratings[1:] = -1
 
 
 @njit(cache=True, nogil=True)
