@@ -28,7 +28,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(__file__))
 import lm_throughput  # noqa: E402  (bench/ siblings)
 import trm_throughput  # noqa: E402
-from smoltrain.models.layers import swiglu_intermediate_size  # noqa: E402
+from smoltrain.models.trm_layers import swiglu_intermediate_size  # noqa: E402
 
 
 def with_gradients(gemms: Counter, m: int, k: int, n: int, count: int) -> None:

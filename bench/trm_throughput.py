@@ -44,8 +44,8 @@ import torch
 
 import reference_trm as ref  # bench/ is on sys.path when this file runs as a script
 from smoltrain.config import load_config
-from smoltrain.losses import ACTLossHead
 from smoltrain.models.trm import TRM, TRMConfig
+from smoltrain.models.trm_loss import ACTLossHead
 from smoltrain.optim import AdamATan2, SparseSignSGD
 
 LR, WEIGHT_DECAY = 1e-4, 0.1  # values do not change the cost of a step; nonzero so updates really happen

@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent('''
 
     import torch
 
-    from smoltrain.train import checkpoint as ckpt
+    from smoltrain.runs import checkpoint as ckpt
 
     def status(key):
         for line in open("/proc/self/status"):

@@ -15,7 +15,7 @@ from smoltrain.config import config_to_yaml, load_config
 from smoltrain.errors import SmoltrainError
 from smoltrain.interop.hf import export_hf, import_hf
 from smoltrain.models.lm import LMConfig, LMForCausalLM
-from smoltrain.train.checkpoint import save_checkpoint
+from smoltrain.runs.checkpoint import save_checkpoint
 
 transformers = pytest.importorskip("transformers", reason="transformers (dev extra) is needed for the HF parity tests")
 

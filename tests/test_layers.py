@@ -1,4 +1,4 @@
-"""Unit tests of the TRM building blocks (smoltrain.models.layers)."""
+"""Unit tests of the TRM building blocks (smoltrain.models.trm_layers)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smoltrain.models.layers import (
+from smoltrain.models.trm import TRMBlock, TRMConfig
+from smoltrain.models.trm_layers import (
     Attention,
     CastedEmbedding,
     CastedLinear,
@@ -20,7 +21,6 @@ from smoltrain.models.layers import (
     swiglu_intermediate_size,
     trunc_normal_init_,
 )
-from smoltrain.models.trm import TRMBlock, TRMConfig
 
 
 def test_trunc_normal_actual_std_and_bounds() -> None:

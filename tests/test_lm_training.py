@@ -16,8 +16,8 @@ from smoltrain.config import load_config
 from smoltrain.data.text import build_text_dataset, open_tokens, read_metadata, unigram_entropy
 from smoltrain.data.tokenizer import train_tokenizer
 from smoltrain.families.lm import LMFamily
-from smoltrain.train import checkpoint as ckpt
-from smoltrain.train.distributed import DistEnv
+from smoltrain.runs import checkpoint as ckpt
+from smoltrain.runtime.distributed import DistEnv
 from smoltrain.train.logging import read_metrics
 from smoltrain.train.trainer import Trainer
 
@@ -83,8 +83,8 @@ def test_lm_resume_after_sigkill_is_bitwise_exact(text_data, tmp_path):
 
 
 def test_streamed_greedy_text_equals_generate(trained):
+    from smoltrain.apps.generate import load_lm, stream_text
     from smoltrain.data.tokenizer import decode, encode
-    from smoltrain.generate import load_lm, stream_text
 
     lm = load_lm(trained[0], device="cpu")
     assert (trained[0] / "tokenizer" / "tokenizer.json").is_file()  # the run carries its tokenizer

@@ -1,4 +1,4 @@
-"""Tests of the token losses and the ACT loss head (smoltrain.losses)."""
+"""Tests of the token losses and the ACT loss head (smoltrain.models.trm_loss)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from smoltrain.errors import ConfigError
-from smoltrain.losses import (
+from smoltrain.models.trm import TRMCarry, TRMInnerCarry
+from smoltrain.models.trm_loss import (
     IGNORE_LABEL_ID,
     ACTLossHead,
     softmax_cross_entropy,
     stablemax_cross_entropy,
 )
-from smoltrain.models.trm import TRMCarry, TRMInnerCarry
 
 
 def reference_stablemax_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

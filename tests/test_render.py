@@ -13,26 +13,26 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from smoltrain.cli import main
-from smoltrain.config import load_config
-from smoltrain.data.arc import crop_grid
-from smoltrain.data.puzzles import PuzzleDatasetMetadata, puzzle_kind, write_identifiers, write_split
-from smoltrain.errors import ConfigError, DataError
-from smoltrain.render import (
+from smoltrain.apps.render import (
     PuzzleTrace,
     draw_grid,
     draw_trace,
     render_traces,
     write_html,
 )
-from smoltrain.solve import _verdict, parse_maze, solve_puzzle
+from smoltrain.apps.solve import _verdict, parse_maze, solve_puzzle
+from smoltrain.cli import main
+from smoltrain.config import load_config
+from smoltrain.data.arc import crop_grid
+from smoltrain.data.puzzles import PuzzleDatasetMetadata, puzzle_kind, write_identifiers, write_split
+from smoltrain.errors import ConfigError, DataError
 from smoltrain.train.trainer import Trainer
 
 from .conftest import run_python
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-# ARC's standard palette, written out from the ARC task viewer's colours (not from smoltrain.render).
+# ARC's standard palette, written out from the ARC task viewer's colours (not from smoltrain.apps.render).
 ARC_HEX = ["#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF",
            "#870C25"]
 
@@ -249,7 +249,7 @@ def test_render_traces_writes_pngs_and_a_page(tmp_path: Path) -> None:
 
 
 def test_html_escapes_titles(tmp_path: Path) -> None:
-    from smoltrain.render import RenderedPuzzle
+    from smoltrain.apps.render import RenderedPuzzle
 
     write_html(tmp_path, [RenderedPuzzle("</script><b>x", "a & b", "t.png", ["f.png"])])
     text = (tmp_path / "index.html").read_text()
@@ -432,7 +432,7 @@ def test_eval_render_through_the_cli(kind: str, maze_run: Path, arc_run: Path, t
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run the page's script")
 def test_page_steps_through_puzzles_and_steps(tmp_path: Path) -> None:
     """The page's own script, run in node with a stand-in document: buttons and arrow keys move the frame."""
-    from smoltrain.render import RenderedPuzzle
+    from smoltrain.apps.render import RenderedPuzzle
 
     items = [RenderedPuzzle("one", "ok", "a.png", ["a1.png", "a2.png", "a3.png"]),
              RenderedPuzzle("two", "bad", "b.png", ["b1.png", "b2.png"])]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from smoltrain.optim import EMA, warmup_cosine_factor
+from smoltrain.train.schedule import EMA, warmup_cosine_factor
 
 
 def test_warmup_is_linear_from_step_one():

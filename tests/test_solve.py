@@ -9,10 +9,7 @@ import pytest
 import torch
 
 import smoltrain
-from smoltrain.errors import DataError, SmoltrainError
-from smoltrain.interop.trm_import import import_reference_checkpoint
-from smoltrain.models.trm import act_inference
-from smoltrain.solve import (
+from smoltrain.apps.solve import (
     SolveResult,
     format_grid,
     is_valid_solution,
@@ -20,6 +17,9 @@ from smoltrain.solve import (
     solution_problems,
     solve_with_run,
 )
+from smoltrain.errors import DataError, SmoltrainError
+from smoltrain.interop.trm_import import import_reference_checkpoint
+from smoltrain.models.trm import act_inference
 
 from .test_trm_import import MLP_T, write_reference
 
@@ -125,9 +125,9 @@ def test_solve_errors(sudoku_run: Path, tmp_path: Path) -> None:
 def test_solve_cli_prints_and_renders(sudoku_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from PIL import Image
 
+    from smoltrain.apps.render import draw_trace
+    from smoltrain.apps.solve import solve_puzzle
     from smoltrain.cli import main
-    from smoltrain.render import draw_trace
-    from smoltrain.solve import solve_puzzle
 
     puzzle = "1.3. ..1. 2... ...1"
     out_dir = tmp_path / "pictures"
@@ -181,9 +181,9 @@ def test_render_examples_of_a_sudoku_dataset(sudoku_run: Path, tmp_path: Path, c
     """`eval --render`'s library on a hand-made 4x4 dataset: traces with targets, verdicts, the page."""
     import json
 
+    from smoltrain.apps.render import render_examples
+    from smoltrain.apps.solve import solve_puzzle, trace_test_examples
     from smoltrain.data.puzzles import PuzzleDatasetMetadata, write_identifiers, write_split
-    from smoltrain.render import render_examples
-    from smoltrain.solve import solve_puzzle, trace_test_examples
 
     solved = pattern(4, 2, 2) + 1  # tokens: digit + 1
     puzzles = np.stack([np.where(np.arange(16) % (k + 2) == 0, 1, solved) for k in range(3)])

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from smoltrain.config import load_config
-from smoltrain.train import checkpoint as ckpt
+from smoltrain.runs import checkpoint as ckpt
 from smoltrain.train.logging import read_metrics
 from smoltrain.train.trainer import Trainer, TrainingDiverged
 

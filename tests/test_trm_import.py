@@ -14,10 +14,10 @@ import yaml
 import smoltrain
 from smoltrain.errors import ConfigError, DataError, SmoltrainError
 from smoltrain.interop.trm_import import import_reference_checkpoint, reference_arch_name
-from smoltrain.losses import ACTLossHead
 from smoltrain.models.hrm import HRM, TRMSingleZ
 from smoltrain.models.trm import TRM, act_inference
-from smoltrain.train import checkpoint as ckpt
+from smoltrain.models.trm_loss import ACTLossHead
+from smoltrain.runs import checkpoint as ckpt
 
 from .conftest import run_python
 from .puzzle_fixtures import write_sorting_puzzles

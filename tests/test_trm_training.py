@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from smoltrain.config import load_config
 from smoltrain.data.sudoku import build_sudoku_dataset
-from smoltrain.train import checkpoint as ckpt
+from smoltrain.runs import checkpoint as ckpt
 from smoltrain.train.logging import read_metrics
 from smoltrain.train.trainer import Trainer
 
@@ -114,7 +114,7 @@ def test_eval_cli_on_a_run_with_other_data(sudoku4, tmp_path):
 def test_end_to_end_4x4_reaches_90_percent_on_held_out(tmp_path):
     data = tmp_path / "sudoku4"
     build_sudoku_dataset(data, "generate", size=4, num_train=3000, num_test=300, seed=1)
-    cfg = load_config("trm-sudoku-cpu", [f"data_paths=[{data}]", f"run_dir={tmp_path / 'run'}", "max_minutes=1.5",
+    cfg = load_config("trm-sudoku-cpu", [f"data_paths=[{data}]", f"run_dir={tmp_path / 'run'}", "max_steps=1000",
                                          "epochs=1000", "eval_interval=1000", "eval_max_examples=null"])
     summary = Trainer(cfg).fit()
     assert summary["eval"]["count"] == 300

@@ -14,7 +14,7 @@ import signal
 import sys
 
 from smoltrain.config import load_config
-from smoltrain.train import checkpoint
+from smoltrain.runs import checkpoint
 from smoltrain.train.trainer import Trainer
 
 

@@ -39,12 +39,12 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
-    from smoltrain.api import evaluate
+    from smoltrain.runs.loading import evaluate
 
     metrics = evaluate(ns.run_dir, checkpoint=ns.checkpoint, device=ns.device, overrides=ns.overrides)
     print(json.dumps(metrics, indent=2))
     if ns.render:
-        from smoltrain.render import render_examples
+        from smoltrain.apps.render import render_examples
 
         page = render_examples(ns.run_dir, ns.render, count=ns.render_count, device=ns.device,
                                checkpoint=ns.checkpoint, overrides=ns.overrides)
@@ -55,8 +55,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 def cmd_info(ns: argparse.Namespace) -> int:
     from smoltrain.config import config_to_yaml, load_config
     from smoltrain.families import family_class
-    from smoltrain.train.device import pick_device
-    from smoltrain.train.distributed import DistEnv
+    from smoltrain.runtime.device import pick_device
+    from smoltrain.runtime.distributed import DistEnv
 
     recipe, overrides = _split_recipe(ns.args)
     cfg = load_config(recipe, overrides)
@@ -127,13 +127,13 @@ def cmd_data_arc(ns: argparse.Namespace) -> int:
 
 
 def cmd_solve(ns: argparse.Namespace) -> int:
-    from smoltrain.solve import read_puzzle_file, solve_puzzle
+    from smoltrain.apps.solve import read_puzzle_file, solve_puzzle
 
     text = read_puzzle_file(ns.puzzle_file) if ns.puzzle_file else ns.puzzle
     solution = solve_puzzle(ns.run_dir, puzzle_text=text, example=ns.example, device=ns.device)
     print(solution.report())
     if ns.render:
-        from smoltrain.render import render_traces
+        from smoltrain.apps.render import render_traces
 
         name = "puzzle" if ns.example is None else f"example-{ns.example:04d}"
         print(f"drew the ACT trace: open {render_traces([solution.trace], ns.render, [name])}")
@@ -181,7 +181,7 @@ def _sampling(ns: argparse.Namespace) -> dict:
 
 
 def cmd_generate(ns: argparse.Namespace) -> int:
-    from smoltrain.generate import load_lm, stream_text
+    from smoltrain.apps.generate import load_lm, stream_text
 
     lm = load_lm(ns.run_dir, device=ns.device)
     print(ns.prompt, end="", flush=True)
@@ -192,7 +192,7 @@ def cmd_generate(ns: argparse.Namespace) -> int:
 
 
 def cmd_chat(ns: argparse.Namespace) -> int:
-    from smoltrain.generate import chat_reply, load_lm
+    from smoltrain.apps.generate import chat_reply, load_lm
 
     lm = load_lm(ns.run_dir, device=ns.device)
     messages: list[dict[str, str]] = []
@@ -252,7 +252,7 @@ def cmd_import_minimind(ns: argparse.Namespace) -> int:
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
-    from smoltrain.demo import run_demo, run_lm_demo
+    from smoltrain.apps.demo import run_demo, run_lm_demo
 
     if ns.which == "lm":
         return run_lm_demo(run_dir=ns.run_dir or "runs/demo-lm", minutes=ns.minutes, corpus=ns.corpus)

@@ -1,6 +1,6 @@
 """Plain text -> token shards (``train.bin``/``val.bin``) and a packed, resumable window stream.
 
-Inputs (`iter_documents`):
+Inputs (`smoltrain.data.documents.iter_documents`):
 
 * ``*.jsonl``: one JSON object per line with a string ``text`` field (MiniMind pretrain format);
   blank lines and empty texts are ignored. A malformed line stops the build with file and line
@@ -41,7 +41,6 @@ import hashlib
 import json
 import math
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -49,152 +48,14 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from smoltrain.data.documents import Skips, iter_documents
 from smoltrain.data.tokenizer import BOS_TOKEN, PAD_TOKEN, eos_id, load_tokenizer, special_token_id, tokenizer_file
 from smoltrain.errors import ConfigError, DataError
 from smoltrain.fileio import atomic_directory, write_json_synced
 
 FORMAT = "smoltrain-text-v1"
 SPLITS = ("train", "val")
-_SUFFIXES = (".txt", ".jsonl", ".parquet")
-_PARAGRAPH_BREAK = re.compile(r"\r?\n(?:[ \t]*\r?\n)+")
 _ENCODE_CHUNK = 2048  # documents per encode_batch call: big enough to keep every core busy
-
-
-class _Skips:
-    """Counts malformed lines that were skipped, with the first one for the report."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.first: str | None = None
-
-    def add(self, where: str) -> None:
-        self.count += 1
-        if self.first is None:
-            self.first = where
-
-
-def _expand(inputs: list[str]) -> list[str]:
-    files: list[str] = []
-    for item in inputs:
-        item = str(item)
-        if item.startswith("hf:"):
-            files.append(item)
-            continue
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _SUFFIXES)
-            if not found:
-                raise DataError(f"directory {path} holds no .txt/.jsonl/.parquet files: point at the text files")
-            files.extend(str(p) for p in found)
-        elif path.is_file():
-            if path.suffix not in _SUFFIXES:
-                raise DataError(
-                    f"unsupported text input {path}: use .txt, .jsonl (with a 'text' field), .parquet or hf:NAME"
-                )
-            files.append(str(path))
-        else:
-            raise DataError(f"text input {path} does not exist: check the path")
-    return files
-
-
-def _iter_jsonl(path: Path, skip_bad_lines: bool, skips: _Skips) -> Iterator[str]:
-    with open(path, "rb") as handle:
-        for lineno, raw in enumerate(handle, 1):
-            if not raw.strip():
-                continue
-            problem: str | None = None
-            text: Any = None
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                problem = "is not valid UTF-8"
-            except json.JSONDecodeError as exc:
-                problem = f"is not valid JSON ({exc.msg})"
-            else:
-                if not isinstance(obj, dict) or "text" not in obj:
-                    problem = "has no 'text' field"
-                else:
-                    text = obj["text"]
-                    if not isinstance(text, str):
-                        problem = f"has a non-string 'text' ({type(text).__name__})"
-            if problem is not None:
-                where = f"{path}:{lineno}"
-                if skip_bad_lines:
-                    skips.add(where)
-                    continue
-                raise DataError(
-                    f"{where}: line {problem}; each line must be a JSON object with a string 'text' field "
-                    "(fix the line or pass skip_bad_lines / --skip-bad-lines)"
-                )
-            if text:
-                yield text
-
-
-def _iter_txt(path: Path) -> Iterator[str]:
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8; convert the file to UTF-8 (e.g. iconv)") from exc
-    for paragraph in _PARAGRAPH_BREAK.split(text):
-        paragraph = paragraph.strip("\r\n")
-        if paragraph.strip():
-            yield paragraph
-
-
-def _iter_parquet(path: Path, skip_bad_lines: bool, skips: _Skips) -> Iterator[str]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:
-        raise DataError(f"reading {path} needs pyarrow: pip install pyarrow (or convert it to .jsonl)") from exc
-    file = pq.ParquetFile(path)
-    if "text" not in file.schema_arrow.names:
-        raise DataError(f"{path} has no 'text' column (columns: {file.schema_arrow.names}): rename the text column")
-    row = 0
-    for batch in file.iter_batches(columns=["text"]):
-        for text in batch.column(0).to_pylist():
-            row += 1
-            if not isinstance(text, str):
-                if skip_bad_lines:
-                    skips.add(f"{path} row {row}")
-                    continue
-                raise DataError(f"{path} row {row}: 'text' is {text!r}, not a string; fix it or pass skip_bad_lines")
-            if text:
-                yield text
-
-
-def _iter_hf(spec: str, skip_bad_lines: bool, skips: _Skips) -> Iterator[str]:
-    try:
-        import datasets
-    except ImportError as exc:
-        raise DataError(f"{spec} needs the `datasets` package: pip install datasets (or export to .jsonl)") from exc
-    name, _, split = spec[3:].partition(":")
-    data = datasets.load_dataset(name, split=split or "train", streaming=True)
-    for row, item in enumerate(data, 1):
-        text = item.get("text") if isinstance(item, dict) else None
-        if not isinstance(text, str):
-            if skip_bad_lines:
-                skips.add(f"{spec} row {row}")
-                continue
-            raise DataError(f"{spec} row {row}: no string 'text' field; pick a text dataset or pass skip_bad_lines")
-        if text:
-            yield text
-
-
-def iter_documents(inputs: list[str], skip_bad_lines: bool = False, skips: _Skips | None = None) -> Iterator[str]:
-    """Yield the documents of `inputs` in order (see the module docstring for the formats)."""
-    skips = skips if skips is not None else _Skips()
-    for item in _expand(inputs):
-        if item.startswith("hf:"):
-            yield from _iter_hf(item, skip_bad_lines, skips)
-            continue
-        path = Path(item)
-        if path.suffix == ".jsonl":
-            yield from _iter_jsonl(path, skip_bad_lines, skips)
-        elif path.suffix == ".txt":
-            yield from _iter_txt(path)
-        else:
-            yield from _iter_parquet(path, skip_bad_lines, skips)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -261,7 +122,7 @@ def build_text_dataset(
     if workers is not None and workers > 1:
         os.environ.setdefault("RAYON_NUM_THREADS", str(workers))
 
-    skips = _Skips()
+    skips = Skips()
     docs = list(iter_documents([str(i) for i in inputs], skip_bad_lines=skip_bad_lines, skips=skips))
     n = len(docs)
     if n == 0:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from smoltrain.data.documents import iter_documents
 from smoltrain.errors import ConfigError, DataError
 from smoltrain.fileio import atomic_write_text
 
@@ -47,9 +48,6 @@ _MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # the byte alphabet plus the special tok
 
 
 def _iter_training_texts(inputs: list[Path], skip_bad_lines: bool) -> Iterator[str]:
-    # Imported here because text.py imports this module at top level.
-    from smoltrain.data.text import iter_documents
-
     yield from iter_documents([str(p) for p in inputs], skip_bad_lines=skip_bad_lines)
 
 

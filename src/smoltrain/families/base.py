@@ -19,7 +19,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from smoltrain.config import ArchConfig, TrainConfig
-    from smoltrain.train.distributed import DistEnv
+    from smoltrain.runtime.distributed import DistEnv
 
 Batch = dict[str, torch.Tensor]
 

@@ -142,7 +142,7 @@ class LMFamily(Family):
     def evaluate(self, model: nn.Module, outputs_path: Path | None = None,
                  report_dir: Path | None = None) -> dict[str, float]:
         """Validation loss (nats per token), perplexity and bits per byte over the val split."""
-        from smoltrain.train.distributed import all_reduce_sum
+        from smoltrain.runtime.distributed import all_reduce_sum
 
         if not self.cfg.data_paths:
             return {}

@@ -1,6 +1,6 @@
 """The TRM family (``arch=trm``, ``arch=hrm``, ``arch=trm_singlez``) on puzzle datasets.
 
-Glue only: the model is in ``models/trm.py`` / ``models/hrm.py``, the loss head in ``losses.py``, the
+Glue only: the model is in ``models/trm.py`` / ``models/hrm.py``, the loss head in ``models/trm_loss.py``, the
 sampler in ``data/puzzles.py``, the optimizers in ``optim.py``. This file says how they meet the trainer:
 
 * the dataset's ``dataset.json`` supplies ``seq_len``, ``vocab_size`` and ``num_puzzle_identifiers``,
@@ -26,11 +26,11 @@ from smoltrain.data.puzzles import PuzzleDataset, dataset_kind, load_metadata
 from smoltrain.errors import ConfigError
 from smoltrain.families.base import Batch, Family, OptimizerSpec, StepOutput, TrainStream
 from smoltrain.fileio import atomic_write_bytes
-from smoltrain.losses import ACTLossHead
 from smoltrain.models.hrm import HRM, HRMConfig, TRMSingleZ, TRMSingleZConfig
 from smoltrain.models.trm import TRM, TRMCarry, TRMConfig, carry_from_state, carry_to_state
+from smoltrain.models.trm_loss import ACTLossHead
 from smoltrain.optim import AdamATan2, SparseSignSGD
-from smoltrain.train.device import resolve_precision
+from smoltrain.runtime.device import resolve_precision
 
 # Arch fields the dataset and the trainer fill in (the reference injects them too).
 INJECTED = ("batch_size", "seq_len", "vocab_size", "num_puzzle_identifiers")
@@ -280,7 +280,7 @@ class TRMFamily(Family):
         this rank's real rows after the last ACT step are saved there with ``torch.save``, as the
         reference does.
         """
-        from smoltrain.train.distributed import all_reduce_sum
+        from smoltrain.runtime.distributed import all_reduce_sum
 
         dataset = self._dataset("test", test_mode=True)
         is_maze = dataset_kind(self._test_root()) == "maze"

@@ -24,12 +24,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from smoltrain.api import load
 from smoltrain.config import config_to_yaml, load_run_config, validate
 from smoltrain.errors import SmoltrainError
 from smoltrain.fileio import atomic_directory
 from smoltrain.models.lm import LMConfig, LMForCausalLM
-from smoltrain.train import checkpoint as ckpt
+from smoltrain.runs import checkpoint as ckpt
+from smoltrain.runs.loading import load
 
 __all__ = ["TOKENIZER_FILES", "export_hf", "import_hf"]
 

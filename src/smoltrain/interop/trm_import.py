@@ -42,8 +42,8 @@ from smoltrain.errors import ConfigError, DataError, SmoltrainError
 from smoltrain.families import family_class
 from smoltrain.families.trm import DATA_SHAPE, INJECTED, LossConfig, TRMFamily
 from smoltrain.fileio import atomic_directory, atomic_write_text
-from smoltrain.train.checkpoint import save_checkpoint
-from smoltrain.train.distributed import DistEnv
+from smoltrain.runs.checkpoint import save_checkpoint
+from smoltrain.runtime.distributed import DistEnv
 
 __all__ = ["import_reference_checkpoint", "load_reference_state", "reference_arch_name"]
 

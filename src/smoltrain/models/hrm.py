@@ -12,7 +12,6 @@ from typing import ClassVar
 import torch
 from pydantic import model_validator
 
-from smoltrain.models.layers import CosSin, trunc_normal_init_
 from smoltrain.models.trm import (
     TRM,
     TRMBlock,
@@ -21,6 +20,7 @@ from smoltrain.models.trm import (
     TRMInnerCarry,
     TRMReasoningModule,
 )
+from smoltrain.models.trm_layers import CosSin, trunc_normal_init_
 
 __all__ = [
     "HRM",

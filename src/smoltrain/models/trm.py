@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
 
-from smoltrain.models.layers import (
+from smoltrain.models.trm_layers import (
     Attention,
     CastedEmbedding,
     CastedLinear,

@@ -27,10 +27,9 @@ from smoltrain.errors import ConfigError, SmoltrainError
 from smoltrain.families import family_class
 from smoltrain.families.base import Batch
 from smoltrain.fileio import atomic_write_text
-from smoltrain.optim import EMA, warmup_cosine_factor
-from smoltrain.train import checkpoint as ckpt
-from smoltrain.train.device import DTYPES, pick_device, resolve_precision
-from smoltrain.train.distributed import (
+from smoltrain.runs import checkpoint as ckpt
+from smoltrain.runtime.device import DTYPES, pick_device, resolve_precision
+from smoltrain.runtime.distributed import (
     all_reduce_grads,
     all_reduce_sum,
     barrier,
@@ -39,6 +38,7 @@ from smoltrain.train.distributed import (
     init_distributed,
 )
 from smoltrain.train.logging import MetricsLogger, truncate_metrics
+from smoltrain.train.schedule import EMA, warmup_cosine_factor
 
 
 class TrainingDiverged(SmoltrainError):

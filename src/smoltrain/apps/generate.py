@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from smoltrain.api import LoadedRun, load
 from smoltrain.data.tokenizer import apply_chat_template, decode, encode, eos_id, load_tokenizer
 from smoltrain.errors import SmoltrainError
 from smoltrain.models.lm import LMForCausalLM
+from smoltrain.runs.loading import LoadedRun, load
 
 
 @dataclass

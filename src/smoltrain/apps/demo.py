@@ -12,10 +12,10 @@ import shutil
 import time
 from pathlib import Path
 
+from smoltrain.apps.solve import format_grid, is_valid_solution, solve_with_run
 from smoltrain.config import load_config
 from smoltrain.data.puzzles import PuzzleDataset
 from smoltrain.data.sudoku import build_sudoku_dataset
-from smoltrain.solve import format_grid, is_valid_solution, solve_with_run
 from smoltrain.train.trainer import Trainer
 
 SIZE = 6
@@ -99,9 +99,9 @@ def shakespeare_corpus(cache: Path = CORPUS_CACHE) -> Path:
 
 def run_lm_demo(run_dir: str = "runs/demo-lm", minutes: float | None = None, corpus: str | None = None) -> int:
     """Tokenizer, token shards and a tiny LM trained on the CPU, then its loss and a few samples."""
+    from smoltrain.apps.generate import load_lm, stream_text
     from smoltrain.data.text import build_text_dataset, unigram_entropy
     from smoltrain.data.tokenizer import train_tokenizer
-    from smoltrain.generate import load_lm, stream_text
 
     minutes = minutes or 5.0
     path = Path(run_dir)

@@ -15,9 +15,9 @@ from torch import nn
 from smoltrain.config import TrainConfig, load_run_config
 from smoltrain.errors import SmoltrainError
 from smoltrain.families import Family, family_class
-from smoltrain.train import checkpoint as ckpt
-from smoltrain.train.device import pick_device
-from smoltrain.train.distributed import DistEnv
+from smoltrain.runs import checkpoint as ckpt
+from smoltrain.runtime.device import pick_device
+from smoltrain.runtime.distributed import DistEnv
 
 
 @dataclass

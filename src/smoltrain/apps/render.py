@@ -33,7 +33,7 @@ from smoltrain.errors import ConfigError, DataError
 from smoltrain.fileio import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from smoltrain.api import LoadedRun
+    from smoltrain.runs.loading import LoadedRun
 
 __all__ = [
     "ARC_COLOURS",
@@ -494,8 +494,8 @@ def render_examples(run: LoadedRun | str | Path, out_dir: str | Path, count: int
                     checkpoint: str | Path | None = None, overrides: list[str] | None = None) -> Path:
     """Run the first ``count`` test examples of a TRM-family run's dataset through every ACT step and render
     them into ``out_dir`` (``example-NNNN.png``, ``frames/``, ``index.html``); returns the page's path."""
-    from smoltrain.api import LoadedRun, load
-    from smoltrain.solve import trace_test_examples
+    from smoltrain.apps.solve import trace_test_examples
+    from smoltrain.runs.loading import LoadedRun, load
 
     if count < 1:
         raise ConfigError(f"--render-count must be at least 1, got {count}")

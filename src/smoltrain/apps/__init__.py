@@ -1,0 +1,1 @@
+"""Applications built on the library: solving and drawing puzzles, text generation, the demos."""

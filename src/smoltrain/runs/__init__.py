@@ -1,0 +1,1 @@
+"""Run directories: their layout, checkpoint format and loading a trained run."""
