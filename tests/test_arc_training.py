@@ -47,9 +47,11 @@ def train_and_check_submission(data: Path, run: Path, tasks: list[str], steps: i
     summary = Trainer(cfg).fit()["eval"]
     test_pairs = json.loads((data / "test_puzzles.json").read_text())
     assert sorted(test_pairs) == sorted(tasks)
-    for k in (1, 2, 5, 10, 100, 1000):
-        assert 0.0 <= summary[f"ARC/pass@{k}"] <= 1.0
-    assert summary["ARC/pass@1"] <= summary["ARC/pass@2"] <= summary["ARC/pass@1000"]
+    ks = (1, 2, 5, 10, 100, 1000)
+    passes = [summary[f"ARC/pass@{k}"] for k in ks]
+    assert passes == sorted(passes)  # more attempts never solve fewer tasks
+    for value in passes:  # a share of whole tasks (a task's test inputs all count or it does not)
+        assert abs(value * len(tasks) - round(value * len(tasks))) < 1e-9
     report = run / "eval" / f"step_{steps:08d}"
     submission = json.loads((report / "submission.json").read_text())
     assert sorted(submission) == sorted(tasks)
@@ -59,8 +61,10 @@ def train_and_check_submission(data: Path, run: Path, tasks: list[str], steps: i
             assert set(attempt) == {"attempt_1", "attempt_2"}
             for grid in attempt.values():  # a list of equal-length rows of colours
                 assert all(len(row) == len(grid[0]) and all(0 <= c <= 9 for c in row) for row in grid)
-    scores = json.loads((report / "arc_scores.json").read_text())
-    assert scores  # per-task scores next to the submission
+    scores = json.loads((report / "arc_scores.json").read_text())  # per-task scores next to the submission
+    assert sorted(scores["tasks"]) == sorted(tasks)
+    assert scores["metrics"] == {f"ARC/pass@{k}": summary[f"ARC/pass@{k}"] for k in ks}
+    assert scores["unmatched_rows"] == 0 and scores["rows_voted"] == summary["count"]
     return summary
 
 

@@ -67,11 +67,12 @@ def test_reference_command_line_runs(sudoku4, tmp_path):
 )
 def test_variants_train(sudoku4, tmp_path, variant):
     cfg = load_config(None, [*variant, *TINY_TRM, f"data_paths=[{sudoku4}]", f"run_dir={tmp_path}",
-                             "max_steps=4", "eval_max_examples=16"])
+                             "max_steps=30", "eval_max_examples=16"])
     summary = Trainer(cfg).fit()
     losses = [r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "train"]
-    assert len(losses) == 4 and all(isinstance(v, float) and v == v for v in losses)
-    assert 0.0 <= summary["eval"]["exact_accuracy"] <= 1.0
+    assert len(losses) == 30 and all(isinstance(v, float) and v == v for v in losses)
+    assert sum(losses[-5:]) / 5 < losses[0]  # it learns: the last steps' loss is below the first's
+    assert summary["eval"]["count"] == 16
 
 
 def test_resume_with_act_carry_is_bitwise_exact(sudoku4, tmp_path):
