@@ -108,17 +108,8 @@ def _iter_parquet(path: Path, skip_bad_lines: bool, skips: Skips) -> Iterator[st
     file = pq.ParquetFile(path)
     if "text" not in file.schema_arrow.names:
         raise DataError(f"{path} has no 'text' column (columns: {file.schema_arrow.names}): rename the text column")
-    row = 0
-    for batch in file.iter_batches(columns=["text"]):
-        for text in batch.column(0).to_pylist():
-            row += 1
-            if not isinstance(text, str):
-                if skip_bad_lines:
-                    skips.add(f"{path} row {row}")
-                    continue
-                raise DataError(f"{path} row {row}: 'text' is {text!r}, not a string; fix it or pass skip_bad_lines")
-            if text:
-                yield text
+    texts = (text for batch in file.iter_batches(columns=["text"]) for text in batch.column(0).to_pylist())
+    yield from _string_texts(texts, str(path), "fix it", skip_bad_lines, skips)
 
 
 def _iter_hf(spec: str, skip_bad_lines: bool, skips: Skips) -> Iterator[str]:
@@ -128,13 +119,18 @@ def _iter_hf(spec: str, skip_bad_lines: bool, skips: Skips) -> Iterator[str]:
         raise DataError(f"{spec} needs the `datasets` package: pip install datasets (or export to .jsonl)") from exc
     name, _, split = spec[3:].partition(":")
     data = datasets.load_dataset(name, split=split or "train", streaming=True)
-    for row, item in enumerate(data, 1):
-        text = item.get("text") if isinstance(item, dict) else None
+    texts = (item.get("text") if isinstance(item, dict) else None for item in data)
+    yield from _string_texts(texts, spec, "pick a text dataset", skip_bad_lines, skips)
+
+
+def _string_texts(texts: Iterator[Any], source: str, fix: str, skip_bad_lines: bool, skips: Skips) -> Iterator[str]:
+    """The non-empty string texts of a table's rows; a row without one stops the build or is skipped and counted."""
+    for row, text in enumerate(texts, 1):
         if not isinstance(text, str):
             if skip_bad_lines:
-                skips.add(f"{spec} row {row}")
+                skips.add(f"{source} row {row}")
                 continue
-            raise DataError(f"{spec} row {row}: no string 'text' field; pick a text dataset or pass skip_bad_lines")
+            raise DataError(f"{source} row {row}: 'text' is {text!r}, not a string; {fix} or pass skip_bad_lines")
         if text:
             yield text
 

@@ -556,16 +556,8 @@ class LMForCausalLM(nn.Module):
         finally:
             self.train(was_training)
 
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        eos_token_id: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """The prompt followed by ``n <= max_new_tokens`` new tokens, ``[B, T + n]`` (see ``generate_stream``)."""
-        new = self.generate_stream(input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, generator)
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **sampling: Any) -> torch.Tensor:
+        """The prompt followed by ``n <= max_new_tokens`` new tokens, ``[B, T + n]``; ``sampling`` takes the
+        keywords of ``generate_stream`` (temperature, top_k, top_p, eos_token_id, generator)."""
+        new = self.generate_stream(input_ids, max_new_tokens, **sampling)
         return torch.cat([input_ids, *(token[:, None] for token in new)], dim=1)
