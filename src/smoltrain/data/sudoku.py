@@ -14,8 +14,8 @@ holds the numba kernels.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from smoltrain.data.augment import sudoku_shuffle_batch
+from smoltrain.data.build import PuzzleBuilder
 from smoltrain.data.puzzle_source import (
     CSV_COLUMNS,
     CsvPuzzles,
@@ -30,17 +31,11 @@ from smoltrain.data.puzzle_source import (
     candidate_seeds,
     check_counts,
     default_workers,
-    load_source_splits,
     read_puzzle_csv,
     run_in_chunks,
     select,
-    subsample,
-    train_size,
-    write_build_info,
     write_puzzle_csv,
-    write_puzzle_files,
 )
-from smoltrain.data.puzzles import atomic_dataset_dir, check_output_dir
 from smoltrain.data.sudoku_solver import Topology, generate_batch, solve_board
 from smoltrain.errors import DataError
 
@@ -335,13 +330,51 @@ def write_sudoku_csv(path: Path, split: SudokuSplit, source_name: str) -> None:
 # Dataset builder
 
 
+@dataclass(frozen=True)
+class SudokuOptions:
+    """What a Sudoku build makes, checked when made; one field per `smoltrain data sudoku` flag of that name.
+
+    source:
+      "generate"  the offline generator: `num_train` (default 1000) and `num_test` (default 1000)
+                  puzzles from independent seed streams; test puzzles never occur among train puzzles.
+      "hf"        download `train.csv` / `test.csv` of `source_repo` (Sudoku-Extreme, 9x9 only).
+      "csv:PATH"  a directory with train.csv and test.csv, or one CSV file that is split with a seeded
+                  random `num_test` rows (default 10%) held out for test.
+    Train puzzles are subsampled to `subsample_size` (alias `num_train` for CSV sources) with a seeded
+    `choice` and the chosen rows go to subsample_indices.json; `num_test` subsamples the CSV test split
+    (default: all of it, like the reference). `min_difficulty` keeps puzzles with rating >= it (CSV:
+    the rating column; generate: our solver's guess count, reached by hill-climbing for up to
+    `harden_steps` steps; each climb that gets there yields up to `per_climb` puzzles). `num_aug`
+    augmentations per train puzzle (test is never augmented).
+    `target_clues` stops the generator's clue removal early (easier puzzles); `workers` are its threads.
+    """
+
+    source: str = "generate"
+    size: int = 9
+    num_train: int | None = None
+    num_test: int | None = None
+    subsample_size: int | None = None
+    num_aug: int = 0
+    min_difficulty: int | None = None
+    seed: int = 0
+    target_clues: int | None = None
+    harden_steps: int | None = None
+    per_climb: int | None = None
+    workers: int | None = None
+    source_repo: str = SOURCE_REPO
+
+    def __post_init__(self) -> None:
+        check_counts(num_train=self.num_train, num_test=self.num_test, subsample_size=self.subsample_size)
+        if self.num_aug < 0:
+            raise DataError(f"num_aug must be >= 0, got {self.num_aug}")
+        if self.min_difficulty is not None and self.min_difficulty < 0:
+            raise DataError(f"min_difficulty must be >= 0, got {self.min_difficulty}")
+        box_shape(self.size)  # rejects unsupported sizes
+
+
 def _encode(digits: np.ndarray) -> np.ndarray:
     # Reference token layout: 0 PAD, 1 blank, 2..n+1 digits.
     return digits.astype(np.uint8) + 1
-
-
-def _split_strings(questions: np.ndarray) -> set[bytes]:
-    return {row.tobytes() for row in questions.astype(np.uint8)}
 
 
 def _augment(
@@ -388,9 +421,7 @@ def _augment(
     return questions, answers, np.asarray(sizes, dtype=np.int64), {"redrawn": redrawn, "dropped": dropped}
 
 
-def _filter_difficulty(split: SudokuSplit, min_difficulty: int | None) -> SudokuSplit:
-    if min_difficulty is None:
-        return split
+def _filter_difficulty(split: SudokuSplit, min_difficulty: int) -> SudokuSplit:
     if split.ratings.size and (split.ratings < 0).any():
         raise DataError(
             f"{split.path} has no rating column, so --min-difficulty cannot filter it: add a rating column "
@@ -399,187 +430,109 @@ def _filter_difficulty(split: SudokuSplit, min_difficulty: int | None) -> Sudoku
     return select(split, np.flatnonzero(split.ratings >= min_difficulty))
 
 
-def build_sudoku_dataset(
-    output_dir: str | os.PathLike[str],
-    source: str = "generate",
-    *,
-    size: int = 9,
-    num_train: int | None = None,
-    num_test: int | None = None,
-    subsample_size: int | None = None,
-    num_aug: int = 0,
-    min_difficulty: int | None = None,
-    seed: int = 0,
-    target_clues: int | None = None,
-    harden_steps: int | None = None,
-    per_climb: int | None = None,
-    workers: int | None = None,
-    source_repo: str = SOURCE_REPO,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Build a Sudoku dataset in the reference layout at `output_dir` (atomically); return build info.
+def _rating_stats(split: SudokuSplit) -> dict[str, float] | None:
+    r = split.ratings[split.ratings >= 0]
+    if r.size == 0:
+        return None
+    return {"mean": round(float(r.mean()), 3), "median": float(np.median(r)), "max": int(r.max())}
 
-    source:
-      "hf"        download `train.csv` / `test.csv` of `source_repo` (Sudoku-Extreme, 9x9 only).
-      "csv:PATH"  a directory with train.csv and test.csv, or one CSV file that is split with a seeded
-                  random `num_test` rows (default 10%) held out for test.
-      "generate"  the offline generator: `num_train` (default 1000) and `num_test` (default 1000)
-                  puzzles from independent seed streams; test puzzles never occur among train puzzles.
-    Train puzzles are subsampled to `subsample_size` (alias `num_train` for CSV sources) with a seeded
-    `choice` and the chosen rows go to subsample_indices.json; `num_test` subsamples the CSV test split
-    (default: all of it, like the reference). `min_difficulty` keeps puzzles with rating >= it (CSV:
-    the rating column; generate: our solver's guess count, reached by hill-climbing for up to
-    `harden_steps` steps; each climb that gets there yields up to `per_climb` puzzles). `num_aug`
-    augmentations per train puzzle (test is never augmented).
-    `target_clues` stops the generator's clue removal early (easier puzzles).
-    """
-    started = time.perf_counter()
-    output_dir = check_output_dir(output_dir)
-    check_counts(num_train=num_train, num_test=num_test, subsample_size=subsample_size)
-    if num_aug < 0:
-        raise DataError(f"num_aug must be >= 0, got {num_aug}")
-    if min_difficulty is not None and min_difficulty < 0:
-        raise DataError(f"min_difficulty must be >= 0, got {min_difficulty}")
-    box_rows, box_cols = box_shape(size)  # also rejects unsupported sizes
-    streams = np.random.SeedSequence(seed).spawn(5)  # train gen, test gen, subsample, test split, augment
-    info: dict[str, Any] = {
-        "builder": "sudoku",  # what kind of puzzle this is: solve, eval and render read it
-        "source": source,
-        "size": size,
-        "box": [box_rows, box_cols],
-        "seed": seed,
-        "num_aug": num_aug,
-        "min_difficulty": min_difficulty,
-        "target_clues": target_clues,
-    }
-    subsample_record: dict[str, Any] | None = None
-    info["rating_scale"] = (
-        "smoltrain solver guesses (singles + locked candidates, limit-2 search)"
-        if source == "generate"
-        else "the source file's rating column (Sudoku-Extreme: tdoku backtracks)"
-    )
 
-    if source == "generate":
-        n_train = train_size(num_train, subsample_size, "the generator") or 1000
-        n_test = num_test if num_test is not None else 1000
-        steps = default_harden_steps(min_difficulty) if harden_steps is None else harden_steps
-        per_climb = default_per_climb(steps) if per_climb is None else per_climb
-        gen_start = time.perf_counter()
-        train_q, train_a, train_r = generate_sudoku_puzzles(
-            n_train,
-            size,
-            streams[0],
-            min_difficulty=min_difficulty,
-            target_clues=target_clues,
-            harden_steps=steps,
-            per_climb=per_climb,
-            workers=workers,
-            progress=progress,
-        )
-        test_q, test_a, test_r = generate_sudoku_puzzles(
-            n_test,
-            size,
-            streams[1],
-            min_difficulty=min_difficulty,
-            target_clues=target_clues,
-            harden_steps=steps,
-            per_climb=per_climb,
-            exclude=_split_strings(train_q),
-            workers=workers,
-            progress=progress,
-        )
-        gen_seconds = time.perf_counter() - gen_start
-        train = SudokuSplit(train_q, train_a, train_r, np.arange(n_train))
-        test = SudokuSplit(test_q, test_a, test_r, np.arange(n_test))
-        info.update(
-            harden_steps=steps,
-            per_climb=per_climb,
-            generation_seconds=round(gen_seconds, 3),
-            generation_rate_puzzles_per_s=round((n_train + n_test) / max(gen_seconds, 1e-9), 2),
-            workers=workers or default_workers(),
-        )
-    elif source == "hf" or source.startswith("csv:"):
-        if source == "hf":
-            if size != 9:
-                raise DataError(f"{source_repo} holds 9x9 puzzles; --size {size} needs --source generate or csv:PATH")
-            info["source_repo"] = source_repo
-        train, test = load_source_splits(
-            source, lambda path: read_sudoku_csv(path, size), source_repo=source_repo, num_test=num_test,
-            rng=np.random.default_rng(streams[3]), noun="puzzles", example="data/sudoku-csv",
+class SudokuBuilder(PuzzleBuilder[SudokuOptions]):
+    """The Sudoku hooks of the fixed-size puzzle build: raw digits in the splits, tokens digit + 1."""
+
+    kind = "sudoku"
+    noun = "puzzles"
+    title = "Sudoku"
+    filter_flag = "--min-difficulty"
+    hf_size = 9
+    csv_example = "data/sudoku-csv"
+
+    @property
+    def vocab_size(self) -> int:
+        return self.options.size + 2
+
+    @property
+    def filter_threshold(self) -> int | None:
+        return self.options.min_difficulty
+
+    def settings(self) -> dict[str, Any]:
+        o = self.options
+        return {
+            "size": o.size,
+            "box": list(box_shape(o.size)),
+            "seed": o.seed,
+            "num_aug": o.num_aug,
+            "min_difficulty": o.min_difficulty,
+            "target_clues": o.target_clues,
+            "rating_scale": "smoltrain solver guesses (singles + locked candidates, limit-2 search)"
+            if o.source == "generate"
+            else "the source file's rating column (Sudoku-Extreme: tdoku backtracks)",
+        }
+
+    def read_csv(self, path: Path) -> SudokuSplit:
+        return read_sudoku_csv(path, self.options.size)
+
+    def generation_settings(self) -> dict[str, Any]:
+        o = self.options
+        steps = default_harden_steps(o.min_difficulty) if o.harden_steps is None else o.harden_steps
+        return {"harden_steps": steps, "per_climb": default_per_climb(steps) if o.per_climb is None else o.per_climb}
+
+    def generate(
+        self, count: int, seed: np.random.SeedSequence, exclude: set[bytes], settings: dict[str, Any], progress: bool
+    ) -> tuple[SudokuSplit, dict[str, Any]]:
+        o = self.options
+        questions, answers, ratings = generate_sudoku_puzzles(
+            count, o.size, seed, min_difficulty=o.min_difficulty, target_clues=o.target_clues,
+            harden_steps=settings["harden_steps"], per_climb=settings["per_climb"], exclude=exclude,
+            workers=o.workers, progress=progress,
         )  # fmt: skip
-        train_wanted = train_size(num_train, subsample_size, "a CSV source")
-        info["rows_in_source"] = {"train": int(train.questions.shape[0]), "test": int(test.questions.shape[0])}
-        train = _filter_difficulty(train, min_difficulty)
-        test = _filter_difficulty(test, min_difficulty)
-        sub_rng = np.random.default_rng(streams[2])
-        train, train_sampled = subsample(train, train_wanted, sub_rng)
-        single_file = source.startswith("csv:") and Path(source[4:]).is_file()
-        test, test_sampled = subsample(test, None if single_file else num_test, sub_rng)
-        # Row lists for the splits that are not simply "every row of the file, in file order" (null).
-        filtered = min_difficulty is not None
-        if train_sampled or test_sampled or single_file or filtered:
-            subsample_record = {
-                "note": "0-based data rows (header excluded) of the source files, in dataset order; "
-                "null = every row in file order",
-                "train": {
-                    "file": train.path,
-                    "rows": train.rows.tolist() if train_sampled or single_file or filtered else None,
-                },
-                "test": {
-                    "file": test.path,
-                    "rows": test.rows.tolist() if test_sampled or single_file or filtered else None,
-                },
-            }
-    else:
-        raise DataError(f"unknown Sudoku source {source!r}: use 'hf', 'csv:PATH' or 'generate'")
+        return SudokuSplit(questions, answers, ratings, np.arange(count)), {}
 
-    for name, split in (("train", train), ("test", test)):
-        if split.questions.shape[0] == 0:
-            hint = " after the --min-difficulty filter" if min_difficulty is not None else ""
-            raise DataError(f"no {name} puzzles left{hint}: lower --min-difficulty or use a larger source")
+    def filter(self, train: SudokuSplit, test: SudokuSplit, info: dict[str, Any]) -> tuple[SudokuSplit, SudokuSplit]:
+        threshold = self.options.min_difficulty
+        assert threshold is not None  # called only with a filter
+        return _filter_difficulty(train, threshold), _filter_difficulty(test, threshold)
 
-    test_strings = _split_strings(test.questions)
-    overlap = sum(row.tobytes() in test_strings for row in train.questions.astype(np.uint8))
-    aug_q, aug_a, sizes, counters = _augment(
-        train, size, num_aug, np.random.default_rng(streams[4]), test_strings, progress
-    )
+    def augment(
+        self, train: SudokuSplit, forbidden: set[bytes], rng: np.random.Generator, progress: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        questions, answers, sizes, counters = _augment(
+            train, self.options.size, self.options.num_aug, rng, forbidden, progress
+        )
+        facts = {"augmentations_redrawn": counters["redrawn"], "augmentations_dropped": counters["dropped"]}
+        return questions, answers, sizes, facts
 
-    with atomic_dataset_dir(output_dir) as tmp:
-        test_rows = (_encode(test.questions), _encode(test.answers))
-        write_puzzle_files(tmp, (_encode(aug_q), _encode(aug_a), sizes), test_rows, size + 2, subsample_record)
-        if source == "generate":
-            name = f"smoltrain-generate-{size}x{size}"
-            write_sudoku_csv(tmp / "generated" / "train.csv", train, name)
-            write_sudoku_csv(tmp / "generated" / "test.csv", test, name)
+    def to_tokens(self, cells: np.ndarray) -> np.ndarray:
+        return _encode(cells)
 
-        def rating_stats(split: SudokuSplit) -> dict[str, float] | None:
-            r = split.ratings[split.ratings >= 0]
-            if r.size == 0:
-                return None
-            return {"mean": round(float(r.mean()), 3), "median": float(np.median(r)), "max": int(r.max())}
-
-        info.update(
-            counts={
-                "train_puzzles": int(train.questions.shape[0]),
-                "train_rows": int(aug_q.shape[0]),
-                "test_puzzles": int(test.questions.shape[0]),
-            },
-            mean_clues={
+    def statistics(self, train: SudokuSplit, test: SudokuSplit) -> dict[str, Any]:
+        return {
+            "mean_clues": {
                 "train": round(float((train.questions > 0).sum(1).mean()), 3),
                 "test": round(float((test.questions > 0).sum(1).mean()), 3),
             },
-            rating={"train": rating_stats(train), "test": rating_stats(test)},
-            train_test_overlap=int(overlap),
-            augmentations_redrawn=counters["redrawn"],
-            augmentations_dropped=counters["dropped"],
-        )
-        write_build_info(tmp, info, started)
-    return info
+            "rating": {"train": _rating_stats(train), "test": _rating_stats(test)},
+        }
+
+    def write_csv(self, path: Path, split: SudokuSplit, source_name: str) -> None:
+        write_sudoku_csv(path, split, source_name)
+
+
+def build_sudoku_dataset(
+    output_dir: str | os.PathLike[str], source: str = "generate", *, progress: bool = False, **options: Any
+) -> dict[str, Any]:
+    """Build a Sudoku dataset in the reference layout at `output_dir` (atomically); return build info.
+
+    `options` are the other fields of `SudokuOptions` (which tells what each does), as keywords.
+    """
+    return SudokuBuilder(SudokuOptions(source=source, **options)).build(output_dir, progress)
 
 
 __all__ = [
     "CSV_COLUMNS",
     "SOURCE_REPO",
+    "SudokuBuilder",
+    "SudokuOptions",
     "SudokuSplit",
     "box_shape",
     "build_sudoku_dataset",
