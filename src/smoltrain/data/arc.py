@@ -686,6 +686,7 @@ class _ArcPlan:
     # Per task: its grids, dihedral ids, colour maps, pair ids per split and the translation generator.
     versions: list[tuple[_TaskGrids, np.ndarray, np.ndarray, dict[str, np.ndarray], np.random.Generator]]
     names: list[str]  # identifier names, "<blank>" first
+    skipped: list[str]  # ids of the tasks left out because a grid is larger than the canvas, in build order
     splits: dict[str, _SplitPlan]
     short_tasks: int  # tasks with fewer than num_aug + 1 distinct versions
 
@@ -702,6 +703,7 @@ class ArcBuilder(DatasetBuilder[ArcOptions, _ArcPlan]):
         # would score its test inputs against demonstrations it never saw).
         tasks = [task for task in loaded if _fits(task, o.canvas_size)]
         skipped_tasks = [task for task in loaded if not _fits(task, o.canvas_size)]
+        skipped = [task.task_id for task in skipped_tasks]
         if not tasks:
             raise DataError(
                 f"none of the {len(loaded)} selected ARC tasks fits a {o.canvas_size}x{o.canvas_size} canvas (each "
@@ -752,10 +754,9 @@ class ArcBuilder(DatasetBuilder[ArcOptions, _ArcPlan]):
             seed=o.seed,
             canvas_size=o.canvas_size,
             original_name="bare task id (augmented versions: arc_augmented_name)",
-            # Tasks left out because a grid is larger than the canvas, in build order (empty at 30).
-            skipped_tasks=[task.task_id for task in skipped_tasks],
+            skipped_tasks=skipped,  # empty at 30
         )
-        return _ArcPlan(tasks, versions, names, splits, short_tasks)
+        return _ArcPlan(tasks, versions, names, skipped, splits, short_tasks)
 
     def write(self, root: Path, prepared: _ArcPlan, info: dict[str, Any], progress: bool) -> None:
         o = self.options
@@ -797,7 +798,7 @@ class ArcBuilder(DatasetBuilder[ArcOptions, _ArcPlan]):
         subset_tasks = {s: sum(t.subset == s for t in prepared.tasks) for s in o.subsets}
         info["counts"] = {
             "tasks": len(prepared.tasks),
-            "skipped_tasks": len(info["skipped_tasks"]),
+            "skipped_tasks": len(prepared.skipped),
             "tasks_per_subset": subset_tasks,
             "test_tasks": subset_tasks[o.test_set_name],
             "puzzles": num_identifiers - 1,

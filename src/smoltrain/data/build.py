@@ -212,8 +212,10 @@ class PuzzleBuilder(DatasetBuilder[SourceOptionsT, PreparedPuzzles]):
                 raise DataError(f"no {name} {self.noun} left{hint}: lower {self.filter_flag} or use a larger source")
         test_keys = question_keys(test.questions)
         overlap = sum(row.tobytes() in test_keys for row in train.questions.astype(np.uint8))
-        *rows, facts = self.augment(train, test_keys, np.random.default_rng(streams[4]), progress)
-        return PreparedPuzzles(train, test, tuple(rows), facts, int(overlap), record)  # type: ignore[arg-type]
+        questions, answers, group_sizes, facts = self.augment(
+            train, test_keys, np.random.default_rng(streams[4]), progress
+        )
+        return PreparedPuzzles(train, test, (questions, answers, group_sizes), facts, int(overlap), record)
 
     def _generate(
         self, streams: list[np.random.SeedSequence], info: dict[str, Any], progress: bool
