@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
+from typing import TypeVar
 
 from smoltrain.errors import SmoltrainError
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 SKIPPED_SHOWN = 10  # `data arc`: task ids named in the summary (a small canvas can skip hundreds)
+OptionsT = TypeVar("OptionsT")  # a builder's options dataclass
 
 
 def _split_recipe(args: list[str]) -> tuple[str | None, list[str]]:
@@ -76,15 +79,15 @@ def cmd_info(ns: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_data_sudoku(ns: argparse.Namespace) -> int:
-    from smoltrain.data.sudoku import build_sudoku_dataset
+def _data_options(options_type: type[OptionsT], ns: argparse.Namespace) -> OptionsT:
+    """A builder's options from the arguments of its `data` verb: each flag's dest is the name of a field."""
+    return options_type(**{field.name: getattr(ns, field.name) for field in dataclasses.fields(options_type)})
 
-    info = build_sudoku_dataset(
-        ns.output_dir, ns.source, size=ns.size, num_train=ns.num_train, num_test=ns.num_test,
-        subsample_size=ns.subsample_size, num_aug=ns.num_aug, min_difficulty=ns.min_difficulty, seed=ns.seed,
-        target_clues=ns.target_clues, harden_steps=ns.harden_steps, per_climb=ns.per_climb, workers=ns.workers,
-        source_repo=ns.source_repo, progress=True,
-    )
+
+def cmd_data_sudoku(ns: argparse.Namespace) -> int:
+    from smoltrain.data.sudoku import SudokuBuilder, SudokuOptions
+
+    info = SudokuBuilder(_data_options(SudokuOptions, ns)).build(ns.output_dir, progress=True)
     counts = info["counts"]
     print(f"wrote {ns.output_dir}: {counts['train_puzzles']:,} train puzzles ({counts['train_rows']:,} rows with "
           f"augmentations), {counts['test_puzzles']:,} test puzzles in {info['build_seconds']:.1f} s")
@@ -92,13 +95,9 @@ def cmd_data_sudoku(ns: argparse.Namespace) -> int:
 
 
 def cmd_data_maze(ns: argparse.Namespace) -> int:
-    from smoltrain.data.maze import build_maze_dataset
+    from smoltrain.data.maze import MazeBuilder, MazeOptions
 
-    info = build_maze_dataset(
-        ns.output_dir, ns.source, size=ns.size, num_train=ns.num_train, num_test=ns.num_test,
-        min_path_length=ns.min_path_length, subsample_size=ns.subsample_size, aug=ns.aug, seed=ns.seed,
-        workers=ns.workers, source_repo=ns.source_repo, progress=True,
-    )
+    info = MazeBuilder(_data_options(MazeOptions, ns)).build(ns.output_dir, progress=True)
     counts, lengths = info["counts"], info["path_length"]
     print(f"wrote {ns.output_dir}: {counts['train_mazes']:,} train mazes ({counts['train_rows']:,} rows with "
           f"augmentations), {counts['test_mazes']:,} test mazes of {info['size']}x{info['size']}, shortest paths "
@@ -107,13 +106,9 @@ def cmd_data_maze(ns: argparse.Namespace) -> int:
 
 
 def cmd_data_arc(ns: argparse.Namespace) -> int:
-    from smoltrain.data.arc import build_arc_dataset
+    from smoltrain.data.arc import ArcBuilder, ArcOptions
 
-    info = build_arc_dataset(
-        ns.output_dir, input_file_prefix=ns.input_file_prefix, input_dir=ns.input_dir, subsets=ns.subsets,
-        test_set_name=ns.test_set_name, num_aug=ns.num_aug, seed=ns.seed, progress=True,
-        canvas_size=ns.canvas_size, task_ids=ns.tasks, max_tasks=ns.max_tasks,
-    )
+    info = ArcBuilder(_data_options(ArcOptions, ns)).build(ns.output_dir, progress=True)
     counts, n = info["counts"], info["canvas_size"]
     print(f"wrote {ns.output_dir}: {counts['tasks']:,} tasks, {counts['puzzles']:,} puzzles "
           f"({counts['identifiers']:,} identifiers), {counts['train_rows']:,} train rows, "
@@ -391,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--canvas-size", type=int, default=30,
                      help="n for an n x n canvas, 1..30 (default 30, the reference); tasks with larger grids "
                           "are skipped. Smaller canvases train faster, e.g. 10 on a laptop CPU")
-    sub.add_argument("--tasks", nargs="+", default=None, metavar="TASK_ID",
+    sub.add_argument("--tasks", nargs="+", default=None, metavar="TASK_ID", dest="task_ids",
                      help="build only these tasks (ids as in the json files), e.g. a handful for a CPU run")
     sub.add_argument("--max-tasks", type=int, default=None, help="only the first N tasks (by id) of each subset")
 

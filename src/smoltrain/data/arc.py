@@ -57,7 +57,6 @@ import hashlib
 import json
 import math
 import os
-import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,13 +66,11 @@ import numpy as np
 from numba import njit
 from tqdm import tqdm
 
-from smoltrain import __version__
 from smoltrain.data.augment import arc_augmented_name, dihedral_transform
+from smoltrain.data.build import DatasetBuilder
 from smoltrain.data.puzzles import (  # _check_indices: write_split's own consistency check, for streamed rows
     PuzzleDatasetMetadata,
     _check_indices,
-    atomic_dataset_dir,
-    check_output_dir,
     write_identifiers,
 )
 from smoltrain.errors import ConfigError, DataError
@@ -86,6 +83,8 @@ __all__ = [
     "PAD_ID",
     "SEQ_LEN",
     "VOCAB_SIZE",
+    "ArcBuilder",
+    "ArcOptions",
     "ArcTask",
     "build_arc_dataset",
     "canvas_side",
@@ -637,116 +636,153 @@ def _fits(task: ArcTask, canvas_size: int) -> bool:
     return all(max(grid.shape) <= canvas_size for pair in task.pairs for grid in pair)
 
 
-def build_arc_dataset(
-    output_dir: str | os.PathLike[str],
-    input_file_prefix: str | os.PathLike[str] | None = None,
-    input_dir: str | os.PathLike[str] | None = None,
-    subsets: Sequence[str] = ("training", "evaluation", "concept"),
-    test_set_name: str = "evaluation",
-    num_aug: int = 1000,
-    seed: int = 42,
-    progress: bool = False,
-    *,
-    task_ids: Collection[str] | None = None,
-    max_tasks: int | None = None,
-    canvas_size: int = GRID_SIZE,
-) -> dict[str, Any]:
-    """Build the augmented ARC dataset at `output_dir` (atomically) and return its build info.
+@dataclass(frozen=True)
+class ArcOptions:
+    """What an ARC build makes, checked when made; one field per `smoltrain data arc` flag (`task_ids`: --tasks).
 
-    Reads the tasks with `load_arc_tasks` (exactly one of `input_file_prefix` / `input_dir`), plans every
-    task's versions (original + up to `num_aug` de-duplicated augmentations), then streams the encoded rows
-    of both splits to disk task by task. Writes `identifiers.json`, `test_puzzles.json`, `build_info.json`
-    and the `train` / `test` splits. `task_ids` / `max_tasks` restrict the build (see `load_arc_tasks`).
+    The tasks are read with `load_arc_tasks` from exactly one of `input_file_prefix` / `input_dir`;
+    `task_ids` / `max_tasks` restrict the build (see `load_arc_tasks`). Every task gets its original version
+    and up to `num_aug` de-duplicated augmentations; the test pairs of `test_set_name` form the test split.
     `canvas_size` n (1..30) gives rows of n * n tokens; tasks with a grid larger than n x n are skipped and
     listed in the build info (`skipped_tasks`). The same inputs and `seed` give byte-identical files, and
     tasks that fit a smaller canvas get the same augmentations there as on the default one.
     """
-    started = time.perf_counter()
-    subsets = list(subsets)
-    if test_set_name not in subsets:
-        raise ConfigError(
-            f"--test-set-name {test_set_name!r} is not among --subsets {subsets}: add it to --subsets "
-            "or name one of them"
-        )
-    if num_aug < 0:
-        raise ConfigError(f"--num-aug must be >= 0, got {num_aug}")
-    if seed < 0:
-        raise ConfigError(f"--seed must be >= 0, got {seed}")
-    if not 1 <= canvas_size <= GRID_SIZE:
-        raise ConfigError(
-            f"--canvas-size must be from 1 to {GRID_SIZE} (ARC grids are at most {GRID_SIZE}x{GRID_SIZE}), "
-            f"got {canvas_size}"
-        )
-    canvas_size = int(canvas_size)  # a NumPy integer would otherwise reach build_info.json
-    output_dir = check_output_dir(output_dir)
-    loaded = load_arc_tasks(input_file_prefix, input_dir, subsets, task_ids=task_ids, max_tasks=max_tasks)
-    # Whole tasks only: a task missing some of its pairs would be a different puzzle (and the evaluator
-    # would score its test inputs against demonstrations it never saw).
-    tasks = [task for task in loaded if _fits(task, canvas_size)]
-    skipped_tasks = [task for task in loaded if not _fits(task, canvas_size)]
-    skipped = [task.task_id for task in skipped_tasks]
-    if not tasks:
-        raise DataError(
-            f"none of the {len(loaded)} selected ARC tasks fits a {canvas_size}x{canvas_size} canvas (each has a "
-            f"larger grid): raise --canvas-size (ARC grids are up to {GRID_SIZE}x{GRID_SIZE}) or select other tasks"
-        )
-    seq_len = canvas_size * canvas_size
 
-    # Pass 1: every task's versions (cheap: colour-mapped byte strings and hashes, no canvas yet).
-    plans = []
-    names = ["<blank>"]
-    splits = {name: _SplitPlan(name, seq_len) for name in ("train", "test")}
-    short_tasks = 0
-    for task in tqdm(tasks, desc="augment", disable=not progress, unit="task"):
-        grids = _TaskGrids(task)
-        plan_rng, shift_rng = _task_rngs(seed, task.task_id)
-        dihedrals, mappings = _augmentation_plan(grids, num_aug, plan_rng)
-        short_tasks += len(dihedrals) < num_aug + 1
-        first_id = len(names)
-        names.append(task.task_id)  # the original keeps its bare id, as in the reference
-        augmented = zip(dihedrals[1:].tolist(), mappings[1:], strict=True)
-        names.extend(arc_augmented_name(task.task_id, k, m) for k, m in augmented)
-        pair_ids = _pair_ids(task, test_set_name)
-        for split_name, ids in pair_ids.items():
-            if len(ids):
-                splits[split_name].add_group(first_id, len(dihedrals), len(ids))
-        plans.append((grids, dihedrals, mappings, pair_ids, shift_rng))
-    num_identifiers = len(names)
-    if splits["test"].rows == 0:
-        too_big = sum(task.subset == test_set_name for task in skipped_tasks)
-        because = (
-            f" ({too_big} of its tasks were skipped for grids larger than {canvas_size}x{canvas_size}: "
-            "raise --canvas-size)"
-            if too_big
-            else ""
-        )
-        raise DataError(
-            f"the selected tasks of subset `{test_set_name}` have no test pairs, so the test split would be "
-            f"empty{because}"
-        )
+    input_file_prefix: str | os.PathLike[str] | None = None
+    input_dir: str | os.PathLike[str] | None = None
+    subsets: Sequence[str] = ("training", "evaluation", "concept")
+    test_set_name: str = "evaluation"
+    num_aug: int = 1000
+    seed: int = 42
+    task_ids: Collection[str] | None = None
+    max_tasks: int | None = None
+    canvas_size: int = GRID_SIZE
 
-    # Pass 2: encode and stream the rows in the order the index arrays describe.
-    with atomic_dataset_dir(output_dir) as tmp:
+    def __post_init__(self) -> None:
+        # Frozen: the normalised values are set through object.__setattr__, once, here.
+        object.__setattr__(self, "subsets", tuple(self.subsets))
+        if self.test_set_name not in self.subsets:
+            raise ConfigError(
+                f"--test-set-name {self.test_set_name!r} is not among --subsets {list(self.subsets)}: add it to "
+                "--subsets or name one of them"
+            )
+        if self.num_aug < 0:
+            raise ConfigError(f"--num-aug must be >= 0, got {self.num_aug}")
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        if not 1 <= self.canvas_size <= GRID_SIZE:
+            raise ConfigError(
+                f"--canvas-size must be from 1 to {GRID_SIZE} (ARC grids are at most {GRID_SIZE}x{GRID_SIZE}), "
+                f"got {self.canvas_size}"
+            )
+        object.__setattr__(self, "canvas_size", int(self.canvas_size))  # a NumPy integer would reach the JSON
+
+
+@dataclass
+class _ArcPlan:
+    """Every task's versions and both splits' row counts, known before any row is written."""
+
+    tasks: list[ArcTask]
+    # Per task: its grids, dihedral ids, colour maps, pair ids per split and the translation generator.
+    versions: list[tuple[_TaskGrids, np.ndarray, np.ndarray, dict[str, np.ndarray], np.random.Generator]]
+    names: list[str]  # identifier names, "<blank>" first
+    skipped: list[str]  # ids of the tasks left out because a grid is larger than the canvas, in build order
+    splits: dict[str, _SplitPlan]
+    short_tasks: int  # tasks with fewer than num_aug + 1 distinct versions
+
+
+class ArcBuilder(DatasetBuilder[ArcOptions, _ArcPlan]):
+    """The ARC build: plan every task's versions (pass 1), then stream their rows to disk (pass 2)."""
+
+    kind = "arc"
+
+    def prepare(self, info: dict[str, Any], progress: bool) -> _ArcPlan:
+        o = self.options
+        loaded = load_arc_tasks(o.input_file_prefix, o.input_dir, o.subsets, task_ids=o.task_ids, max_tasks=o.max_tasks)
+        # Whole tasks only: a task missing some of its pairs would be a different puzzle (and the evaluator
+        # would score its test inputs against demonstrations it never saw).
+        tasks = [task for task in loaded if _fits(task, o.canvas_size)]
+        skipped_tasks = [task for task in loaded if not _fits(task, o.canvas_size)]
+        skipped = [task.task_id for task in skipped_tasks]
+        if not tasks:
+            raise DataError(
+                f"none of the {len(loaded)} selected ARC tasks fits a {o.canvas_size}x{o.canvas_size} canvas (each "
+                f"has a larger grid): raise --canvas-size (ARC grids are up to {GRID_SIZE}x{GRID_SIZE}) or select "
+                "other tasks"
+            )
+        seq_len = o.canvas_size * o.canvas_size
+
+        # Pass 1: every task's versions (cheap: colour-mapped byte strings and hashes, no canvas yet).
+        versions = []
+        names = ["<blank>"]
+        splits = {name: _SplitPlan(name, seq_len) for name in ("train", "test")}
+        short_tasks = 0
+        for task in tqdm(tasks, desc="augment", disable=not progress, unit="task"):
+            grids = _TaskGrids(task)
+            plan_rng, shift_rng = _task_rngs(o.seed, task.task_id)
+            dihedrals, mappings = _augmentation_plan(grids, o.num_aug, plan_rng)
+            short_tasks += len(dihedrals) < o.num_aug + 1
+            first_id = len(names)
+            names.append(task.task_id)  # the original keeps its bare id, as in the reference
+            augmented = zip(dihedrals[1:].tolist(), mappings[1:], strict=True)
+            names.extend(arc_augmented_name(task.task_id, k, m) for k, m in augmented)
+            pair_ids = _pair_ids(task, o.test_set_name)
+            for split_name, ids in pair_ids.items():
+                if len(ids):
+                    splits[split_name].add_group(first_id, len(dihedrals), len(ids))
+            versions.append((grids, dihedrals, mappings, pair_ids, shift_rng))
+        if splits["test"].rows == 0:
+            too_big = sum(task.subset == o.test_set_name for task in skipped_tasks)
+            because = (
+                f" ({too_big} of its tasks were skipped for grids larger than {o.canvas_size}x{o.canvas_size}: "
+                "raise --canvas-size)"
+                if too_big
+                else ""
+            )
+            raise DataError(
+                f"the selected tasks of subset `{o.test_set_name}` have no test pairs, so the test split would be "
+                f"empty{because}"
+            )
+        info.update(
+            source={
+                "input_file_prefix": None if o.input_file_prefix is None else str(o.input_file_prefix),
+                "input_dir": None if o.input_dir is None else str(o.input_dir),
+            },
+            subsets=list(o.subsets),
+            test_set_name=o.test_set_name,
+            num_aug=o.num_aug,
+            seed=o.seed,
+            canvas_size=o.canvas_size,
+            original_name="bare task id (augmented versions: arc_augmented_name)",
+            skipped_tasks=skipped,  # empty at 30
+        )
+        return _ArcPlan(tasks, versions, names, skipped, splits, short_tasks)
+
+    def write(self, root: Path, prepared: _ArcPlan, info: dict[str, Any], progress: bool) -> None:
+        o = self.options
+        splits = prepared.splits
+        seq_len = o.canvas_size * o.canvas_size
+        # Pass 2: encode and stream the rows in the order the index arrays describe.
         streams: dict[str, tuple[_RowStream, _RowStream]] = {}
         finished = False
         try:
             for name, split in splits.items():
-                (tmp / name).mkdir()
+                (root / name).mkdir()
                 streams[name] = (
-                    _RowStream(tmp / name / "all__inputs.npy", split.rows, seq_len),
-                    _RowStream(tmp / name / "all__labels.npy", split.rows, seq_len),
+                    _RowStream(root / name / "all__inputs.npy", split.rows, seq_len),
+                    _RowStream(root / name / "all__labels.npy", split.rows, seq_len),
                 )
             for grids, dihedrals, mappings, pair_ids, shift_rng in tqdm(
-                plans, desc="encode", disable=not progress, unit="task"
+                prepared.versions, desc="encode", disable=not progress, unit="task"
             ):
                 for name, ids in pair_ids.items():
                     if not len(ids):
                         continue
                     if name == "train":
-                        offsets = _translations(grids, ids, dihedrals, shift_rng, canvas_size)
+                        offsets = _translations(grids, ids, dihedrals, shift_rng, o.canvas_size)
                     else:
                         offsets = np.zeros((len(dihedrals), len(ids), 2), dtype=np.int64)
-                    inputs, labels = _encode_split(grids, ids, dihedrals, mappings, offsets, canvas_size)
+                    inputs, labels = _encode_split(grids, ids, dihedrals, mappings, offsets, o.canvas_size)
                     streams[name][0].write(inputs)
                     streams[name][1].write(labels)
             finished = True
@@ -754,39 +790,30 @@ def build_arc_dataset(
             for pair in streams.values():
                 for stream in pair:
                     stream.close(check=finished)
+        num_identifiers = len(prepared.names)
         for split in splits.values():
-            split.write_indices(tmp, num_identifiers)
-        write_identifiers(tmp, names)
-        write_json_synced(tmp / "test_puzzles.json", _test_puzzles(tasks, test_set_name))
-        subset_tasks = {s: sum(t.subset == s for t in tasks) for s in subsets}
-        info: dict[str, Any] = {
-            "builder": "arc",
-            "source": {
-                "input_file_prefix": None if input_file_prefix is None else str(input_file_prefix),
-                "input_dir": None if input_dir is None else str(input_dir),
-            },
-            "subsets": subsets,
-            "test_set_name": test_set_name,
-            "num_aug": num_aug,
-            "seed": seed,
-            "canvas_size": canvas_size,
-            "original_name": "bare task id (augmented versions: arc_augmented_name)",
-            # Tasks left out because a grid is larger than the canvas, in build order (empty at 30).
-            "skipped_tasks": skipped,
-            "counts": {
-                "tasks": len(tasks),
-                "skipped_tasks": len(skipped),
-                "tasks_per_subset": subset_tasks,
-                "test_tasks": subset_tasks[test_set_name],
-                "puzzles": num_identifiers - 1,
-                "tasks_with_fewer_versions": int(short_tasks),
-                "train_rows": splits["train"].rows,
-                "test_rows": splits["test"].rows,
-                "test_puzzles": len(splits["test"].identifiers),
-                "identifiers": num_identifiers,
-            },
-            "smoltrain_version": __version__,
+            split.write_indices(root, num_identifiers)
+        write_identifiers(root, prepared.names)
+        write_json_synced(root / "test_puzzles.json", _test_puzzles(prepared.tasks, o.test_set_name))
+        subset_tasks = {s: sum(t.subset == s for t in prepared.tasks) for s in o.subsets}
+        info["counts"] = {
+            "tasks": len(prepared.tasks),
+            "skipped_tasks": len(prepared.skipped),
+            "tasks_per_subset": subset_tasks,
+            "test_tasks": subset_tasks[o.test_set_name],
+            "puzzles": num_identifiers - 1,
+            "tasks_with_fewer_versions": int(prepared.short_tasks),
+            "train_rows": splits["train"].rows,
+            "test_rows": splits["test"].rows,
+            "test_puzzles": len(splits["test"].identifiers),
+            "identifiers": num_identifiers,
         }
-        info["build_seconds"] = round(time.perf_counter() - started, 3)
-        write_json_synced(tmp / "build_info.json", info, indent=1)
-    return info
+
+
+def build_arc_dataset(output_dir: str | os.PathLike[str], *, progress: bool = False, **options: Any) -> dict[str, Any]:
+    """Build the augmented ARC dataset at `output_dir` (atomically) and return its build info.
+
+    `options` are the fields of `ArcOptions` (which tells what each does), as keywords. Writes
+    `identifiers.json`, `test_puzzles.json`, `build_info.json` and the `train` / `test` splits.
+    """
+    return ArcBuilder(ArcOptions(**options)).build(output_dir, progress)

@@ -33,7 +33,6 @@ filter of n -- e.g. 12 for 10x10 and 27 for 15x15.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from numba import njit
 from tqdm import tqdm
 
 from smoltrain.data.augment import dihedral_transform
+from smoltrain.data.build import PuzzleBuilder
 from smoltrain.data.puzzle_source import (
     CSV_COLUMNS,
     CsvPuzzles,
@@ -51,17 +51,11 @@ from smoltrain.data.puzzle_source import (
     candidate_seeds,
     check_counts,
     default_workers,
-    load_source_splits,
     read_puzzle_csv,
     run_in_chunks,
     select,
-    subsample,
-    train_size,
-    write_build_info,
     write_puzzle_csv,
-    write_puzzle_files,
 )
-from smoltrain.data.puzzles import atomic_dataset_dir, check_output_dir
 from smoltrain.errors import DataError
 
 __all__ = [
@@ -70,6 +64,8 @@ __all__ = [
     "PATH_CHECK_REASONS",
     "SOURCE_REPO",
     "VOCAB_SIZE",
+    "MazeBuilder",
+    "MazeOptions",
     "MazeSplit",
     "build_maze_dataset",
     "check_maze_paths",
@@ -643,136 +639,132 @@ def _length_stats(split: MazeSplit) -> dict[str, float]:
     }
 
 
-def build_maze_dataset(
-    output_dir: str | os.PathLike[str],
-    source: str = "generate",
-    *,
-    size: int = HARD_SIZE,
-    num_train: int | None = None,
-    num_test: int | None = None,
-    min_path_length: int | None = None,
-    subsample_size: int | None = None,
-    aug: bool = False,
-    seed: int = 0,
-    workers: int | None = None,
-    source_repo: str = SOURCE_REPO,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Build a maze dataset in the reference layout at `output_dir` (atomically); return build info.
+@dataclass(frozen=True)
+class MazeOptions:
+    """What a maze build makes, checked when made; one field per `smoltrain data maze` flag of that name.
 
     source:
       "generate"  the offline generator: `num_train` and `num_test` (default 1000 each) size x size mazes
                   with shortest paths of >= `min_path_length` cells (default `default_min_path_length(size)`), from
-                  independent seed streams; no test maze occurs among the train mazes. The CSVs go to
-                  `generated/` in the dataset, so `csv:<dataset>/generated` rebuilds the same arrays.
+                  independent seed streams on `workers` threads; no test maze occurs among the train mazes. The
+                  CSVs go to `generated/` in the dataset, so `csv:<dataset>/generated` rebuilds the same arrays.
       "hf"        download `train.csv` / `test.csv` of `source_repo` (Maze-Hard, 30x30 only).
       "csv:PATH"  a directory with train.csv and test.csv, or one CSV file that is split with a seeded
                   random `num_test` rows (default 10%) held out for test.
     For CSV sources, `subsample_size` (alias `num_train`) keeps a seeded random subset of the train mazes
     (default all), `num_test` of the test mazes (default all), and `min_path_length` (if given) filters both splits.
     `aug` adds the 8 dihedral versions of every train maze (a group of 8 puzzles); test is never augmented.
-    The returned info (also `<output_dir>/build_info.json`) has counts and path-length stats in cells.
     """
-    started = time.perf_counter()
-    output_dir = check_output_dir(output_dir)
-    _check_size(size)
-    check_counts(num_train=num_train, num_test=num_test, subsample_size=subsample_size)
-    if min_path_length is not None and not 2 <= min_path_length <= size * size:
-        raise DataError(
-            f"min_path_length must be in 2..{size * size} cells for {size}x{size} mazes, got {min_path_length}"
+
+    source: str = "generate"
+    size: int = HARD_SIZE
+    num_train: int | None = None
+    num_test: int | None = None
+    min_path_length: int | None = None
+    subsample_size: int | None = None
+    aug: bool = False
+    seed: int = 0
+    workers: int | None = None
+    source_repo: str = SOURCE_REPO
+
+    def __post_init__(self) -> None:
+        _check_size(self.size)
+        check_counts(num_train=self.num_train, num_test=self.num_test, subsample_size=self.subsample_size)
+        cells = self.size * self.size
+        if self.min_path_length is not None and not 2 <= self.min_path_length <= cells:
+            raise DataError(
+                f"min_path_length must be in 2..{cells} cells for {self.size}x{self.size} mazes, "
+                f"got {self.min_path_length}"
+            )
+
+
+class MazeBuilder(PuzzleBuilder[MazeOptions]):
+    """The maze hooks of the fixed-size puzzle build: tokens in the splits, path lengths as ratings."""
+
+    kind = "maze"
+    noun = "mazes"
+    title = "maze"
+    filter_flag = "--min-path-length"
+    hf_size = HARD_SIZE
+    csv_example = "data/maze-csv"
+
+    @property
+    def vocab_size(self) -> int:
+        return VOCAB_SIZE
+
+    @property
+    def filter_threshold(self) -> int | None:
+        return self.options.min_path_length
+
+    def settings(self) -> dict[str, Any]:
+        o = self.options
+        return {
+            "size": o.size,
+            "seed": o.seed,
+            "aug": o.aug,
+            "path_length_unit": "cells on the shortest path, S and G included (= moves + 1)",
+        }
+
+    def read_csv(self, path: Path) -> MazeSplit:
+        return read_maze_csv(path, self.options.size)
+
+    def generation_settings(self) -> dict[str, Any]:
+        o = self.options
+        return {"min_path_length": default_min_path_length(o.size) if o.min_path_length is None else o.min_path_length}
+
+    def generate(
+        self, count: int, seed: np.random.SeedSequence, exclude: set[bytes], settings: dict[str, Any], progress: bool
+    ) -> tuple[MazeSplit, dict[str, Any]]:
+        o = self.options
+        stats: dict[str, Any] = {}
+        questions, answers, lengths = generate_mazes(
+            count, o.size, seed, min_path_length=settings["min_path_length"], exclude=exclude, workers=o.workers,
+            progress=progress, stats=stats,
+        )  # fmt: skip
+        return MazeSplit(questions, answers, lengths, np.arange(count)), stats
+
+    def generation_summary(self, stats: list[dict[str, Any]]) -> dict[str, Any]:
+        wall_maps = sum(s["wall_maps"] for s in stats)
+        candidates = sum(s["candidates"] for s in stats)
+        return {"wall_maps_per_candidate": round(wall_maps / candidates, 2)}
+
+    def filter(self, train: MazeSplit, test: MazeSplit, info: dict[str, Any]) -> tuple[MazeSplit, MazeSplit]:
+        threshold = self.options.min_path_length
+        assert threshold is not None  # called only with a filter
+        info["min_path_length"] = threshold
+        return (
+            select(train, np.flatnonzero(train.path_lengths() >= threshold)),
+            select(test, np.flatnonzero(test.path_lengths() >= threshold)),
         )
-    streams = np.random.SeedSequence(seed).spawn(4)  # train gen, test gen, subsample, test split
-    info: dict[str, Any] = {
-        "builder": "maze",  # what kind of puzzle this is: solve, eval and render read it
-        "source": source,
-        "size": size,
-        "seed": seed,
-        "aug": aug,
-        "path_length_unit": "cells on the shortest path, S and G included (= moves + 1)",
-    }
-    subsample_record: dict[str, Any] | None = None
 
-    if source == "generate":
-        n_train = train_size(num_train, subsample_size, "the generator") or 1000
-        n_test = num_test or 1000
-        gen_start = time.perf_counter()
-        train_stats: dict[str, Any] = {}
-        test_stats: dict[str, Any] = {}
-        train_q, train_a, train_len = generate_mazes(
-            n_train, size, streams[0], min_path_length=min_path_length, workers=workers, progress=progress,
-            stats=train_stats,
-        )  # fmt: skip
-        test_q, test_a, test_len = generate_mazes(
-            n_test, size, streams[1], min_path_length=min_path_length, exclude={r.tobytes() for r in train_q},
-            workers=workers, progress=progress, stats=test_stats,
-        )  # fmt: skip
-        gen_seconds = time.perf_counter() - gen_start
-        train = MazeSplit(train_q, train_a, train_len, np.arange(n_train))
-        test = MazeSplit(test_q, test_a, test_len, np.arange(n_test))
-        wall_maps = train_stats["wall_maps"] + test_stats["wall_maps"]
-        candidates = train_stats["candidates"] + test_stats["candidates"]
-        info.update(
-            min_path_length=train_stats["min_path_length"],
-            generation_seconds=round(gen_seconds, 3),
-            generation_rate_mazes_per_s=round((n_train + n_test) / max(gen_seconds, 1e-9), 2),
-            wall_maps_per_candidate=round(wall_maps / candidates, 2),
-            workers=workers or default_workers(),
-        )
-    elif source == "hf" or source.startswith("csv:"):
-        if source == "hf":
-            if size != HARD_SIZE:
-                raise DataError(f"{source_repo} holds 30x30 mazes; --size {size} needs --source generate or csv:PATH")
-            info["source_repo"] = source_repo
-        train, test = load_source_splits(
-            source, lambda path: read_maze_csv(path, size), source_repo=source_repo, num_test=num_test,
-            rng=np.random.default_rng(streams[3]), noun="mazes", example="data/maze-csv",
-        )  # fmt: skip
-        train_wanted = train_size(num_train, subsample_size, "a CSV source")
-        single_file = source.startswith("csv:") and Path(source[4:]).is_file()
-        info["rows_in_source"] = {"train": int(train.questions.shape[0]), "test": int(test.questions.shape[0])}
-        filtered = min_path_length is not None
-        if filtered:
-            train = select(train, np.flatnonzero(train.path_lengths() >= min_path_length))
-            test = select(test, np.flatnonzero(test.path_lengths() >= min_path_length))
-            info["min_path_length"] = min_path_length
-        sub_rng = np.random.default_rng(streams[2])
-        train, train_sampled = subsample(train, train_wanted, sub_rng)
-        test, test_sampled = subsample(test, None if single_file else num_test, sub_rng)
-        if train_sampled or test_sampled or single_file or filtered:
-            subsample_record = {
-                "note": "0-based data rows (header excluded) of the source files, in dataset order",
-                **{name: {"file": s.path, "rows": s.rows.tolist()} for name, s in (("train", train), ("test", test))},
-            }
-    else:
-        raise DataError(f"unknown maze source {source!r}: use 'generate', 'hf' or 'csv:PATH'")
+    def augment(
+        self, train: MazeSplit, forbidden: set[bytes], rng: np.random.Generator, progress: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        # The 8 versions are fixed, not drawn: nothing to redraw, so `forbidden` and `rng` go unused.
+        return (*_dihedral_versions(train, self.options.size, self.options.aug), {})
 
-    for name, split in (("train", train), ("test", test)):
-        if split.questions.shape[0] == 0:
-            hint = " after the --min-path-length filter" if min_path_length is not None else ""
-            raise DataError(f"no {name} mazes left{hint}: lower --min-path-length or use a larger source")
+    def to_tokens(self, cells: np.ndarray) -> np.ndarray:
+        return cells  # the splits hold tokens already
 
-    test_keys = {r.tobytes() for r in test.questions}
-    overlap = sum(r.tobytes() in test_keys for r in train.questions)
-    aug_q, aug_a, sizes = _dihedral_versions(train, size, aug)
-
-    with atomic_dataset_dir(output_dir) as tmp:
-        write_puzzle_files(tmp, (aug_q, aug_a, sizes), (test.questions, test.answers), VOCAB_SIZE, subsample_record)
-        if source == "generate":
-            name = f"smoltrain-generate-{size}x{size}"
-            write_maze_csv(tmp / "generated" / "train.csv", train, name)
-            write_maze_csv(tmp / "generated" / "test.csv", test, name)
-        info.update(
-            counts={
-                "train_mazes": int(train.questions.shape[0]),
-                "train_rows": int(aug_q.shape[0]),
-                "test_mazes": int(test.questions.shape[0]),
-            },
-            path_length={"train": _length_stats(train), "test": _length_stats(test)},
-            wall_fraction={
+    def statistics(self, train: MazeSplit, test: MazeSplit) -> dict[str, Any]:
+        return {
+            "path_length": {"train": _length_stats(train), "test": _length_stats(test)},
+            "wall_fraction": {
                 "train": round(float((train.questions == WALL).mean()), 4),
                 "test": round(float((test.questions == WALL).mean()), 4),
             },
-            train_test_overlap=int(overlap),
-        )
-        write_build_info(tmp, info, started)
-    return info
+        }
+
+    def write_csv(self, path: Path, split: MazeSplit, source_name: str) -> None:
+        write_maze_csv(path, split, source_name)
+
+
+def build_maze_dataset(
+    output_dir: str | os.PathLike[str], source: str = "generate", *, progress: bool = False, **options: Any
+) -> dict[str, Any]:
+    """Build a maze dataset in the reference layout at `output_dir` (atomically); return build info.
+
+    `options` are the other fields of `MazeOptions` (which tells what each does), as keywords. The returned
+    info (also `<output_dir>/build_info.json`) has counts and path-length stats in cells.
+    """
+    return MazeBuilder(MazeOptions(source=source, **options)).build(output_dir, progress)

@@ -4,8 +4,9 @@ Both builders hold one question and one answer of n*n cells per puzzle, read the
 (`source,question,answer,rating`, as in Sudoku-Extreme and Maze-Hard), download it from the Hugging Face
 Hub, hold out / subsample rows with seeded generators, spread their compiled generators over threads, and
 write one puzzle per row with a single identifier. The parts that differ (alphabet, semantic checks,
-augmentation, statistics) stay in `sudoku.py` and `maze.py`. ARC is not built this way: its puzzles have
-several examples each and many identifiers, and its split is streamed (see `arc.py`).
+augmentation, statistics) stay in `sudoku.py` and `maze.py`; the build pipeline that uses these pieces is
+`smoltrain.data.build.PuzzleBuilder`. ARC is not built this way: its puzzles have several examples each and
+many identifiers, and its split is streamed (see `arc.py`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,7 +22,6 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
-from smoltrain import __version__
 from smoltrain.data.puzzles import PuzzleDatasetMetadata, write_identifiers, write_split
 from smoltrain.errors import DataError
 from smoltrain.fileio import write_json_synced
@@ -349,12 +348,6 @@ def write_puzzle_files(
         write_json_synced(root / "subsample_indices.json", subsample_record, indent=1)
 
 
-def write_build_info(root: Path, info: dict[str, Any], started: float) -> None:
-    """Add the build time (since `perf_counter()` was `started`) and version to `info`, then write build_info.json."""
-    info.update(build_seconds=round(time.perf_counter() - started, 3), smoltrain_version=__version__)
-    write_json_synced(root / "build_info.json", info, indent=1)
-
-
 __all__ = [
     "CSV_COLUMNS",
     "CsvPuzzles",
@@ -370,7 +363,6 @@ __all__ = [
     "select",
     "subsample",
     "train_size",
-    "write_build_info",
     "write_puzzle_csv",
     "write_puzzle_files",
     "write_puzzle_split",

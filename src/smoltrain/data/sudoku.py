@@ -1,44 +1,29 @@
-"""Sudoku: a compiled solver/rater, an offline puzzle generator, and the dataset builder.
+"""Sudoku: the board rules, the Python API of the compiled solver/rater/generator, and the dataset builder.
 
 Board encoding used throughout: a flat array of n*n raw digits, 0 = blank, 1..n = digits.
 Dataset tokens (reference `build_sudoku_dataset.py`): 0 = PAD, 1 = blank, 2..n+1 = digits, i.e.
 token = digit + 1; vocab n + 2, seq_len n * n; labels are the full solution, so every cell
 (givens included) is supervised.
 
-Solver (numba, one 32-bit candidate mask per cell): constraint propagation with naked singles,
-hidden singles and locked candidates (pointing / claiming over the box-line intersections), then
-depth-first search branching on a cell with the fewest candidates (MRV). It counts solutions up to a
-limit and counts *guesses*: every branch taken while the branch point still has other candidates
-left; the last remaining candidate is forced, not a guess (the DPLL convention). Rating = guesses of
-the exhaustive limit-2 search, 0 meaning "solved by propagation alone". The scale is ours, not
-tdoku's: shared/reference/data.md section 2.2 measured a similar rating at about 4x the tdoku backtrack
-count (the Sudoku-Extreme `rating` column) on hard puzzles.
-
-Generator: random full grid (randomised search from an empty board), then try to remove the clues
-in random order, keeping a removal only if the solution stays unique (so the result is a minimal
-puzzle, or stops at `target_clues`). Uniqueness after removing clue i of a unique puzzle is checked
-by asking for a solution with cell i != its known value (a limit-1 search), about twice as fast as
-counting to 2. Optional hardening hill-climbs: drop one or two clues, add clues from the known
-solution until the puzzle is unique again, re-minimise, and keep the result if its rating did not
-drop; it stops early once a target rating is reached. Random minimal 9x9 puzzles rate ~1.3 on
-average, so a `min_difficulty` much above ~5 is reached by hardening, not by filtering.
-Candidates are generated on several threads (the compiled loop releases the GIL); each candidate is
-a pure function of its own seed, so the output does not depend on the number of threads.
+The solver counts guesses (rating = guesses of the exhaustive limit-2 search, 0 = solved by
+propagation alone); the generator removes clues of a random full grid while the solution stays unique,
+then optionally hill-climbs the rating. How both work is told in `smoltrain.data.sudoku_solver`, which
+holds the numba kernels.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numba import njit
 from tqdm import tqdm
 
 from smoltrain.data.augment import sudoku_shuffle_batch
+from smoltrain.data.build import PuzzleBuilder
 from smoltrain.data.puzzle_source import (
     CSV_COLUMNS,
     CsvPuzzles,
@@ -46,17 +31,12 @@ from smoltrain.data.puzzle_source import (
     candidate_seeds,
     check_counts,
     default_workers,
-    load_source_splits,
     read_puzzle_csv,
     run_in_chunks,
     select,
-    subsample,
-    train_size,
-    write_build_info,
     write_puzzle_csv,
-    write_puzzle_files,
 )
-from smoltrain.data.puzzles import atomic_dataset_dir, check_output_dir
+from smoltrain.data.sudoku_solver import Topology, generate_batch, solve_board
 from smoltrain.errors import DataError
 
 # ------------------------------------------------------------------------------------------------
@@ -71,488 +51,14 @@ def box_shape(n: int) -> tuple[int, int]:
     return rows, n // rows
 
 
-class Topology:
-    """Index tables of an n x n board with box_rows x box_cols boxes, as int32 arrays for numba.
-
-    units: the 3n rows, columns and boxes; peers: the cells sharing a unit with each cell.
-    For locked candidates, every (box, row) intersection gives a row segment with the rest of its
-    row and the rest of its box (rseg/rline/rbox), and likewise for (box, column) (cseg/cline/cbox).
-    """
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.box_rows, self.box_cols = box_shape(n)
-        br, bc = self.box_rows, self.box_cols
-        cell = np.arange(n * n).reshape(n, n)
-        boxes = [cell[r0 : r0 + br, c0 : c0 + bc].reshape(-1) for r0 in range(0, n, br) for c0 in range(0, n, bc)]
-        units = np.concatenate([cell, cell.T, np.stack(boxes)]).astype(np.int32)
-        peers = []
-        for c in range(n * n):
-            mine = [u for u in units if c in u]
-            peers.append(sorted({int(p) for u in mine for p in u} - {c}))
-        rseg, rline, rbox, cseg, cline, cbox = [], [], [], [], [], []
-        for b in boxes:
-            box_set = set(b.tolist())
-            for r in range(br):
-                seg = b[r * bc : (r + 1) * bc]
-                row = cell[seg[0] // n]
-                rseg.append(seg)
-                rline.append([x for x in row if x not in box_set])
-                rbox.append([x for x in b if x not in set(seg.tolist())])
-            for c in range(bc):
-                seg = b[c::bc]
-                col = cell[:, seg[0] % n]
-                cseg.append(seg)
-                cline.append([x for x in col if x not in box_set])
-                cbox.append([x for x in b if x not in set(seg.tolist())])
-
-        def arr(x: object) -> np.ndarray:
-            return np.ascontiguousarray(np.array(x, dtype=np.int32))
-
-        self.tables = (
-            arr(units),
-            arr(peers),
-            arr(rseg),
-            arr(rline),
-            arr(rbox),
-            arr(cseg),
-            arr(cline),
-            arr(cbox),
-        )
-        self.full = (1 << n) - 1
-        self.pop = np.array([bin(m).count("1") for m in range(1 << n)], dtype=np.int32)
-
-
 _TOPOLOGIES: dict[int, Topology] = {}
 
 
 def topology(n: int) -> Topology:
+    """The kernels' index tables of an n x n board (built once per size)."""
     if n not in _TOPOLOGIES:
-        _TOPOLOGIES[n] = Topology(n)
+        _TOPOLOGIES[n] = Topology(*box_shape(n))
     return _TOPOLOGIES[n]
-
-
-# ------------------------------------------------------------------------------------------------
-# Compiled core
-
-
-@njit(cache=True)
-def _eliminate_locked(cand: np.ndarray, seg: np.ndarray, line: np.ndarray, box: np.ndarray) -> bool:
-    """Pointing and claiming over every segment (box-line intersection); True if anything changed.
-
-    A digit of the box that appears only in the segment cannot be elsewhere in the line (pointing);
-    a digit of the line that appears only in the segment cannot be elsewhere in the box (claiming).
-    An emptied cell is left for the caller's next sweep to report as a contradiction.
-    """
-    changed = False
-    for s in range(seg.shape[0]):
-        seg_mask = 0
-        for k in range(seg.shape[1]):
-            seg_mask |= cand[seg[s, k]]
-        line_mask = 0
-        for k in range(line.shape[1]):
-            line_mask |= cand[line[s, k]]
-        box_mask = 0
-        for k in range(box.shape[1]):
-            box_mask |= cand[box[s, k]]
-        pointing = seg_mask & ~box_mask & line_mask
-        if pointing:
-            for k in range(line.shape[1]):
-                c = line[s, k]
-                if cand[c] & pointing:
-                    cand[c] &= ~pointing
-                    changed = True
-        claiming = seg_mask & ~line_mask & box_mask
-        if claiming:
-            for k in range(box.shape[1]):
-                c = box[s, k]
-                if cand[c] & claiming:
-                    cand[c] &= ~claiming
-                    changed = True
-    return changed
-
-
-@njit(cache=True)
-def _propagate(cand: np.ndarray, done: np.ndarray, tables: tuple, pop: np.ndarray, n: int, full: int) -> bool:
-    """Apply singles and locked candidates to a fixpoint in place; False on a contradiction.
-
-    `done[c]` marks solved cells whose digit was already removed from their peers.
-    """
-    units, peers, rseg, rline, rbox, cseg, cline, cbox = tables
-    ncell = cand.shape[0]
-    npeer = peers.shape[1]
-    while True:
-        # Naked singles, cascading until nothing new is solved (cheapest rule first).
-        changed = True
-        while changed:
-            changed = False
-            for c in range(ncell):
-                m = cand[c]
-                if m == 0:
-                    return False
-                if done[c] == 0 and pop[m] == 1:
-                    done[c] = 1
-                    changed = True
-                    for k in range(npeer):
-                        p = peers[c, k]
-                        if cand[p] & m:
-                            cand[p] &= ~m
-                            if cand[p] == 0:
-                                return False
-        # Hidden singles: `once` = digits seen in the unit, `twice` = digits seen at least twice.
-        found = False
-        for u in range(units.shape[0]):
-            once = 0
-            twice = 0
-            for k in range(n):
-                m = cand[units[u, k]]
-                twice |= once & m
-                once |= m
-            if once != full:
-                return False  # some digit has no place left in this unit
-            hidden = once & ~twice
-            if hidden:
-                for k in range(n):
-                    c = units[u, k]
-                    m = cand[c]
-                    h = m & hidden
-                    if h:
-                        if pop[h] > 1:
-                            return False  # two digits that can only go in the same cell
-                        if m != h:
-                            cand[c] = h
-                            found = True
-        if found:
-            continue
-        if _eliminate_locked(cand, rseg, rline, rbox):
-            continue
-        if _eliminate_locked(cand, cseg, cline, cbox):
-            continue
-        return True
-
-
-@njit(cache=True)
-def _pick_cell(cand: np.ndarray, pop: np.ndarray) -> int:
-    """An unsolved cell with the fewest candidates (first one found), or -1 if all are solved."""
-    best = -1
-    best_count = 1 << 30
-    for c in range(cand.shape[0]):
-        p = pop[cand[c]]
-        if 1 < p < best_count:
-            best = c
-            best_count = p
-            if p == 2:
-                break
-    return best
-
-
-@njit(cache=True)
-def _pick_digit(mask: int, randomize: bool, pop: np.ndarray) -> int:
-    if not randomize:
-        return mask & -mask  # lowest candidate
-    k = np.random.randint(pop[mask])
-    while True:
-        bit = mask & -mask
-        if k == 0:
-            return bit
-        mask &= ~bit
-        k -= 1
-
-
-@njit(cache=True)
-def _masks_to_digits(cand: np.ndarray, out: np.ndarray) -> None:
-    for c in range(cand.shape[0]):
-        m = cand[c]
-        d = 1
-        while m > 1:
-            m >>= 1
-            d += 1
-        out[c] = d
-
-
-@njit(cache=True)
-def _search(
-    cand0: np.ndarray,
-    tables: tuple,
-    pop: np.ndarray,
-    n: int,
-    full: int,
-    limit: int,
-    randomize: bool,
-    sol1: np.ndarray,
-    sol2: np.ndarray,
-) -> tuple[int, int]:
-    """Count solutions (stopping at `limit`) and guesses, from candidate masks `cand0`.
-
-    Writes the first two solutions found into sol1 / sol2. Iterative DFS: frame f keeps the state
-    before its branch in states[f], the branch cell and the candidates not yet tried; the current
-    state lives in states[nf]. Trying the last candidate of a frame reuses the frame's own slot.
-    """
-    ncell = cand0.shape[0]
-    states = np.empty((ncell + 1, ncell), dtype=np.int32)
-    done = np.zeros((ncell + 1, ncell), dtype=np.uint8)
-    branch_cell = np.empty(ncell + 1, dtype=np.int64)
-    branch_rest = np.empty(ncell + 1, dtype=np.int64)
-    states[0, :] = cand0
-    nf = 0
-    count = 0
-    guesses = 0
-    ok = _propagate(states[0], done[0], tables, pop, n, full)
-    while True:
-        if ok:
-            c = _pick_cell(states[nf], pop)
-            if c < 0:
-                if count == 0:
-                    _masks_to_digits(states[nf], sol1)
-                elif count == 1:
-                    _masks_to_digits(states[nf], sol2)
-                count += 1
-                if count >= limit:
-                    break
-            else:
-                branch_cell[nf] = c
-                branch_rest[nf] = states[nf, c]
-                nf += 1
-        if nf == 0:
-            break
-        f = nf - 1
-        c = branch_cell[f]
-        d = _pick_digit(branch_rest[f], randomize, pop)
-        branch_rest[f] &= ~d
-        if branch_rest[f]:
-            guesses += 1
-            states[nf, :] = states[f, :]
-            done[nf, :] = done[f, :]
-            states[nf, c] = d
-            ok = _propagate(states[nf], done[nf], tables, pop, n, full)
-        else:  # last candidate: forced, continue in the frame's own slot
-            states[f, c] = d
-            nf = f
-            ok = _propagate(states[f], done[f], tables, pop, n, full)
-    return count, guesses
-
-
-@njit(cache=True)
-def _givens_to_masks(puzzle: np.ndarray, full: int) -> np.ndarray:
-    cand = np.empty(puzzle.shape[0], dtype=np.int32)
-    for c in range(puzzle.shape[0]):
-        cand[c] = full if puzzle[c] == 0 else 1 << (puzzle[c] - 1)
-    return cand
-
-
-@njit(cache=True)
-def _solve(puzzle: np.ndarray, tables: tuple, pop: np.ndarray, n: int, full: int, limit: int):
-    """(solution count up to limit, guesses, first solution, second solution) of a digit board."""
-    for c in range(puzzle.shape[0]):
-        if puzzle[c] < 0 or puzzle[c] > n:
-            return 0, 0, np.zeros_like(puzzle), np.zeros_like(puzzle)
-    sol1 = np.zeros_like(puzzle)
-    sol2 = np.zeros_like(puzzle)
-    count, guesses = _search(_givens_to_masks(puzzle, full), tables, pop, n, full, limit, False, sol1, sol2)
-    return count, guesses, sol1, sol2
-
-
-@njit(cache=True)
-def _minimise(
-    puzzle: np.ndarray,
-    solution: np.ndarray,
-    target_clues: int,
-    tables: tuple,
-    pop: np.ndarray,
-    n: int,
-    full: int,
-) -> None:
-    """Remove clues of a unique puzzle in random order while it stays unique (in place)."""
-    ncell = puzzle.shape[0]
-    sol1 = np.zeros_like(puzzle)
-    sol2 = np.zeros_like(puzzle)
-    clues = 0
-    for c in range(ncell):
-        if puzzle[c]:
-            clues += 1
-    for i in np.random.permutation(ncell):
-        if clues <= target_clues:
-            break
-        if puzzle[i] == 0:
-            continue
-        cand = _givens_to_masks(puzzle, full)
-        # Unique without clue i <=> no solution puts another digit in cell i.
-        cand[i] = full & ~(1 << (solution[i] - 1))
-        count, _ = _search(cand, tables, pop, n, full, 1, False, sol1, sol2)
-        if count == 0:
-            puzzle[i] = 0
-            clues -= 1
-
-
-@njit(cache=True)
-def _rate(puzzle: np.ndarray, tables: tuple, pop: np.ndarray, n: int, full: int) -> int:
-    sol1 = np.zeros_like(puzzle)
-    sol2 = np.zeros_like(puzzle)
-    _, guesses = _search(_givens_to_masks(puzzle, full), tables, pop, n, full, 2, False, sol1, sol2)
-    return guesses
-
-
-@njit(cache=True)
-def _propose(
-    puzzle: np.ndarray, solution: np.ndarray, target_clues: int, tables: tuple, pop: np.ndarray, n: int, full: int
-) -> np.ndarray:
-    """A minimal unique neighbour of `puzzle` with the same solution (a new array; may equal `puzzle`)."""
-    sol1 = np.zeros_like(puzzle)
-    sol2 = np.zeros_like(puzzle)
-    proposal = puzzle.copy()
-    # Drop one or two random clues: the puzzle becomes ambiguous, then repair it differently.
-    for _drop in range(1 + np.random.randint(2)):
-        givens = np.nonzero(proposal)[0]
-        if givens.shape[0] > 1:
-            proposal[givens[np.random.randint(givens.shape[0])]] = 0
-    # Repair: pin a cell where a solution found disagrees with the target until unique again.
-    # (A variant that also adds a random clue, letting the solution grid change as in data.md
-    # section 2.2, climbed more slowly in our measurements.)
-    count, _ = _search(_givens_to_masks(proposal, full), tables, pop, n, full, 2, False, sol1, sol2)
-    while count > 1:
-        wrong = np.nonzero((sol1 != solution) | (sol2 != solution))[0]
-        cell = wrong[np.random.randint(wrong.shape[0])]
-        proposal[cell] = solution[cell]
-        count, _ = _search(_givens_to_masks(proposal, full), tables, pop, n, full, 2, False, sol1, sol2)
-    _minimise(proposal, solution, target_clues, tables, pop, n, full)
-    return proposal
-
-
-@njit(cache=True)
-def _harden(
-    puzzle: np.ndarray,
-    solution: np.ndarray,
-    rating: int,
-    steps: int,
-    target: int,
-    target_clues: int,
-    tables: tuple,
-    pop: np.ndarray,
-    n: int,
-    full: int,
-) -> int:
-    """Hill-climb the rating of a minimal unique puzzle with a fixed solution (in place).
-
-    Stops early once the rating reaches `target` (when target > 0).
-    """
-    for _ in range(steps):
-        if 0 < target <= rating:
-            break
-        proposal = _propose(puzzle, solution, target_clues, tables, pop, n, full)
-        new_rating = _rate(proposal, tables, pop, n, full)
-        if new_rating >= rating:
-            puzzle[:] = proposal
-            rating = new_rating
-    return rating
-
-
-@njit(cache=True)
-def _walk(
-    puzzles: np.ndarray,
-    ratings: np.ndarray,
-    solution: np.ndarray,
-    min_rating: int,
-    steps: int,
-    min_distance: int,
-    target_clues: int,
-    tables: tuple,
-    pop: np.ndarray,
-    n: int,
-    full: int,
-) -> None:
-    """Fill puzzles[1:] with hard neighbours of puzzles[0] (rated >= min_rating) and their ratings.
-
-    A random walk that only moves to neighbours rated >= min_rating: hard puzzles cluster, so once a
-    climb has reached the difficulty its neighbourhood yields more hard puzzles far faster than a
-    new climb (the forum collections in Sudoku-Extreme were found the same way). A puzzle is kept
-    only if its givens sit in at least `min_distance` other cells than every puzzle kept before.
-    """
-    ncell = puzzles.shape[1]
-    current = puzzles[0].copy()
-    kept = 1
-    for _ in range(steps):
-        if kept == puzzles.shape[0]:
-            break
-        proposal = _propose(current, solution, target_clues, tables, pop, n, full)
-        rating = _rate(proposal, tables, pop, n, full)
-        if rating < min_rating:
-            continue
-        current[:] = proposal
-        far = True
-        for j in range(kept):
-            distance = 0
-            for c in range(ncell):
-                if (puzzles[j, c] != 0) != (current[c] != 0):
-                    distance += 1
-            if distance < min_distance:
-                far = False
-                break
-        if far:
-            puzzles[kept] = current
-            ratings[kept] = rating
-            kept += 1
-
-
-@njit(cache=True)
-def _generate_one(
-    seed: int,
-    target_clues: int,
-    harden_steps: int,
-    target_rating: int,
-    walk_steps: int,
-    min_distance: int,
-    tables: tuple,
-    pop: np.ndarray,
-    n: int,
-    full: int,
-    puzzles: np.ndarray,
-    solution: np.ndarray,
-    ratings: np.ndarray,
-) -> None:
-    """Fill `puzzles` ([per_climb, cells]), `solution` and `ratings` from `seed` alone.
-
-    puzzles[0] is the climbed puzzle; once it reaches `target_rating`, the rest are its hard
-    neighbours (rating -1 where the walk found too few).
-    """
-    np.random.seed(seed)  # numba's per-thread generator: the candidate depends on its seed only
-    ncell = n * n
-    dummy = np.zeros(ncell, dtype=solution.dtype)
-    _search(np.full(ncell, full, dtype=np.int32), tables, pop, n, full, 1, True, solution, dummy)
-    puzzle = puzzles[0]
-    puzzle[:] = solution
-    _minimise(puzzle, solution, target_clues, tables, pop, n, full)
-    rating = _rate(puzzle, tables, pop, n, full)
-    if harden_steps > 0:
-        rating = _harden(puzzle, solution, rating, harden_steps, target_rating, target_clues, tables, pop, n, full)
-    ratings[0] = rating
-    ratings[1:] = -1  # empty slots until the walk fills them
-    if rating >= target_rating:
-        _walk(puzzles, ratings, solution, target_rating, walk_steps, min_distance, target_clues, tables, pop, n, full)
-
-
-@njit(cache=True, nogil=True)
-def _generate_batch(
-    seeds: np.ndarray,
-    target_clues: int,
-    harden_steps: int,
-    target_rating: int,
-    walk_steps: int,
-    min_distance: int,
-    tables: tuple,
-    pop: np.ndarray,
-    n: int,
-    full: int,
-    puzzles: np.ndarray,
-    solutions: np.ndarray,
-    ratings: np.ndarray,
-) -> None:
-    # Runs without the GIL: the Python side splits a batch over threads (cheaper to compile than
-    # numba's parallel=True, which recompiles every callee for the parallel backend).
-    for i in range(seeds.shape[0]):
-        _generate_one(
-            seeds[i], target_clues, harden_steps, target_rating, walk_steps, min_distance,
-            tables, pop, n, full, puzzles[i], solutions[i], ratings[i],
-        )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------
@@ -568,7 +74,7 @@ def solve_sudoku(puzzle: np.ndarray, n: int = 9, limit: int = 2) -> tuple[int, i
     board = np.ascontiguousarray(np.asarray(puzzle, dtype=np.int8).reshape(-1))
     if board.shape[0] != n * n:
         raise ValueError(f"expected {n * n} cells for a {n}x{n} Sudoku, got {board.shape[0]}")
-    count, guesses, sol1, _ = _solve(board, topo.tables, topo.pop, n, topo.full, limit)
+    count, guesses, sol1, _ = solve_board(board, topo.tables, topo.pop, n, topo.full, limit)
     return int(count), int(guesses), sol1
 
 
@@ -619,7 +125,7 @@ def generate_candidates(
 
     def run(lo: int, hi: int) -> None:
         # Row slices of C-contiguous arrays are contiguous views: results land in place.
-        _generate_batch(
+        generate_batch(
             seeds[lo:hi],
             target_clues,
             harden_steps,
@@ -824,13 +330,51 @@ def write_sudoku_csv(path: Path, split: SudokuSplit, source_name: str) -> None:
 # Dataset builder
 
 
+@dataclass(frozen=True)
+class SudokuOptions:
+    """What a Sudoku build makes, checked when made; one field per `smoltrain data sudoku` flag of that name.
+
+    source:
+      "generate"  the offline generator: `num_train` (default 1000) and `num_test` (default 1000)
+                  puzzles from independent seed streams; test puzzles never occur among train puzzles.
+      "hf"        download `train.csv` / `test.csv` of `source_repo` (Sudoku-Extreme, 9x9 only).
+      "csv:PATH"  a directory with train.csv and test.csv, or one CSV file that is split with a seeded
+                  random `num_test` rows (default 10%) held out for test.
+    Train puzzles are subsampled to `subsample_size` (alias `num_train` for CSV sources) with a seeded
+    `choice` and the chosen rows go to subsample_indices.json; `num_test` subsamples the CSV test split
+    (default: all of it, like the reference). `min_difficulty` keeps puzzles with rating >= it (CSV:
+    the rating column; generate: our solver's guess count, reached by hill-climbing for up to
+    `harden_steps` steps; each climb that gets there yields up to `per_climb` puzzles). `num_aug`
+    augmentations per train puzzle (test is never augmented).
+    `target_clues` stops the generator's clue removal early (easier puzzles); `workers` are its threads.
+    """
+
+    source: str = "generate"
+    size: int = 9
+    num_train: int | None = None
+    num_test: int | None = None
+    subsample_size: int | None = None
+    num_aug: int = 0
+    min_difficulty: int | None = None
+    seed: int = 0
+    target_clues: int | None = None
+    harden_steps: int | None = None
+    per_climb: int | None = None
+    workers: int | None = None
+    source_repo: str = SOURCE_REPO
+
+    def __post_init__(self) -> None:
+        check_counts(num_train=self.num_train, num_test=self.num_test, subsample_size=self.subsample_size)
+        if self.num_aug < 0:
+            raise DataError(f"num_aug must be >= 0, got {self.num_aug}")
+        if self.min_difficulty is not None and self.min_difficulty < 0:
+            raise DataError(f"min_difficulty must be >= 0, got {self.min_difficulty}")
+        box_shape(self.size)  # rejects unsupported sizes
+
+
 def _encode(digits: np.ndarray) -> np.ndarray:
     # Reference token layout: 0 PAD, 1 blank, 2..n+1 digits.
     return digits.astype(np.uint8) + 1
-
-
-def _split_strings(questions: np.ndarray) -> set[bytes]:
-    return {row.tobytes() for row in questions.astype(np.uint8)}
 
 
 def _augment(
@@ -877,9 +421,7 @@ def _augment(
     return questions, answers, np.asarray(sizes, dtype=np.int64), {"redrawn": redrawn, "dropped": dropped}
 
 
-def _filter_difficulty(split: SudokuSplit, min_difficulty: int | None) -> SudokuSplit:
-    if min_difficulty is None:
-        return split
+def _filter_difficulty(split: SudokuSplit, min_difficulty: int) -> SudokuSplit:
     if split.ratings.size and (split.ratings < 0).any():
         raise DataError(
             f"{split.path} has no rating column, so --min-difficulty cannot filter it: add a rating column "
@@ -888,187 +430,109 @@ def _filter_difficulty(split: SudokuSplit, min_difficulty: int | None) -> Sudoku
     return select(split, np.flatnonzero(split.ratings >= min_difficulty))
 
 
-def build_sudoku_dataset(
-    output_dir: str | os.PathLike[str],
-    source: str = "generate",
-    *,
-    size: int = 9,
-    num_train: int | None = None,
-    num_test: int | None = None,
-    subsample_size: int | None = None,
-    num_aug: int = 0,
-    min_difficulty: int | None = None,
-    seed: int = 0,
-    target_clues: int | None = None,
-    harden_steps: int | None = None,
-    per_climb: int | None = None,
-    workers: int | None = None,
-    source_repo: str = SOURCE_REPO,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Build a Sudoku dataset in the reference layout at `output_dir` (atomically); return build info.
+def _rating_stats(split: SudokuSplit) -> dict[str, float] | None:
+    r = split.ratings[split.ratings >= 0]
+    if r.size == 0:
+        return None
+    return {"mean": round(float(r.mean()), 3), "median": float(np.median(r)), "max": int(r.max())}
 
-    source:
-      "hf"        download `train.csv` / `test.csv` of `source_repo` (Sudoku-Extreme, 9x9 only).
-      "csv:PATH"  a directory with train.csv and test.csv, or one CSV file that is split with a seeded
-                  random `num_test` rows (default 10%) held out for test.
-      "generate"  the offline generator: `num_train` (default 1000) and `num_test` (default 1000)
-                  puzzles from independent seed streams; test puzzles never occur among train puzzles.
-    Train puzzles are subsampled to `subsample_size` (alias `num_train` for CSV sources) with a seeded
-    `choice` and the chosen rows go to subsample_indices.json; `num_test` subsamples the CSV test split
-    (default: all of it, like the reference). `min_difficulty` keeps puzzles with rating >= it (CSV:
-    the rating column; generate: our solver's guess count, reached by hill-climbing for up to
-    `harden_steps` steps; each climb that gets there yields up to `per_climb` puzzles). `num_aug`
-    augmentations per train puzzle (test is never augmented).
-    `target_clues` stops the generator's clue removal early (easier puzzles).
-    """
-    started = time.perf_counter()
-    output_dir = check_output_dir(output_dir)
-    check_counts(num_train=num_train, num_test=num_test, subsample_size=subsample_size)
-    if num_aug < 0:
-        raise DataError(f"num_aug must be >= 0, got {num_aug}")
-    if min_difficulty is not None and min_difficulty < 0:
-        raise DataError(f"min_difficulty must be >= 0, got {min_difficulty}")
-    box_rows, box_cols = box_shape(size)  # also rejects unsupported sizes
-    streams = np.random.SeedSequence(seed).spawn(5)  # train gen, test gen, subsample, test split, augment
-    info: dict[str, Any] = {
-        "builder": "sudoku",  # what kind of puzzle this is: solve, eval and render read it
-        "source": source,
-        "size": size,
-        "box": [box_rows, box_cols],
-        "seed": seed,
-        "num_aug": num_aug,
-        "min_difficulty": min_difficulty,
-        "target_clues": target_clues,
-    }
-    subsample_record: dict[str, Any] | None = None
-    info["rating_scale"] = (
-        "smoltrain solver guesses (singles + locked candidates, limit-2 search)"
-        if source == "generate"
-        else "the source file's rating column (Sudoku-Extreme: tdoku backtracks)"
-    )
 
-    if source == "generate":
-        n_train = train_size(num_train, subsample_size, "the generator") or 1000
-        n_test = num_test if num_test is not None else 1000
-        steps = default_harden_steps(min_difficulty) if harden_steps is None else harden_steps
-        per_climb = default_per_climb(steps) if per_climb is None else per_climb
-        gen_start = time.perf_counter()
-        train_q, train_a, train_r = generate_sudoku_puzzles(
-            n_train,
-            size,
-            streams[0],
-            min_difficulty=min_difficulty,
-            target_clues=target_clues,
-            harden_steps=steps,
-            per_climb=per_climb,
-            workers=workers,
-            progress=progress,
-        )
-        test_q, test_a, test_r = generate_sudoku_puzzles(
-            n_test,
-            size,
-            streams[1],
-            min_difficulty=min_difficulty,
-            target_clues=target_clues,
-            harden_steps=steps,
-            per_climb=per_climb,
-            exclude=_split_strings(train_q),
-            workers=workers,
-            progress=progress,
-        )
-        gen_seconds = time.perf_counter() - gen_start
-        train = SudokuSplit(train_q, train_a, train_r, np.arange(n_train))
-        test = SudokuSplit(test_q, test_a, test_r, np.arange(n_test))
-        info.update(
-            harden_steps=steps,
-            per_climb=per_climb,
-            generation_seconds=round(gen_seconds, 3),
-            generation_rate_puzzles_per_s=round((n_train + n_test) / max(gen_seconds, 1e-9), 2),
-            workers=workers or default_workers(),
-        )
-    elif source == "hf" or source.startswith("csv:"):
-        if source == "hf":
-            if size != 9:
-                raise DataError(f"{source_repo} holds 9x9 puzzles; --size {size} needs --source generate or csv:PATH")
-            info["source_repo"] = source_repo
-        train, test = load_source_splits(
-            source, lambda path: read_sudoku_csv(path, size), source_repo=source_repo, num_test=num_test,
-            rng=np.random.default_rng(streams[3]), noun="puzzles", example="data/sudoku-csv",
+class SudokuBuilder(PuzzleBuilder[SudokuOptions]):
+    """The Sudoku hooks of the fixed-size puzzle build: raw digits in the splits, tokens digit + 1."""
+
+    kind = "sudoku"
+    noun = "puzzles"
+    title = "Sudoku"
+    filter_flag = "--min-difficulty"
+    hf_size = 9
+    csv_example = "data/sudoku-csv"
+
+    @property
+    def vocab_size(self) -> int:
+        return self.options.size + 2
+
+    @property
+    def filter_threshold(self) -> int | None:
+        return self.options.min_difficulty
+
+    def settings(self) -> dict[str, Any]:
+        o = self.options
+        return {
+            "size": o.size,
+            "box": list(box_shape(o.size)),
+            "seed": o.seed,
+            "num_aug": o.num_aug,
+            "min_difficulty": o.min_difficulty,
+            "target_clues": o.target_clues,
+            "rating_scale": "smoltrain solver guesses (singles + locked candidates, limit-2 search)"
+            if o.source == "generate"
+            else "the source file's rating column (Sudoku-Extreme: tdoku backtracks)",
+        }
+
+    def read_csv(self, path: Path) -> SudokuSplit:
+        return read_sudoku_csv(path, self.options.size)
+
+    def generation_settings(self) -> dict[str, Any]:
+        o = self.options
+        steps = default_harden_steps(o.min_difficulty) if o.harden_steps is None else o.harden_steps
+        return {"harden_steps": steps, "per_climb": default_per_climb(steps) if o.per_climb is None else o.per_climb}
+
+    def generate(
+        self, count: int, seed: np.random.SeedSequence, exclude: set[bytes], settings: dict[str, Any], progress: bool
+    ) -> tuple[SudokuSplit, dict[str, Any]]:
+        o = self.options
+        questions, answers, ratings = generate_sudoku_puzzles(
+            count, o.size, seed, min_difficulty=o.min_difficulty, target_clues=o.target_clues,
+            harden_steps=settings["harden_steps"], per_climb=settings["per_climb"], exclude=exclude,
+            workers=o.workers, progress=progress,
         )  # fmt: skip
-        train_wanted = train_size(num_train, subsample_size, "a CSV source")
-        info["rows_in_source"] = {"train": int(train.questions.shape[0]), "test": int(test.questions.shape[0])}
-        train = _filter_difficulty(train, min_difficulty)
-        test = _filter_difficulty(test, min_difficulty)
-        sub_rng = np.random.default_rng(streams[2])
-        train, train_sampled = subsample(train, train_wanted, sub_rng)
-        single_file = source.startswith("csv:") and Path(source[4:]).is_file()
-        test, test_sampled = subsample(test, None if single_file else num_test, sub_rng)
-        # Row lists for the splits that are not simply "every row of the file, in file order" (null).
-        filtered = min_difficulty is not None
-        if train_sampled or test_sampled or single_file or filtered:
-            subsample_record = {
-                "note": "0-based data rows (header excluded) of the source files, in dataset order; "
-                "null = every row in file order",
-                "train": {
-                    "file": train.path,
-                    "rows": train.rows.tolist() if train_sampled or single_file or filtered else None,
-                },
-                "test": {
-                    "file": test.path,
-                    "rows": test.rows.tolist() if test_sampled or single_file or filtered else None,
-                },
-            }
-    else:
-        raise DataError(f"unknown Sudoku source {source!r}: use 'hf', 'csv:PATH' or 'generate'")
+        return SudokuSplit(questions, answers, ratings, np.arange(count)), {}
 
-    for name, split in (("train", train), ("test", test)):
-        if split.questions.shape[0] == 0:
-            hint = " after the --min-difficulty filter" if min_difficulty is not None else ""
-            raise DataError(f"no {name} puzzles left{hint}: lower --min-difficulty or use a larger source")
+    def filter(self, train: SudokuSplit, test: SudokuSplit, info: dict[str, Any]) -> tuple[SudokuSplit, SudokuSplit]:
+        threshold = self.options.min_difficulty
+        assert threshold is not None  # called only with a filter
+        return _filter_difficulty(train, threshold), _filter_difficulty(test, threshold)
 
-    test_strings = _split_strings(test.questions)
-    overlap = sum(row.tobytes() in test_strings for row in train.questions.astype(np.uint8))
-    aug_q, aug_a, sizes, counters = _augment(
-        train, size, num_aug, np.random.default_rng(streams[4]), test_strings, progress
-    )
+    def augment(
+        self, train: SudokuSplit, forbidden: set[bytes], rng: np.random.Generator, progress: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        questions, answers, sizes, counters = _augment(
+            train, self.options.size, self.options.num_aug, rng, forbidden, progress
+        )
+        facts = {"augmentations_redrawn": counters["redrawn"], "augmentations_dropped": counters["dropped"]}
+        return questions, answers, sizes, facts
 
-    with atomic_dataset_dir(output_dir) as tmp:
-        test_rows = (_encode(test.questions), _encode(test.answers))
-        write_puzzle_files(tmp, (_encode(aug_q), _encode(aug_a), sizes), test_rows, size + 2, subsample_record)
-        if source == "generate":
-            name = f"smoltrain-generate-{size}x{size}"
-            write_sudoku_csv(tmp / "generated" / "train.csv", train, name)
-            write_sudoku_csv(tmp / "generated" / "test.csv", test, name)
+    def to_tokens(self, cells: np.ndarray) -> np.ndarray:
+        return _encode(cells)
 
-        def rating_stats(split: SudokuSplit) -> dict[str, float] | None:
-            r = split.ratings[split.ratings >= 0]
-            if r.size == 0:
-                return None
-            return {"mean": round(float(r.mean()), 3), "median": float(np.median(r)), "max": int(r.max())}
-
-        info.update(
-            counts={
-                "train_puzzles": int(train.questions.shape[0]),
-                "train_rows": int(aug_q.shape[0]),
-                "test_puzzles": int(test.questions.shape[0]),
-            },
-            mean_clues={
+    def statistics(self, train: SudokuSplit, test: SudokuSplit) -> dict[str, Any]:
+        return {
+            "mean_clues": {
                 "train": round(float((train.questions > 0).sum(1).mean()), 3),
                 "test": round(float((test.questions > 0).sum(1).mean()), 3),
             },
-            rating={"train": rating_stats(train), "test": rating_stats(test)},
-            train_test_overlap=int(overlap),
-            augmentations_redrawn=counters["redrawn"],
-            augmentations_dropped=counters["dropped"],
-        )
-        write_build_info(tmp, info, started)
-    return info
+            "rating": {"train": _rating_stats(train), "test": _rating_stats(test)},
+        }
+
+    def write_csv(self, path: Path, split: SudokuSplit, source_name: str) -> None:
+        write_sudoku_csv(path, split, source_name)
+
+
+def build_sudoku_dataset(
+    output_dir: str | os.PathLike[str], source: str = "generate", *, progress: bool = False, **options: Any
+) -> dict[str, Any]:
+    """Build a Sudoku dataset in the reference layout at `output_dir` (atomically); return build info.
+
+    `options` are the other fields of `SudokuOptions` (which tells what each does), as keywords.
+    """
+    return SudokuBuilder(SudokuOptions(source=source, **options)).build(output_dir, progress)
 
 
 __all__ = [
     "CSV_COLUMNS",
     "SOURCE_REPO",
+    "SudokuBuilder",
+    "SudokuOptions",
     "SudokuSplit",
     "box_shape",
     "build_sudoku_dataset",
