@@ -3,8 +3,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from smoltrain.config import compose, load_config, load_run_config
+from smoltrain.config import compose, load_config
 from smoltrain.errors import ConfigError
+from smoltrain.runs import RunDir
 from smoltrain.train.trainer import Trainer
 
 from .conftest import toy_overrides
@@ -80,4 +81,4 @@ def test_resolved_config_saved_in_run_dir(tmp_path):
     Trainer(cfg).fit()
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["arch"]["hidden_size"] == 16 and saved["max_steps"] == 2
-    assert load_run_config(tmp_path / "run") == cfg
+    assert RunDir(tmp_path / "run").load_config() == cfg

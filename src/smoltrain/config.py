@@ -277,12 +277,9 @@ def config_to_yaml(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """The resolved config saved in a run directory, with optional overrides on top."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml); train one with `smoltrain train`")
-    raw = _read_yaml(path)
+def load_saved_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """A resolved config as saved by :func:`config_to_yaml` (no recipe composing), with overrides on top."""
+    raw = _read_yaml(Path(path))
     for key, value in (_parse_override(item) for item in overrides or []):
         _set_dotted(raw, key, value)
     return validate(raw)

@@ -26,11 +26,11 @@ class LMRun:
 
 
 def load_lm(run_dir: str | Path, device: str = "auto") -> LMRun:
-    """A trained `arch=lm` run and the tokenizer saved with it (``run_dir/tokenizer``)."""
-    run = load(run_dir, device=device, overrides=["data_paths=[]"])
+    """A trained `arch=lm` run and the tokenizer saved with it."""
+    run = load(run_dir, device=device, need_data=False)
     if not isinstance(run.model, LMForCausalLM):
         raise SmoltrainError(f"generation needs an LM run (arch=lm); {run_dir} is arch {run.config.arch.name}")
-    return LMRun(run, load_tokenizer(Path(run_dir) / "tokenizer"))
+    return LMRun(run, load_tokenizer(run.run_dir.tokenizer))
 
 
 def stream_text(lm: LMRun, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8,

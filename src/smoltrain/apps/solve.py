@@ -21,13 +21,13 @@ import numpy as np
 import torch
 
 from smoltrain.apps.render import MAZE_CHARS, PuzzleTrace, side_of
-from smoltrain.config import load_run_config
 from smoltrain.data.arc import crop_grid
 from smoltrain.data.puzzles import puzzle_kind
 from smoltrain.data.sudoku import box_shape
 from smoltrain.errors import ConfigError, DataError, SmoltrainError
 from smoltrain.models.trm import TRMConfig, act_inference
 from smoltrain.runs.loading import LoadedRun, load
+from smoltrain.runs.run_dir import RunDir
 
 __all__ = [
     "PuzzleSolution",
@@ -177,17 +177,6 @@ class SolveResult:
         return self.answer != self.givens
 
 
-def _load(run_dir: Path, device: str, keep_data: bool = False) -> LoadedRun:
-    from smoltrain.families.trm import DATA_SHAPE
-
-    cfg = load_run_config(run_dir)
-    # A run that declares its data shape (an imported one) builds without its dataset, which solving a
-    # typed puzzle does not need: drop the data paths so a dataset absent on this machine does not stop it.
-    declared = all(getattr(cfg.arch, key, None) is not None for key in DATA_SHAPE)
-    overrides = ["data_paths=[]", "data_paths_test=[]"] if declared and not keep_data else []
-    return load(run_dir, device=device, overrides=overrides)
-
-
 def _digits(logits: torch.Tensor, n: int) -> np.ndarray:
     """Predicted digits of one board; tokens that are not digits (PAD, blank) become 0."""
     digits = logits[0].argmax(dim=-1).cpu().numpy().astype(np.int64) - 1
@@ -197,7 +186,9 @@ def _digits(logits: torch.Tensor, n: int) -> np.ndarray:
 def solve_with_run(run_dir_or_loaded: str | Path | LoadedRun, puzzle_text: str, device: str = "auto") -> SolveResult:
     """Run a TRM-family run on one Sudoku (``puzzle_text`` as for :func:`parse_sudoku`) for its
     ``halt_max_steps`` ACT steps and check the answer."""
-    run = run_dir_or_loaded if isinstance(run_dir_or_loaded, LoadedRun) else _load(Path(run_dir_or_loaded), device)
+    # Solving a typed puzzle needs no dataset: a run that declares its data shape loads without one.
+    run = run_dir_or_loaded if isinstance(run_dir_or_loaded, LoadedRun) else \
+        load(run_dir_or_loaded, device=device, need_data=False)
     config = getattr(getattr(run.model, "model", run.model), "config", None)
     if not isinstance(config, TRMConfig):
         raise SmoltrainError(f"solve needs a TRM-family run (arch trm, hrm or trm_singlez); this run is arch "
@@ -505,14 +496,14 @@ def solve_puzzle(run_dir_or_loaded: str | Path | LoadedRun, puzzle_text: str | N
         root = _dataset_root(run)
     else:
         run_dir = Path(run_dir_or_loaded)
-        cfg = load_run_config(run_dir)
+        cfg = RunDir(run_dir).load_config()
         paths = cfg.data_paths_test or cfg.data_paths
         root = Path(paths[0]) if paths else None  # its build_info.json names the kind even when not loaded
         missing = [p for p in paths if not Path(p).is_dir()]
         if example is not None and missing:
             raise DataError(f"--example needs the run's dataset, and {missing[0]} is not here: build or copy "
                             "it there, or solve a typed puzzle with --puzzle")
-        run = _load(run_dir, device, keep_data=example is not None)
+        run = load(run_dir, device=device, need_data=example is not None)
     kind = run_kind(run, root)
     if puzzle_text is not None:
         return _solve_text(run, kind, puzzle_text)

@@ -32,6 +32,8 @@ PAD_TOKEN = ENDOFTEXT
 UNK_TOKEN = ENDOFTEXT
 
 DEFAULT_MODEL_MAX_LENGTH = 131072
+# The files of a tokenizer directory (what `train_tokenizer` writes, a run keeps and an HF folder holds).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 # Plain ChatML, no system prompt injected and no <think> handling: the same string that
 # `apply_chat_template` below builds, so Python and transformers render identical prompts.

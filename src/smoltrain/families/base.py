@@ -110,8 +110,8 @@ class Family(ABC):
         count = sums.get("count", 0.0)
         return {k: (v / count if count else 0.0) for k, v in sums.items() if k != "count"}
 
-    def save_artifacts(self, run_dir: Path) -> None:
-        """Write files the run needs besides its config and checkpoints (e.g. the LM's tokenizer)."""
+    def tokenizer_dir(self) -> Path | None:
+        """The tokenizer the run's data was encoded with, which the run keeps (LM runs); None without one."""
         return None
 
     # The carry (state that lives across steps, e.g. TRM's ACT slots) as flat tensors, for checkpoints.

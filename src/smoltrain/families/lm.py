@@ -23,7 +23,6 @@ from smoltrain.config import ArchConfig
 from smoltrain.data.text import DocumentRows, TokenWindows, read_metadata
 from smoltrain.errors import ConfigError, DataError
 from smoltrain.families.base import Batch, Family, OptimizerSpec, StepOutput, TrainStream
-from smoltrain.fileio import atomic_write_bytes
 from smoltrain.models.lm import LMConfig, LMForCausalLM
 from smoltrain.optim import AdamATan2
 
@@ -80,16 +79,12 @@ class LMFamily(Family):
             raise ConfigError(f"arch.vocab_size={self.arch.vocab_size} but the dataset {cfg.data_paths[0]} was "
                               f"tokenized with {vocab} tokens: use the tokenizer the run was trained with")
 
-    def save_artifacts(self, run_dir: Path) -> None:
-        """Copy the dataset's tokenizer into ``run_dir/tokenizer`` so generation and export need no dataset."""
+    def tokenizer_dir(self) -> Path | None:
+        """The dataset's tokenizer: the run keeps a copy, so generation and export need no dataset."""
         if self.metadata is None:
-            return
+            return None
         source = Path(self.metadata["tokenizer"]["path"]).parent
-        target = run_dir / "tokenizer"
-        if source.is_dir() and not (target / "tokenizer.json").is_file():
-            for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-                if (source / name).is_file():
-                    atomic_write_bytes(target / name, (source / name).read_bytes())
+        return source if source.is_dir() else None
 
     @property
     def arch(self) -> Any:

@@ -3,8 +3,8 @@
 ``export_hf`` writes a folder that ``transformers.AutoModelForCausalLM.from_pretrained(DIR)`` loads as
 ``Qwen3ForCausalLM`` (runs with ``qk_norm``) or ``LlamaForCausalLM`` (without): ``config.json``,
 ``model.safetensors``, ``generation_config.json`` and the run's tokenizer files. ``import_hf`` goes the
-other way and writes a run directory (``config.yaml`` + a weights-only step-0 checkpoint) that
-``smoltrain.load`` and ``smoltrain train`` (as a resume or ``load_checkpoint``) accept.
+other way and writes a run directory (:class:`~smoltrain.runs.RunDir`: config, a weights-only step-0
+checkpoint, tokenizer, README) that ``smoltrain.load`` and ``smoltrain train`` accept.
 
 The module names of ``smoltrain.models.lm`` are HF's, so weights map 1:1 by key; only the config needs
 translating. Both directions go through a temporary sibling directory renamed into place, so the output
@@ -24,16 +24,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from smoltrain.config import config_to_yaml, load_run_config, validate
+from smoltrain.config import TrainConfig, validate
+from smoltrain.data.tokenizer import TOKENIZER_FILES
 from smoltrain.errors import SmoltrainError
 from smoltrain.fileio import atomic_directory
 from smoltrain.models.lm import LMConfig, LMForCausalLM
-from smoltrain.runs import checkpoint as ckpt
 from smoltrain.runs.loading import load
+from smoltrain.runs.run_dir import RunDir
 
-__all__ = ["TOKENIZER_FILES", "export_hf", "import_hf"]
+__all__ = ["export_hf", "import_hf"]
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 SUPPORTED_MODEL_TYPES = ("qwen3", "llama")
 _TIED_KEY, _EMBED_KEY = "lm_head.weight", "model.embed_tokens.weight"
 
@@ -43,18 +43,14 @@ _TIED_KEY, _EMBED_KEY = "lm_head.weight", "model.embed_tokens.weight"
 # ---------------------------------------------------------------------------------------------------
 
 
-def _check_output(output: Path, what: str) -> Path:
+@contextmanager
+def _export_dir(output: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``output`` to fill; on success it is fsync'ed and renamed to ``output``."""
     output = Path(output).absolute()
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise SmoltrainError(f"output {output} already exists and is not an empty directory: "
-                             f"choose a new path for the {what}")
-    return output
-
-
-@contextmanager
-def _atomic_dir(output: Path, what: str) -> Iterator[Path]:
-    """Yield a temporary sibling of ``output`` to fill; on success it is fsync'ed and renamed to ``output``."""
-    with atomic_directory(_check_output(output, what)) as tmp:
+                             "choose a new path for the Hugging Face export")
+    with atomic_directory(output) as tmp:
         yield tmp
 
 
@@ -62,15 +58,11 @@ def _write_json(path: Path, obj: object) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
-def _copy_tokenizer(source: Path, target: Path) -> list[str]:
-    """Copy the tokenizer files found in ``source`` into ``target``; returns the names copied."""
-    copied = []
+def _copy_tokenizer(source: Path, target: Path) -> None:
+    """Copy the tokenizer files found in ``source`` into the export folder ``target``."""
     for name in TOKENIZER_FILES:
         if (source / name).is_file():
-            target.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / name, target / name)
-            copied.append(name)
-    return copied
 
 
 def _special_token_ids(tokenizer_dir: Path) -> dict[str, int]:
@@ -148,28 +140,28 @@ def export_hf(run_dir: Path, output: Path, checkpoint: Path | None = None) -> Pa
 
     Returns the absolute output directory. ``output`` must not exist or be empty.
     """
-    run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
+    run = RunDir(run_dir)
+    cfg = run.load_config()
     if cfg.arch.name != "lm":
-        raise SmoltrainError(f"only arch=lm runs export to Hugging Face format; {run_dir} is arch={cfg.arch.name}")
+        raise SmoltrainError(f"only arch=lm runs export to Hugging Face format; {run.root} is arch={cfg.arch.name}")
     arch = cfg.arch
     if arch.use_moe:
         raise SmoltrainError("export of MoE runs is not supported yet: only dense (use_moe=false) runs export")
     if arch.vocab_size is None:
-        raise SmoltrainError(f"{run_dir}/config.yaml has no arch.vocab_size: train the run before exporting it")
+        raise SmoltrainError(f"{run.config} has no arch.vocab_size: train the run before exporting it")
     lm = LMConfig.from_arch(arch)
     # `load` picks the newest checkpoint, overlays the EMA weights the run evaluates, and loads strictly,
-    # so a checkpoint that does not match config.yaml stops here with one line, not in transformers.
-    model = load(run_dir, checkpoint, device="cpu", overrides=["data_paths=[]"]).model
+    # so a checkpoint that does not match the run's config stops here with one line, not in transformers.
+    model = load(run.root, checkpoint, device="cpu", need_data=False).model
     tensors = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in model.state_dict().items()}
     if lm.tie_word_embeddings:
         # transformers ties lm_head to the embedding on load and leaves it out when saving; safetensors
         # refuses two names for one storage anyway, so the embedding alone is written.
         tensors.pop(_TIED_KEY)
 
-    tokenizer_dir = run_dir / "tokenizer"
+    tokenizer_dir = run.tokenizer
     token_ids = _special_token_ids(tokenizer_dir) if tokenizer_dir.is_dir() else {}
-    with _atomic_dir(output, "Hugging Face export") as tmp:
+    with _export_dir(output) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         _write_json(tmp / "config.json", _hf_config(lm, token_ids))
         # Greedy by default: a tiny model sampled at temperature 1 mostly shows noise.
@@ -287,13 +279,13 @@ def match_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor
 def import_hf(directory: Path, output: Path) -> Path:
     """Turn a local HF Qwen3 / Llama directory into a smoltrain run directory; returns it (absolute).
 
-    The run holds ``config.yaml`` (``arch=lm``, no data), ``checkpoints/step_00000000`` (weights only:
-    training from it starts fresh optimizer state) and ``tokenizer/`` when the directory has one.
+    The run holds its config (``arch=lm``, no data), a weights-only step-0 checkpoint (training from it
+    starts fresh optimizer state), the tokenizer when the directory has one, and a README.
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise SmoltrainError(f"{directory} is not a directory: pass a local Hugging Face model folder")
-    output = _check_output(Path(output), "imported run")
+    output = RunDir.check_new(Path(output).absolute())
     config = _read_hf_config(directory)
     fields = _lm_fields(config, directory / "config.json")
     # seq_len is our training window; keep the default unless the model's context is shorter.
@@ -313,14 +305,33 @@ def import_hf(directory: Path, output: Path) -> Path:
     return write_lm_run(output, cfg, state, imported, tokenizer_dir=directory)
 
 
-def write_lm_run(output: Path, cfg: Any, state: dict[str, torch.Tensor], imported: dict[str, Any],
+def write_lm_run(output: Path, cfg: TrainConfig, state: dict[str, torch.Tensor], imported: dict[str, Any],
                  tokenizer_dir: Path | None = None) -> Path:
-    """A run directory holding imported LM weights: ``config.yaml``, a weights-only step-0 checkpoint (the
-    trainer resumes it with fresh optimizer state) and the tokenizer files found in ``tokenizer_dir``."""
-    with _atomic_dir(output, "imported run") as tmp:
-        (tmp / "config.yaml").write_text(config_to_yaml(cfg))
-        ckpt.save_checkpoint(tmp / "checkpoints", 0, state, None,
-                             {"step": 0, "imported": imported, "world_size": 1}, keep=1)
-        if tokenizer_dir is not None:
-            _copy_tokenizer(tokenizer_dir, tmp / "tokenizer")
+    """A run directory holding imported LM weights (``imported`` says where from): its config, a weights-only
+    step-0 checkpoint, the tokenizer files found in ``tokenizer_dir`` and a README."""
+    with RunDir.create(output) as run:
+        run.write_config(cfg)
+        run.save_weights_only(0, state, imported)
+        has_tokenizer = bool(tokenizer_dir is not None and run.save_tokenizer(tokenizer_dir))
+        run.write_readme(_lm_readme(Path(output), imported, has_tokenizer))
     return output
+
+
+def _lm_readme(output: Path, imported: dict[str, Any], has_tokenizer: bool) -> str:
+    lines = [
+        f"# Run `{output.name}` (imported)",
+        "",
+        f"Imported from `{imported['source']}`. The weights are a weights-only checkpoint at step 0: training "
+        "from this run starts with fresh optimizer state.",
+    ]
+    if not has_tokenizer:
+        lines += ["", "No tokenizer came with the weights: copy its files into `tokenizer/` to generate text."]
+    lines += [
+        "",
+        "## Next",
+        "",
+        f"- generate: `smoltrain generate {output} --prompt \"...\"`",
+        f"- in Python: `smoltrain.load(\"{output}\")`",
+        f"- continue training: `smoltrain train {RunDir(output).config} data_paths=[DIR] max_steps=...`",
+    ]
+    return "\n".join(lines) + "\n"

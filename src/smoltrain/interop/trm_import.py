@@ -17,8 +17,8 @@ The import, in order:
    without its dataset (``smoltrain.load``, ``smoltrain solve``);
 4. build our model from that config and check every key and shape before loading (one error naming the
    first mismatch and the config field that likely causes it);
-5. write the run directory atomically: ``config.yaml``, ``checkpoints/step_N/`` whose trainer state marks
-   it as imported (step N, no optimizer, data or RNG state: the reference saves none), a copy of the
+5. write the run directory atomically (:class:`~smoltrain.runs.RunDir`): its config, a weights-only
+   checkpoint at step N (no optimizer, data or RNG state: the reference saves none), a copy of the
    reference config and a README.
 """
 
@@ -36,13 +36,12 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import ValidationError
 
-from smoltrain.config import TrainConfig, config_to_yaml, group_file, validate
+from smoltrain.config import TrainConfig, group_file, validate
 from smoltrain.data.puzzles import load_metadata
 from smoltrain.errors import ConfigError, DataError, SmoltrainError
 from smoltrain.families import family_class
 from smoltrain.families.trm import DATA_SHAPE, INJECTED, LossConfig, TRMFamily
-from smoltrain.fileio import atomic_directory, atomic_write_text
-from smoltrain.runs.checkpoint import save_checkpoint
+from smoltrain.runs.run_dir import RunDir
 from smoltrain.runtime.distributed import DistEnv
 
 __all__ = ["import_reference_checkpoint", "load_reference_state", "reference_arch_name"]
@@ -322,6 +321,7 @@ def _check_state(expected: dict[str, torch.Tensor], state: dict[str, torch.Tenso
 
 def _readme(output: Path, source: Path, step: int, cfg: TrainConfig, shape: dict[str, int], dropped: list[str],
             notes: list[str]) -> str:
+    run = RunDir(output)
     data = f"data_paths=[{','.join(cfg.data_paths)}]" if cfg.data_paths else "data_paths=[DIR]"
     weights = (
         "These are the **EMA weights** (the reference trained with `ema=True` and saves only the EMA copy); "
@@ -335,9 +335,9 @@ def _readme(output: Path, source: Path, step: int, cfg: TrainConfig, shape: dict
         weights,
         "",
         f"- **arch**: {cfg.arch.name}",
-        "- **data shape** (declared in config.yaml): " + ", ".join(f"{k}={v}" for k, v in shape.items()),
+        f"- **data shape** (declared in {run.config.name}): " + ", ".join(f"{k}={v}" for k, v in shape.items()),
         f"- **data_paths**: {cfg.data_paths or 'none (the model builds without data; evaluation needs it)'}",
-        "- **reference config**: reference_all_config.yaml",
+        f"- **reference config**: {run.reference_config.name}",
     ]
     if dropped:
         lines.append("- **reference keys dropped** (smoltrain has no equivalent): " + ", ".join(dropped))
@@ -352,15 +352,10 @@ def _readme(output: Path, source: Path, step: int, cfg: TrainConfig, shape: dict
         f"- evaluate: `smoltrain eval {output}" + ("" if cfg.data_paths else f" {data}") + "`",
         f"- solve one Sudoku: `smoltrain solve {output} --puzzle \"...\"`",
         f"- in Python: `smoltrain.load(\"{output}\")`",
-        f"- continue training: `smoltrain train {output / 'config.yaml'}" + ("" if cfg.data_paths else f" {data}")
+        f"- continue training: `smoltrain train {run.config}" + ("" if cfg.data_paths else f" {data}")
         + " epochs=...`",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _check_output(output: Path) -> None:
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise SmoltrainError(f"{output} already exists and is not empty; choose another --output or remove it")
 
 
 def import_reference_checkpoint(
@@ -381,8 +376,7 @@ def import_reference_checkpoint(
     """
     say = log or (lambda _line: None)
     path, step = _find_checkpoint(Path(checkpoint))
-    output = Path(output)
-    _check_output(output)
+    output = RunDir.check_new(output)
     state = load_reference_state(path)
     config_path, ref = _read_reference_config(path)
     raw, dropped, notes = _map_config(ref, [str(p) for p in data_paths] if data_paths is not None else None)
@@ -395,20 +389,12 @@ def import_reference_checkpoint(
     _check_state(model.state_dict(), state, f"{path} does not match {config_path}")
     model.load_state_dict(state)
 
-    _check_output(output)  # again: it may have appeared while the model was being checked
-    with atomic_directory(output) as tmp:
-        atomic_write_text(tmp / "config.yaml", config_to_yaml(cfg))
-        shutil.copyfile(config_path, tmp / "reference_all_config.yaml")
-        trainer_state = {
-            "step": step,
-            # Marks a weights-only checkpoint: the trainer resumes it with fresh optimizer state.
-            "imported": {"source": str(path), "format": "reference-trm", "ema_weights": cfg.ema},
-            "world_size": 1,
-            "evals_done": 0,
-            "nonfinite_run": 0,
-        }
-        save_checkpoint(tmp / "checkpoints", step, model.state_dict(), None, trainer_state, keep=1)
-        atomic_write_text(tmp / "README.md", _readme(output, path, step, cfg, shape, dropped, notes))
+    with RunDir.create(output) as run:  # checks `output` again: it may have appeared meanwhile
+        run.write_config(cfg)
+        shutil.copyfile(config_path, run.reference_config)
+        origin = {"source": str(path), "format": "reference-trm", "ema_weights": cfg.ema}
+        run.save_weights_only(step, model.state_dict(), origin)
+        run.write_readme(_readme(output, path, step, cfg, shape, dropped, notes))
 
     say(f"imported {path} (step {step}, arch {cfg.arch.name}) into {output}")
     say("data shape: " + ", ".join(f"{k}={v}" for k, v in shape.items()))

@@ -1,1 +1,5 @@
-"""Run directories: their layout, checkpoint format and loading a trained run."""
+"""Run directories: their layout (:class:`RunDir`), checkpoint format and loading a trained run."""
+
+from smoltrain.runs.run_dir import RunDir
+
+__all__ = ["RunDir"]

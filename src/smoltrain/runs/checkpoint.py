@@ -10,6 +10,10 @@ Layout of one checkpoint, ``<run_dir>/checkpoints/step_00001234/``:
 A checkpoint is written into a hidden temporary directory (every file fsync'ed) which is then renamed
 to its final name, so a directory named ``step_*`` is always complete; a crash mid-write leaves only a
 ``.tmp`` directory that the next save removes. The newest ``keep_checkpoints`` are kept.
+
+A *weights-only* checkpoint (:func:`save_weights_only`, how an imported run starts) has the same files but
+a trainer state of just its step and where the weights came from: training from it starts at that step with
+fresh optimizer, EMA, data and RNG state. :func:`holds_training_state` tells the two kinds apart.
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ from smoltrain.fileio import fsync_dir, fsync_file
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 MODEL_FILE, EMA_FILE, STATE_FILE = "model.safetensors", "ema.safetensors", "trainer_state.pt"
+
+
+def step_dir_name(step: int) -> str:
+    """``step_00001234``: zero-padded, so names sort like steps."""
+    return f"step_{step:08d}"
 
 
 def _to_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
@@ -60,8 +69,8 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".step_*.tmp*"):
         shutil.rmtree(stale, ignore_errors=True)
-    final = root / f"step_{step:08d}"
-    tmp = root / f".step_{step:08d}.tmp{os.getpid()}"
+    final = root / step_dir_name(step)
+    tmp = root / f".{final.name}.tmp{os.getpid()}"
     tmp.mkdir()
     try:
         _to_safetensors(model_state, tmp / MODEL_FILE)
@@ -71,7 +80,7 @@ def save_checkpoint(
         fsync_file(tmp / STATE_FILE)
         fsync_dir(tmp)
         if final.exists():  # re-saving the same step (e.g. after a resume): swap, then drop the old
-            old = root / f".step_{step:08d}.old{os.getpid()}.tmp"
+            old = root / f".{final.name}.old{os.getpid()}.tmp"
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
@@ -84,6 +93,19 @@ def save_checkpoint(
     for old_dir in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old_dir, ignore_errors=True)
     return final
+
+
+def save_weights_only(root: Path, step: int, model_state: dict[str, torch.Tensor], origin: dict[str, Any]) -> Path:
+    """Write a weights-only checkpoint ``step`` under ``root``; ``origin`` (kept as ``"imported"``) says
+    where the weights came from."""
+    return save_checkpoint(root, step, model_state, None, {"step": step, "imported": origin, "world_size": 1},
+                           keep=1)
+
+
+def holds_training_state(trainer_state: dict[str, Any]) -> bool:
+    """Whether a checkpoint continues its run bit for bit (it has the optimizer states, data positions and
+    RNG states), as opposed to a weights-only one, from which training starts afresh at its step."""
+    return "optimizers" in trainer_state
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -107,6 +129,13 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torc
     ema_state = load_file(str(path / EMA_FILE)) if (path / EMA_FILE).is_file() else None
     trainer_state = torch.load(path / STATE_FILE, weights_only=True) if (path / STATE_FILE).is_file() else {}
     return model_state, ema_state, trainer_state
+
+
+def weights_to_use(model_state: dict[str, torch.Tensor],
+                   ema_state: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """The state dict to evaluate or start from: the EMA weights over the model's when the run had EMA
+    (the EMA copy holds only trainable parameters; buffers come from the model's state)."""
+    return {**model_state, **(ema_state or {})}
 
 
 def newest_loadable(root: Path) -> tuple[Path, tuple] | None:

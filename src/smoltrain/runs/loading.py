@@ -1,7 +1,10 @@
-"""The Python API: load a trained run and evaluate it.
+"""The Python API: load a trained (or imported) run and evaluate it.
 
 >>> run = smoltrain.load("runs/demo")      # newest checkpoint, EMA weights when the run used EMA
 >>> run.model, run.config                  # the model in eval mode, and its resolved TrainConfig
+
+This is the one loader: evaluation, ``smoltrain solve``, ``generate``, ``chat`` and ``export hf`` all build
+their model here.
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from smoltrain.config import TrainConfig, load_run_config
+from smoltrain.config import TrainConfig
 from smoltrain.errors import SmoltrainError
 from smoltrain.families import Family, family_class
 from smoltrain.runs import checkpoint as ckpt
+from smoltrain.runs.run_dir import RunDir
 from smoltrain.runtime.device import pick_device
 from smoltrain.runtime.distributed import DistEnv
+
+NO_DATA = ["data_paths=[]", "data_paths_test=[]"]
 
 
 @dataclass
@@ -27,34 +33,48 @@ class LoadedRun:
     family: Family
     checkpoint: Path
     device: torch.device
+    run_dir: RunDir
+
+
+def _declares_data_shape(cfg: TrainConfig) -> bool:
+    """Whether the saved config alone fixes the model's shape, so it builds without its dataset: an LM run
+    records its vocab_size, an imported TRM run declares seq_len, vocab_size and num_puzzle_identifiers."""
+    from smoltrain.families.trm import DATA_SHAPE  # the data-shape fields, which the LM's arch partly has
+
+    fields = [key for key in DATA_SHAPE if key in type(cfg.arch).model_fields]
+    return all(getattr(cfg.arch, key) is not None for key in fields)
 
 
 def load(run_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
-         overrides: list[str] | None = None) -> LoadedRun:
+         overrides: list[str] | None = None, *, need_data: bool = True) -> LoadedRun:
     """Build a run's model from its saved config and load a checkpoint (the newest by default).
 
     The model comes back in eval mode on ``device``; when the run trained with EMA, the EMA weights
-    are loaded, as the reference evaluates and saves them.
+    are loaded, as the reference evaluates and saves them. ``need_data=False`` (generation, solving a
+    typed puzzle, export) drops the data paths when the config declares the data's shape, so a dataset
+    absent on this machine does not stop the load.
     """
-    run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir, overrides)
+    run = RunDir(run_dir)
+    cfg = run.load_config(overrides)
+    if not need_data and _declares_data_shape(cfg):
+        cfg = run.load_config([*(overrides or []), *NO_DATA])
     if checkpoint is None:
-        found = ckpt.list_checkpoints(run_dir / "checkpoints")
-        if not found:
-            raise SmoltrainError(f"{run_dir} has no checkpoint yet; train it with `smoltrain train` first")
-        checkpoint = found[-1]
-    model_state, ema_state, _ = ckpt.load_checkpoint(Path(checkpoint))
+        checkpoint = run.newest_checkpoint()
+        if checkpoint is None:
+            raise SmoltrainError(f"{run.root} has no checkpoint yet; train it with `smoltrain train` first")
+    checkpoint = Path(checkpoint)
+    model_state, ema_state, _ = ckpt.load_checkpoint(checkpoint)
     dev = pick_device(device)
     family = family_class(cfg.arch.name)(cfg, DistEnv(), dev)
     model = family.build_model()
     try:
-        model.load_state_dict({**model_state, **(ema_state or {})})
+        model.load_state_dict(ckpt.weights_to_use(model_state, ema_state))
     except RuntimeError as err:  # torch lists every key; the first tells the user enough
         lines = str(err).splitlines()
         first = lines[1].strip() if len(lines) > 1 else str(err)
-        raise SmoltrainError(f"checkpoint {checkpoint} does not match {run_dir}/config.yaml: {first}") from None
+        raise SmoltrainError(f"checkpoint {checkpoint} does not match {run.config}: {first}") from None
     model.to(dev).eval()
-    return LoadedRun(model=model, config=cfg, family=family, checkpoint=Path(checkpoint), device=dev)
+    return LoadedRun(model=model, config=cfg, family=family, checkpoint=checkpoint, device=dev, run_dir=run)
 
 
 def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
@@ -62,9 +82,9 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, device: 
     """The family's evaluation metrics of a trained run.
 
     Files the evaluation writes for people (ARC's ``submission.json``, ``arc_scores.json``) go to
-    ``report_dir``, by default ``RUN_DIR/eval/<checkpoint name>``.
+    ``report_dir``, by default the run's report directory of the checkpoint (``RUN/eval/<checkpoint name>``).
     """
     run = load(run_dir, checkpoint, device, overrides)
-    report = Path(report_dir) if report_dir is not None else Path(run_dir) / "eval" / run.checkpoint.name
+    report = Path(report_dir) if report_dir is not None else run.run_dir.eval_dir(run.checkpoint)
     with torch.inference_mode():
         return run.family.evaluate(run.model, report_dir=report)

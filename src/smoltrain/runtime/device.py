@@ -7,22 +7,30 @@ import torch
 from smoltrain.errors import ConfigError
 
 
-def pick_device(requested: str, local_rank: int = 0) -> torch.device:
-    """``auto`` takes cuda, then mps, then cpu; anything else is checked and used as given."""
+def device_type(requested: str) -> str:
+    """``cuda``, ``mps`` or ``cpu``: what ``requested`` names (``auto`` takes cuda, then mps, then cpu),
+    checked against what this machine has. The process group's backend follows it, before ranks are known."""
     if requested == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
+            return "cuda"
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+            return "mps"
+        return "cpu"
     try:
-        device = torch.device(requested)
+        kind = torch.device(requested).type
     except RuntimeError:
         raise ConfigError(f"device '{requested}' is not a device; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA GPU is visible; use device=auto or device=cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
+    if kind == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("device=mps but MPS is not available; use device=auto or device=cpu")
+    return kind
+
+
+def pick_device(requested: str, local_rank: int = 0) -> torch.device:
+    """The device of :func:`device_type`; a CUDA device without an index is this process's local rank's."""
+    kind = device_type(requested)
+    device = torch.device(requested) if requested != "auto" else torch.device(kind)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     return device

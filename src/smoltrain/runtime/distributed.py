@@ -50,11 +50,6 @@ def init_distributed(device_kind: str) -> DistEnv:
     return env
 
 
-def shutdown_distributed() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
 @torch.no_grad()
 def broadcast_module(module: nn.Module) -> None:
     """Make every rank start from rank 0's parameters and buffers."""

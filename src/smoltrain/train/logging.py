@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from smoltrain.errors import ConfigError
 from smoltrain.fileio import atomic_write_text
+from smoltrain.runs.run_dir import RunDir
 
 
 def _clean(value: Any) -> Any:
@@ -45,7 +45,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 class MetricsLogger:
     def __init__(
         self,
-        run_dir: Path,
+        run: RunDir,
         enabled: bool,
         total_steps: int,
         start_step: int,
@@ -65,8 +65,8 @@ class MetricsLogger:
         self._tb = None
         if not enabled:
             return
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self._file = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        run.root.mkdir(parents=True, exist_ok=True)
+        self._file = open(run.metrics, "a", buffering=1)
         if sys.stderr.isatty():
             from tqdm import tqdm
 
@@ -81,7 +81,7 @@ class MetricsLogger:
                 entity=wandb_cfg.entity,
                 name=run_name,
                 mode=wandb_cfg.mode,
-                dir=str(run_dir),
+                dir=str(run.root),  # wandb keeps its files in a wandb/ folder there
                 config=config,
             )
         if tensorboard:
@@ -89,7 +89,7 @@ class MetricsLogger:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 raise ConfigError("tensorboard=true needs tensorboard: pip install 'smoltrain[tensorboard]'") from None
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            self._tb = SummaryWriter(log_dir=str(run.tensorboard))
 
     def log(self, row: dict[str, Any], prefix: str = "train") -> None:
         """Write one row (must hold ``step``)."""
@@ -142,7 +142,3 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
         self.enabled = False
-
-    @staticmethod
-    def now() -> float:
-        return time.perf_counter()

@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from smoltrain.config import TrainConfig, config_to_yaml
+from smoltrain.config import TrainConfig
 from smoltrain.errors import ConfigError, SmoltrainError
 from smoltrain.families import family_class
 from smoltrain.families.base import Batch
-from smoltrain.fileio import atomic_write_text
 from smoltrain.runs import checkpoint as ckpt
-from smoltrain.runtime.device import DTYPES, pick_device, resolve_precision
+from smoltrain.runs.run_dir import RunDir
+from smoltrain.runtime.device import DTYPES, device_type, pick_device, resolve_precision
 from smoltrain.runtime.distributed import (
     all_reduce_grads,
     all_reduce_sum,
@@ -100,9 +100,7 @@ class Trainer:
         self.callbacks = list(callbacks or [])
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
-        device_kind = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) \
-            else "cpu"
-        self.dist = init_distributed(device_kind)
+        self.dist = init_distributed(device_type(cfg.device))
         self.device = pick_device(cfg.device, self.dist.local_rank)
         self.precision = resolve_precision(cfg.precision, self.device)
         per_step = self.dist.world_size * cfg.grad_accum_steps
@@ -117,8 +115,6 @@ class Trainer:
         seed_everything(cfg.seed)
         self.family = family_class(cfg.arch.name)(cfg, self.dist, self.device)
         self.model = self.family.build_model().to(self.device)
-        if cfg.load_checkpoint:
-            self._load_weights(Path(cfg.load_checkpoint))
         if self.dist.enabled:
             broadcast_module(self.model)
         seed_everything(cfg.seed + self.dist.rank)
@@ -142,11 +138,10 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self.last_eval_step = self.last_checkpoint_step = -1
 
-        self.run_dir = cfg.resolved_run_dir()
-        self.ckpt_root = self.run_dir / "checkpoints"
-        self.resumed_from = self._maybe_resume()
+        self.run = RunDir(cfg.resolved_run_dir())
+        self.resumed_from = self._start()
         self.logger = MetricsLogger(
-            self.run_dir,
+            self.run,
             enabled=self.dist.is_main,
             total_steps=self.total_steps,
             start_step=self.step,
@@ -185,12 +180,12 @@ class Trainer:
                 self.logger.advance(self.step)
                 for callback in self.callbacks:
                     callback(self)
-                stop = self._stop_reason(started)
-                if stop == "time budget":
-                    self.logger.event(f"time budget of {self.cfg.max_minutes:g} min reached at step {self.step}")
+                signalled, out_of_time = self._stop_requests(started)
+                if signalled:
+                    stopped_by = signalled
                     break
-                if stop:
-                    stopped_by = stop
+                if out_of_time:  # a planned end: the final evaluation still runs
+                    self.logger.event(f"time budget of {self.cfg.max_minutes:g} min reached at step {self.step}")
                     break
                 evaluated = self._eval_due() and self._run_eval()
                 if self._checkpoint_due(evaluated):
@@ -265,8 +260,8 @@ class Trainer:
             self.logger.log({"step": self.step + 1, "skipped": True, "loss": loss_value, "grad_norm": norm_value},
                             prefix="nonfinite")
             if self.nonfinite_run >= cfg.max_nonfinite_steps:
-                last = ckpt.list_checkpoints(self.ckpt_root)
-                where = f"the last checkpoint, {last[-1]}, is intact" if last else "no checkpoint was written"
+                last = self.run.newest_checkpoint()
+                where = f"the last checkpoint, {last}, is intact" if last else "no checkpoint was written"
                 raise TrainingDiverged(
                     f"loss or gradients were non-finite for {self.nonfinite_run} steps in a row (up to step "
                     f"{self.step + 1}); {where}. Try a lower lr, grad_clip=1.0 or precision=fp32."
@@ -290,11 +285,9 @@ class Trainer:
             self.ema.swap_into(self.model)
         try:
             with torch.inference_mode(), self._autocast():
-                outputs = None
-                if self.cfg.eval_save_outputs:  # the reference's file name: step_N_all_preds.RANK
-                    outputs = self.run_dir / f"step_{self.step}_all_preds.{self.dist.rank}"
+                outputs = self.run.predictions(self.step, self.dist.rank) if self.cfg.eval_save_outputs else None
                 # Files an evaluation writes for people (ARC's submission.json) go next to the checkpoints.
-                return self.family.evaluate(self.model, outputs, self.run_dir / "eval" / f"step_{self.step:08d}")
+                return self.family.evaluate(self.model, outputs, self.run.eval_dir(self.run.step_dir(self.step)))
         finally:
             if self.ema is not None:
                 self.ema.swap_into(self.model)
@@ -318,8 +311,7 @@ class Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler else {},
                 "ranks": ranks,
             }
-            ckpt.save_checkpoint(
-                self.ckpt_root,
+            self.run.save_checkpoint(
                 self.step,
                 self.model.state_dict(),
                 self.ema.state_dict() if self.ema else None,
@@ -362,35 +354,54 @@ class Trainer:
         every = self.cfg.checkpoint_every
         return bool((every and self.step % every == 0) or (evaluated and self.cfg.checkpoint_every_eval))
 
-    def _load_weights(self, path: Path) -> None:
-        if not path.exists():
-            raise SmoltrainError(f"load_checkpoint={path} does not exist")
-        model_state, ema_state, _ = ckpt.load_checkpoint(path)
-        self.model.load_state_dict({**model_state, **(ema_state or {})})  # EMA weights when the run had them
+    def _start(self) -> Path | None:
+        """Where training starts; returns the run's own checkpoint it continues from, if any.
 
-    def _maybe_resume(self) -> Path | None:
+        ``resume`` picks one of the run's checkpoints (``auto``: the newest that loads). A checkpoint with
+        training state continues bit for bit; a weights-only one (an imported run's) and ``load_checkpoint``
+        (weights from elsewhere, when there is nothing to resume) start from weights alone.
+        """
+        found = self._checkpoint_to_resume()
+        if found is not None:
+            path, (model_state, ema_state, state) = found
+            if ckpt.holds_training_state(state):
+                self._restore(path, model_state, ema_state, state)
+            else:
+                self._start_from_weights(model_state, ema_state, state.get("step", 0))
+            if self.dist.is_main:  # rows past the start were written by a run that died after it
+                truncate_metrics(self.run.metrics, self.step)
+            return path
+        if self.cfg.load_checkpoint:
+            path = Path(self.cfg.load_checkpoint)
+            if not path.exists():
+                raise SmoltrainError(f"load_checkpoint={path} does not exist")
+            model_state, ema_state, _ = ckpt.load_checkpoint(path)
+            self._start_from_weights(model_state, ema_state, step=0)
+        return None
+
+    def _checkpoint_to_resume(self) -> tuple[Path, tuple] | None:
         choice = self.cfg.resume
         if choice == "none":
             return None
         if choice == "auto":
-            found = ckpt.newest_loadable(self.ckpt_root)
-            if found is None:
-                return None
-            path, (model_state, ema_state, state) = found
-        else:
-            path = Path(choice)
-            if not path.is_dir():
-                raise SmoltrainError(f"resume={choice}: no such checkpoint directory; use resume=auto or a "
-                                     f"path like {self.ckpt_root}/step_00001000")
-            model_state, ema_state, state = ckpt.load_checkpoint(path)
-        if "optimizers" not in state:
-            # A weights-only checkpoint (`smoltrain import` of a reference run, which saves nothing else):
-            # continue from its weights and step with fresh optimizer, EMA, data and RNG state.
-            self.model.load_state_dict(model_state)
-            if self.ema is not None:
-                self.ema = EMA(self.model, self.cfg.ema_rate)
-            self.step = state.get("step", 0)
-            return path
+            return self.run.newest_loadable()
+        path = Path(choice)
+        if not path.is_dir():
+            raise SmoltrainError(f"resume={choice}: no such checkpoint directory; use resume=auto or a "
+                                 f"path like {self.run.step_dir(1000)}")
+        return path, ckpt.load_checkpoint(path)
+
+    def _start_from_weights(self, model_state: dict[str, torch.Tensor], ema_state: dict[str, torch.Tensor] | None,
+                            step: int) -> None:
+        """Fresh optimizer, EMA, data and RNG state from the given weights (EMA ones when present)."""
+        self.model.load_state_dict(ckpt.weights_to_use(model_state, ema_state))
+        if self.ema is not None:
+            self.ema = EMA(self.model, self.cfg.ema_rate)
+        self.step = step
+
+    def _restore(self, path: Path, model_state: dict[str, torch.Tensor], ema_state: dict[str, torch.Tensor] | None,
+                 state: dict[str, Any]) -> None:
+        """Everything a checkpoint with training state holds, so the run goes on bit for bit."""
         if state.get("world_size", 1) != self.dist.world_size:
             raise SmoltrainError(
                 f"{path} was written by {state.get('world_size')} processes; resume it with the same number "
@@ -415,21 +426,16 @@ class Trainer:
             for c in mine["carries"]
         ]
         set_rng_state(mine["rng"])
-        if self.dist.is_main:
-            truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
-        return path
 
-    def _stop_reason(self, started: float) -> str | None:
-        """The signal's name, "time budget", or None; every rank gets the same answer."""
+    def _stop_requests(self, started: float) -> tuple[str | None, bool]:
+        """(the signal that stops the run or None, whether the time budget ran out); the same on every rank."""
         out_of_time = bool(self.cfg.max_minutes) and time.perf_counter() - started > 60 * self.cfg.max_minutes
-        if self.dist.enabled:  # ranks must agree, or one would wait forever in the next collective
-            flags = torch.tensor([float(self.stop_signal is not None), float(out_of_time)], device=self.device)
-            signalled, out_of_time = (bool(v > 0) for v in all_reduce_sum(flags).tolist())
-            if signalled:
-                return self.stop_signal or "a signal to another rank"
-        elif self.stop_signal:
-            return self.stop_signal
-        return "time budget" if out_of_time else None
+        if not self.dist.enabled:
+            return self.stop_signal, out_of_time
+        # Ranks must agree, or one would wait forever in the next collective.
+        flags = torch.tensor([float(self.stop_signal is not None), float(out_of_time)], device=self.device)
+        signalled, out_of_time = (bool(v > 0) for v in all_reduce_sum(flags).tolist())
+        return (self.stop_signal or "a signal to another rank") if signalled else None, out_of_time
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         previous: dict[int, Any] = {}
@@ -453,14 +459,15 @@ class Trainer:
 
     def _write_run_files(self) -> None:
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / "config.yaml", config_to_yaml(self.cfg))
-            self.family.save_artifacts(self.run_dir)
+            self.run.write_config(self.cfg)
+            tokenizer = self.family.tokenizer_dir()
+            if tokenizer is not None:
+                self.run.save_tokenizer(tokenizer)
 
     def _summary(self, stopped_by: str | None, seconds: float) -> dict[str, Any]:
         return {
             "arch": self.cfg.arch.name,
-            "run_dir": str(self.run_dir),
+            "run_dir": str(self.run.root),
             "step": self.step,
             "total_steps": self.total_steps,
             "stopped_by": stopped_by,
@@ -473,7 +480,8 @@ class Trainer:
         }
 
     def _write_summary(self, summary: dict[str, Any]) -> None:
-        lines = [f"# Run `{self.run_dir.name}`", ""]
+        root = self.run.root
+        lines = [f"# Run `{root.name}`", ""]
         lines += [f"- **{k}**: {v}" for k, v in summary.items() if k != "eval"]
         if summary["eval"]:
             lines += ["", "## Last evaluation", ""]
@@ -482,8 +490,7 @@ class Trainer:
             "",
             "## Next",
             "",
-            f"- continue training: `smoltrain train {self.run_dir / 'config.yaml'} run_dir={self.run_dir} "
-            "max_steps=...`",
-            f"- evaluate: `smoltrain eval {self.run_dir}`",
+            f"- continue training: `smoltrain train {self.run.config} run_dir={root} max_steps=...`",
+            f"- evaluate: `smoltrain eval {root}`",
         ]
-        atomic_write_text(self.run_dir / "README.md", "\n".join(lines) + "\n")
+        self.run.write_readme("\n".join(lines) + "\n")
