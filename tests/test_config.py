@@ -3,8 +3,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from smoltrain.config import compose, load_config, load_run_config
+from smoltrain.config import compose
 from smoltrain.errors import ConfigError
+from smoltrain.families import load_config, load_run_config
 from smoltrain.train.trainer import Trainer
 
 from .conftest import toy_overrides

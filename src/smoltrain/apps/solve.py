@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from smoltrain.apps.render import MAZE_CHARS, PuzzleTrace, side_of
-from smoltrain.config import load_run_config
 from smoltrain.data.arc import crop_grid
 from smoltrain.data.puzzles import puzzle_kind
 from smoltrain.data.sudoku import box_shape
 from smoltrain.errors import ConfigError, DataError, SmoltrainError
+from smoltrain.families import load_run_config
 from smoltrain.models.trm import TRMConfig, act_inference
 from smoltrain.runs.loading import LoadedRun, load
 

@@ -24,8 +24,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from smoltrain.config import config_to_yaml, load_run_config, validate
+from smoltrain.config import config_to_yaml
 from smoltrain.errors import SmoltrainError
+from smoltrain.families import load_run_config, validate
 from smoltrain.fileio import atomic_directory
 from smoltrain.models.lm import LMConfig, LMForCausalLM
 from smoltrain.runs import checkpoint as ckpt
@@ -157,7 +158,7 @@ def export_hf(run_dir: Path, output: Path, checkpoint: Path | None = None) -> Pa
         raise SmoltrainError("export of MoE runs is not supported yet: only dense (use_moe=false) runs export")
     if arch.vocab_size is None:
         raise SmoltrainError(f"{run_dir}/config.yaml has no arch.vocab_size: train the run before exporting it")
-    lm = LMConfig.from_arch(arch)
+    lm = arch.to_model_config()
     # `load` picks the newest checkpoint, overlays the EMA weights the run evaluates, and loads strictly,
     # so a checkpoint that does not match config.yaml stops here with one line, not in transformers.
     model = load(run_dir, checkpoint, device="cpu", overrides=["data_paths=[]"]).model
@@ -299,7 +300,7 @@ def import_hf(directory: Path, output: Path) -> Path:
     # seq_len is our training window; keep the default unless the model's context is shorter.
     seq_len = min(256, int(fields["max_position_embeddings"]))
     cfg = validate({"arch": {"name": "lm", **fields, "seq_len": seq_len}, "data_paths": [], "run_dir": str(output)})
-    lm = LMConfig.from_arch(cfg.arch)
+    lm = cfg.arch.to_model_config()  # type: ignore[attr-defined]
 
     with torch.device("meta"):  # shapes only: no need to allocate and initialise a second copy
         expected = LMForCausalLM(lm).state_dict()

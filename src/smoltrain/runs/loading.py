@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from smoltrain.config import TrainConfig, load_run_config
+from smoltrain.config import TrainConfig
 from smoltrain.errors import SmoltrainError
-from smoltrain.families import Family, family_class
+from smoltrain.families import Family, build_family, load_run_config
 from smoltrain.runs import checkpoint as ckpt
 from smoltrain.runtime.device import pick_device
 from smoltrain.runtime.distributed import DistEnv
@@ -45,7 +45,7 @@ def load(run_dir: str | Path, checkpoint: str | Path | None = None, device: str 
         checkpoint = found[-1]
     model_state, ema_state, _ = ckpt.load_checkpoint(Path(checkpoint))
     dev = pick_device(device)
-    family = family_class(cfg.arch.name)(cfg, DistEnv(), dev)
+    family = build_family(cfg, DistEnv(), dev)
     model = family.build_model()
     try:
         model.load_state_dict({**model_state, **(ema_state or {})})
@@ -54,7 +54,7 @@ def load(run_dir: str | Path, checkpoint: str | Path | None = None, device: str 
         first = lines[1].strip() if len(lines) > 1 else str(err)
         raise SmoltrainError(f"checkpoint {checkpoint} does not match {run_dir}/config.yaml: {first}") from None
     model.to(dev).eval()
-    return LoadedRun(model=model, config=cfg, family=family, checkpoint=Path(checkpoint), device=dev)
+    return LoadedRun(model=model, config=family.cfg, family=family, checkpoint=Path(checkpoint), device=dev)
 
 
 def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
