@@ -115,8 +115,8 @@ class Trainer:
         # The same seed on every rank for the initial weights (rank 0's are broadcast anyway); after
         # that each rank gets seed + rank, as in the reference, for its own sampling randomness.
         seed_everything(cfg.seed)
-        # Resolve first (the data fills in the shapes), then everything reads the resolved config: config.yaml
-        # (written by `fit`) records it, and the family is built from it and never changes it.
+        # Order: resolve (the dataset fills in the shapes) -> config.yaml (written by `fit` from this resolved
+        # config) -> family (built from it, only reads it); so config.yaml does not depend on the family.
         self.cfg = cfg = resolve(cfg)
         self.family = family_class(cfg.arch.name)(cfg, self.dist, self.device)
         self.model = self.family.build_model().to(self.device)
