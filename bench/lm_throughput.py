@@ -49,8 +49,8 @@ from typing import Any
 import torch
 
 import reference_minimind as ref  # bench/ is on sys.path when this file runs as a script
-from smoltrain.config import load_config
-from smoltrain.families.lm import build_lm_optimizer
+from smoltrain.families import load_config
+from smoltrain.families.lm import LMArchConfig, build_lm_optimizer
 from smoltrain.models.lm import LMConfig, LMForCausalLM
 
 LR, WEIGHT_DECAY, GRAD_CLIP = 5e-4, 0.01, 1.0  # MiniMind's pretraining values (torch AdamW's default decay)
@@ -79,7 +79,8 @@ SHAPES = {
 
 def lm_config(shape: Shape) -> LMConfig:
     arch = load_config(None, [f"arch={shape.name}", f"arch.vocab_size={shape.vocab_size}"]).arch
-    return LMConfig.from_arch(arch)
+    assert isinstance(arch, LMArchConfig)
+    return arch.to_model_config()
 
 
 def reference_config(config: LMConfig) -> ref.MiniMindConfig:

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from smoltrain.config import load_config
+from smoltrain.families import load_config
 from smoltrain.families.toy import ToyModel, ToyStream, sequence_scores
 from smoltrain.optim import AdamATan2
 from smoltrain.train.trainer import Trainer, seed_everything

@@ -43,7 +43,8 @@ from typing import Any
 import torch
 
 import reference_trm as ref  # bench/ is on sys.path when this file runs as a script
-from smoltrain.config import load_config
+from smoltrain.families import load_config
+from smoltrain.families.trm import TRMArchConfig
 from smoltrain.models.trm import TRM, TRMConfig
 from smoltrain.models.trm_loss import ACTLossHead
 from smoltrain.optim import AdamATan2, SparseSignSGD
@@ -122,10 +123,11 @@ def same_shape_config(shape: Shape, batch: int, dtype: torch.dtype) -> TRMConfig
 
 def recipe_config(shape: Shape, batch: int, dtype: torch.dtype) -> TRMConfig:
     """(c): the arch of the shape's recipe, as the trainer builds it (data shape and batch injected)."""
-    arch = load_config(shape.recipe, ["data_paths=[]"]).arch.model_dump(exclude={"name", "loss"})
-    arch.update(batch_size=batch, seq_len=shape.seq_len, vocab_size=shape.vocab_size, num_puzzle_identifiers=1,
-                forward_dtype=str(dtype).removeprefix("torch."))
-    return TRMConfig.model_validate(arch)
+    arch = load_config(shape.recipe, ["data_paths=[]"]).arch
+    assert isinstance(arch, TRMArchConfig)
+    shaped = arch.model_copy(update={"seq_len": shape.seq_len, "vocab_size": shape.vocab_size,
+                                     "num_puzzle_identifiers": 1})
+    return shaped.to_model_config(batch_size=batch, forward_dtype=str(dtype).removeprefix("torch."))
 
 
 def config_differences(a: TRMConfig, b: TRMConfig) -> list[str]:

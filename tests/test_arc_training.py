@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smoltrain.config import load_config
+from smoltrain.families import load_config
 from smoltrain.train.trainer import Trainer
 
 from .conftest import run_python

@@ -3,8 +3,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from smoltrain.config import compose, load_config
+from smoltrain.config import compose
 from smoltrain.errors import ConfigError
+from smoltrain.families import load_config
 from smoltrain.runs import RunDir
 from smoltrain.train.trainer import Trainer
 

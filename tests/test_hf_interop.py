@@ -11,10 +11,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import smoltrain
-from smoltrain.config import config_to_yaml, load_config
+from smoltrain.config import config_to_yaml
 from smoltrain.errors import SmoltrainError
+from smoltrain.families import load_config
 from smoltrain.interop.hf import export_hf, import_hf
-from smoltrain.models.lm import LMConfig, LMForCausalLM
+from smoltrain.models.lm import LMForCausalLM
 from smoltrain.runs.checkpoint import save_checkpoint
 
 transformers = pytest.importorskip("transformers", reason="transformers (dev extra) is needed for the HF parity tests")
@@ -29,7 +30,7 @@ def make_run(run_dir: Path, *extra: str, seed: int = 0, tokenizer: bool = False)
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
     torch.manual_seed(seed)
-    model = LMForCausalLM(LMConfig.from_arch(cfg.arch))
+    model = LMForCausalLM(cfg.arch.to_model_config())
     with torch.no_grad():  # norms start at 1; perturb them so a dropped or swapped norm weight shows
         for name, param in model.named_parameters():
             if name.endswith("norm.weight"):

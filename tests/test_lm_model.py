@@ -255,10 +255,10 @@ def test_config_ignores_the_family_data_keys() -> None:
     with pytest.raises(pydantic.ValidationError):
         LMConfig.model_validate({**tiny().model_dump(), "seq_length": 64})
     # A run's arch config (family name, seq_len, packing) gives the network's config.
-    from smoltrain.config import load_config
+    from smoltrain.families import load_config
 
     arch = load_config(None, ["arch=lm-tiny-cpu", "arch.vocab_size=300", "arch.packing=false"]).arch
-    assert LMConfig.from_arch(arch) == LMConfig.model_validate(arch.model_dump(exclude={"name", "seq_len", "packing"}))
+    assert arch.to_model_config() == LMConfig.model_validate(arch.model_dump(exclude={"name", "seq_len", "packing"}))
 
 
 def test_a_few_steps_reduce_loss() -> None:

@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from smoltrain.config import load_config
 from smoltrain.data.text import build_text_dataset, open_tokens, read_metadata, unigram_entropy
 from smoltrain.data.tokenizer import train_tokenizer
+from smoltrain.families import load_config
 from smoltrain.families.lm import LMFamily
 from smoltrain.runs import checkpoint as ckpt
 from smoltrain.runtime.distributed import DistEnv
@@ -131,7 +131,7 @@ def test_cpu_recipe_uses_the_tiny_preset() -> None:
 def test_family_scores_each_position_on_the_next_token(text_data) -> None:
     # The rows' targets are pre-shifted; the family must not shift them again.
     cfg = load_config("lm-pretrain-cpu", [*TINY, f"data_paths=[{text_data}]"])
-    family = LMFamily(cfg, DistEnv(), torch.device("cpu"))
+    family = LMFamily(LMFamily.resolve(cfg), DistEnv(), torch.device("cpu"))
     torch.manual_seed(0)
     model = family.build_model()
     batch = next(family.train_stream())

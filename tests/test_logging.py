@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from smoltrain.config import load_config
+from smoltrain.families import load_config
 from smoltrain.train.logging import read_metrics
 from smoltrain.train.trainer import Trainer
 

@@ -22,10 +22,10 @@ from smoltrain.apps.render import (
 )
 from smoltrain.apps.solve import _verdict, parse_maze, solve_puzzle
 from smoltrain.cli import main
-from smoltrain.config import load_config
 from smoltrain.data.arc import crop_grid
 from smoltrain.data.puzzles import PuzzleDatasetMetadata, puzzle_kind, write_identifiers, write_split
 from smoltrain.errors import ConfigError, DataError
+from smoltrain.families import load_config
 from smoltrain.train.trainer import Trainer
 
 from .conftest import run_python

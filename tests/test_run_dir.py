@@ -9,9 +9,8 @@ import pytest
 import torch
 
 import smoltrain
-from smoltrain.config import load_config
 from smoltrain.errors import ConfigError, SmoltrainError
-from smoltrain.families import family_class
+from smoltrain.families import family_class, load_config
 from smoltrain.runs import RunDir
 from smoltrain.runs import checkpoint as ckpt
 from smoltrain.runtime.distributed import DistEnv

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from smoltrain.config import load_config
+from smoltrain.families import load_config
 from smoltrain.runs import checkpoint as ckpt
 from smoltrain.train.logging import read_metrics
 from smoltrain.train.trainer import Trainer, TrainingDiverged

@@ -215,7 +215,7 @@ def test_reference_arch_names() -> None:
 
 
 def test_training_continues_from_an_imported_run(tmp_path: Path) -> None:
-    from smoltrain.config import load_config
+    from smoltrain.families import load_config
     from smoltrain.train.trainer import Trainer
 
     data = write_sorting_puzzles(tmp_path / "data", n_train=16, n_test=8, seq_len=6, digits=4)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from smoltrain.config import load_config
 from smoltrain.data.sudoku import build_sudoku_dataset
+from smoltrain.families import load_config
 from smoltrain.runs import checkpoint as ckpt
 from smoltrain.train.logging import read_metrics
 from smoltrain.train.trainer import Trainer

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 
-from smoltrain.config import load_config
+from smoltrain.families import load_config
 from smoltrain.runs import checkpoint
 from smoltrain.train.trainer import Trainer
 

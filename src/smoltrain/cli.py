@@ -25,7 +25,7 @@ def _split_recipe(args: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
-    from smoltrain.config import load_config
+    from smoltrain.families import load_config
     from smoltrain.train.trainer import Trainer, TrainingDiverged
 
     recipe, overrides = _split_recipe(ns.args)
@@ -56,14 +56,14 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 
 
 def cmd_info(ns: argparse.Namespace) -> int:
-    from smoltrain.config import config_to_yaml, load_config
-    from smoltrain.families import family_class
+    from smoltrain.config import config_to_yaml
+    from smoltrain.families import build_family, load_config
     from smoltrain.runtime.device import pick_device
     from smoltrain.runtime.distributed import DistEnv
 
     recipe, overrides = _split_recipe(ns.args)
-    cfg = load_config(recipe, overrides)
-    family = family_class(cfg.arch.name)(cfg, DistEnv(), pick_device("cpu"))
+    family = build_family(load_config(recipe, overrides), DistEnv(), pick_device("cpu"))
+    cfg = family.cfg  # resolved: what a run of it would write to config.yaml
     facts = family.describe(family.build_model())
     try:
         steps_per_epoch = family.steps_per_epoch()

@@ -2,15 +2,21 @@
 
 A run is described by one :class:`TrainConfig`. It is assembled in three layers:
 
-1. a recipe (``src/smoltrain/recipes/<name>.yaml`` or any YAML path), whose ``arch.name`` selects an
-   architecture group file (``recipes/arch/<name>.yaml``) that the recipe's own ``arch`` keys refine;
+1. a recipe (``src/smoltrain/recipes/<name>.yaml`` or any YAML path) whose ``arch`` names an architecture
+   preset, a group file ``recipes/arch/<preset>.yaml``: ``arch: lm-tiny-cpu`` takes the preset as it is,
+   ``arch: {preset: lm-tiny-cpu, seq_len: 64}`` refines it, and ``arch: {name: trm, ...}`` refines the
+   family's own preset (``arch/trm.yaml``);
 2. group selections on the command line (``arch=trm``) replace the architecture with that group file;
 3. the remaining ``key=value`` overrides, dotted for nesting (``arch.hidden_size=128``), with values
    parsed like YAML (``data_paths="[a,b]"``, ``lr=1e-4``, ``ema=True``). A leading ``+`` (``+run_name=x``)
    is accepted for compatibility with the reference command lines.
 
-Keys the reference TRM trainer uses keep their names and meaning (trm.md §5.1). Unknown keys and
-values of the wrong type stop with one line naming the key and the closest valid keys.
+Keys the reference TRM trainer uses keep their names and meaning (trm.md §5.1); those that stand for a key of
+ours are listed once, in :data:`REFERENCE_ALIASES`. Unknown keys and values of the wrong type stop with one
+line naming the key and the closest valid keys.
+
+This module knows no model family: :func:`validate` takes the family's arch class, and ``smoltrain.families``
+(``load_config``, ``validate``) picks it by ``arch.name``.
 """
 
 from __future__ import annotations
@@ -46,6 +52,17 @@ class WandbConfig(StrictModel):
     mode: Literal["disabled", "online", "offline"] = "disabled"
     project: str | None = None
     entity: str | None = None
+
+
+# Keys of the reference trainer that stand for a key of ours: reference key -> our key. Ours wins when both are
+# set; the reference's is read only when ours is unset (`TrainConfig.setting`). The one pair whose units differ,
+# `eval_interval` (epochs) for `eval_every` (optimizer steps), is converted by `TrainConfig.eval_every_steps`.
+REFERENCE_ALIASES: dict[str, str] = {
+    "checkpoint_path": "run_dir",
+    "project_name": "wandb.project",
+    "eval_interval": "eval_every",
+}
+CONVERTED_ALIASES = ("eval_interval",)  # not the same unit: `setting` does not substitute them
 
 
 class TrainConfig(StrictModel):
@@ -109,12 +126,32 @@ class TrainConfig(StrictModel):
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     tensorboard: bool = False
 
+    def _get(self, dotted: str) -> Any:
+        node: Any = self
+        for part in dotted.split("."):
+            node = getattr(node, part)
+        return node
+
+    def setting(self, key: str) -> Any:
+        """Our ``key`` (dotted, e.g. ``wandb.project``), or when it is unset the reference key standing for it."""
+        value = self._get(key)
+        if value in (None, ""):
+            for reference, ours in REFERENCE_ALIASES.items():
+                if ours == key and reference not in CONVERTED_ALIASES:
+                    value = self._get(reference)
+        return value
+
+    def eval_every_steps(self, steps_per_epoch: float) -> int | None:
+        """Optimizer steps between evaluations: ``eval_every``, else the reference's ``eval_interval`` epochs."""
+        if self.eval_every:
+            return self.eval_every
+        if self.eval_interval:
+            return max(1, int(self.eval_interval * steps_per_epoch))
+        return None
+
     def resolved_run_dir(self) -> Path:
-        if self.run_dir:
-            return Path(self.run_dir)
-        if self.checkpoint_path:
-            return Path(self.checkpoint_path)
-        return Path("runs") / (self.run_name or self.arch.name)
+        run_dir = self.setting("run_dir")
+        return Path(run_dir) if run_dir else Path("runs") / (self.run_name or self.arch.name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,7 +189,7 @@ def group_file(group: str, name: str) -> dict[str, Any]:
 
 
 def load_recipe(recipe: str | None) -> dict[str, Any]:
-    """The raw mapping of a named recipe or a YAML path, with its architecture group merged in."""
+    """The raw mapping of a named recipe or a YAML path, with its architecture preset merged in."""
     if recipe is None:
         recipe = "default"
     path = Path(recipe)
@@ -170,10 +207,19 @@ def load_recipe(recipe: str | None) -> dict[str, Any]:
     raw = _read_yaml(path)
     arch = raw.get("arch", {})
     if isinstance(arch, str):
-        arch = {"name": arch}
-    if "name" not in arch:
-        raise ConfigError(f"recipe {path} must set arch.name (one of {available_groups('arch')})")
-    raw["arch"] = {**group_file("arch", arch["name"]), **arch}
+        arch = {"preset": arch}
+    if not isinstance(arch, dict):
+        raise ConfigError(f"recipe {path}: arch must name a preset or hold arch keys, not {type(arch).__name__}")
+    arch = dict(arch)
+    preset = arch.pop("preset", None) or arch.get("name")
+    if preset is None:
+        raise ConfigError(f"recipe {path} must name an arch preset: arch: NAME, arch.preset or arch.name "
+                          f"(one of {', '.join(available_groups('arch'))})")
+    base = group_file("arch", str(preset))
+    if arch.get("name", base["name"]) != base["name"]:
+        raise ConfigError(f"recipe {path}: arch preset '{preset}' is an arch.name={base['name']} preset, but the "
+                          f"recipe sets arch.name={arch['name']}; drop one of the two")
+    raw["arch"] = {**base, **arch}
     return raw
 
 
@@ -257,29 +303,25 @@ def _validate(model: type[BaseModel], data: dict[str, Any], prefix: str = "") ->
         raise ConfigError(_describe(first, model, prefix) + suffix) from None
 
 
-def validate(raw: dict[str, Any]) -> TrainConfig:
-    """Turn a composed mapping into a typed config, with the family's own architecture schema."""
-    from smoltrain.families import family_class
-
+def validate(raw: dict[str, Any], arch_class: type[ArchConfig]) -> TrainConfig:
+    """Turn a composed mapping into a typed config whose ``arch`` is validated by ``arch_class``, the family's
+    arch config (``smoltrain.families.validate`` picks it by ``arch.name``)."""
     raw = dict(raw)
-    arch_raw = raw.pop("arch", None)
-    if not isinstance(arch_raw, dict) or "name" not in arch_raw:
-        raise ConfigError(f"config needs arch.name (one of {', '.join(available_groups('arch'))})")
-    arch = _validate(family_class(arch_raw["name"]).config_class, arch_raw, prefix="arch.")
+    arch = _validate(arch_class, raw.pop("arch", None) or {}, prefix="arch.")
     return _validate(TrainConfig, {**raw, "arch": arch})
-
-
-def load_config(recipe: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    return validate(compose(recipe, overrides or []))
 
 
 def config_to_yaml(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-def load_saved_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """A resolved config as saved by :func:`config_to_yaml` (no recipe composing), with overrides on top."""
+def read_saved_config(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The raw mapping of a config saved by :func:`config_to_yaml` (no recipe composing), with overrides on top.
+
+    Validating it needs the family's arch class: ``smoltrain.families.validate``; where a run keeps it,
+    ``smoltrain.runs.RunDir``.
+    """
     raw = _read_yaml(Path(path))
     for key, value in (_parse_override(item) for item in overrides or []):
         _set_dotted(raw, key, value)
-    return validate(raw)
+    return raw

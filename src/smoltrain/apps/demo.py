@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from smoltrain.apps.solve import format_grid, is_valid_solution, solve_with_run
-from smoltrain.config import load_config
 from smoltrain.data.puzzles import PuzzleDataset
 from smoltrain.data.sudoku import build_sudoku_dataset
+from smoltrain.families import load_config
 from smoltrain.train.trainer import Trainer
 
 SIZE = 6

@@ -64,12 +64,23 @@ class TrainStream:
 
 
 class Family(ABC):
-    """One model family. Subclasses set ``config_class`` and implement the abstract methods."""
+    """One model family. Subclasses set ``config_class`` and implement the abstract methods.
+
+    A family is built from a config that went through its :meth:`resolve` and only reads it: whatever the
+    dataset decides is in the config before the family exists, so the run's config.yaml holds it too.
+    """
 
     config_class: ClassVar[type[ArchConfig]]
     # Whether the trainer should run forward passes under torch.autocast for bf16/fp16. Families
     # that cast by hand (TRM keeps fp32 master weights and casts activations itself) set False.
     uses_autocast: ClassVar[bool] = True
+
+    @classmethod
+    def resolve(cls, cfg: TrainConfig) -> TrainConfig:
+        """A new config with the values that come from the data filled in (e.g. TRM's ``seq_len`` from the
+        dataset's ``dataset.json``); pure: reads the dataset's metadata, never changes ``cfg``. The default
+        has nothing to fill."""
+        return cfg
 
     def __init__(self, cfg: TrainConfig, dist: DistEnv, device: torch.device) -> None:
         self.cfg = cfg

@@ -16,28 +16,59 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, ValidationError, create_model
+from pydantic import Field, ValidationError
 from torch import nn
 
-from smoltrain.config import ArchConfig
+from smoltrain.config import ArchConfig, TrainConfig
 from smoltrain.data.text import DocumentRows, TokenWindows, read_metadata
 from smoltrain.errors import ConfigError, DataError
 from smoltrain.families.base import Batch, Family, OptimizerSpec, StepOutput, TrainStream
-from smoltrain.models.lm import LMConfig, LMForCausalLM
+from smoltrain.models.lm import DATA_KEYS, LMConfig, LMForCausalLM
 from smoltrain.optim import AdamATan2
 
 
-def _arch_config() -> type[ArchConfig]:
-    fields: dict[str, Any] = {
-        key: (info.annotation, info) for key, info in LMConfig.model_fields.items() if key != "vocab_size"
-    }
-    fields["vocab_size"] = (int | None, Field(None, ge=1, description="None: from the dataset's metadata.json"))
-    fields["seq_len"] = (int, Field(256, ge=1, description="training context (tokens per window)"))
-    fields["packing"] = (bool, Field(True, description="true: packed fixed-length windows; false: one document "
-                                                       "per row, padded (MiniMind's pretraining rows)"))
-    return create_model(  # type: ignore[call-overload, no-any-return]
-        "LMArchConfig", __base__=ArchConfig, name=(Literal["lm"], "lm"), **fields
-    )
+class LMArchConfig(ArchConfig):
+    """``arch=lm``: every key of ``models.lm.LMConfig`` (HF ``Qwen3Config`` names, MiniMind-3 defaults), with
+    ``vocab_size`` left to the dataset, plus the training rows' ``seq_len`` and ``packing``, which do not shape
+    the network. :meth:`to_model_config` makes the network's config."""
+
+    name: Literal["lm"] = "lm"
+    hidden_size: int = 768
+    num_hidden_layers: int = 8
+    num_attention_heads: int = 8
+    num_key_value_heads: int = 4
+    head_dim: int | None = Field(None, description="None: hidden_size // num_attention_heads")
+    intermediate_size: int | None = Field(None, description="None: MiniMind-3's rule, ceil(hidden * pi / 64) * 64")
+    max_position_embeddings: int = 32768
+    rope_theta: float = 1e6
+    rms_norm_eps: float = 1e-6
+    qk_norm: bool = Field(True, description="Qwen3 / MiniMind-3; False = Llama / MiniMind-2")
+    tie_word_embeddings: bool = True
+    dropout: float = 0.0
+    hidden_act: Literal["silu"] = "silu"
+
+    # Mixture of experts (replaces every layer's MLP when use_moe). Each expert has intermediate_size.
+    use_moe: bool = False
+    num_experts: int = 4
+    num_experts_per_tok: int = 1
+    n_shared_experts: int = Field(0, description="experts applied to every token (MiniMind-2 uses 1)")
+    aux_loss_alpha: float = Field(5e-4, description="MiniMind-3's router_aux_loss_coef; MiniMind-2 used 0.01")
+    norm_topk_prob: bool = Field(True, description="renormalise the top-k router probabilities to sum to 1")
+
+    vocab_size: int | None = Field(None, ge=1, description="None: from the dataset's metadata.json")
+    seq_len: int = Field(256, ge=1, description="training context (tokens per window)")
+    packing: bool = Field(True, description="true: packed fixed-length windows; false: one document per row, "
+                                            "padded (MiniMind's pretraining rows)")
+
+    def to_model_config(self) -> LMConfig:
+        """The network's config: every key but ``name`` and the data keys; ``vocab_size`` must be known."""
+        if self.vocab_size is None:
+            raise ConfigError("arch.vocab_size is unset: resolve the config against its text dataset, or set "
+                              "arch.vocab_size=N")
+        try:
+            return LMConfig.model_validate(self.model_dump(exclude={"name", *DATA_KEYS}))
+        except ValidationError as err:
+            raise ConfigError(f"arch: {err.errors()[0]['msg']}") from None
 
 
 def build_lm_optimizer(model: nn.Module, name: str, lr: float, betas: tuple[float, float],
@@ -55,29 +86,43 @@ def build_lm_optimizer(model: nn.Module, name: str, lr: float, betas: tuple[floa
 DEFAULT_VOCAB_SIZE = 6400  # MiniMind's tokenizer; only to describe a model whose dataset is not built yet
 
 
+def _read_text_metadata(data_paths: list[str]) -> dict[str, Any] | None:
+    """The text dataset's metadata; None without data paths or when the dataset is not built yet (training then
+    stops at the data with the dataset's own error). A dataset that is there but broken is an error."""
+    if not data_paths:
+        return None
+    try:
+        return read_metadata(data_paths[0])[1]
+    except DataError:
+        if Path(data_paths[0]).exists():
+            raise
+        return None
+
+
 class LMFamily(Family):
-    config_class = _arch_config()
+    config_class = LMArchConfig
+
+    @classmethod
+    def resolve(cls, cfg: TrainConfig) -> TrainConfig:
+        """``vocab_size`` from the dataset's metadata.json unless declared; a declared one must agree with it."""
+        metadata = _read_text_metadata(cfg.data_paths)
+        vocab = metadata["vocab_size"] if metadata else None
+        declared = cfg.arch.vocab_size  # type: ignore[attr-defined]
+        if declared is None:
+            return cfg if vocab is None else cfg.model_copy(
+                update={"arch": cfg.arch.model_copy(update={"vocab_size": vocab})})
+        if vocab is not None and vocab != declared:
+            raise ConfigError(f"arch.vocab_size={declared} but the dataset {cfg.data_paths[0]} was "
+                              f"tokenized with {vocab} tokens: use the tokenizer the run was trained with")
+        return cfg
 
     def __init__(self, cfg, dist, device) -> None:  # type: ignore[no-untyped-def]
         super().__init__(cfg, dist, device)
-        self.metadata: dict[str, Any] | None = None
-        self.vocab_assumed = False
-        if cfg.data_paths:
-            try:
-                self.metadata = read_metadata(cfg.data_paths[0])[1]
-            except DataError:
-                if Path(cfg.data_paths[0]).exists():
-                    raise  # a dataset that is there but broken is an error; an absent one only for training
-        vocab = self.metadata["vocab_size"] if self.metadata else None
-        if self.arch.vocab_size is None:
-            if vocab is None:
-                # No dataset (yet): describe the model at MiniMind's vocabulary (`smoltrain info`); training
-                # stops at the data with the dataset's own error.
-                vocab, self.vocab_assumed = DEFAULT_VOCAB_SIZE, True
-            self.arch.vocab_size = vocab  # recorded in the run's config, so the run loads without its data
-        elif vocab is not None and vocab != self.arch.vocab_size:
-            raise ConfigError(f"arch.vocab_size={self.arch.vocab_size} but the dataset {cfg.data_paths[0]} was "
-                              f"tokenized with {vocab} tokens: use the tokenizer the run was trained with")
+        self.metadata = _read_text_metadata(cfg.data_paths)
+        if self.metadata is not None and self.arch.vocab_size is None:
+            raise ValueError("LMFamily needs a resolved config: LMFamily.resolve(cfg), or families.build_family")
+        # No dataset (yet): describe the model at MiniMind's vocabulary (`smoltrain info`).
+        self.vocab_assumed = self.arch.vocab_size is None
 
     def tokenizer_dir(self) -> Path | None:
         """The dataset's tokenizer: the run keeps a copy, so generation and export need no dataset."""
@@ -87,15 +132,12 @@ class LMFamily(Family):
         return source if source.is_dir() else None
 
     @property
-    def arch(self) -> Any:
-        return self.cfg.arch
+    def arch(self) -> LMArchConfig:
+        return self.cfg.arch  # type: ignore[return-value]
 
     def build_model(self) -> nn.Module:
-        try:
-            config = LMConfig.from_arch(self.arch)
-        except ValidationError as err:
-            raise ConfigError(f"arch: {err.errors()[0]['msg']}") from None
-        return LMForCausalLM(config)
+        arch = self.arch.model_copy(update={"vocab_size": DEFAULT_VOCAB_SIZE}) if self.vocab_assumed else self.arch
+        return LMForCausalLM(arch.to_model_config())
 
     def build_optimizers(self, model: nn.Module) -> list[OptimizerSpec]:
         cfg = self.cfg
@@ -168,7 +210,8 @@ class LMFamily(Family):
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         facts = super().describe(model)
-        vocab = f"{self.arch.vocab_size}" + (" (assumed: the dataset is not built yet)" if self.vocab_assumed else "")
+        vocab = f"{DEFAULT_VOCAB_SIZE} (assumed: the dataset is not built yet)" if self.vocab_assumed else \
+            f"{self.arch.vocab_size}"
         facts.update(vocab_size=vocab, seq_len=self.arch.seq_len,
                      rows="packed windows" if self.arch.packing else "one padded document per row")
         return facts

@@ -3,8 +3,11 @@
 Glue only: the model is in ``models/trm.py`` / ``models/hrm.py``, the loss head in ``models/trm_loss.py``, the
 sampler in ``data/puzzles.py``, the optimizers in ``optim.py``. This file says how they meet the trainer:
 
-* the dataset's ``dataset.json`` supplies ``seq_len``, ``vocab_size`` and ``num_puzzle_identifiers``,
-  and ``batch_size`` is this rank's micro-batch, as the reference injects them into the arch config;
+* the arch keys are :class:`TRMArchConfig` (and its HRM and single-z variants), the network's config
+  their :meth:`~TRMArchConfig.to_model_config`;
+* the dataset's ``dataset.json`` supplies ``seq_len``, ``vocab_size`` and ``num_puzzle_identifiers``
+  (:meth:`TRMFamily.resolve` writes them into the run's config), and ``batch_size`` is this rank's
+  micro-batch, as the reference injects them into the arch config;
 * ``forward_dtype`` follows the run's precision unless set (fp32 on CPU, bf16 on CUDA);
 * one training step is one ACT step on the carried slots (the carry lives in the trainer);
 * the loss is divided by the global batch size, so gradients summed across ranks are the reference's;
@@ -15,13 +18,13 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, ValidationError, create_model
+from pydantic import Field, ValidationError
 from torch import nn
 
-from smoltrain.config import ArchConfig, StrictModel
+from smoltrain.config import ArchConfig, StrictModel, TrainConfig
 from smoltrain.data.puzzles import PuzzleDataset, dataset_kind, load_metadata
 from smoltrain.errors import ConfigError
 from smoltrain.families.base import Batch, Family, OptimizerSpec, StepOutput, TrainStream
@@ -32,36 +35,104 @@ from smoltrain.models.trm_loss import ACTLossHead
 from smoltrain.optim import AdamATan2, SparseSignSGD
 from smoltrain.runtime.device import resolve_precision
 
-# Arch fields the dataset and the trainer fill in (the reference injects them too).
-INJECTED = ("batch_size", "seq_len", "vocab_size", "num_puzzle_identifiers")
-# A run may also declare these in its arch config, so its model builds without the dataset (loading,
-# `smoltrain solve`); when data is given as well, the two must agree.
+# A run may declare the data shape in its arch config, so its model builds without the dataset (loading,
+# `smoltrain solve`); `TRMFamily.resolve` fills it from the dataset, and the two must agree.
 DATA_SHAPE = ("seq_len", "vocab_size", "num_puzzle_identifiers")
 # What `eval_save_outputs` may name: batch fields, then model outputs.
 SAVABLE_OUTPUTS = ("inputs", "labels", "puzzle_identifiers", "logits", "preds", "q_halt_logits", "q_continue_logits")
 PRECISION_TO_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# `arch.loss.name` -> the loss head: the reference's "<module>@<Class>" is read by its class part.
+LOSS_HEADS: dict[str, type[ACTLossHead]] = {"ACTLossHead": ACTLossHead}
+NEEDS_DATA = ("arch={name} needs data: set data_paths=[DIR] (build one with `smoltrain data sudoku`), or declare "
+              "arch.seq_len, arch.vocab_size and arch.num_puzzle_identifiers to build the model without it")
 
 
 class LossConfig(StrictModel):
-    name: str = "losses@ACTLossHead"  # the reference's class path; kept so its configs validate
+    name: str = Field("losses@ACTLossHead", description="the loss head, as the reference's class path "
+                      "(`losses@ACTLossHead`); its class part picks one of LOSS_HEADS")
     loss_type: Literal["stablemax_cross_entropy", "softmax_cross_entropy"] = "stablemax_cross_entropy"
 
+    def head(self) -> type[ACTLossHead]:
+        head = LOSS_HEADS.get(self.name.rpartition("@")[2])
+        if head is None:
+            raise ConfigError(f"arch.loss.name={self.name!r} names no loss head; choose one of "
+                              + ", ".join(f"losses@{name}" for name in LOSS_HEADS))
+        return head
 
-def _arch_config(name: str, model_config: type[TRMConfig]) -> type[ArchConfig]:
-    """The user-facing arch schema: the model's config less the injected fields, plus name and loss."""
-    fields: dict[str, Any] = {
-        key: (info.annotation, info) for key, info in model_config.model_fields.items() if key not in INJECTED
-    }
-    fields["forward_dtype"] = (str | None, Field(None, description="None: follow `precision`"))
-    for key in DATA_SHAPE:
-        fields[key] = (int | None, Field(None, ge=1, description="None: from the dataset's dataset.json"))
-    return create_model(  # type: ignore[call-overload, no-any-return]
-        f"{model_config.__name__.removesuffix('Config')}ArchConfig",
-        __base__=ArchConfig,
-        name=(Literal[name], name),  # type: ignore[valid-type]
-        loss=(LossConfig, Field(default_factory=LossConfig)),
-        **fields,
-    )
+
+class TRMArchConfig(ArchConfig):
+    """``arch=trm``: every key of ``models.trm.TRMConfig`` (same names and defaults, the reference's) except
+    ``batch_size``, which is this rank's micro-batch; plus ``name``, ``loss``, and the data shape, which
+    :meth:`TRMFamily.resolve` fills from the dataset. :meth:`to_model_config` makes the network's config."""
+
+    model_config_class: ClassVar[type[TRMConfig]] = TRMConfig
+
+    name: Literal["trm"] = "trm"
+    loss: LossConfig = Field(default_factory=LossConfig)
+    puzzle_emb_ndim: int = Field(0, description="0 disables the puzzle embedding (and the prefix)")
+
+    H_cycles: int = Field(description="paper's T: outer recursions, the first T-1 without gradient")
+    L_cycles: int = Field(description="paper's n: z_L updates per recursion")
+    H_layers: int = Field(0, description="unused by TRM, which has one network of L_layers blocks; accepted "
+                          "because the reference's arch/trm.yaml and every TRM all_config.yaml carry it (0), so "
+                          "they validate unchanged. HRM builds its H network from it")
+    L_layers: int = Field(description="blocks in the shared network")
+
+    hidden_size: int
+    expansion: float = Field(description="SwiGLU inner width / hidden_size (rounded to swiglu_multiple)")
+    num_heads: int
+    pos_encodings: str = Field(description='"rope" | "learned" | anything else = none')
+
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+
+    halt_max_steps: int = Field(description="N_sup: maximum ACT (deep-supervision) steps")
+    halt_exploration_prob: float
+
+    forward_dtype: str | None = Field(None, description="None: follow `precision`")
+
+    mlp_t: bool = Field(False, description="token-mixing SwiGLU (MLP-Mixer style) instead of attention")
+    puzzle_emb_len: int = Field(16, description="prefix positions; 0 => ceil(puzzle_emb_ndim / hidden_size)")
+    no_ACT_continue: bool = Field(True, description="halt on sigmoid(q_halt) > 0.5 only; no Q-learning "
+                                  "continue target")
+    swiglu_multiple: int = Field(256, description="rounding of SwiGLU widths: 256 is the reference's")
+
+    seq_len: int | None = Field(None, ge=1, description="None: from the dataset's dataset.json")
+    vocab_size: int | None = Field(None, ge=1, description="None: from the dataset's dataset.json")
+    num_puzzle_identifiers: int | None = Field(None, ge=1, description="None: from the dataset's dataset.json")
+
+    def to_model_config(self, batch_size: int, forward_dtype: str) -> TRMConfig:
+        """The network's config: these keys with the (resolved) data shape, the rows of the sparse puzzle
+        embedding's batch buffer, and ``forward_dtype`` where the arch leaves it to the run's precision."""
+        fields = self.model_dump(exclude={"name", "loss"})
+        if any(fields[key] is None for key in DATA_SHAPE):
+            raise ConfigError(NEEDS_DATA.format(name=self.name))
+        fields.update(batch_size=batch_size, forward_dtype=self.forward_dtype or forward_dtype)
+        try:
+            return self.model_config_class.model_validate(fields)
+        except ValidationError as err:
+            raise ConfigError(f"arch: {err.errors()[0]['msg']}") from None
+
+
+class HRMArchConfig(TRMArchConfig):
+    """``arch=hrm``: the TRM keys with ``models.hrm.HRMConfig``'s defaults (``H_layers`` required, a puzzle
+    prefix of ``ceil(puzzle_emb_ndim / hidden_size)`` positions, the Q-learning continue target)."""
+
+    model_config_class: ClassVar[type[TRMConfig]] = HRMConfig
+
+    name: Literal["hrm"] = "hrm"  # type: ignore[assignment]
+    H_layers: int = Field(description="blocks in the H (slow) network")  # type: ignore[assignment]
+    puzzle_emb_len: int = Field(0, description="prefix positions; 0 => ceil(puzzle_emb_ndim / hidden_size)")
+    no_ACT_continue: bool = Field(False, description="halt on sigmoid(q_halt) > 0.5 only; no Q-learning "
+                                  "continue target")
+
+
+class TRMSingleZArchConfig(TRMArchConfig):
+    """``arch=trm_singlez``: the TRM keys and defaults (``models.hrm.TRMSingleZConfig``)."""
+
+    model_config_class: ClassVar[type[TRMConfig]] = TRMSingleZConfig
+
+    name: Literal["trm_singlez"] = "trm_singlez"  # type: ignore[assignment]
 
 
 # The reference's option names of its ARC evaluator, and ours.
@@ -115,18 +186,38 @@ class PuzzleStream(TrainStream):
 
 
 class TRMFamily(Family):
-    config_class = _arch_config("trm", TRMConfig)
+    config_class = TRMArchConfig
     model_class: type[TRM] = TRM
-    model_config_class: type[TRMConfig] = TRMConfig
     uses_autocast = False  # TRM keeps fp32 master weights and casts activations itself
+
+    @classmethod
+    def resolve(cls, cfg: TrainConfig) -> TrainConfig:
+        """``seq_len``, ``vocab_size``, ``num_puzzle_identifiers`` from the dataset's dataset.json (as the reference
+        injects them), else the arch's declared ones; declared ones must agree with the dataset's."""
+        arch = cfg.arch
+        declared = {key: getattr(arch, key) for key in DATA_SHAPE}
+        if not cfg.data_paths:
+            if None in declared.values():
+                raise ConfigError(NEEDS_DATA.format(name=arch.name))
+            return cfg
+        metadata = load_metadata(cfg.data_paths[0], "train")
+        shape = {key: getattr(metadata, key) for key in DATA_SHAPE}
+        for key, value in declared.items():
+            if key == "num_puzzle_identifiers" and not arch.puzzle_emb_ndim:  # type: ignore[attr-defined]
+                continue  # no embedding table, so the identifier count does not shape the model
+            if value is not None and value != shape[key]:
+                raise ConfigError(
+                    f"this run's model has arch.{key}={value} but the dataset {cfg.data_paths[0]} has "
+                    f"{key}={shape[key]}: use the dataset the run was trained on"
+                )
+        return cfg.model_copy(update={"arch": arch.model_copy(update=shape)})
 
     def __init__(self, cfg, dist, device) -> None:  # type: ignore[no-untyped-def]
         super().__init__(cfg, dist, device)
         self.metadata = load_metadata(cfg.data_paths[0], "train") if cfg.data_paths else None
-        self.data_shape = self._data_shape()
-        # Record the shape in the run's config, so the saved run builds its model without the dataset.
-        for key, value in self.data_shape.items():
-            setattr(self.arch, key, value)
+        if self.metadata is not None and any(getattr(self.arch, key) is None for key in DATA_SHAPE):
+            raise ValueError(f"{type(self).__name__} needs a resolved config: {type(self).__name__}.resolve(cfg), "
+                             "or families.build_family")
         self.arc_options = _arc_evaluator_options(cfg.evaluators)
         self.arc_evaluator: Any = None  # built at the first evaluation; lives as long as the run (pooling)
         if self.arc_options is not None and (cfg.data_paths_test or cfg.data_paths):
@@ -139,50 +230,19 @@ class TRMFamily(Family):
                               "> 0): the sparse embedding holds one micro-batch; use grad_accum_steps=1")
 
     @property
-    def arch(self) -> Any:
-        return self.cfg.arch
-
-    def _data_shape(self) -> dict[str, int]:
-        """``seq_len``, ``vocab_size``, ``num_puzzle_identifiers``: the dataset's, else the arch's declared."""
-        declared = {key: getattr(self.arch, key) for key in DATA_SHAPE}
-        if self.metadata is None:
-            if None in declared.values():
-                raise ConfigError(
-                    "arch=trm needs data: set data_paths=[DIR] (build one with `smoltrain data sudoku`), or declare "
-                    "arch.seq_len, arch.vocab_size and arch.num_puzzle_identifiers to build the model without it"
-                )
-            return declared
-        shape = {key: getattr(self.metadata, key) for key in DATA_SHAPE}
-        for key, value in declared.items():
-            if key == "num_puzzle_identifiers" and not self.arch.puzzle_emb_ndim:
-                continue  # no embedding table, so the identifier count does not shape the model
-            if value is not None and value != shape[key]:
-                raise ConfigError(
-                    f"this run's model has arch.{key}={value} but the dataset {self.cfg.data_paths[0]} has "
-                    f"{key}={shape[key]}: use the dataset the run was trained on"
-                )
-        return shape
+    def arch(self) -> TRMArchConfig:
+        return self.cfg.arch  # type: ignore[return-value]
 
     def _require_data(self, paths: list[str]) -> None:
         if not paths:
             raise ConfigError("this needs the run's dataset, and data_paths is empty: add data_paths=[DIR]")
 
     def model_config(self) -> TRMConfig:
-        arch = self.arch.model_dump(exclude={"name", "loss"})
-        if arch["forward_dtype"] is None:
-            arch["forward_dtype"] = PRECISION_TO_DTYPE[resolve_precision(self.cfg.precision, self.device)]
-        arch.update(
-            batch_size=self.micro_batch_size,
-            **self.data_shape,
-        )
-        try:
-            return self.model_config_class.model_validate(arch)
-        except ValidationError as err:
-            first = err.errors()[0]
-            raise ConfigError(f"arch: {first['msg']}") from None
+        dtype = PRECISION_TO_DTYPE[resolve_precision(self.cfg.precision, self.device)]
+        return self.arch.to_model_config(batch_size=self.micro_batch_size, forward_dtype=dtype)
 
     def build_model(self) -> nn.Module:
-        return ACTLossHead(self.model_class(self.model_config()), loss_type=self.arch.loss.loss_type)
+        return self.arch.loss.head()(self.model_class(self.model_config()), loss_type=self.arch.loss.loss_type)
 
     def build_optimizers(self, model: nn.Module) -> list[OptimizerSpec]:
         cfg = self.cfg
@@ -350,12 +410,10 @@ class TRMFamily(Family):
 
 
 class HRMFamily(TRMFamily):
-    config_class = _arch_config("hrm", HRMConfig)
+    config_class = HRMArchConfig
     model_class = HRM
-    model_config_class = HRMConfig
 
 
 class TRMSingleZFamily(TRMFamily):
-    config_class = _arch_config("trm_singlez", TRMSingleZConfig)
+    config_class = TRMSingleZArchConfig
     model_class = TRMSingleZ
-    model_config_class = TRMSingleZConfig

@@ -24,9 +24,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from smoltrain.config import TrainConfig, validate
+from smoltrain.config import TrainConfig
 from smoltrain.data.tokenizer import TOKENIZER_FILES
 from smoltrain.errors import SmoltrainError
+from smoltrain.families import validate
 from smoltrain.fileio import atomic_directory
 from smoltrain.models.lm import LMConfig, LMForCausalLM
 from smoltrain.runs.loading import load
@@ -149,7 +150,7 @@ def export_hf(run_dir: Path, output: Path, checkpoint: Path | None = None) -> Pa
         raise SmoltrainError("export of MoE runs is not supported yet: only dense (use_moe=false) runs export")
     if arch.vocab_size is None:
         raise SmoltrainError(f"{run.config} has no arch.vocab_size: train the run before exporting it")
-    lm = LMConfig.from_arch(arch)
+    lm = arch.to_model_config()
     # `load` picks the newest checkpoint, overlays the EMA weights the run evaluates, and loads strictly,
     # so a checkpoint that does not match the run's config stops here with one line, not in transformers.
     model = load(run.root, checkpoint, device="cpu", need_data=False).model
@@ -291,7 +292,7 @@ def import_hf(directory: Path, output: Path) -> Path:
     # seq_len is our training window; keep the default unless the model's context is shorter.
     seq_len = min(256, int(fields["max_position_embeddings"]))
     cfg = validate({"arch": {"name": "lm", **fields, "seq_len": seq_len}, "data_paths": [], "run_dir": str(output)})
-    lm = LMConfig.from_arch(cfg.arch)
+    lm = cfg.arch.to_model_config()  # type: ignore[attr-defined]
 
     with torch.device("meta"):  # shapes only: no need to allocate and initialise a second copy
         expected = LMForCausalLM(lm).state_dict()

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from smoltrain.config import load_config
 from smoltrain.errors import SmoltrainError
+from smoltrain.families import load_config
 from smoltrain.interop.hf import match_state, write_lm_run
-from smoltrain.models.lm import LMConfig, LMForCausalLM
+from smoltrain.models.lm import LMForCausalLM
 
 PRESETS = ("minimind2-26m", "minimind3-64m", "minimind3-moe")
 PREFIXES = ("module.", "_orig_mod.")
@@ -46,7 +46,7 @@ def import_minimind(checkpoint: Path, preset: str, output: Path, overrides: list
     if preset not in PRESETS:
         raise SmoltrainError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
     cfg = load_config(None, [f"arch={preset}", "data_paths=[]", f"run_dir={output}", *(overrides or [])])
-    lm = LMConfig.from_arch(cfg.arch)
+    lm = cfg.arch.to_model_config()  # type: ignore[attr-defined]
     with torch.device("meta"):  # shapes only
         expected = LMForCausalLM(lm).state_dict()
     state = match_state(read_minimind_state(Path(checkpoint)), expected, lm.tie_word_embeddings, Path(checkpoint),

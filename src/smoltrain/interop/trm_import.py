@@ -34,13 +34,12 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import ValidationError
 
-from smoltrain.config import TrainConfig, group_file, validate
+from smoltrain.config import TrainConfig, group_file
 from smoltrain.data.puzzles import load_metadata
 from smoltrain.errors import ConfigError, DataError, SmoltrainError
-from smoltrain.families import family_class
-from smoltrain.families.trm import DATA_SHAPE, INJECTED, LossConfig, TRMFamily
+from smoltrain.families import build_family, family_class, validate
+from smoltrain.families.trm import DATA_SHAPE, LossConfig, TRMArchConfig
 from smoltrain.runs.run_dir import RunDir
 from smoltrain.runtime.distributed import DistEnv
 
@@ -216,14 +215,12 @@ def _validate(raw: dict[str, Any], config_path: Path) -> TrainConfig:
 
 def _effective_prefix_len(cfg: TrainConfig, config_path: Path) -> int:
     """Puzzle-prefix positions of the config's model (needs a model config; the data shape is irrelevant)."""
-    family = family_class(cfg.arch.name)
-    assert issubclass(family, TRMFamily)
-    fields = cfg.arch.model_dump(exclude={"name", "loss", "forward_dtype", *DATA_SHAPE})
-    placeholders = {key: 1 for key in INJECTED}
+    assert isinstance(cfg.arch, TRMArchConfig)
+    placeholders = cfg.arch.model_copy(update={key: 1 for key in DATA_SHAPE})
     try:
-        return family.model_config_class.model_validate({**fields, **placeholders}).effective_puzzle_emb_len
-    except ValidationError as err:
-        raise ConfigError(f"{config_path}: arch: {err.errors()[0]['msg']}") from None
+        return placeholders.to_model_config(batch_size=1, forward_dtype="float32").effective_puzzle_emb_len
+    except ConfigError as err:
+        raise ConfigError(f"{config_path}: {err}") from None
 
 
 def _shape_from_state(state: dict[str, torch.Tensor], prefix_len: int) -> dict[str, int | None]:
@@ -384,7 +381,8 @@ def import_reference_checkpoint(
 
     shape = _decide_shape(_shape_from_state(state, _effective_prefix_len(cfg, config_path)), cfg, seq_len, path)
     cfg = _validate({**raw, "run_dir": str(output), "arch": {**raw["arch"], **shape}}, config_path)
-    family = family_class(cfg.arch.name)(cfg, DistEnv(), torch.device("cpu"))
+    family = build_family(cfg, DistEnv(), torch.device("cpu"))
+    cfg = family.cfg
     model = family.build_model()
     _check_state(model.state_dict(), state, f"{path} does not match {config_path}")
     model.load_state_dict(state)

@@ -104,12 +104,6 @@ class LMConfig(BaseModel):
     aux_loss_alpha: float = 5e-4  # MiniMind-3's router_aux_loss_coef; MiniMind-2 used 0.01
     norm_topk_prob: bool = True  # renormalise the top-k router probabilities to sum to 1 (as HF Qwen3-MoE)
 
-    @classmethod
-    def from_arch(cls, arch: BaseModel) -> LMConfig:
-        """The network's config from the LM family's ``arch`` config (a run's ``cfg.arch``): its ``name`` and
-        the data keys (``seq_len``, ``packing``, dropped by the validator below) are not model fields."""
-        return cls.model_validate(arch.model_dump(exclude={"name"}))
-
     @model_validator(mode="before")
     @classmethod
     def _drop_data_keys(cls, data: Any) -> Any:

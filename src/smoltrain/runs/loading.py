@@ -17,7 +17,7 @@ from torch import nn
 
 from smoltrain.config import TrainConfig
 from smoltrain.errors import SmoltrainError
-from smoltrain.families import Family, family_class
+from smoltrain.families import Family, build_family
 from smoltrain.runs import checkpoint as ckpt
 from smoltrain.runs.run_dir import RunDir
 from smoltrain.runtime.device import pick_device
@@ -65,7 +65,7 @@ def load(run_dir: str | Path, checkpoint: str | Path | None = None, device: str 
     checkpoint = Path(checkpoint)
     model_state, ema_state, _ = ckpt.load_checkpoint(checkpoint)
     dev = pick_device(device)
-    family = family_class(cfg.arch.name)(cfg, DistEnv(), dev)
+    family = build_family(cfg, DistEnv(), dev)
     model = family.build_model()
     try:
         model.load_state_dict(ckpt.weights_to_use(model_state, ema_state))
@@ -74,7 +74,7 @@ def load(run_dir: str | Path, checkpoint: str | Path | None = None, device: str 
         first = lines[1].strip() if len(lines) > 1 else str(err)
         raise SmoltrainError(f"checkpoint {checkpoint} does not match {run.config}: {first}") from None
     model.to(dev).eval()
-    return LoadedRun(model=model, config=cfg, family=family, checkpoint=checkpoint, device=dev, run_dir=run)
+    return LoadedRun(model=model, config=family.cfg, family=family, checkpoint=checkpoint, device=dev, run_dir=run)
 
 
 def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto",

@@ -28,9 +28,10 @@ from typing import Any
 
 import torch
 
-from smoltrain.config import TrainConfig, config_to_yaml, load_saved_config
+from smoltrain.config import TrainConfig, config_to_yaml, read_saved_config
 from smoltrain.data.tokenizer import TOKENIZER_FILES
 from smoltrain.errors import ConfigError, SmoltrainError
+from smoltrain.families import validate
 from smoltrain.fileio import atomic_directory, atomic_write_bytes, atomic_write_text
 from smoltrain.runs import checkpoint as ckpt
 
@@ -97,7 +98,7 @@ class RunDir:
         if not self.config.is_file():
             raise ConfigError(f"{self.root} is not a run directory (no {self.config.name}); "
                               "train one with `smoltrain train`")
-        return load_saved_config(self.config, overrides)
+        return validate(read_saved_config(self.config, overrides))
 
     def write_config(self, cfg: TrainConfig) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -54,7 +54,7 @@ class MetricsLogger:
         tensorboard: bool = False,
         config: dict[str, Any] | None = None,
         run_name: str | None = None,
-        project_name: str | None = None,
+        wandb_project: str | None = None,  # `wandb.project`, else the reference's `project_name`
     ) -> None:
         self.enabled = enabled
         self.log_every = log_every
@@ -77,7 +77,7 @@ class MetricsLogger:
             except ImportError:
                 raise ConfigError("wandb.mode needs wandb: pip install 'smoltrain[wandb]'") from None
             self._wandb = wandb.init(
-                project=wandb_cfg.project or project_name or "smoltrain",
+                project=wandb_project or "smoltrain",
                 entity=wandb_cfg.entity,
                 name=run_name,
                 mode=wandb_cfg.mode,

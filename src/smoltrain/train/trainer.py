@@ -24,7 +24,7 @@ import torch
 
 from smoltrain.config import TrainConfig
 from smoltrain.errors import ConfigError, SmoltrainError
-from smoltrain.families import family_class
+from smoltrain.families import family_class, resolve
 from smoltrain.families.base import Batch
 from smoltrain.runs import checkpoint as ckpt
 from smoltrain.runs.run_dir import RunDir
@@ -113,6 +113,9 @@ class Trainer:
         # The same seed on every rank for the initial weights (rank 0's are broadcast anyway); after
         # that each rank gets seed + rank, as in the reference, for its own sampling randomness.
         seed_everything(cfg.seed)
+        # Order: resolve (the dataset fills in the shapes) -> config.yaml (written by `fit` from this resolved
+        # config) -> family (built from it, only reads it); so config.yaml does not depend on the family.
+        self.cfg = cfg = resolve(cfg)
         self.family = family_class(cfg.arch.name)(cfg, self.dist, self.device)
         self.model = self.family.build_model().to(self.device)
         if self.dist.enabled:
@@ -126,9 +129,7 @@ class Trainer:
         self.stream = self.family.train_stream()
         self.steps_per_epoch = self.family.steps_per_epoch()
         self.total_steps = cfg.max_steps or max(1, int(cfg.epochs * self.steps_per_epoch))
-        self.eval_every = cfg.eval_every or (
-            max(1, int(cfg.eval_interval * self.steps_per_epoch)) if cfg.eval_interval else None
-        )
+        self.eval_every = cfg.eval_every_steps(self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.step = 0
         self.evals_done = 0
@@ -150,7 +151,7 @@ class Trainer:
             tensorboard=cfg.tensorboard,
             config=cfg.model_dump(mode="json"),
             run_name=cfg.run_name,
-            project_name=cfg.project_name,
+            wandb_project=cfg.setting("wandb.project"),
         )
 
     # ------------------------------------------------------------------------------------------
