@@ -23,8 +23,10 @@ from smoltrain.config import ArchConfig, TrainConfig
 from smoltrain.data.text import DocumentRows, TokenWindows, read_metadata
 from smoltrain.errors import ConfigError, DataError
 from smoltrain.families.base import Batch, Family, OptimizerSpec, StepOutput, TrainStream
-from smoltrain.models.lm import DATA_KEYS, LMConfig, LMForCausalLM
+from smoltrain.models.lm import LMConfig, LMForCausalLM
 from smoltrain.optim import AdamATan2
+
+DATA_KEYS = ("seq_len", "packing")  # arch keys that describe the training rows, not the network
 
 
 class LMArchConfig(ArchConfig):

@@ -54,7 +54,6 @@ __all__ = [
     "sample_next_token",
 ]
 
-DATA_KEYS = ("seq_len", "packing")  # arch keys of the LM family that describe data, not the network
 INIT_STD = 0.02  # HF `initializer_range` default for Llama/Qwen3
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
@@ -103,15 +102,6 @@ class LMConfig(BaseModel):
     n_shared_experts: int = 0  # experts applied to every token (MiniMind-2 uses 1)
     aux_loss_alpha: float = 5e-4  # MiniMind-3's router_aux_loss_coef; MiniMind-2 used 0.01
     norm_topk_prob: bool = True  # renormalise the top-k router probabilities to sum to 1 (as HF Qwen3-MoE)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_data_keys(cls, data: Any) -> Any:
-        # The LM family's arch config adds keys about the training rows (`seq_len`, `packing`); they do not
-        # shape the network, so a dumped arch config validates here as it is.
-        if isinstance(data, Mapping) and any(key in data for key in DATA_KEYS):
-            data = {k: v for k, v in data.items() if k not in DATA_KEYS}
-        return data
 
     @model_validator(mode="after")
     def _check(self) -> LMConfig:
