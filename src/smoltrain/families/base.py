@@ -75,6 +75,15 @@ class Family(ABC):
     # that cast by hand (TRM keeps fp32 master weights and casts activations itself) set False.
     uses_autocast: ClassVar[bool] = True
 
+    # Arch keys whose values come from the dataset (``resolve`` fills them); a saved run records them.
+    data_shape_keys: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def declares_data_shape(cls, cfg: TrainConfig) -> bool:
+        """Whether ``cfg`` alone fixes the model's shape, so the model builds without its dataset (a trained or
+        imported run records every data-shape key)."""
+        return all(getattr(cfg.arch, key, None) is not None for key in cls.data_shape_keys)
+
     @classmethod
     def resolve(cls, cfg: TrainConfig) -> TrainConfig:
         """A new config with the values that come from the data filled in (e.g. TRM's ``seq_len`` from the

@@ -103,6 +103,7 @@ def _read_text_metadata(data_paths: list[str]) -> dict[str, Any] | None:
 
 class LMFamily(Family):
     config_class = LMArchConfig
+    data_shape_keys = ("vocab_size",)
 
     @classmethod
     def resolve(cls, cfg: TrainConfig) -> TrainConfig:

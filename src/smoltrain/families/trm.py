@@ -187,6 +187,7 @@ class PuzzleStream(TrainStream):
 
 class TRMFamily(Family):
     config_class = TRMArchConfig
+    data_shape_keys = DATA_SHAPE
     model_class: type[TRM] = TRM
     uses_autocast = False  # TRM keeps fp32 master weights and casts activations itself
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from smoltrain.config import TrainConfig
 from smoltrain.errors import SmoltrainError
-from smoltrain.families import Family, build_family
+from smoltrain.families import Family, build_family, family_class
 from smoltrain.runs import checkpoint as ckpt
 from smoltrain.runs.run_dir import RunDir
 from smoltrain.runtime.device import pick_device
@@ -36,15 +36,6 @@ class LoadedRun:
     run_dir: RunDir
 
 
-def _declares_data_shape(cfg: TrainConfig) -> bool:
-    """Whether the saved config alone fixes the model's shape, so it builds without its dataset: an LM run
-    records its vocab_size, an imported TRM run declares seq_len, vocab_size and num_puzzle_identifiers."""
-    from smoltrain.families.trm import DATA_SHAPE  # the data-shape fields, which the LM's arch partly has
-
-    fields = [key for key in DATA_SHAPE if key in type(cfg.arch).model_fields]
-    return all(getattr(cfg.arch, key) is not None for key in fields)
-
-
 def load(run_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
          overrides: list[str] | None = None, *, need_data: bool = True) -> LoadedRun:
     """Build a run's model from its saved config and load a checkpoint (the newest by default).
@@ -56,7 +47,7 @@ def load(run_dir: str | Path, checkpoint: str | Path | None = None, device: str 
     """
     run = RunDir(run_dir)
     cfg = run.load_config(overrides)
-    if not need_data and _declares_data_shape(cfg):
+    if not need_data and family_class(cfg.arch.name).declares_data_shape(cfg):
         cfg = run.load_config([*(overrides or []), *NO_DATA])
     if checkpoint is None:
         checkpoint = run.newest_checkpoint()
