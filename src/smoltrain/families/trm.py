@@ -22,7 +22,7 @@ from pydantic import Field, ValidationError, create_model
 from torch import nn
 
 from smoltrain.config import ArchConfig, StrictModel
-from smoltrain.data.puzzles import PuzzleDataset, dataset_kind, load_metadata
+from smoltrain.data.puzzles import PuzzleDataset, detect_kind, load_metadata
 from smoltrain.errors import ConfigError
 from smoltrain.families.base import Batch, Family, OptimizerSpec, StepOutput, TrainStream
 from smoltrain.fileio import atomic_write_bytes
@@ -249,8 +249,8 @@ class TRMFamily(Family):
 
     def _check_arc_data(self) -> str:
         root = self._test_root()
-        kind = dataset_kind(root)
-        if kind != "arc":
+        kind = detect_kind(root)
+        if kind.name != "arc":
             raise ConfigError(f"evaluators: the ARC evaluator needs an ARC dataset, and {root} is a {kind} dataset: "
                               "set evaluators=[] or point data_paths at the output of `smoltrain data arc`")
         return root
@@ -283,7 +283,7 @@ class TRMFamily(Family):
         from smoltrain.runtime.distributed import all_reduce_sum
 
         dataset = self._dataset("test", test_mode=True)
-        is_maze = dataset_kind(self._test_root()) == "maze"
+        is_maze = detect_kind(self._test_root()).name == "maze"
         arc = self._start_arc_evaluation()
         limit = self.cfg.eval_max_examples
         keys = tuple(self.cfg.eval_save_outputs) if outputs_path is not None else ()
