@@ -71,6 +71,7 @@ from smoltrain.data.arc import COLOUR_OFFSET, EOS_ID, GRID_SIZE, PAD_ID, crop_gr
 from smoltrain.data.augment import inverse_colour_permutation, parse_arc_name
 from smoltrain.data.puzzles import load_identifiers
 from smoltrain.errors import ConfigError, DataError
+from smoltrain.eval.base import EvalRows, Evaluator
 from smoltrain.fileio import atomic_write_text
 
 __all__ = [
@@ -195,13 +196,16 @@ class _Candidate:
     mean_q: float
 
 
-class ARCEvaluator:
+class ARCEvaluator(Evaluator):
     """Votes over augmented predictions of the ARC test split; see the module docstring for the semantics.
 
-    Call `begin()` at the start of each evaluation, `update(...)` with each batch's real rows, then
-    `result(output_dir)` on every rank: rank 0 gets `{"ARC/pass@k": score}` and writes `submission.json` and
-    `arc_scores.json` into `output_dir` when given; other ranks get None.
+    Call `begin()` at the start of each evaluation, `update(...)` with each batch's real rows (or `add` with
+    the rows of a TRM evaluation), then `result(output_dir)` on every rank: rank 0 gets
+    `{"ARC/pass@k": score}` and writes `submission.json` and `arc_scores.json` into `output_dir` when given;
+    other ranks get None.
     """
+
+    output_keys = ("preds", "q_halt_logits")
 
     def __init__(
         self,
@@ -265,6 +269,10 @@ class ARCEvaluator:
         return cached
 
     # --- per batch -------------------------------------------------------------------------------
+
+    def add(self, rows: EvalRows) -> None:
+        self.update(rows.scored("inputs"), rows.scored("puzzle_identifiers"), rows.scored("preds"),
+                    rows.scored("q_halt_logits"))
 
     def update(
         self,
