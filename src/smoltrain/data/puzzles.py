@@ -1,4 +1,8 @@
-"""The TRM on-disk puzzle format, its atomic writer and the sampling loader.
+"""The TRM on-disk puzzle format, its atomic writer and the sampling loader; and puzzle kinds.
+
+A puzzle kind (`PuzzleKind`: Sudoku, maze, ARC) is what the rows of a dataset mean: how a user writes and reads
+a grid, what a right answer is, how it is drawn. Each kind is one object defined beside its builder, looked up
+in `PUZZLE_KINDS` / `get_kind`; `detect_kind` is the one place that says which kind a dataset is.
 
 Layout (identical to the reference builders, so datasets move both ways unchanged)::
 
@@ -212,9 +216,10 @@ def write_identifiers(root: str | os.PathLike[str], names: Sequence[str]) -> Pat
 
 
 def _build_hint(root: Path) -> str:
-    """The builder command for a missing dataset, guessed from its name (recipes name theirs after the kind)."""
+    """The builder command for a missing dataset. With no dataset there is nothing for `detect_kind` to read, so
+    the kind is guessed from the folder's name (recipes name theirs after the kind)."""
     name = root.name.lower()
-    kind = next((k for k in ("maze", "arc") if k in name), "sudoku")
+    kind = next((k for k in PUZZLE_KINDS if k != FALLBACK_KIND and k in name), FALLBACK_KIND)
     others = " / ".join(f"`smoltrain data {k}`" for k in PUZZLE_KINDS if k != kind)
     return (f"build one with `smoltrain data {kind} --output-dir {root}` (or {others}; the README gives "
             "each recipe's command)")
