@@ -24,6 +24,7 @@ from smoltrain.config import ArchConfig, StrictModel
 from smoltrain.data.puzzles import PuzzleDataset, detect_kind, load_metadata
 from smoltrain.errors import ConfigError
 from smoltrain.eval import Evaluator, evaluators_for
+from smoltrain.eval.arc import arc_evaluator_options
 from smoltrain.eval.base import EvalRows, SavedOutputs
 from smoltrain.families.base import Batch, Family, OptimizerSpec, StepOutput, TrainStream
 from smoltrain.models.hrm import HRM, HRMConfig, TRMSingleZ, TRMSingleZConfig
@@ -64,32 +65,6 @@ def _arch_config(name: str, model_config: type[TRMConfig]) -> type[ArchConfig]:
     )
 
 
-# The reference's option names of its ARC evaluator, and ours.
-ARC_OPTIONS = {"submission_K": "submission_k", "pass_Ks": "pass_ks", "aggregated_voting": "pool_evaluations",
-               "submission_k": "submission_k", "pass_ks": "pass_ks", "pool_evaluations": "pool_evaluations"}
-
-
-def _arc_evaluator_options(evaluators: list[Any]) -> dict[str, Any] | None:
-    """The ARC evaluator's keyword arguments from ``evaluators`` (None when it is not asked for).
-
-    The reference writes ``evaluators=[{name: arc@ARC}]``; its ``aggregated_voting`` (pooling votes over
-    every evaluation of a run, on by default there) is ``pool_evaluations`` here, off unless set.
-    """
-    options: dict[str, Any] | None = None
-    for entry in evaluators:
-        entry = {"name": entry} if isinstance(entry, str) else dict(entry)
-        name = str(entry.pop("name", ""))
-        if name.split("@")[0].lower() != "arc":
-            raise ConfigError(f"evaluators: unknown evaluator {name!r}; the one there is is the ARC voting "
-                              "evaluator: evaluators=[{name: arc}] (or [] for the exact-accuracy metrics only)")
-        unknown = sorted(set(entry) - set(ARC_OPTIONS))
-        if unknown:
-            raise ConfigError(f"evaluators: the arc evaluator has no option {unknown[0]!r}; choose from "
-                              f"{', '.join(sorted(set(ARC_OPTIONS)))}")
-        options = {ARC_OPTIONS[key]: value for key, value in entry.items()}
-    return options
-
-
 class PuzzleStream(TrainStream):
     """Endless train batches: one reference "pass" after another, resumable mid-pass."""
 
@@ -127,7 +102,7 @@ class TRMFamily(Family):
         # Record the shape in the run's config, so the saved run builds its model without the dataset.
         for key, value in self.data_shape.items():
             setattr(self.arch, key, value)
-        self.arc_options = _arc_evaluator_options(cfg.evaluators)
+        self.arc_options = arc_evaluator_options(cfg.evaluators)
         self.run_evaluators: list[Evaluator] | None = None  # chosen at the first evaluation (see _evaluators)
         if self.arc_options is not None and (cfg.data_paths_test or cfg.data_paths):
             self._check_arc_data()
