@@ -46,7 +46,7 @@ import reference_trm as ref  # bench/ is on sys.path when this file runs as a sc
 from smoltrain.families import load_config
 from smoltrain.families.trm import TRMArchConfig
 from smoltrain.models.trm import TRM, TRMConfig
-from smoltrain.models.trm_loss import ACTLossHead
+from smoltrain.models.trm_loss import ACTLossHead, ACTStep
 from smoltrain.optim import AdamATan2, SparseSignSGD
 
 LR, WEIGHT_DECAY = 1e-4, 0.1  # values do not change the cost of a step; nonzero so updates really happen
@@ -172,7 +172,8 @@ class SmoltrainStep:
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.carry is None:
             self.carry = self.head.initial_carry(batch)
-        self.carry, loss, _, _, _ = self.forward(self.carry, batch)
+        step = self.forward(self.carry, batch)
+        self.carry, loss = step.carry, step.loss
         (loss / self.batch_size).backward()
         for opt in self.optimizers:
             opt.step()
@@ -236,7 +237,8 @@ def _two_training_steps(head: torch.nn.Module, batch: dict[str, torch.Tensor]
     for step in range(2):
         torch.manual_seed(100 + step)  # the same exploration draws for every implementation
         out = head(carry, batch)
-        carry, loss = out[0], out[1]
+        # The reference head returns a tuple, ours an ACTStep.
+        carry, loss = (out.carry, out.loss) if isinstance(out, ACTStep) else (out[0], out[1])
         head.zero_grad(set_to_none=True)
         (loss / batch["inputs"].shape[0]).backward()
         results.append((loss.detach().double(),

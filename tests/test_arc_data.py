@@ -17,7 +17,7 @@ from smoltrain.data.augment import (
     inverse_dihedral_transform,
     parse_arc_name,
 )
-from smoltrain.data.puzzles import PuzzleDataset, dataset_kind, load_identifiers, load_metadata
+from smoltrain.data.puzzles import PuzzleDataset, detect_kind, load_identifiers, load_metadata
 from smoltrain.errors import ConfigError, DataError
 from tests.conftest import run_python
 
@@ -384,7 +384,7 @@ def test_small_canvas_shapes_and_skipped_tasks(built_small) -> None:
     assert json.loads((root / "test_puzzles.json").read_text()) == kept["evaluation"]
     assert set(kept["evaluation"]) == {"e0000002", "e0000003"}
     assert info["counts"]["test_rows"] == (1 + 2) * (NUM_AUG + 1)
-    assert dataset_kind(root) == "arc"
+    assert detect_kind(root).name == "arc"
 
 
 def test_small_canvas_rows_decode_to_the_original_grids(built_small) -> None:

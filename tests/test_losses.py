@@ -133,7 +133,8 @@ def test_act_loss_head_by_hand() -> None:
     head = ACTLossHead(model)
     batch = {"inputs": torch.zeros(3, 3, dtype=torch.long), "labels": labels,
              "puzzle_identifiers": torch.zeros(3, dtype=torch.int32)}
-    carry, loss, metrics, outputs, all_finish = head(head.initial_carry(batch), batch, return_keys=("preds",))
+    step = head(head.initial_carry(batch), batch, return_keys=("preds",))
+    loss, metrics, outputs, all_finish = step.loss, step.metrics, step.outputs, step.all_halted
 
     ce = reference_stablemax_ce(logits, labels)
     lm_loss = ce[0].sum() / 3 + ce[1].sum() / 2  # row 2: nothing labelled, divisor clamped to 1, loss 0
@@ -170,7 +171,8 @@ def test_act_loss_head_only_halted_rows_count() -> None:
     head = ACTLossHead(model, loss_type="softmax_cross_entropy")
     batch = {"inputs": torch.zeros(2, 1, dtype=torch.long), "labels": labels,
              "puzzle_identifiers": torch.zeros(2, dtype=torch.int32)}
-    _, loss, metrics, _, all_finish = head(head.initial_carry(batch), batch)
+    step = head(head.initial_carry(batch), batch)
+    loss, metrics, all_finish = step.loss, step.metrics, step.all_halted
     assert metrics["count"].item() == 1 and metrics["steps"].item() == 7
     assert "q_continue_loss" not in metrics and not bool(all_finish)
     expected_lm = 2 * F.cross_entropy(logits[0], labels[0]).item()  # the lm loss covers every row

@@ -20,10 +20,12 @@ from smoltrain.apps.render import (
     render_traces,
     write_html,
 )
-from smoltrain.apps.solve import _verdict, parse_maze, solve_puzzle
+from smoltrain.apps.solve import solve_puzzle
 from smoltrain.cli import main
 from smoltrain.data.arc import crop_grid
-from smoltrain.data.puzzles import PuzzleDatasetMetadata, puzzle_kind, write_identifiers, write_split
+from smoltrain.data.maze import KIND as MAZE
+from smoltrain.data.maze import parse_maze
+from smoltrain.data.puzzles import PuzzleDatasetMetadata, detect_kind, write_identifiers, write_split
 from smoltrain.errors import ConfigError, DataError
 from smoltrain.families import load_config
 from smoltrain.train.trainer import Trainer
@@ -172,6 +174,10 @@ def test_unknown_kind_and_shapes() -> None:
         draw_grid("chess", np.ones(16))
     with pytest.raises(ConfigError, match="cannot draw maze puzzles of 50 cells"):
         draw_grid("maze", np.ones(50, dtype=np.int64))
+
+
+def puzzle_kind(vocab_size: int, seq_len: int, root: Path | None = None) -> str:
+    return detect_kind(root, vocab_size=vocab_size, seq_len=seq_len).name
 
 
 def test_puzzle_kind(tmp_path: Path) -> None:
@@ -360,17 +366,18 @@ def test_maze_verdicts() -> None:
     label = root_inputs.copy()
     label[0, 1:-1] = 5
     inputs, label = root_inputs.reshape(-1), label.reshape(-1)
-    assert _verdict("maze", inputs, label, label) == (True, "a valid shortest path (equals the dataset's path)")
+    verdict = MAZE.verdict(inputs, label, label)
+    assert (verdict.correct, verdict.line) == (True, "a valid shortest path (equals the dataset's path)")
     gap = label.copy()
     gap[3] = 2
-    correct, verdict = _verdict("maze", inputs, label, gap)
-    assert correct is False and verdict.startswith("not a valid shortest path")
+    verdict = MAZE.verdict(inputs, label, gap)
+    assert verdict.correct is False and verdict.line.startswith("not a valid shortest path")
 
 
 def test_solve_maze_from_text_and_example(maze_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     maze = "\n".join(["S     G", *["#######"], *(["       "] * 5)])
     solution = solve_puzzle(maze_run, puzzle_text=maze, device="cpu")
-    assert solution.kind == "maze" and len(solution.trace.steps) == 3 and solution.trace.target is None
+    assert solution.kind.name == "maze" and len(solution.trace.steps) == 3 and solution.trace.target is None
     assert solution.correct in (True, False)
     report = solution.report().splitlines()
     assert report[0] == "puzzle:" and report[1] == "S     G" and report[2] == "#######"
@@ -399,7 +406,7 @@ def test_solve_maze_from_text_and_example(maze_run: Path, tmp_path: Path, capsys
 
 def test_solve_arc_example(arc_run: Path, capsys: pytest.CaptureFixture) -> None:
     solution = solve_puzzle(arc_run, example=1, device="cpu")
-    assert solution.kind == "arc" and solution.trace.title == "test example 1 (task-b)"
+    assert solution.kind.name == "arc" and solution.trace.title == "test example 1 (task-b)"
     target = crop_grid(solution.trace.target)
     assert target.shape == (3, 4)
     answer = crop_grid(solution.trace.steps[-1])

@@ -9,14 +9,9 @@ import pytest
 import torch
 
 import smoltrain
-from smoltrain.apps.solve import (
-    SolveResult,
-    format_grid,
-    is_valid_solution,
-    parse_sudoku,
-    solution_problems,
-    solve_with_run,
-)
+from smoltrain.apps.solve import PuzzleSolution, solve_puzzle
+from smoltrain.data.sudoku import KIND as SUDOKU
+from smoltrain.data.sudoku import format_grid, is_valid_solution, parse_sudoku, solution_problems
 from smoltrain.errors import DataError, SmoltrainError
 from smoltrain.interop.trm_import import import_reference_checkpoint
 from smoltrain.models.trm import act_inference
@@ -91,56 +86,56 @@ def sudoku_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return import_reference_checkpoint(path, root / "run")
 
 
-def test_solve_with_run(sudoku_run: Path) -> None:
+def test_solve_typed_sudoku(sudoku_run: Path) -> None:
     puzzle = "1.3. ..1. 2... ...1"
-    result = solve_with_run(sudoku_run, puzzle, device="cpu")
-    assert isinstance(result, SolveResult) and result.n == 4
-    assert np.array_equal(result.givens, parse_sudoku(puzzle))
-    assert len(result.steps) == 2  # halt_max_steps
-    assert all(step.shape == (16,) for step in result.steps) and result.answer is result.steps[-1]
-    assert result.answer.min() >= 0 and result.answer.max() <= 4
-    assert result.valid == is_valid_solution(result.givens, result.answer, 4) == (not result.problems)
-    assert np.array_equal(result.filled, result.answer != result.givens)
+    result = solve_puzzle(sudoku_run, puzzle_text=puzzle, device="cpu")
+    assert isinstance(result, PuzzleSolution) and result.kind.name == "sudoku"
+    givens = SUDOKU.decode(result.trace.inputs)
+    assert np.array_equal(givens, parse_sudoku(puzzle))
+    assert len(result.trace.steps) == 2  # halt_max_steps
+    assert all(step.shape == (16,) for step in result.trace.steps) and result.answer is result.trace.steps[-1]
+    answer = SUDOKU.decode(result.answer)
+    assert answer.min() >= 0 and answer.max() <= 4
+    assert result.correct == is_valid_solution(givens, answer, 4) == result.verdict.line.startswith("valid")
 
-    # Same answer from an already loaded run, and it is the model's argmax over digit tokens.
+    # Same answer from an already loaded run, and it is the model's argmax.
     run = smoltrain.load(sudoku_run, device="cpu")
-    again = solve_with_run(run, puzzle)
+    again = solve_puzzle(run, puzzle_text=puzzle)
     assert np.array_equal(again.answer, result.answer)
-    batch = {"inputs": torch.from_numpy(result.givens + 1).int()[None], "puzzle_identifiers": torch.zeros(1).int()}
+    batch = {"inputs": torch.from_numpy(givens + 1).int()[None], "puzzle_identifiers": torch.zeros(1).int()}
     tokens = act_inference(run.model, batch)[-1][0].argmax(-1).numpy()
-    assert np.array_equal(np.where((tokens >= 2) & (tokens <= 5), tokens - 1, 0), result.answer)
+    assert np.array_equal(tokens, result.answer)
+    assert np.array_equal(np.where((tokens >= 2) & (tokens <= 5), tokens - 1, 0), answer)
 
 
 def test_solve_errors(sudoku_run: Path, tmp_path: Path) -> None:
     with pytest.raises(SmoltrainError, match=r"this run was trained on 4x4 puzzles \(16 cells\); got 81 cells"):
-        solve_with_run(sudoku_run, PUZZLE_9, device="cpu")
+        solve_puzzle(sudoku_run, puzzle_text=PUZZLE_9, device="cpu")
     with pytest.raises(DataError, match=r"the puzzle breaks the rules \(row 1 repeats 1.*\); check the givens"):
-        solve_with_run(sudoku_run, "11.. .... .... ....", device="cpu")
+        solve_puzzle(sudoku_run, puzzle_text="11.. .... .... ....", device="cpu")
     _, path = write_reference(tmp_path / "ref", MLP_T, seq_len=16, vocab_size=5)  # not a Sudoku vocabulary
     other = import_reference_checkpoint(path, tmp_path / "run")
     with pytest.raises(SmoltrainError, match=r"vocabulary has 5 tokens but 4x4 Sudoku uses 6"):
-        solve_with_run(other, "." * 16, device="cpu")
+        solve_puzzle(other, puzzle_text="." * 16, device="cpu")
 
 
 def test_solve_cli_prints_and_renders(sudoku_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from PIL import Image
 
     from smoltrain.apps.render import draw_trace
-    from smoltrain.apps.solve import solve_puzzle
     from smoltrain.cli import main
 
     puzzle = "1.3. ..1. 2... ...1"
     out_dir = tmp_path / "pictures"
     assert main(["solve", str(sudoku_run), "--puzzle", puzzle, "--device", "cpu", "--render", str(out_dir)]) == 0
     out = capsys.readouterr().out
-    result = solve_with_run(sudoku_run, puzzle, device="cpu")
-    assert out.startswith("puzzle:\n" + format_grid(result.givens, 4) + "\n\nanswer after 2 ACT steps ([d] = filled "
-                          "in by the model):\n" + format_grid(result.answer, 4, changed_mask=result.filled) + "\n")
-    assert ("valid solution" if result.valid else "not a valid solution: ") in out
+    solution = solve_puzzle(sudoku_run, puzzle_text=puzzle, device="cpu")
+    givens, answer = SUDOKU.decode(solution.trace.inputs), SUDOKU.decode(solution.answer)
+    assert out.startswith("puzzle:\n" + format_grid(givens, 4) + "\n\nanswer after 2 ACT steps ([d] = filled "
+                          "in by the model):\n" + format_grid(answer, 4, changed_mask=answer != givens) + "\n")
+    assert ("valid solution" if solution.correct else "not a valid solution: ") in out
 
     # The picture: input | step 1 | step 2 (a typed puzzle has no target), one frame per step, and the page.
-    solution = solve_puzzle(sudoku_run, puzzle_text=puzzle, device="cpu")
-    assert [s.tolist() for s in solution.trace.steps] == [(s + 1).tolist() for s in result.steps]
     drawn = draw_trace(solution.trace)
     assert [p.caption for p in drawn.panels] == ["input", "step 1", "step 2"]
     image = Image.open(out_dir / "puzzle.png")
@@ -156,11 +151,11 @@ def test_solve_cli_prints_and_renders(sudoku_run: Path, tmp_path: Path, capsys: 
     panel = np.asarray(drawn.image)[top:top + 4 * 24, left:left + 4 * 24]
     for cell in range(16):
         r, c = divmod(cell, 4)
-        if 1 <= result.answer[cell] <= 4:
+        if 1 <= answer[cell] <= 4:
             pixels = panel[r * 24 + 3:r * 24 + 21, c * 24 + 3:c * 24 + 21].reshape(-1, 3).astype(int)
             darkest = pixels[pixels.sum(axis=1).argmin()]
             bluish = darkest[2] > darkest[0] + 60
-            assert bluish == (result.givens[cell] == 0), (cell, darkest)
+            assert bluish == (givens[cell] == 0), (cell, darkest)
 
 
 def test_solve_cli_errors_are_one_line(sudoku_run: Path, capsys: pytest.CaptureFixture) -> None:
@@ -181,8 +176,7 @@ def test_render_examples_of_a_sudoku_dataset(sudoku_run: Path, tmp_path: Path, c
     """`eval --render`'s library on a hand-made 4x4 dataset: traces with targets, verdicts, the page."""
     import json
 
-    from smoltrain.apps.render import render_examples
-    from smoltrain.apps.solve import solve_puzzle, trace_test_examples
+    from smoltrain.apps.solve import render_examples, trace_test_examples
     from smoltrain.data.puzzles import PuzzleDatasetMetadata, write_identifiers, write_split
 
     solved = pattern(4, 2, 2) + 1  # tokens: digit + 1
@@ -202,12 +196,12 @@ def test_render_examples_of_a_sudoku_dataset(sudoku_run: Path, tmp_path: Path, c
     assert kept == [2, 0] and [t.title for t in traces] == ["test example 2", "test example 0"]
     assert np.array_equal(traces[0].inputs, puzzles[2]) and np.array_equal(traces[0].target, solved)
     # Same predictions as solving the typed puzzle; the verdict also compares with the dataset's answer.
-    typed = solve_with_run(run, "".join(str(d - 1) if d > 1 else "." for d in puzzles[2]))
-    assert np.array_equal(np.where(traces[0].steps[-1] >= 2, traces[0].steps[-1] - 1, 0), typed.answer)
+    typed = solve_puzzle(run, puzzle_text="".join(str(d - 1) if d > 1 else "." for d in puzzles[2]))
+    assert np.array_equal(traces[0].steps[-1], typed.answer)
     solution = solve_puzzle(run, example=2)
-    assert solution.correct == typed.valid
-    assert solution.verdict.endswith("the dataset's answer)")
-    assert ("equals" in solution.verdict) == np.array_equal(traces[0].steps[-1], solved)
+    assert solution.correct == typed.correct
+    assert solution.verdict.line.endswith("the dataset's answer)")
+    assert ("equals" in solution.verdict.line) == np.array_equal(traces[0].steps[-1], solved)
 
     page = render_examples(run, tmp_path / "pictures", count=5)  # only 3 test examples: all of them
     assert sorted(p.name for p in page.parent.glob("*.png")) == ["example-0000.png", "example-0001.png",

@@ -286,7 +286,8 @@ def test_q_halt_halting_in_training_only() -> None:
     n_steps = 0
     with torch.no_grad():
         while True:
-            carry, _, _, _, all_finish = head(carry, batch)
+            step = head(carry, batch)
+            carry, all_finish = step.carry, step.all_halted
             n_steps += 1
             if all_finish:
                 break
@@ -333,7 +334,8 @@ def test_no_act_continue_false_trains() -> None:
     head = ACTLossHead(model).train()
     batch = make_batch(0)
     carry = head.initial_carry(batch)
-    carry, loss, metrics, outputs, _ = head(carry, batch, return_keys=("target_q_continue", "logits"))
+    step = head(carry, batch, return_keys=("target_q_continue", "logits"))
+    carry, loss, metrics, outputs = step.carry, step.loss, step.metrics, step.outputs
     assert not carry.halted.any()
     assert "target_q_continue" in outputs
     target = outputs["target_q_continue"]
@@ -343,7 +345,7 @@ def test_no_act_continue_false_trains() -> None:
     assert model.inner.q_head.bias.grad is not None and model.inner.q_head.bias.grad[1] != 0
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     set_q_bias(model, 5.0, -5.0)  # now q_halt > q_continue: halt
-    carry, *_ = head(carry, batch)
+    carry = head(carry, batch).carry
     assert carry.halted.all()
 
 
@@ -351,7 +353,7 @@ def test_softmax_loss_type_trains() -> None:
     head = ACTLossHead(TRM(tiny_config()), loss_type="softmax_cross_entropy").train()
     batch = make_batch(0)
     batch["labels"][0, :3] = -100
-    _, loss, metrics, _, _ = head(head.initial_carry(batch), batch)
+    loss = head(head.initial_carry(batch), batch).loss
     assert torch.isfinite(loss)
     loss.backward()
 
@@ -425,7 +427,8 @@ def test_variants_train(cls: type[TRM]) -> None:
     batch = make_batch(0)
     carry = head.initial_carry(batch)
     for _ in range(2):
-        carry, loss, metrics, _, _ = head(carry, batch)
+        step = head(carry, batch)
+        carry, loss, metrics = step.carry, step.loss, step.metrics
         loss.backward()
     assert torch.isfinite(loss)
     assert ("q_continue_loss" in metrics) == (cls is HRM)  # HRM learns the continue target

@@ -47,7 +47,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     metrics = evaluate(ns.run_dir, checkpoint=ns.checkpoint, device=ns.device, overrides=ns.overrides)
     print(json.dumps(metrics, indent=2))
     if ns.render:
-        from smoltrain.apps.render import render_examples
+        from smoltrain.apps.solve import render_examples
 
         page = render_examples(ns.run_dir, ns.render, count=ns.render_count, device=ns.device,
                                checkpoint=ns.checkpoint, overrides=ns.overrides)

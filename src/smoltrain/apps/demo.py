@@ -12,9 +12,10 @@ import shutil
 import time
 from pathlib import Path
 
-from smoltrain.apps.solve import format_grid, is_valid_solution, solve_with_run
+from smoltrain.apps.solve import solve_puzzle
 from smoltrain.data.puzzles import PuzzleDataset
-from smoltrain.data.sudoku import build_sudoku_dataset
+from smoltrain.data.sudoku import KIND as SUDOKU
+from smoltrain.data.sudoku import build_sudoku_dataset, format_grid, is_valid_solution
 from smoltrain.families import load_config
 from smoltrain.train.trainer import Trainer
 
@@ -51,15 +52,16 @@ def show_one_puzzle(run_dir: Path, data_dir: Path) -> None:
     """Print the first held-out puzzle and the model's answer after every ACT step."""
     test = PuzzleDataset(data_dir, "test", global_batch_size=1, test_mode=True)
     tokens = next(test.iter_test()).batch["inputs"][0].numpy()
-    puzzle = "".join(str(max(int(t) - 1, 0)) for t in tokens)  # tokens: 1 blank, 2.. digits 1..
-    result = solve_with_run(run_dir, puzzle, device="cpu")
-    print(f"\nA held-out puzzle:\n{format_grid(result.givens, result.n)}")
-    previous = result.givens
-    for k, grid in enumerate(result.steps, start=1):
+    solution = solve_puzzle(run_dir, puzzle_text=SUDOKU.format(tokens), device="cpu")
+    givens = SUDOKU.decode(solution.trace.inputs)
+    print(f"\nA held-out puzzle:\n{format_grid(givens, SIZE)}")
+    previous = givens
+    for k, step in enumerate(solution.trace.steps, start=1):
+        grid = SUDOKU.decode(step)
         changed = grid != previous
-        verdict = "a valid solution" if is_valid_solution(result.givens, grid, result.n) else "not valid yet"
+        verdict = "a valid solution" if is_valid_solution(givens, grid, SIZE) else "not valid yet"
         print(f"\nAfter ACT step {k}: {verdict}; {int(changed.sum())} cells changed [marked]")
-        print(format_grid(grid, result.n, changed_mask=changed))
+        print(format_grid(grid, SIZE, changed_mask=changed))
         previous = grid
 
 

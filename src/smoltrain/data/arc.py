@@ -69,7 +69,10 @@ from tqdm import tqdm
 from smoltrain.data.augment import arc_augmented_name, dihedral_transform
 from smoltrain.data.build import DatasetBuilder
 from smoltrain.data.puzzles import (  # _check_indices: write_split's own consistency check, for streamed rows
+    DrawingHints,
     PuzzleDatasetMetadata,
+    PuzzleKind,
+    Verdict,
     _check_indices,
     write_identifiers,
 )
@@ -77,14 +80,17 @@ from smoltrain.errors import ConfigError, DataError
 from smoltrain.fileio import write_json_synced, write_synced
 
 __all__ = [
+    "ARC_COLOURS",
     "ARC_SUBSETS",
     "EOS_ID",
     "GRID_SIZE",
+    "KIND",
     "PAD_ID",
     "SEQ_LEN",
     "VOCAB_SIZE",
     "ArcBuilder",
     "ArcOptions",
+    "ARCKind",
     "ArcTask",
     "build_arc_dataset",
     "canvas_side",
@@ -817,3 +823,83 @@ def build_arc_dataset(output_dir: str | os.PathLike[str], *, progress: bool = Fa
     `identifiers.json`, `test_puzzles.json`, `build_info.json` and the `train` / `test` splits.
     """
     return ArcBuilder(ArcOptions(**options)).build(output_dir, progress)
+
+
+# ------------------------------------------------------------------------------------------------
+# The puzzle kind: grids a user reads, and what solves one
+
+ARC_COLOURS = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00",
+               "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF", "#870C25")  # ARC's standard ten, colour 0..9
+
+
+def _rgb(colour: str) -> tuple[int, int, int]:
+    return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
+
+
+class ARCKind(PuzzleKind):
+    """ARC: the user's grid is the colours 0..9 of the cropped top-left grid of the canvas (see `crop_grid`),
+    tokens are colour + 2 on an n x n canvas (0 PAD, 1 EOS), and a right answer is exactly the target grid.
+    A task is known to the model only by its puzzle identifier, so puzzles come from a dataset, never typed."""
+
+    name = "arc"
+    drawing = DrawingHints(changed=(255, 255, 255), palette={c: _rgb(hex_) for c, hex_ in enumerate(ARC_COLOURS)},
+                           grid_line=(85, 85, 85), show_size=True)
+
+    def claims_shape(self, vocab_size: int, seq_len: int) -> bool:
+        # 12 tokens on a square canvas of at most 30x30, which no Sudoku (n + 2) or maze (6) vocabulary is.
+        return vocab_size == VOCAB_SIZE and 1 <= seq_len <= SEQ_LEN and math.isqrt(seq_len) ** 2 == seq_len
+
+    def cells(self, tokens: np.ndarray) -> np.ndarray:
+        """The cropped colour grid (0x0 when the canvas starts with EOS or PAD)."""
+        tokens = np.asarray(tokens).reshape(-1)
+        self.side(tokens.size)  # a ConfigError, not crop_grid's ValueError, for a canvas that is not square
+        return crop_grid(tokens)
+
+    def scored(self, target_cells: np.ndarray) -> np.ndarray:
+        return np.ones(np.shape(target_cells), dtype=bool)  # colour 0 is black, not PAD: every cell counts
+
+    def title(self, index: int, name: str) -> str:
+        return f"test example {index}" + (f" ({name})" if name else "")
+
+    def encode(self, grid: np.ndarray, canvas_size: int = GRID_SIZE) -> np.ndarray:
+        return grid_to_tokens(grid, canvas_size=canvas_size).astype(np.int64)
+
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        return self.cells(tokens)
+
+    def parse(self, text: str) -> np.ndarray:
+        raise DataError("typed ARC puzzles are not supported (the model needs the task's puzzle identifier); "
+                        "use --example N to solve test example N of the run's dataset")
+
+    def format(self, tokens: np.ndarray) -> str:
+        grid = self.cells(tokens)
+        if grid.size == 0:
+            return "(no grid: the canvas starts with EOS or PAD)"
+        return "\n".join("".join(str(int(v)) for v in row) for row in grid)
+
+    def check_typed(self, tokens: np.ndarray, seq_len: int, vocab_size: int) -> None:
+        pass  # nothing to check: `parse` refuses typed puzzles
+
+    def verdict(self, inputs: np.ndarray, target: np.ndarray | None, answer: np.ndarray) -> Verdict:
+        if target is None:
+            return Verdict(None, "no target to compare with")
+        got, want = self.cells(answer), self.cells(target)
+        if np.array_equal(got, want):
+            return Verdict(True, "equals the target")
+        if got.shape != want.shape:
+            return Verdict(False, f"differs from the target: {got.shape[0]}x{got.shape[1]} instead of "
+                                  f"{want.shape[0]}x{want.shape[1]}")
+        return Verdict(False, f"differs from the target in {int((got != want).sum())} of {want.size} cells")
+
+    def _shaped(self, what: str, tokens: np.ndarray) -> list[str]:
+        rows, cols = self.cells(tokens).shape
+        return [f"{what} ({rows}x{cols}):", self.format(tokens)]
+
+    def report(self, inputs: np.ndarray, target: np.ndarray | None, answer: np.ndarray, steps: int) -> list[str]:
+        lines = self._shaped("input", inputs)
+        if target is not None:
+            lines += ["", *self._shaped("target", target)]
+        return lines + ["", *self._shaped(f"answer after {steps} ACT steps", answer)]
+
+
+KIND = ARCKind()

@@ -32,6 +32,7 @@ filter of n -- e.g. 12 for 10x10 and 27 for 15x15.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -56,16 +57,19 @@ from smoltrain.data.puzzle_source import (
     select,
     write_puzzle_csv,
 )
+from smoltrain.data.puzzles import DrawingHints, PathMarks, PuzzleKind, Verdict
 from smoltrain.errors import DataError
 
 __all__ = [
     "CHARSET",
     "CSV_COLUMNS",
+    "KIND",
     "PATH_CHECK_REASONS",
     "SOURCE_REPO",
     "VOCAB_SIZE",
     "MazeBuilder",
     "MazeOptions",
+    "MazeKind",
     "MazeSplit",
     "build_maze_dataset",
     "check_maze_paths",
@@ -74,6 +78,7 @@ __all__ = [
     "encode_maze",
     "generate_maze_candidates",
     "generate_mazes",
+    "parse_maze",
     "read_maze_csv",
     "write_maze_csv",
 ]
@@ -768,3 +773,105 @@ def build_maze_dataset(
     info (also `<output_dir>/build_info.json`) has counts and path-length stats in cells.
     """
     return MazeBuilder(MazeOptions(source=source, **options)).build(output_dir, progress)
+
+
+# ------------------------------------------------------------------------------------------------
+# The puzzle kind: mazes a user types and reads, and what solves one
+
+# What a user may type: the question's characters, and '.' for a free cell (spaces are easy to lose).
+_TYPED = {**{ch: token for token, ch in enumerate(CHARSET, start=1) if ch != "o"}, ".": FREE}
+
+
+def parse_maze(text: str) -> np.ndarray:
+    """The ``n*n`` tokens of a maze written as ``n`` lines of ``n`` characters, or as one ``n*n``-character line.
+
+    ``#`` is a wall, space or ``.`` a free cell, ``S`` the start and ``G`` the goal (exactly one each). Lines
+    shorter than ``n`` are padded with free cells, since editors strip trailing spaces.
+    """
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if len(lines) > 1 and lines[-1] == "":
+        lines.pop()  # the file's final newline
+    # Rows of spaces are free cells, so blank lines at the ends are dropped only while there are more lines
+    # than the widest row has characters (extra newlines, not rows).
+    width = max(len(line) for line in lines)
+    while len(lines) > max(width, 1) and not lines[-1].strip():
+        lines.pop()
+    while len(lines) > max(width, 1) and not lines[0].strip():
+        lines.pop(0)
+    if not "".join(lines).strip():
+        raise DataError("the maze is empty; write n lines of '#' (wall), ' ' or '.' (free), 'S' and 'G'")
+    if len(lines) == 1:
+        n = math.isqrt(len(lines[0]))
+        if n * n != len(lines[0]):
+            raise DataError(f"the maze is one line of {len(lines[0])} characters, which is not n*n; write n lines "
+                            "of n characters, or one line of n*n")
+        rows = [lines[0][i:i + n] for i in range(0, n * n, n)]
+    else:
+        n = len(lines)
+        for r, line in enumerate(lines, start=1):
+            if len(line) > n:
+                raise DataError(f"maze row {r} has {len(line)} characters, but a maze of {n} rows needs {n} per row")
+        rows = [line.ljust(n) for line in lines]
+    tokens = np.empty((n, n), dtype=np.int64)
+    for r, row in enumerate(rows):
+        for c, char in enumerate(row):
+            if char not in _TYPED:
+                raise DataError(f"the maze has {char!r} at row {r + 1}, column {c + 1}; write '#' (wall), ' ' or '.' "
+                                "(free), 'S' and 'G' -- the model draws the path")
+            tokens[r, c] = _TYPED[char]
+    for token, name in ((START, "S (start)"), (GOAL, "G (goal)")):
+        count = int((tokens == token).sum())
+        if count != 1:
+            raise DataError(f"the maze has {count} {name} cells; it needs exactly one")
+    return tokens.reshape(-1)
+
+
+class MazeKind(PuzzleKind):
+    """Mazes: the user's grid is ``n x n`` characters of ``"# SGo"`` (``?`` for PAD or stray tokens), tokens
+    are charset index + 1, and a right answer is a valid shortest S-to-G path, whether or not it is the one
+    the dataset labels (random-wall mazes have many)."""
+
+    name = "maze"
+    drawing = DrawingHints(
+        changed=(240, 18, 190),
+        palette={WALL: (43, 43, 43), FREE: (244, 244, 244), START: (0, 116, 217), GOAL: (255, 65, 54),
+                 PATH: (46, 204, 64)},
+        grid_line=(215, 215, 215),
+        path=PathMarks(path=PATH, free=FREE, extra=(255, 133, 27), missed=(190, 238, 196)),
+    )
+
+    def claims_shape(self, vocab_size: int, seq_len: int) -> bool:
+        # A 4x4 Sudoku has 6 tokens and 16 cells too; a foreign 4x4 maze needs its build_info.json.
+        return vocab_size == VOCAB_SIZE and seq_len != 16 and math.isqrt(seq_len) ** 2 == seq_len
+
+    def encode(self, grid: np.ndarray) -> np.ndarray:
+        return encode_maze("".join(np.asarray(grid).reshape(-1).tolist())).astype(np.int64)
+
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        tokens = np.asarray(tokens).reshape(-1)
+        side = self.side(tokens.size)
+        return np.array(list(decode_maze(tokens))).reshape(side, side)
+
+    def parse(self, text: str) -> np.ndarray:
+        return parse_maze(text)
+
+    def format(self, tokens: np.ndarray) -> str:
+        return "\n".join("".join(row) for row in self.decode(tokens))
+
+    def check_typed(self, tokens: np.ndarray, seq_len: int, vocab_size: int) -> None:
+        if tokens.size != seq_len:
+            side, trained = math.isqrt(tokens.size), math.isqrt(seq_len)
+            raise DataError(f"the maze is {side}x{side}, but this run was trained on {trained}x{trained} mazes")
+
+    def verdict(self, inputs: np.ndarray, target: np.ndarray | None, answer: np.ndarray) -> Verdict:
+        code = int(check_maze_paths(np.asarray(inputs)[None], np.asarray(answer)[None])[0])
+        line = "a valid shortest path" if code == 0 else "not a valid shortest path: " + PATH_CHECK_REASONS[code]
+        if target is not None:
+            line += f" ({'equals' if self.matches(answer, target) else 'differs from'} the dataset's path)"
+        return Verdict(code == 0, line)
+
+    def report(self, inputs: np.ndarray, target: np.ndarray | None, answer: np.ndarray, steps: int) -> list[str]:
+        return [self.format(inputs), "", f"answer after {steps} ACT steps (o = path):", self.format(answer)]
+
+
+KIND = MazeKind()

@@ -1,4 +1,8 @@
-"""The TRM on-disk puzzle format, its atomic writer and the sampling loader.
+"""The TRM on-disk puzzle format, its atomic writer and the sampling loader; and puzzle kinds.
+
+A puzzle kind (`PuzzleKind`: Sudoku, maze, ARC) is what the rows of a dataset mean: how a user writes and reads
+a grid, what a right answer is, how it is drawn. Each kind is one object defined beside its builder, looked up
+in `PUZZLE_KINDS` / `get_kind`; `detect_kind` is the one place that says which kind a dataset is.
 
 Layout (identical to the reference builders, so datasets move both ways unchanged)::
 
@@ -39,12 +43,16 @@ Deliberate deviations from the reference (documented because they change which r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import importlib
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import pydantic
@@ -54,16 +62,22 @@ from smoltrain.errors import ConfigError, DataError
 from smoltrain.fileio import atomic_directory, fsync_dir, write_json_synced, write_synced
 
 __all__ = [
+    "FALLBACK_KIND",
     "FIELDS",
     "IGNORE_LABEL_ID",
+    "PUZZLE_KINDS",
+    "DrawingHints",
     "EvalBatch",
+    "PathMarks",
     "PuzzleDataset",
     "PuzzleDatasetMetadata",
+    "PuzzleKind",
+    "Verdict",
     "atomic_dataset_dir",
     "check_output_dir",
-    "dataset_kind",
+    "detect_kind",
+    "get_kind",
     "load_identifiers",
-    "puzzle_kind",
     "load_metadata",
     "write_identifiers",
     "write_split",
@@ -202,9 +216,10 @@ def write_identifiers(root: str | os.PathLike[str], names: Sequence[str]) -> Pat
 
 
 def _build_hint(root: Path) -> str:
-    """The builder command for a missing dataset, guessed from its name (recipes name theirs after the kind)."""
+    """The builder command for a missing dataset. With no dataset there is nothing for `detect_kind` to read, so
+    the kind is guessed from the folder's name (recipes name theirs after the kind)."""
     name = root.name.lower()
-    kind = next((k for k in ("maze", "arc") if k in name), "sudoku")
+    kind = next((k for k in PUZZLE_KINDS if k != FALLBACK_KIND and k in name), FALLBACK_KIND)
     others = " / ".join(f"`smoltrain data {k}`" for k in PUZZLE_KINDS if k != kind)
     return (f"build one with `smoltrain data {kind} --output-dir {root}` (or {others}; the README gives "
             "each recipe's command)")
@@ -238,38 +253,196 @@ def load_metadata(root: str | os.PathLike[str], split: str) -> PuzzleDatasetMeta
         raise DataError(f"{path} is not a valid dataset.json ({problems}): rebuild the dataset") from None
 
 
-PUZZLE_KINDS = ("sudoku", "maze", "arc")
+# ------------------------------------------------------------------------------------------------
+# Puzzle kinds
+
+RGB = tuple[int, int, int]
 
 
-def puzzle_kind(vocab_size: int, seq_len: int, root: str | os.PathLike[str] | None = None) -> str:
-    """What a dataset holds: "sudoku", "maze" or "arc".
+@dataclass(frozen=True)
+class Verdict:
+    """How one answer fares: ``correct`` (None when nothing can tell, e.g. ARC without a target) and the
+    one-line verdict `smoltrain solve` prints and the picture page shows."""
 
-    Our builders record it in ``<root>/build_info.json`` ("builder"); a dataset built by the reference code
-    has no such file, so its shape decides: ARC is a square canvas of at most 30x30 (30x30 in the reference,
-    smaller with ``--canvas-size``) over 12 tokens, which no Sudoku (n + 2 tokens for n = 4, 6, 9) or maze
-    (6 tokens) vocabulary is; a maze is 6 tokens on any square grid but 4x4 (a 4x4 Sudoku also has 6 tokens
-    and 16 cells; a foreign 4x4 maze needs its build_info.json); anything else is a Sudoku.
+    correct: bool | None
+    line: str
+
+
+@dataclass(frozen=True)
+class PathMarks:
+    """Tiles that mark an answer's path against the target's: ``extra`` where the answer has the ``path``
+    token and the target does not, ``missed`` where the answer left a ``free`` cell on the target's path."""
+
+    path: int
+    free: int
+    extra: RGB
+    missed: RGB
+
+
+@dataclass(frozen=True)
+class DrawingHints:
+    """What `smoltrain.apps.render` needs to draw a kind's grids; the cells themselves come from
+    `PuzzleKind.cells`. A kind is drawn as a board of digits (``digits`` set: Sudoku) or as coloured tiles."""
+
+    changed: RGB  # outline of the cells an ACT step changed, in a colour the kind's grids do not use
+    palette: Mapping[int, RGB] = dataclasses.field(default_factory=dict)  # tiles: colour per cell value
+    grid_line: RGB = (215, 215, 215)  # tiles: the lines between cells
+    cell: int | None = None  # a fixed cell size in pixels; None: cells shrink as grids grow
+    show_size: bool = False  # captions give each grid's rows x columns (the kind's grids differ in size)
+    path: PathMarks | None = None  # tiles: mark the answer's path against the target's
+    # Board of digits: each token's digit (0 blank, -1 not a digit) and the box rows x columns of an n x n board.
+    digits: Callable[[np.ndarray], np.ndarray] | None = None
+    boxes: Callable[[int], tuple[int, int]] | None = None
+
+
+class PuzzleKind(ABC):
+    """One kind of puzzle: how its grids are tokens, how a user writes and reads one, what a right answer is,
+    and how it is drawn. `smoltrain solve`, the pictures and TRM evaluation ask the kind; none of them
+    branches on its name.
+
+    Tokens are one flat ``seq_len`` array per grid, in the dataset's vocabulary (0 is PAD in every kind, and
+    the loaders turn ignored labels into 0 too). Each kind is one object, ``KIND``, defined beside its dataset
+    builder (``data/sudoku.py``, ``data/maze.py``, ``data/arc.py``). To add a kind: subclass this beside the
+    new builder, name the instance ``KIND`` there, have the builder write ``{"builder": name}`` into
+    build_info.json, and add the module to ``_KIND_MODULES`` below (in detection order when ``claims_shape``
+    recognises its datasets without build_info.json).
+    """
+
+    name: ClassVar[str]
+    drawing: DrawingHints
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<{self.name} puzzle kind>"
+
+    def claims_shape(self, vocab_size: int, seq_len: int) -> bool:
+        """Whether a dataset of this shape without build_info.json is of this kind."""
+        return False
+
+    def side(self, seq_len: int) -> int:
+        """The side n of an n x n grid of ``seq_len`` cells; a ConfigError when it is not a square."""
+        side = math.isqrt(seq_len)
+        if side * side != seq_len:
+            raise ConfigError(f"cannot draw {self.name} puzzles of {seq_len} cells: the grid is not square; "
+                              "rendering knows Sudoku, Maze and ARC datasets (all n x n)")
+        return side
+
+    def cells(self, tokens: np.ndarray) -> np.ndarray:
+        """The 2-D grid of values that is drawn and compared: by default the tokens, n x n."""
+        tokens = np.asarray(tokens).reshape(-1)
+        side = self.side(tokens.size)
+        return tokens.reshape(side, side)
+
+    def scored(self, target_cells: np.ndarray) -> np.ndarray:
+        """Which cells of a target (from `cells`) say what the answer must be: PAD and ignored labels do not."""
+        return np.asarray(target_cells) > 0
+
+    def count_wrong(self, answer: np.ndarray, target: np.ndarray) -> int | None:
+        """Cells where ``answer`` disagrees with ``target`` (tokens); None when their grids differ in size."""
+        got, want = self.cells(answer), self.cells(target)
+        if got.shape != want.shape:
+            return None
+        return int((self.scored(want) & (got != want)).sum())
+
+    def matches(self, answer: np.ndarray, target: np.ndarray) -> bool:
+        """Whether ``answer`` equals ``target`` wherever the target says something."""
+        return self.count_wrong(answer, target) == 0
+
+    def title(self, index: int, name: str) -> str:
+        """The heading of test example ``index`` whose puzzle identifier is called ``name``."""
+        return f"test example {index}"
+
+    @abstractmethod
+    def encode(self, grid: np.ndarray) -> np.ndarray:
+        """A user's grid (the kind's own values, as `decode` gives them) as tokens."""
+
+    @abstractmethod
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        """Tokens as the user's grid; tokens with no meaning there become the kind's empty value."""
+
+    @abstractmethod
+    def parse(self, text: str) -> np.ndarray:
+        """The tokens of a puzzle the user typed; a DataError saying what to fix when the text is not one."""
+
+    @abstractmethod
+    def format(self, tokens: np.ndarray) -> str:
+        """A grid as plain text, the way `parse` reads it back."""
+
+    @abstractmethod
+    def check_typed(self, tokens: np.ndarray, seq_len: int, vocab_size: int) -> None:
+        """Raise a SmoltrainError when a parsed puzzle does not suit a model of this shape or breaks the rules."""
+
+    @abstractmethod
+    def verdict(self, inputs: np.ndarray, target: np.ndarray | None, answer: np.ndarray) -> Verdict:
+        """How ``answer`` does on the puzzle ``inputs`` (and against ``target`` when known)."""
+
+    @abstractmethod
+    def report(self, inputs: np.ndarray, target: np.ndarray | None, answer: np.ndarray, steps: int) -> list[str]:
+        """The lines `smoltrain solve` prints for a puzzle and its answer after ``steps`` ACT steps."""
+
+
+# name -> the module whose ``KIND`` it is, in detection order. Imported on first use: those modules are the
+# builders, which import this one.
+_KIND_MODULES = {"arc": "smoltrain.data.arc", "maze": "smoltrain.data.maze", "sudoku": "smoltrain.data.sudoku"}
+# What a dataset no other kind claims is: the reference Sudoku datasets carry no build_info.json.
+FALLBACK_KIND = "sudoku"
+
+
+class _KindRegistry(Mapping[str, PuzzleKind]):
+    """``PUZZLE_KINDS``: name -> kind; listing the names imports nothing, looking one up imports its module."""
+
+    def __getitem__(self, name: str) -> PuzzleKind:
+        kind = importlib.import_module(_KIND_MODULES[name]).KIND
+        assert isinstance(kind, PuzzleKind) and kind.name == name, f"{_KIND_MODULES[name]}.KIND is not {name!r}"
+        return kind
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(_KIND_MODULES, key=("sudoku", "maze", "arc").index))  # the order users read them in
+
+    def __len__(self) -> int:
+        return len(_KIND_MODULES)
+
+
+PUZZLE_KINDS: Mapping[str, PuzzleKind] = _KindRegistry()
+
+
+def get_kind(name: str) -> PuzzleKind:
+    """The kind called ``name``; a ConfigError naming the known ones otherwise."""
+    if name not in _KIND_MODULES:
+        raise ConfigError(f"unknown puzzle kind {name!r}: choose from {', '.join(PUZZLE_KINDS)}")
+    return PUZZLE_KINDS[name]
+
+
+def detect_kind(root: str | os.PathLike[str] | None = None, vocab_size: int | None = None,
+                seq_len: int | None = None) -> PuzzleKind:
+    """What a dataset holds, as its kind object. The one place that decides it.
+
+    Our builders record it in ``<root>/build_info.json`` ("builder"), and that wins. A dataset built by the
+    reference code has no such file, so its shape decides: ``vocab_size`` and ``seq_len`` when given (a run
+    whose dataset is not on this machine knows them from its model), else those of ``root``'s dataset.json.
+    Each kind says whether it claims a shape (ARC: a square canvas of at most 30x30 over 12 tokens; maze: 6
+    tokens on a square grid but 4x4, which a 4x4 Sudoku also is); a shape no kind claims is a Sudoku.
     """
     if root is not None:
         try:
-            kind = json.loads((Path(root) / "build_info.json").read_text()).get("builder")
+            name = json.loads((Path(root) / "build_info.json").read_text()).get("builder")
         except (OSError, ValueError, AttributeError):
-            kind = None
-        if kind in PUZZLE_KINDS:
-            return str(kind)
-    if vocab_size == 12 and 1 <= seq_len <= 900 and math.isqrt(seq_len) ** 2 == seq_len:
-        return "arc"
-    if vocab_size == 6 and seq_len != 16 and math.isqrt(seq_len) ** 2 == seq_len:
-        return "maze"
-    return "sudoku"
-
-
-def dataset_kind(root: str | os.PathLike[str]) -> str:
-    """`puzzle_kind` of the dataset at ``root`` (its build_info.json, else its dataset.json shapes)."""
-    root_path = Path(root)
-    split = "test" if (root_path / "test" / "dataset.json").is_file() else "train"
-    meta = load_metadata(root_path, split)
-    return puzzle_kind(meta.vocab_size, meta.seq_len, root_path)
+            name = None
+        if name in _KIND_MODULES:
+            return PUZZLE_KINDS[name]
+        if vocab_size is None or seq_len is None:
+            root_path = Path(root)
+            meta = load_metadata(root_path, "test" if (root_path / "test" / "dataset.json").is_file() else "train")
+            vocab_size, seq_len = meta.vocab_size, meta.seq_len
+    if vocab_size is None or seq_len is None:
+        raise ValueError("detect_kind needs a dataset root or its vocab_size and seq_len")
+    for name in _KIND_MODULES:
+        kind = PUZZLE_KINDS[name]
+        if kind.claims_shape(vocab_size, seq_len):
+            return kind
+    return PUZZLE_KINDS[FALLBACK_KIND]
 
 
 def load_identifiers(root: str | os.PathLike[str]) -> list[str] | None:

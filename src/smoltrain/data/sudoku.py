@@ -36,8 +36,9 @@ from smoltrain.data.puzzle_source import (
     select,
     write_puzzle_csv,
 )
+from smoltrain.data.puzzles import DrawingHints, PuzzleKind, Verdict
 from smoltrain.data.sudoku_solver import Topology, generate_batch, solve_board
-from smoltrain.errors import DataError
+from smoltrain.errors import DataError, SmoltrainError
 
 # ------------------------------------------------------------------------------------------------
 # Board topology
@@ -528,21 +529,215 @@ def build_sudoku_dataset(
     return SudokuBuilder(SudokuOptions(source=source, **options)).build(output_dir, progress)
 
 
+# ------------------------------------------------------------------------------------------------
+# The puzzle kind: boards a user types and reads, and what solves one
+
+SIZES = {16: 4, 36: 6, 81: 9}  # cells -> n of the sizes a user may type
+SEPARATORS = frozenset("|-+")  # drawn grids paste as-is; whitespace is skipped too
+
+
+def parse_sudoku(text: str) -> np.ndarray:
+    """The ``n*n`` digits (0 = blank) of a 4x4, 6x6 or 9x9 puzzle written as 16, 36 or 81 cells.
+
+    Blanks are ``.`` or ``0``; whitespace and the separators ``|``, ``-``, ``+`` are ignored, so both
+    ``"53..7...."`` and a drawn grid work.
+    """
+    cells: list[int] = []
+    for position, char in enumerate(text, start=1):
+        if char.isspace() or char in SEPARATORS:
+            continue
+        if char == ".":
+            cells.append(0)
+        elif char in "0123456789":
+            cells.append(int(char))
+        else:
+            raise DataError(f"the puzzle has {char!r} at character {position}; write digits, '.' or '0' for "
+                            "blanks (spaces and | - + are ignored)")
+    n = SIZES.get(len(cells))
+    if n is None:
+        raise DataError(f"the puzzle has {len(cells)} cells; a Sudoku needs 81 (9x9), 36 (6x6) or 16 (4x4), "
+                        "with '.' or '0' for blanks")
+    grid = np.array(cells, dtype=np.int64)
+    if (grid > n).any():
+        cell = int(np.argmax(grid > n))
+        raise DataError(f"row {cell // n + 1}, column {cell % n + 1} holds {grid[cell]}, but a {n}x{n} Sudoku "
+                        f"uses the digits 1..{n}")
+    return grid
+
+
+def _units(n: int) -> list[tuple[str, np.ndarray]]:
+    """(name, cell indices) of every row, column and box."""
+    cells = np.arange(n * n).reshape(n, n)
+    rows, cols = box_shape(n)
+    units = [(f"row {r + 1}", cells[r]) for r in range(n)]
+    units += [(f"column {c + 1}", cells[:, c]) for c in range(n)]
+    units += [
+        (f"box {b + 1}", cells[r0:r0 + rows, c0:c0 + cols].reshape(-1))
+        for b, (r0, c0) in enumerate((r0, c0) for r0 in range(0, n, rows) for c0 in range(0, n, cols))
+    ]
+    return units
+
+
+def rule_breaks(grid: np.ndarray, n: int) -> list[str]:
+    """One line per row, column or box of the board ``grid`` holding a digit more than once (blanks ignored)."""
+    grid = np.asarray(grid).reshape(-1)
+    problems = []
+    for name, idx in _units(n):
+        digits = grid[idx]
+        counts = np.bincount(digits[(digits >= 1) & (digits <= n)], minlength=n + 1)
+        repeated = [str(d) for d in range(1, n + 1) if counts[d] > 1]
+        if repeated:
+            problems.append(f"{name} repeats {', '.join(repeated)}")
+    return problems
+
+
+def solution_problems(givens: np.ndarray, grid: np.ndarray, n: int) -> list[str]:
+    """Why ``grid`` does not solve ``givens`` (empty when it does): missing digits, changed givens, repeats."""
+    givens = np.asarray(givens).reshape(-1)
+    grid = np.asarray(grid).reshape(-1)
+    if grid.size != n * n or givens.size != n * n:
+        raise ValueError(f"a {n}x{n} board has {n * n} cells; got {givens.size} givens and {grid.size} cells")
+    problems = []
+    missing = int(((grid < 1) | (grid > n)).sum())
+    if missing:
+        problems.append(f"{missing} cell{'s' if missing > 1 else ''} without a digit")
+    changed = np.flatnonzero((givens > 0) & (grid != givens))
+    if changed.size:
+        cell = int(changed[0])
+        problems.append(f"{changed.size} given{'s' if changed.size > 1 else ''} changed (first: row {cell // n + 1}, "
+                        f"column {cell % n + 1}: {givens[cell]} -> {grid[cell]})")
+    return problems + rule_breaks(grid, n)
+
+
+def is_valid_solution(givens: np.ndarray, grid: np.ndarray, n: int) -> bool:
+    """Whether ``grid`` is a complete, rule-abiding ``n x n`` Sudoku that keeps every given."""
+    return not solution_problems(givens, grid, n)
+
+
+def format_grid(grid: np.ndarray, n: int, changed_mask: np.ndarray | None = None) -> str:
+    """The board as plain-ASCII text with box separators; blanks are ``.``, non-digits ``?``.
+
+    With ``changed_mask`` every cell takes three characters and the marked ones are bracketed, ``[7]``.
+    """
+    cells = np.asarray(grid).reshape(n, n)
+    marks = np.zeros((n, n), dtype=bool) if changed_mask is None else np.asarray(changed_mask, dtype=bool).reshape(n, n)
+    rows, cols = box_shape(n)
+    lines: list[str] = []
+    separator = ""
+    for r in range(n):
+        segments = []
+        for c0 in range(0, n, cols):
+            texts = []
+            for c in range(c0, c0 + cols):
+                value = int(cells[r, c])
+                char = "." if value == 0 else str(value) if 1 <= value <= n else "?"
+                if changed_mask is None:
+                    texts.append(char)
+                else:
+                    texts.append(f"[{char}]" if marks[r, c] else f" {char} ")
+            segments.append((" " if changed_mask is None else "").join(texts))
+        if changed_mask is None:
+            separator = "-+-".join("-" * len(s) for s in segments)
+            line = " | ".join(segments)
+        else:
+            separator = "+".join("-" * len(s) for s in segments)
+            line = "|".join(segments)
+        if r and r % rows == 0:
+            lines.append(separator)
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+class SudokuKind(PuzzleKind):
+    """Sudoku boards: the user's grid is the flat ``n*n`` digits (0 = blank) used throughout this module,
+    tokens are ``digit + 1`` (0 PAD, 1 blank; vocabulary ``n + 2``), and a right answer is a valid solution
+    that keeps every given, whether or not it is the dataset's."""
+
+    name = "sudoku"
+
+    def __init__(self) -> None:
+        self.drawing = DrawingHints(changed=(255, 150, 0), cell=24, digits=self.digits, boxes=self.boxes)
+
+    def digits(self, tokens: np.ndarray) -> np.ndarray:
+        """Each token's digit: 1..n, 0 for the blank token, -1 for PAD or a token outside the vocabulary."""
+        tokens = np.asarray(tokens)
+        n = self.side(tokens.size)
+        digits = tokens.astype(np.int64) - 1
+        return np.where((digits >= 0) & (digits <= n), digits, -1)
+
+    def boxes(self, n: int) -> tuple[int, int]:
+        """Box rows x columns; a size without boxes we know is one n x n box (drawn with thin lines only)."""
+        return box_shape(n) if n in (4, 6, 8, 9) else (n, n)
+
+    def encode(self, grid: np.ndarray) -> np.ndarray:
+        return _encode(np.asarray(grid).reshape(-1)).astype(np.int64)
+
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        """The board's digits; tokens that are not digits (PAD, blank, strays) become 0."""
+        return np.maximum(self.digits(np.asarray(tokens).reshape(-1)), 0)
+
+    def parse(self, text: str) -> np.ndarray:
+        return self.encode(parse_sudoku(text))
+
+    def format(self, tokens: np.ndarray) -> str:
+        return format_grid(self.decode(tokens), self.side(np.asarray(tokens).size))
+
+    def check_typed(self, tokens: np.ndarray, seq_len: int, vocab_size: int) -> None:
+        givens = self.decode(tokens)
+        n = self.side(givens.size)
+        if seq_len != givens.size:
+            trained = SIZES.get(seq_len)
+            what = f"{trained}x{trained} puzzles ({seq_len} cells)" if trained else \
+                f"puzzles of {seq_len} cells (not a Sudoku size)"
+            raise SmoltrainError(f"this run was trained on {what}; got {givens.size} cells")
+        if vocab_size != n + 2:
+            raise SmoltrainError(f"this run's vocabulary has {vocab_size} tokens but {n}x{n} Sudoku uses {n + 2} "
+                                 f"(PAD, blank, digits 1..{n}); was it trained on Sudoku?")
+        conflicts = rule_breaks(givens, n)
+        if conflicts:
+            raise DataError(f"the puzzle breaks the rules ({'; '.join(conflicts)}); check the givens")
+
+    def verdict(self, inputs: np.ndarray, target: np.ndarray | None, answer: np.ndarray) -> Verdict:
+        n = self.side(np.asarray(answer).size)
+        problems = solution_problems(self.decode(inputs), self.decode(answer), n)
+        line = "valid solution" if not problems else "not a valid solution: " + "; ".join(problems)
+        if target is not None:
+            line += f" ({'equals' if self.matches(answer, target) else 'differs from'} the dataset's answer)"
+        return Verdict(not problems, line)
+
+    def report(self, inputs: np.ndarray, target: np.ndarray | None, answer: np.ndarray, steps: int) -> list[str]:
+        n = self.side(np.asarray(answer).size)
+        givens, digits = self.decode(inputs), self.decode(answer)
+        return [format_grid(givens, n), "", f"answer after {steps} ACT steps ([d] = filled in by the model):",
+                format_grid(digits, n, changed_mask=digits != givens)]
+
+
+KIND = SudokuKind()
+
+
 __all__ = [
     "CSV_COLUMNS",
+    "KIND",
+    "SIZES",
     "SOURCE_REPO",
     "SudokuBuilder",
     "SudokuOptions",
+    "SudokuKind",
     "SudokuSplit",
     "box_shape",
     "build_sudoku_dataset",
     "default_harden_steps",
     "default_per_climb",
     "default_workers",
+    "format_grid",
     "generate_candidates",
     "generate_sudoku_puzzles",
+    "is_valid_solution",
+    "parse_sudoku",
     "rate_sudoku",
     "read_sudoku_csv",
+    "rule_breaks",
+    "solution_problems",
     "solve_sudoku",
     "write_sudoku_csv",
 ]

@@ -1,5 +1,29 @@
-"""Evaluators that score a model's predictions beyond token accuracy (ARC voting pass@k, ...)."""
+"""Evaluators that score a model's predictions (exact accuracy, maze paths, ARC voting pass@k, ...), and
+which of them a puzzle dataset gets (see `smoltrain.eval.base`)."""
 
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from smoltrain.data.puzzles import PuzzleKind
 from smoltrain.eval.arc import ARCEvaluator
+from smoltrain.eval.base import EvalRows, Evaluator, ExactAccuracy, SavedOutputs
+from smoltrain.eval.maze import MazePaths
 
-__all__ = ["ARCEvaluator"]
+__all__ = ["ACCURACY_BY_KIND", "ARCEvaluator", "EvalRows", "Evaluator", "ExactAccuracy", "MazePaths", "SavedOutputs",
+           "evaluators_for"]
+
+# The accuracy evaluator of a kind whose right answers are not only the labelled ones; others get ExactAccuracy.
+ACCURACY_BY_KIND: dict[str, type[ExactAccuracy]] = {"maze": MazePaths}
+
+
+def evaluators_for(kind: PuzzleKind, root: str | Path, arc_options: Mapping[str, Any] | None) -> list[Evaluator]:
+    """The evaluators of a run on the dataset ``root`` of ``kind``: its kind's accuracy, and the ARC voting
+    evaluator when the run asks for it (``arc_options``: its keyword arguments). Built once per run, since the
+    ARC votes may pool over its evaluations."""
+    evaluators: list[Evaluator] = [ACCURACY_BY_KIND.get(kind.name, ExactAccuracy)()]
+    if arc_options is not None:
+        evaluators.append(ARCEvaluator(root, **arc_options))
+    return evaluators

@@ -64,6 +64,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,14 +72,17 @@ from smoltrain.data.arc import COLOUR_OFFSET, EOS_ID, GRID_SIZE, PAD_ID, crop_gr
 from smoltrain.data.augment import inverse_colour_permutation, parse_arc_name
 from smoltrain.data.puzzles import load_identifiers
 from smoltrain.errors import ConfigError, DataError
+from smoltrain.eval.base import EvalRows, Evaluator
 from smoltrain.fileio import atomic_write_text
 
 __all__ = [
+    "ARC_OPTIONS",
     "ARCEvaluator",
     "CANVAS_SIZE",
     "COLOUR_OFFSET",
     "EOS_TOKEN",
     "PAD_TOKEN",
+    "arc_evaluator_options",
     "crop_grid",
     "crop_sizes",
     "deaugment_grid",
@@ -90,6 +94,35 @@ PAD_TOKEN, EOS_TOKEN = PAD_ID, EOS_ID  # the format's constants (data/arc.py)
 CANVAS_SIZE = GRID_SIZE
 # How many of each test pair's best candidates arc_scores.json lists.
 REPORTED_CANDIDATES = 10
+
+
+# ------------------------------------------------------------------------------------------------
+# Options
+
+# The reference's option names of its ARC evaluator, and ours.
+ARC_OPTIONS = {"submission_K": "submission_k", "pass_Ks": "pass_ks", "aggregated_voting": "pool_evaluations",
+               "submission_k": "submission_k", "pass_ks": "pass_ks", "pool_evaluations": "pool_evaluations"}
+
+
+def arc_evaluator_options(evaluators: list[Any]) -> dict[str, Any] | None:
+    """The ARC evaluator's keyword arguments from ``evaluators`` (None when it is not asked for).
+
+    The reference writes ``evaluators=[{name: arc@ARC}]``; its ``aggregated_voting`` (pooling votes over
+    every evaluation of a run, on by default there) is ``pool_evaluations`` here, off unless set.
+    """
+    options: dict[str, Any] | None = None
+    for entry in evaluators:
+        entry = {"name": entry} if isinstance(entry, str) else dict(entry)
+        name = str(entry.pop("name", ""))
+        if name.split("@")[0].lower() != "arc":
+            raise ConfigError(f"evaluators: unknown evaluator {name!r}; the one there is is the ARC voting "
+                              "evaluator: evaluators=[{name: arc}] (or [] for the exact-accuracy metrics only)")
+        unknown = sorted(set(entry) - set(ARC_OPTIONS))
+        if unknown:
+            raise ConfigError(f"evaluators: the arc evaluator has no option {unknown[0]!r}; choose from "
+                              f"{', '.join(sorted(set(ARC_OPTIONS)))}")
+        options = {ARC_OPTIONS[key]: value for key, value in entry.items()}
+    return options
 
 
 # ------------------------------------------------------------------------------------------------
@@ -195,13 +228,16 @@ class _Candidate:
     mean_q: float
 
 
-class ARCEvaluator:
+class ARCEvaluator(Evaluator):
     """Votes over augmented predictions of the ARC test split; see the module docstring for the semantics.
 
-    Call `begin()` at the start of each evaluation, `update(...)` with each batch's real rows, then
-    `result(output_dir)` on every rank: rank 0 gets `{"ARC/pass@k": score}` and writes `submission.json` and
-    `arc_scores.json` into `output_dir` when given; other ranks get None.
+    Call `begin()` at the start of each evaluation, `update(...)` with each batch's real rows (or `add` with
+    the rows of a TRM evaluation), then `result(output_dir)` on every rank: rank 0 gets
+    `{"ARC/pass@k": score}` and writes `submission.json` and `arc_scores.json` into `output_dir` when given;
+    other ranks get None.
     """
+
+    output_keys = ("preds", "q_halt_logits")
 
     def __init__(
         self,
@@ -265,6 +301,10 @@ class ARCEvaluator:
         return cached
 
     # --- per batch -------------------------------------------------------------------------------
+
+    def add(self, rows: EvalRows) -> None:
+        self.update(rows.scored("inputs"), rows.scored("puzzle_identifiers"), rows.scored("preds"),
+                    rows.scored("q_halt_logits"))
 
     def update(
         self,

@@ -9,11 +9,13 @@ maze generator (`smoltrain.data.maze.check_maze_paths`), which also uses it to v
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from smoltrain.data.maze import PATH_CHECK_REASONS, check_maze_paths
 from smoltrain.data.puzzles import IGNORE_LABEL_ID
+from smoltrain.eval.base import EvalRows, ExactAccuracy
 
-__all__ = ["PATH_CHECK_REASONS", "maze_metrics", "valid_optimal_paths"]
+__all__ = ["PATH_CHECK_REASONS", "MazePaths", "maze_metrics", "valid_optimal_paths"]
 
 
 def valid_optimal_paths(inputs: np.ndarray, preds: np.ndarray, size: int | None = None) -> np.ndarray:
@@ -36,3 +38,15 @@ def maze_metrics(inputs: np.ndarray, labels: np.ndarray, preds: np.ndarray) -> d
     supervised = labels != IGNORE_LABEL_ID
     exact = np.all((preds == labels) | ~supervised, axis=-1) & supervised.any(axis=-1)
     return {"exact": exact, "valid_optimal": valid_optimal_paths(inputs, preds)}
+
+
+class MazePaths(ExactAccuracy):
+    """Exact accuracy plus ``valid_optimal_path``: the share of scored answers that are a shortest S-to-G path,
+    whether or not it is the labelled one (shortest paths are rarely unique, so exact match undercounts)."""
+
+    output_keys = ("preds",)
+
+    def add(self, rows: EvalRows) -> None:
+        super().add(rows)
+        valid = valid_optimal_paths(rows.scored("inputs"), rows.scored("preds")).sum()
+        self._add("valid_optimal_path", torch.tensor(float(valid), device=rows.batch["inputs"].device))

@@ -16,7 +16,6 @@ sampler in ``data/puzzles.py``, the optimizers in ``optim.py``. This file says h
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -25,10 +24,12 @@ from pydantic import Field, ValidationError
 from torch import nn
 
 from smoltrain.config import ArchConfig, StrictModel, TrainConfig
-from smoltrain.data.puzzles import PuzzleDataset, dataset_kind, load_metadata
+from smoltrain.data.puzzles import PuzzleDataset, detect_kind, load_metadata
 from smoltrain.errors import ConfigError
+from smoltrain.eval import Evaluator, evaluators_for
+from smoltrain.eval.arc import arc_evaluator_options
+from smoltrain.eval.base import EvalRows, SavedOutputs
 from smoltrain.families.base import Batch, Family, OptimizerSpec, StepOutput, TrainStream
-from smoltrain.fileio import atomic_write_bytes
 from smoltrain.models.hrm import HRM, HRMConfig, TRMSingleZ, TRMSingleZConfig
 from smoltrain.models.trm import TRM, TRMCarry, TRMConfig, carry_from_state, carry_to_state
 from smoltrain.models.trm_loss import ACTLossHead
@@ -135,32 +136,6 @@ class TRMSingleZArchConfig(TRMArchConfig):
     name: Literal["trm_singlez"] = "trm_singlez"  # type: ignore[assignment]
 
 
-# The reference's option names of its ARC evaluator, and ours.
-ARC_OPTIONS = {"submission_K": "submission_k", "pass_Ks": "pass_ks", "aggregated_voting": "pool_evaluations",
-               "submission_k": "submission_k", "pass_ks": "pass_ks", "pool_evaluations": "pool_evaluations"}
-
-
-def _arc_evaluator_options(evaluators: list[Any]) -> dict[str, Any] | None:
-    """The ARC evaluator's keyword arguments from ``evaluators`` (None when it is not asked for).
-
-    The reference writes ``evaluators=[{name: arc@ARC}]``; its ``aggregated_voting`` (pooling votes over
-    every evaluation of a run, on by default there) is ``pool_evaluations`` here, off unless set.
-    """
-    options: dict[str, Any] | None = None
-    for entry in evaluators:
-        entry = {"name": entry} if isinstance(entry, str) else dict(entry)
-        name = str(entry.pop("name", ""))
-        if name.split("@")[0].lower() != "arc":
-            raise ConfigError(f"evaluators: unknown evaluator {name!r}; the one there is is the ARC voting "
-                              "evaluator: evaluators=[{name: arc}] (or [] for the exact-accuracy metrics only)")
-        unknown = sorted(set(entry) - set(ARC_OPTIONS))
-        if unknown:
-            raise ConfigError(f"evaluators: the arc evaluator has no option {unknown[0]!r}; choose from "
-                              f"{', '.join(sorted(set(ARC_OPTIONS)))}")
-        options = {ARC_OPTIONS[key]: value for key, value in entry.items()}
-    return options
-
-
 class PuzzleStream(TrainStream):
     """Endless train batches: one reference "pass" after another, resumable mid-pass."""
 
@@ -219,8 +194,8 @@ class TRMFamily(Family):
         if self.metadata is not None and any(getattr(self.arch, key) is None for key in DATA_SHAPE):
             raise ValueError(f"{type(self).__name__} needs a resolved config: {type(self).__name__}.resolve(cfg), "
                              "or families.build_family")
-        self.arc_options = _arc_evaluator_options(cfg.evaluators)
-        self.arc_evaluator: Any = None  # built at the first evaluation; lives as long as the run (pooling)
+        self.arc_options = arc_evaluator_options(cfg.evaluators)
+        self.run_evaluators: list[Evaluator] | None = None  # chosen at the first evaluation (see _evaluators)
         if self.arc_options is not None and (cfg.data_paths_test or cfg.data_paths):
             self._check_arc_data()
         unknown = sorted(set(cfg.eval_save_outputs) - set(SAVABLE_OUTPUTS))
@@ -286,8 +261,8 @@ class TRMFamily(Family):
     def train_step(self, model: nn.Module, batch: Batch, carry: Any) -> StepOutput:
         if carry is None:
             carry = model.initial_carry(batch)  # type: ignore[operator]
-        carry, loss, metrics, _, _ = model(carry, batch)
-        return StepOutput(loss=loss / self.cfg.global_batch_size, metrics=metrics, carry=carry)
+        step = model(carry, batch)
+        return StepOutput(loss=step.loss / self.cfg.global_batch_size, metrics=step.metrics, carry=step.carry)
 
     def reduce_metrics(self, sums: dict[str, float]) -> dict[str, float]:
         # As the reference: losses per sample of the global batch, the rest per halted sequence.
@@ -310,48 +285,42 @@ class TRMFamily(Family):
 
     def _check_arc_data(self) -> str:
         root = self._test_root()
-        kind = dataset_kind(root)
-        if kind != "arc":
+        kind = detect_kind(root)
+        if kind.name != "arc":
             raise ConfigError(f"evaluators: the ARC evaluator needs an ARC dataset, and {root} is a {kind} dataset: "
                               "set evaluators=[] or point data_paths at the output of `smoltrain data arc`")
         return root
 
-    def _start_arc_evaluation(self) -> Any:
-        if self.arc_options is None:
-            return None
-        if self.arc_evaluator is None:
-            from smoltrain.eval.arc import ARCEvaluator
-
-            self.arc_evaluator = ARCEvaluator(self._check_arc_data(), **self.arc_options)
-        self.arc_evaluator.begin()
-        return self.arc_evaluator
+    def _evaluators(self) -> list[Evaluator]:
+        """What evaluations score, chosen at the first one for the test dataset's kind; they live as long as
+        the run (ARC votes may pool over evaluations)."""
+        if self.run_evaluators is None:
+            root = self._check_arc_data() if self.arc_options is not None else self._test_root()
+            self.run_evaluators = evaluators_for(detect_kind(root), root, self.arc_options)
+        return self.run_evaluators
 
     def evaluate(self, model: nn.Module, outputs_path: Path | None = None,
                  report_dir: Path | None = None) -> dict[str, float]:
-        """Reference evaluation: a fresh carry per test batch, ``halt_max_steps`` ACT steps, metrics summed
-        over the test set (all ranks) and divided by the number of scored sequences.
-
-        Mazes also get ``valid_optimal_path``: the share of answers that are a shortest S-to-G path, whether
-        or not it is the labelled one (shortest paths are rarely unique, so exact match undercounts).
-        With the ARC evaluator (``evaluators=[{name: arc}]``) the ``ARC/pass@k`` scores are added, and
-        ``submission.json`` and ``arc_scores.json`` are written to ``report_dir`` when one is given.
+        """Reference evaluation: a fresh carry per test batch, ``halt_max_steps`` ACT steps, then the last step's
+        rows go to the evaluators (`smoltrain.eval.evaluators_for`): the reference metrics summed over the test
+        set (all ranks) and divided by the number of scored sequences; mazes add ``valid_optimal_path``; the
+        ARC evaluator (``evaluators=[{name: arc}]``) adds ``ARC/pass@k`` and writes ``submission.json`` and
+        ``arc_scores.json`` to ``report_dir`` when one is given.
 
         With ``outputs_path``, the ``eval_save_outputs`` keys (batch fields such as ``inputs``, ``labels``,
         ``puzzle_identifiers``, or model outputs such as ``logits``, ``preds``, ``q_halt_logits``) of
         this rank's real rows after the last ACT step are saved there with ``torch.save``, as the
         reference does.
         """
-        from smoltrain.runtime.distributed import all_reduce_sum
-
         dataset = self._dataset("test", test_mode=True)
-        is_maze = dataset_kind(self._test_root()) == "maze"
-        arc = self._start_arc_evaluation()
+        evaluators = list(self._evaluators())
+        if outputs_path is not None and self.cfg.eval_save_outputs:
+            evaluators.append(SavedOutputs(self.cfg.eval_save_outputs, outputs_path))
+        return_keys = tuple(sorted({key for evaluator in evaluators for key in evaluator.output_keys}))
+        for evaluator in evaluators:
+            evaluator.begin()
         limit = self.cfg.eval_max_examples
-        keys = tuple(self.cfg.eval_save_outputs) if outputs_path is not None else ()
-        model_keys = set(keys) | ({"preds"} if is_maze or arc else set()) | ({"q_halt_logits"} if arc else set())
-        saved: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         seen = 0
-        sums: dict[str, torch.Tensor] = {}
         steps = model.model.config.halt_max_steps  # type: ignore[union-attr]
         for item in dataset.iter_test():
             if limit is not None and seen >= limit:
@@ -364,34 +333,15 @@ class TRMFamily(Family):
             seen += item.global_num_real
             carry = model.initial_carry(batch)  # type: ignore[operator]
             for _ in range(steps):
-                carry, _, metrics, outputs, _ = model(carry, batch, return_keys=tuple(model_keys))
-            for key, value in metrics.items():
-                sums[key] = sums[key] + value.float() if key in sums else value.float().clone()
-            if is_maze or arc:
-                scored = (batch["labels"][: item.num_real] != -100).any(-1).cpu().numpy()
-                inputs = batch["inputs"][: item.num_real].cpu().numpy()[scored]
-                preds = outputs["preds"][: item.num_real].cpu().numpy()[scored]
-            if is_maze:
-                from smoltrain.eval.maze import valid_optimal_paths
-
-                valid = torch.tensor(float(valid_optimal_paths(inputs, preds).sum()), device=self.device)
-                sums["valid_optimal_path"] = sums.get("valid_optimal_path", 0.0) + valid
-            if arc:
-                arc.update(inputs, batch["puzzle_identifiers"][: item.num_real].cpu().numpy()[scored], preds,
-                           outputs["q_halt_logits"][: item.num_real].float().cpu().numpy()[scored])
-            for key in keys:
-                saved[key].append((batch if key in batch else outputs)[key][: item.num_real].cpu())
-        if outputs_path is not None and keys:
-            buffer = io.BytesIO()
-            torch.save({k: torch.cat(v) for k, v in saved.items() if v}, buffer)
-            atomic_write_bytes(outputs_path, buffer.getvalue())
-        arc_scores = arc.result(report_dir) if arc else None  # every rank takes part in the gather
-        if not sums:
-            return {}
-        names = sorted(sums)
-        totals = dict(zip(names, all_reduce_sum(torch.stack([sums[k] for k in names])).tolist(), strict=True))
-        count = totals.pop("count")
-        return {"count": count, **{k: (v / count if count else 0.0) for k, v in totals.items()}, **(arc_scores or {})}
+                step = model(carry, batch, return_keys=return_keys)
+                carry = step.carry
+            rows = EvalRows(batch, step.outputs, step.metrics, item.num_real)
+            for evaluator in evaluators:
+                evaluator.add(rows)
+        metrics: dict[str, float] = {}
+        for evaluator in evaluators:  # every rank calls each: the results are collective
+            metrics.update(evaluator.result(report_dir) or {})
+        return metrics
 
     def carry_state(self, carry: TRMCarry) -> dict[str, torch.Tensor]:
         return carry_to_state(carry)

@@ -7,6 +7,7 @@ guarded), and ``softmax_cross_entropy`` honours the ignore index / valid mask in
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ __all__ = [
     "IGNORE_LABEL_ID",
     "LOSS_TYPES",
     "ACTLossHead",
+    "ACTStep",
     "log_stablemax",
     "softmax_cross_entropy",
     "stablemax",
@@ -95,20 +97,24 @@ LOSS_TYPES: dict[str, LossFn] = {
 }
 
 
+@dataclass
+class ACTStep:
+    """What one ACT step of `ACTLossHead` gives back."""
+
+    carry: TRMCarry  # the state for the next step
+    # lm_loss + 0.5 * (q_halt_loss + q_continue_loss), lm_loss = sum_b mean_t CE and summed BCE losses (the
+    # trainer divides by the global batch size).
+    loss: torch.Tensor
+    # SUMS over valid = halted & (labelled tokens > 0): count, accuracy (per-sequence token accuracy),
+    # exact_accuracy, q_halt_accuracy, steps; and lm_loss, q_halt_loss (+ q_continue_loss) over the whole batch.
+    metrics: dict[str, torch.Tensor]
+    outputs: dict[str, torch.Tensor]  # the detached model outputs named in return_keys (logits, preds, ...)
+    all_halted: torch.Tensor  # 0-dim bool, every slot halted (no host sync here; the caller decides)
+
+
 class ACTLossHead(nn.Module):
-    """Wraps a TRM-family model (attribute ``model``) and computes the deep-supervision loss of one step.
-
-    ``forward`` returns ``(new_carry, loss, metrics, outputs, all_finish)``:
-
-    * ``loss = lm_loss + 0.5 * (q_halt_loss + q_continue_loss)`` with ``lm_loss = sum_b mean_t CE`` and
-      summed BCE losses (the trainer divides by the global batch size);
-    * ``metrics``: tensors that are SUMS over ``valid = halted & (labelled tokens > 0)``: ``count``,
-      ``accuracy`` (per-sequence token accuracy), ``exact_accuracy``, ``q_halt_accuracy``, ``steps``, and
-      the loss values ``lm_loss``, ``q_halt_loss`` (+ ``q_continue_loss``) over the whole batch;
-    * ``outputs``: the detached model outputs named in ``return_keys`` (``logits``, ``preds``,
-      ``q_halt_logits`` ...);
-    * ``all_finish``: 0-dim bool tensor, every slot halted (no host sync here; the caller decides).
-    """
+    """Wraps a TRM-family model (attribute ``model``) and computes the deep-supervision loss of one step;
+    ``forward`` returns an `ACTStep`."""
 
     def __init__(self, model: nn.Module, loss_type: str = "stablemax_cross_entropy") -> None:
         super().__init__()
@@ -126,7 +132,7 @@ class ACTLossHead(nn.Module):
         carry: TRMCarry,
         batch: Mapping[str, torch.Tensor],
         return_keys: Sequence[str] = (),
-    ) -> tuple[TRMCarry, torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+    ) -> ACTStep:
         new_carry, outputs = self.model(carry, batch)
         labels = new_carry.current_data["labels"]  # the labels of the sample each slot worked on
         logits = outputs["logits"]
@@ -167,4 +173,4 @@ class ACTLossHead(nn.Module):
         loss = lm_loss + 0.5 * (q_halt_loss + q_continue_loss)
 
         detached = {k: outputs[k].detach() for k in return_keys if k in outputs}
-        return new_carry, loss, metrics, detached, new_carry.halted.all()
+        return ACTStep(new_carry, loss, metrics, detached, new_carry.halted.all())
