@@ -25,7 +25,6 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from smoltrain import __version__
 from smoltrain.data.puzzle_source import (
     PuzzleSplit,
     default_workers,
@@ -37,6 +36,7 @@ from smoltrain.data.puzzle_source import (
 from smoltrain.data.puzzles import atomic_dataset_dir, check_output_dir
 from smoltrain.errors import DataError
 from smoltrain.fileio import write_json_synced
+from smoltrain.version import __version__
 
 # Keys every builder writes to build_info.json besides the "build_seconds" / "smoltrain_version" tail.
 BUILD_INFO_KEYS = ("builder", "source", "seed", "counts")

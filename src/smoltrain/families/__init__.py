@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from smoltrain import config
+import smoltrain.config as config
 from smoltrain.config import TrainConfig
 from smoltrain.errors import ConfigError
 from smoltrain.families.base import Family
