@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes (a reader sees the old file or the new one, never half of one), and reading JSON that
+a user or another program wrote, with one clear line when it is damaged."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+from smoltrain.errors import DataError
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -101,3 +104,16 @@ def atomic_directory(output: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_json(path: str | os.PathLike, expect: type, fix: str) -> Any:
+    """The JSON value in ``path``, which must be a ``expect`` (dict or list); a file that cannot be read or decoded,
+    or holds another type, raises one :class:`DataError` line naming the file and ``fix``."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path} is not valid JSON ({err}): {fix}") from None
+    if not isinstance(value, expect):
+        what = "a JSON object" if expect is dict else "a JSON list" if expect is list else expect.__name__
+        raise DataError(f"{path} must hold {what}, not {type(value).__name__}: {fix}")
+    return value

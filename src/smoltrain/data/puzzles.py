@@ -59,7 +59,7 @@ import pydantic
 import torch
 
 from smoltrain.errors import ConfigError, DataError
-from smoltrain.fileio import atomic_directory, fsync_dir, write_json_synced, write_synced
+from smoltrain.fileio import atomic_directory, fsync_dir, read_json, write_json_synced, write_synced
 
 __all__ = [
     "FALLBACK_KIND",
@@ -237,12 +237,7 @@ def load_metadata(root: str | os.PathLike[str], split: str) -> PuzzleDatasetMeta
         raise DataError(f"no dataset at {root_path}: {_build_hint(root_path)}")
     if not path.is_file():
         raise DataError(f"no '{split}' split in {root_path} (missing {path}): {_build_hint(root_path)}")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path} is not valid JSON ({e}): rebuild the dataset") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path} must hold a JSON object, got {type(data).__name__}: rebuild the dataset")
+    data = read_json(path, dict, "rebuild the dataset")
     if "total_puzzles" not in data:
         ids_path = root_path / split / f"{SET_NAME}__puzzle_identifiers.npy"
         data["total_puzzles"] = int(_load_array(ids_path, mmap=True).shape[0])
@@ -450,13 +445,7 @@ def load_identifiers(root: str | os.PathLike[str]) -> list[str] | None:
     path = Path(root) / "identifiers.json"
     if not path.is_file():
         return None
-    try:
-        names = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path} is not valid JSON ({e}): rebuild the dataset") from None
-    if not isinstance(names, list):
-        raise DataError(f"{path} must hold a JSON list of names: rebuild the dataset")
-    return [str(n) for n in names]
+    return [str(n) for n in read_json(path, list, "rebuild the dataset")]
 
 
 def _load_array(path: Path, mmap: bool) -> np.ndarray:

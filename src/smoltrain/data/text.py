@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
 import os
 from collections.abc import Iterator
@@ -51,7 +50,7 @@ import torch
 from smoltrain.data.documents import Skips, iter_documents
 from smoltrain.data.tokenizer import BOS_TOKEN, PAD_TOKEN, eos_id, load_tokenizer, special_token_id, tokenizer_file
 from smoltrain.errors import ConfigError, DataError
-from smoltrain.fileio import atomic_directory, write_json_synced
+from smoltrain.fileio import atomic_directory, read_json, write_json_synced
 
 FORMAT = "smoltrain-text-v1"
 SPLITS = ("train", "val")
@@ -193,10 +192,7 @@ def read_metadata(path_or_dir: str | Path) -> tuple[Path, dict[str, Any]]:
     meta_path = root / "metadata.json"
     if not meta_path.is_file():
         raise DataError(f"{meta_path} not found: build the text dataset first (build_text_dataset)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{meta_path}:{exc.lineno}: invalid JSON ({exc.msg}); rebuild the dataset") from exc
+    meta = read_json(meta_path, dict, "rebuild the dataset")
     if meta.get("format") != FORMAT:
         raise DataError(f"{meta_path} is not a {FORMAT} dataset (format={meta.get('format')!r}); rebuild it")
     return root, meta

@@ -73,7 +73,7 @@ from smoltrain.data.augment import inverse_colour_permutation, parse_arc_name
 from smoltrain.data.puzzles import load_identifiers
 from smoltrain.errors import ConfigError, DataError
 from smoltrain.eval.base import EvalRows, Evaluator
-from smoltrain.fileio import atomic_write_text
+from smoltrain.fileio import atomic_write_text, read_json
 
 __all__ = [
     "ARC_OPTIONS",
@@ -194,12 +194,7 @@ def _load_test_puzzles(path: Path, root: Path) -> dict[str, _TestTask]:
     if not path.is_file():
         raise DataError(f"{root} is not an ARC dataset built by `smoltrain data arc` (missing {path.name}): "
                         f"build one with `smoltrain data arc --output-dir {root}`")
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path} is not valid JSON ({e}): rebuild the dataset with `smoltrain data arc`") from None
-    if not isinstance(raw, dict):
-        raise DataError(f"{path} must map task ids to puzzles: rebuild the dataset with `smoltrain data arc`")
+    raw = read_json(path, dict, "rebuild the dataset with `smoltrain data arc`")  # task id -> its test pairs
     tasks: dict[str, _TestTask] = {}
     for task_id, puzzle in raw.items():
         tests = puzzle.get("test") if isinstance(puzzle, dict) else None

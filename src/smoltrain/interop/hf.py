@@ -28,7 +28,7 @@ from smoltrain.config import TrainConfig
 from smoltrain.data.tokenizer import TOKENIZER_FILES
 from smoltrain.errors import SmoltrainError
 from smoltrain.families import validate
-from smoltrain.fileio import atomic_directory
+from smoltrain.fileio import atomic_directory, read_json
 from smoltrain.models.lm import LMConfig, LMForCausalLM
 from smoltrain.runs.loading import load
 from smoltrain.runs.run_dir import RunDir
@@ -181,13 +181,7 @@ def _read_hf_config(directory: Path) -> dict[str, Any]:
     path = directory / "config.json"
     if not path.is_file():
         raise SmoltrainError(f"{directory} is not a Hugging Face model directory (no config.json)")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise SmoltrainError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(config, dict):
-        raise SmoltrainError(f"{path} must hold a JSON object")
-    return config
+    return read_json(path, dict, "export the model again (save_pretrained)")
 
 
 def _lm_fields(config: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -233,7 +227,7 @@ def _weight_files(directory: Path) -> list[Path]:
         return [single]
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        weight_map = read_json(index, dict, "export the model again (save_pretrained)").get("weight_map", {})
         files = sorted(set(weight_map.values()))
         missing = [name for name in files if not (directory / name).is_file()]
         if missing:
