@@ -1,40 +1,12 @@
-"""Shared test helpers: tiny configs and a way to run the CLI in a real subprocess."""
+"""pytest fixtures shared by tests/unit and tests/e2e (helpers live in tests/helpers.py)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-
-
-def toy_overrides(run_dir: Path, **extra: object) -> list[str]:
-    base = {
-        "run_dir": str(run_dir),
-        "global_batch_size": 16,
-        "max_steps": 20,
-        "log_every": 1,
-        "lr": 3e-3,
-        "lr_warmup_steps": 3,
-        "device": "cpu",
-        "arch.hidden_size": 16,
-        "arch.eval_examples": 64,
-    }
-    base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
-
-
-def run_python(args: list[str], timeout: float = 300, env: dict[str, str] | None = None,
-               cwd_override: Path | None = None) -> subprocess.CompletedProcess:
-    """`python ARGS` in a subprocess (one OpenMP thread: tests run side by side on 2 cores)."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
-                          env=full_env, cwd=cwd_override or REPO)
+from tests.helpers import SHARED
 
 
 @pytest.fixture

@@ -1,0 +1,80 @@
+"""The run directory: its layout, atomic config, checkpoints found, and imported runs training from weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import smoltrain
+from smoltrain.families import family_class, load_config
+from smoltrain.runs import RunDir
+from smoltrain.runs import checkpoint as ckpt
+from smoltrain.runtime.distributed import DistEnv
+from smoltrain.train.trainer import Trainer
+from tests.helpers import toy_overrides
+
+
+def _import_toy_run(output: Path, step: int) -> dict[str, torch.Tensor]:
+    """An imported run as the importers write one: config, weights-only checkpoint, README."""
+    cfg = load_config("toy", toy_overrides(output, max_steps=step + 2, ema=True, eval_every=100))
+    torch.manual_seed(123)
+    weights = family_class("toy")(cfg, DistEnv(), torch.device("cpu")).build_model().state_dict()
+    with RunDir.create(output) as run:
+        run.write_config(cfg)
+        run.save_weights_only(step, weights, {"source": "elsewhere", "format": "test"})
+        run.write_readme("# imported\n")
+    return weights
+
+
+def test_the_trainer_writes_the_layout(tmp_path: Path) -> None:
+    Trainer(load_config("toy", toy_overrides(tmp_path / "run", max_steps=2, eval_every=2))).fit()
+    run = RunDir(tmp_path / "run")
+    assert run.config.is_file() and run.readme.is_file() and run.metrics.is_file()
+    assert [p.name for p in run.list_checkpoints()] == ["step_00000002"]
+    assert str(run.config) in run.readme.read_text()
+
+
+def test_an_imported_run_trains_from_its_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    weights = _import_toy_run(tmp_path / "run", step=3)
+    run = RunDir(tmp_path / "run")
+    _, _, state = ckpt.load_checkpoint(run.step_dir(3))
+    assert not ckpt.holds_training_state(state) and state["imported"]["format"] == "test"
+    loaded = smoltrain.load(run.root, device="cpu")  # loading uses the weights as they are
+    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in weights.items())
+
+    starts: list[int] = []
+    original = Trainer._start_from_weights
+
+    def spy(self: Trainer, model_state: dict, ema_state: dict | None, step: int) -> None:
+        starts.append(step)
+        original(self, model_state, ema_state, step)
+
+    monkeypatch.setattr(Trainer, "_start_from_weights", spy)
+    trainer = Trainer(run.load_config())
+    assert starts == [3] and trainer.step == 3 and trainer.resumed_from == run.step_dir(3)
+    assert all(torch.equal(trainer.model.state_dict()[k], v) for k, v in weights.items())
+    assert trainer.ema is not None and all(torch.equal(trainer.ema.shadow[k], weights[k]) for k in trainer.ema.shadow)
+    assert all(not spec.optimizer.state for spec in trainer.optimizers)  # fresh optimizer state
+    assert trainer.fit()["step"] == 5
+
+    # Its own checkpoint now holds training state: the next start resumes it, not the weights path.
+    _, _, state = ckpt.load_checkpoint(run.newest_checkpoint())
+    assert ckpt.holds_training_state(state) and state["step"] == 5
+    resumed = Trainer(run.load_config(["max_steps=6"]))
+    assert starts == [3] and resumed.step == 5
+
+
+def test_load_checkpoint_starts_a_new_run_through_the_same_path(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    weights = _import_toy_run(tmp_path / "imported", step=3)
+    starts: list[int] = []
+    original = Trainer._start_from_weights
+    monkeypatch.setattr(Trainer, "_start_from_weights",
+                        lambda self, m, e, step: (starts.append(step), original(self, m, e, step)))
+    cfg = load_config("toy", toy_overrides(tmp_path / "new", max_steps=2,
+                                           load_checkpoint=RunDir(tmp_path / "imported").step_dir(3)))
+    trainer = Trainer(cfg)
+    assert starts == [0] and trainer.step == 0 and trainer.resumed_from is None
+    assert all(torch.equal(trainer.model.state_dict()[k], v) for k, v in weights.items())

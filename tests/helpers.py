@@ -1,0 +1,77 @@
+"""Helpers the tests share: paths, tiny configs, a way to run the CLI in a real subprocess, small datasets.
+
+Tests import these from here (``from tests.helpers import ...``); ``conftest.py`` holds only pytest fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from smoltrain.data.puzzles import PuzzleDatasetMetadata, write_identifiers, write_split
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+RUNNER = str(REPO / "tests" / "e2e" / "train_runner.py")  # a training in a subprocess, for the crash tests
+
+
+def toy_overrides(run_dir: Path, **extra: object) -> list[str]:
+    base = {
+        "run_dir": str(run_dir),
+        "global_batch_size": 16,
+        "max_steps": 20,
+        "log_every": 1,
+        "lr": 3e-3,
+        "lr_warmup_steps": 3,
+        "device": "cpu",
+        "arch.hidden_size": 16,
+        "arch.eval_examples": 64,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def run_python(args: list[str], timeout: float = 300, env: dict[str, str] | None = None,
+               cwd_override: Path | None = None) -> subprocess.CompletedProcess:
+    """`python ARGS` in a subprocess (one OpenMP thread: tests run side by side on 2 cores)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
+                          env=full_env, cwd=cwd_override or REPO)
+
+
+def write_sorting_puzzles(root: Path, n_train: int = 256, n_test: int = 64, seq_len: int = 6, digits: int = 4,
+                          num_ids: int = 1, seed: int = 0) -> Path:
+    """A puzzle dataset whose answer is the sorted input (tokens 0 PAD, 1..digits values).
+
+    Each example is its own group and puzzle; puzzle identifiers cycle through 1..num_ids-1 when
+    num_ids > 1 (0 is the blank identifier), else are all 0.
+    """
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        inputs = rng.integers(1, digits + 1, size=(n, seq_len)).astype(np.uint8)
+        labels = np.sort(inputs, axis=1)
+        ids = (np.arange(n) % (num_ids - 1) + 1) if num_ids > 1 else np.zeros(n)
+        metadata = PuzzleDatasetMetadata(
+            pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=digits + 1, seq_len=seq_len,
+            num_puzzle_identifiers=num_ids, total_groups=n, mean_puzzle_examples=1.0, total_puzzles=n, sets=["all"],
+        )
+        write_split(root, split, inputs, labels, ids.astype(np.int32), np.arange(n + 1, dtype=np.int32),
+                    np.arange(n + 1, dtype=np.int32), metadata)
+    write_identifiers(root, ["<blank>"] + [f"p{i}" for i in range(1, num_ids)])
+    return root
+
+
+WORDS = (
+    "the quick brown fox jumps over lazy dog a cat sat on mat and then ran far away into green "
+    "forest where old trees grow tall under bright sun while birds sing softly in morning light"
+).split()
+
+
+def make_sentences(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))).capitalize() + "." for _ in range(n)]

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import pytest
+
+from smoltrain.config import compose
+from smoltrain.errors import ConfigError
+from smoltrain.families import load_config
+
+
+def test_nested_list_bool_and_plus_overrides():
+    # The shell turns data_paths="[a,b]" into data_paths=[a,b].
+    cfg = load_config("toy", ["arch.hidden_size=128", "data_paths=[a,b]", "ema=True", "+run_name=my_run",
+                              "lr=1e-4", "grad_clip=null"])
+    assert cfg.arch.hidden_size == 128
+    assert cfg.data_paths == ["a", "b"]
+    assert cfg.ema is True and cfg.run_name == "my_run"
+    assert cfg.lr == pytest.approx(1e-4) and cfg.grad_clip is None
+
+
+def test_recipe_values_and_defaults():
+    cfg = load_config("toy")
+    assert cfg.arch.task == "sort"  # recipe refines the arch group
+    assert cfg.arch.seq_len == 8  # from the arch group file
+    assert cfg.keep_checkpoints == 3  # schema default
+
+
+def test_group_selection_replaces_arch_and_applies_before_overrides():
+    raw = compose("toy", ["arch.hidden_size=32", "arch=toy"])
+    assert raw["arch"]["hidden_size"] == 32  # the later group selection did not undo the override
+    assert raw["arch"]["task"] == "reverse"  # group file's value, the recipe's `sort` is replaced
+
+
+def test_interpolation_is_resolved(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("arch: {name: toy, hidden_size: 24, seq_len: '${.hidden_size}'}\n")
+    assert load_config(str(recipe)).arch.seq_len == 24
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("arch.hiden_size=3", "unknown config key 'arch.hiden_size'; did you mean arch.hidden_size"),
+        ("global_batch_sise=3", "unknown config key 'global_batch_sise'; did you mean global_batch_size"),
+        ("wandb.mod=offline", "unknown config key 'wandb.mod'; did you mean wandb.mode"),
+        ("lr=abc", "config key 'lr'"),
+        ("ema=maybe", "config key 'ema'"),
+        ("global_batch_size=0", "config key 'global_batch_size'"),
+        ("arch=tyo", "unknown arch 'tyo'; choose one of: "),
+        ("lr", "must look like key=value"),
+        ("data_paths=[a,", "cannot parse the value of 'data_paths'"),
+    ],
+)
+def test_bad_overrides_give_one_line(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config("toy", [override])
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_recipe_suggests():
+    with pytest.raises(ConfigError, match="did you mean toy"):
+        load_config("toi")

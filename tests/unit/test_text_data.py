@@ -1,0 +1,303 @@
+"""Text -> token shards, packed resumable windows, padded document rows, unigram baseline and bits per byte."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from smoltrain.data.text import (
+    DocumentRows,
+    TokenWindows,
+    bits_per_byte,
+    build_text_dataset,
+    iter_documents,
+    open_tokens,
+    unigram_entropy,
+)
+from smoltrain.data.tokenizer import decode, encode, load_tokenizer, train_tokenizer
+from smoltrain.errors import ConfigError, DataError
+from tests.helpers import make_sentences
+
+PAD, BOS, EOS = 0, 1, 2  # the MiniMind special-token layout of smoltrain's tokenizer
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("text")
+    sentences = make_sentences(400, seed=3)
+    jsonl = root / "docs.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": " ".join(sentences[i : i + 4])}) + "\n" for i in range(0, 300, 4)))
+    txt = root / "paras.txt"
+    txt.write_text("\n\n".join(sentences[300:]) + "\n")
+    tok = train_tokenizer([jsonl, txt], vocab_size=350, output=root / "tok")
+    return {"root": root, "jsonl": jsonl, "txt": txt, "tok": tok}
+
+
+@pytest.fixture(scope="module")
+def dataset(corpus: dict[str, Path]) -> Path:
+    out = corpus["root"] / "ds"
+    build_text_dataset([str(corpus["jsonl"]), str(corpus["txt"])], corpus["tok"], out, val_fraction=0.1, seed=0)
+    return out
+
+
+def _documents(dataset: Path, split: str) -> list[list[int]]:
+    """The split's documents (text tokens, EOS dropped), split at EOS with a plain loop."""
+    docs, current = [], []
+    for token in np.asarray(open_tokens(dataset, split)).tolist():
+        if token == EOS:
+            docs.append(current)
+            current = []
+        else:
+            current.append(token)
+    assert not current  # every document ends with EOS
+    return docs
+
+
+def test_txt_paragraphs_and_jsonl(tmp_path: Path) -> None:
+    txt = tmp_path / "a.txt"
+    txt.write_text("first para\nstill first\n\n \n\nsecond  para\n\n\n")
+    assert list(iter_documents([str(txt)])) == ["first para\nstill first", "second  para"]
+    jsonl = tmp_path / "b.jsonl"
+    jsonl.write_text('{"text": "x y"}\n\n{"text": ""}\n{"text": "z"}\n')
+    assert list(iter_documents([str(tmp_path)])) == ["first para\nstill first", "second  para", "x y", "z"]
+
+
+def test_metadata_consistent_with_shards(dataset: Path, corpus: dict[str, Path]) -> None:
+    meta = json.loads((dataset / "metadata.json").read_text())
+    assert meta["dtype"] == "uint16" and meta["eos_id"] == EOS
+    assert (meta["bos_id"], meta["pad_id"]) == (BOS, PAD)
+    assert meta["documents"] == 75 + 100
+    assert meta["splits"]["val"]["documents"] == round(175 * 0.1)
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 175
+    total_bytes = 0
+    for split in ("train", "val"):
+        tokens = open_tokens(dataset, split)
+        info = meta["splits"][split]
+        assert (dataset / f"{split}.bin").stat().st_size == 2 * info["tokens"] == 2 * len(tokens)
+        # One EOS per document, and the last token of the shard is an EOS.
+        assert int((tokens == EOS).sum()) == info["documents"] and tokens[-1] == EOS
+        total_bytes += info["bytes"]
+    docs = list(iter_documents([str(corpus["jsonl"]), str(corpus["txt"])]))
+    assert total_bytes == sum(len(d.encode()) for d in docs)
+    assert not [p for p in dataset.parent.iterdir() if p.name.startswith(".ds.")]
+
+
+def test_shard_decodes_to_documents(dataset: Path, corpus: dict[str, Path]) -> None:
+    tok = load_tokenizer(corpus["tok"])
+    tokens = np.asarray(open_tokens(dataset, "train")).tolist()
+    texts = decode(tok, tokens).split("<|im_end|>")[:-1]
+    docs = list(iter_documents([str(corpus["jsonl"]), str(corpus["txt"])]))
+    assert set(texts) <= set(docs) and len(texts) == len(docs) - round(175 * 0.1)
+    assert encode(tok, texts[0]) + [EOS] == tokens[: len(encode(tok, texts[0])) + 1]
+
+
+def test_build_is_deterministic_and_replaces(dataset: Path, corpus: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "again"
+    args = ([str(corpus["jsonl"]), str(corpus["txt"])], corpus["tok"])
+    build_text_dataset(*args, out, val_fraction=0.1, seed=0, workers=1)
+    assert (out / "val.bin").read_bytes() == (dataset / "val.bin").read_bytes()
+    build_text_dataset(*args, out, val_fraction=0.1, seed=1)  # replaces the previous dataset
+    assert (out / "val.bin").read_bytes() != (dataset / "val.bin").read_bytes()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("x")
+    with pytest.raises(DataError, match="not a text dataset"):
+        build_text_dataset(*args, tmp_path / "other")
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [("not json", "not valid JSON"), ('{"txt": "a"}', "no 'text' field"), ('{"text": 3}', "non-string")],
+)
+def test_malformed_line(corpus: dict[str, Path], tmp_path: Path, line: str, problem: str) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "good one"}\n{"text": "good two"}\n' + line + '\n{"text": "good three"}\n')
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=rf"bad\.jsonl:3: line (is|has) .*{problem}") as info:
+        build_text_dataset([str(bad)], corpus["tok"], out)
+    assert "\n" not in str(info.value)
+    assert not out.exists() and list(tmp_path.iterdir()) == [bad]
+    meta = build_text_dataset([str(bad)], corpus["tok"], out, skip_bad_lines=True, val_fraction=0.0)
+    assert meta["skipped_lines"] == 1 and meta["documents"] == 3 and meta["first_skipped"].endswith("bad.jsonl:3")
+
+
+def test_input_errors(corpus: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        build_text_dataset([str(tmp_path / "nope.jsonl")], corpus["tok"], tmp_path / "o")
+    with pytest.raises(DataError, match="no tokenizer found"):
+        build_text_dataset([str(corpus["txt"])], tmp_path, tmp_path / "o")
+    parquet = tmp_path / "x.parquet"
+    parquet.write_bytes(b"")
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        with pytest.raises(DataError, match="pip install pyarrow"):
+            build_text_dataset([str(parquet)], corpus["tok"], tmp_path / "o")
+    with pytest.raises(ConfigError):
+        build_text_dataset([str(corpus["txt"])], corpus["tok"], tmp_path / "o", val_fraction=1.0)
+    assert not (tmp_path / "o").exists()
+
+
+def test_windows_shapes_and_shift(dataset: Path) -> None:
+    windows = TokenWindows(dataset, "train", seq_len=16, global_batch_size=4, seed=0)
+    tokens = np.asarray(open_tokens(dataset, "train"))
+    assert windows.num_windows == (len(tokens) - 1) // 16
+    batch = next(windows)
+    assert batch["input_ids"].shape == batch["targets"].shape == (4, 16)
+    assert batch["input_ids"].dtype == batch["targets"].dtype == torch.int64
+    assert torch.equal(batch["input_ids"][:, 1:], batch["targets"][:, :-1])
+    # Every row is a window of the shard starting at a multiple of seq_len.
+    for row_in, row_lab in zip(batch["input_ids"], batch["targets"], strict=True):
+        full = np.concatenate([row_in.numpy(), row_lab.numpy()[-1:]])
+        starts = [s for s in range(0, len(tokens) - 16, 16) if np.array_equal(tokens[s : s + 17], full)]
+        assert starts
+
+
+def test_rank_slices_partition_global_batch(dataset: Path) -> None:
+    full = TokenWindows(dataset, seq_len=8, global_batch_size=6, seed=5)
+    ranks = [TokenWindows(dataset, seq_len=8, global_batch_size=6, rank=r, world_size=3, seed=5) for r in range(3)]
+    for _ in range(3):
+        whole = next(full)["input_ids"]
+        parts = torch.cat([next(r)["input_ids"] for r in ranks])
+        assert torch.equal(whole, parts)
+    with pytest.raises(ConfigError, match="divisible"):
+        TokenWindows(dataset, seq_len=8, global_batch_size=5, world_size=2)
+
+
+def test_epochs_resume_and_determinism(dataset: Path) -> None:
+    make = lambda seed: TokenWindows(dataset, seq_len=32, global_batch_size=8, seed=seed)
+    a = make(1)
+    epoch_len = a.batches_per_epoch
+    assert epoch_len >= 2
+    first_epoch = [next(a)["input_ids"] for _ in range(epoch_len)]
+    # One epoch visits distinct windows.
+    rows = torch.cat(first_epoch)
+    assert len({tuple(r.tolist()) for r in rows}) == len(rows)
+    state = a.state_dict()
+    expected = [next(a)["targets"] for _ in range(epoch_len + 2)]  # crosses into epoch 2
+    assert a.state_dict()["epoch"] == 2
+    b = make(1)
+    b.load_state_dict(state)
+    assert all(torch.equal(x, next(b)["targets"]) for x in expected)
+    assert torch.equal(make(1).__next__()["input_ids"], first_epoch[0])
+    assert not torch.equal(make(2).__next__()["input_ids"], first_epoch[0])
+    # Epoch 1 is a different order from epoch 0.
+    assert not torch.equal(expected[0], first_epoch[0])
+
+
+def test_iter_eval_covers_val_once(dataset: Path) -> None:
+    w = TokenWindows(dataset, "val", seq_len=8, global_batch_size=2)
+    tokens = np.asarray(open_tokens(dataset, "val"))
+    batches = list(w.iter_eval(batch_size=3))
+    labels = torch.cat([b["targets"] for b in batches]).reshape(-1).numpy()
+    assert np.array_equal(labels, tokens[1 : 1 + w.num_windows * 8])
+    shards = [
+        list(TokenWindows(dataset, "val", seq_len=8, global_batch_size=2, rank=r, world_size=2).iter_eval(3))
+        for r in range(2)
+    ]
+    assert sum(len(b["targets"]) for s in shards for b in s) == w.num_windows
+
+
+def test_too_small_for_a_batch(dataset: Path) -> None:
+    w = TokenWindows(dataset, "val", seq_len=64, global_batch_size=10_000)
+    with pytest.raises(DataError, match="fewer than one global batch"):
+        next(w)
+
+
+def test_unigram_entropy_known_distribution(tmp_path: Path) -> None:
+    root = tmp_path / "u"
+    root.mkdir()
+    np.array([0, 0, 1, 1, 1, 1, 2, 2], dtype=np.uint16).tofile(root / "train.bin")
+    np.array([0, 1], dtype=np.uint16).tofile(root / "val.bin")
+    meta = {"format": "smoltrain-text-v1", "vocab_size": 4, "dtype": "uint16"}
+    (root / "metadata.json").write_text(json.dumps(meta))
+    # p = (1/4, 1/2, 1/4, 0): val [0, 1] -> (ln 4 + ln 2) / 2.
+    assert unigram_entropy(root, "val", alpha=0.0) == pytest.approx((math.log(4) + math.log(2)) / 2)
+    assert unigram_entropy(root, "train", alpha=0.0) == pytest.approx(1.5 * math.log(2))
+    np.array([3], dtype=np.uint16).tofile(root / "val.bin")
+    assert unigram_entropy(root, "val", alpha=0.0) == math.inf
+    assert unigram_entropy(root, "val", alpha=1.0) == pytest.approx(math.log(12))
+
+
+def test_unigram_entropy_real_and_bpb(dataset: Path) -> None:
+    h = unigram_entropy(dataset)
+    meta = json.loads((dataset / "metadata.json").read_text())
+    assert 0 < h < math.log(meta["vocab_size"])
+    val = meta["splits"]["val"]
+    assert bits_per_byte(h, val["tokens"], val["bytes"]) == pytest.approx(
+        h * val["tokens"] / val["bytes"] / math.log(2)
+    )
+    assert bits_per_byte(math.log(2), 10, 10) == pytest.approx(1.0)
+
+
+def test_document_rows_layout(dataset: Path, corpus: dict[str, Path]) -> None:
+    docs = _documents(dataset, "train")
+    seq_len = 24  # shorter than some documents, longer than others
+    assert min(map(len, docs)) < seq_len - 1 < max(map(len, docs))
+    rows = DocumentRows(dataset, "train", seq_len=seq_len, global_batch_size=4, seed=0)
+    assert rows.num_windows == len(docs) == json.loads((dataset / "metadata.json").read_text())["splits"]["train"][
+        "documents"]
+    batch = rows._windows(np.arange(len(docs)))
+    assert batch["input_ids"].shape == batch["targets"].shape == (len(docs), seq_len)
+    for doc, inputs, targets in zip(docs, batch["input_ids"].tolist(), batch["targets"].tolist(), strict=True):
+        row = [BOS, *doc[: seq_len - 1], EOS]  # MiniMind's PretrainDataset: bos + truncated ids + eos, then pad
+        row += [PAD] * (seq_len + 1 - len(row))
+        assert inputs == row[:-1]
+        expected = [t if i + 1 < len(doc[: seq_len - 1]) + 2 else -100 for i, t in enumerate(row[1:])]
+        assert targets == expected
+        assert targets.count(-100) == seq_len - min(len(doc) + 1, seq_len)
+    tok = load_tokenizer(corpus["tok"] / "tokenizer.json")
+    short = next(i for i, d in enumerate(docs) if len(d) < seq_len - 1)
+    text_ids = [t for t in batch["targets"][short].tolist() if t != -100]
+    assert text_ids[-1] == EOS and decode(tok, text_ids[:-1]) == decode(tok, docs[short])
+
+
+def test_document_rows_resume_and_ranks(dataset: Path) -> None:
+    make = lambda **kw: DocumentRows(dataset, seq_len=16, global_batch_size=6, seed=3, **kw)  # noqa: E731
+    a = make()
+    epoch_len = a.batches_per_epoch
+    assert epoch_len >= 2
+    first_epoch = torch.cat([next(a)["input_ids"] for _ in range(epoch_len)])
+    assert len({tuple(r.tolist()) for r in first_epoch}) == len(first_epoch)  # distinct documents
+    for _ in range(epoch_len - 1):
+        next(a)
+    state = a.state_dict()  # one batch before the end of epoch 1
+    expected = [next(a) for _ in range(3)]  # crosses into epoch 2
+    b = make()
+    b.load_state_dict(state)
+    for want in expected:
+        got = next(b)
+        assert torch.equal(got["input_ids"], want["input_ids"]) and torch.equal(got["targets"], want["targets"])
+    ranks = [make(rank=r, world_size=2) for r in range(2)]
+    whole = make()
+    for _ in range(2):
+        assert torch.equal(next(whole)["targets"], torch.cat([next(r)["targets"] for r in ranks]))
+
+
+def test_document_rows_eval_counts_real_tokens(dataset: Path) -> None:
+    meta = json.loads((dataset / "metadata.json").read_text())
+    longest = max(map(len, _documents(dataset, "val")))
+    rows = DocumentRows(dataset, "val", seq_len=longest + 1, global_batch_size=2)
+    batches = list(rows.iter_eval(batch_size=3))
+    # No truncation: the scored tokens are exactly the split's tokens (text + EOS), so bits per byte holds.
+    assert sum(int((b["targets"] != -100).sum()) for b in batches) == meta["splits"]["val"]["tokens"]
+    assert sum(len(b["targets"]) for b in batches) == meta["splits"]["val"]["documents"]
+    with pytest.raises(DataError, match="packing=true"):
+        next(DocumentRows(dataset, "val", seq_len=8, global_batch_size=10_000))
+
+
+def test_document_rows_need_special_ids(dataset: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    old.mkdir()
+    meta = json.loads((dataset / "metadata.json").read_text())
+    del meta["bos_id"], meta["pad_id"]
+    (old / "metadata.json").write_text(json.dumps(meta))
+    for split in ("train", "val"):
+        (old / f"{split}.bin").write_bytes((dataset / f"{split}.bin").read_bytes())
+    assert TokenWindows(old, seq_len=8, global_batch_size=2).num_windows > 0  # packed rows do not need them
+    with pytest.raises(DataError, match="rebuild it"):
+        DocumentRows(old, seq_len=8, global_batch_size=2)
