@@ -21,7 +21,6 @@ __all__ = [
     "LOSS_TYPES",
     "ACTLossHead",
     "ACTStep",
-    "log_stablemax",
     "softmax_cross_entropy",
     "stablemax",
     "stablemax_cross_entropy",
@@ -41,12 +40,6 @@ def stablemax(x: torch.Tensor) -> torch.Tensor:
     negative = x < 0
     x_neg = torch.where(negative, x, torch.zeros_like(x))
     return torch.where(negative, 1.0 / (1.0 - x_neg + 1e-30), x + 1.0)
-
-
-def log_stablemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """``log(s(x) / sum(s(x)))`` over ``dim``."""
-    s_x = stablemax(x)
-    return torch.log(s_x / s_x.sum(dim=dim, keepdim=True))
 
 
 def stablemax_cross_entropy(
