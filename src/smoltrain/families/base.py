@@ -141,6 +141,13 @@ class Family(ABC):
     def load_carry(self, state: dict[str, torch.Tensor]) -> Any:
         return None
 
+    def adapt_loaded_weights(self, model: nn.Module, state: dict[str, torch.Tensor],
+                             source: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+        """Weights of another run (``load_checkpoint=``) fitted to ``model`` where the family knows how (TRM: a
+        puzzle-embedding table of another dataset); returns them and a line saying what changed, or None when
+        nothing did. Whatever still does not fit is reported by the caller. Default: unchanged."""
+        return state, None
+
     def describe(self, model: nn.Module) -> dict[str, Any]:
         """Facts for the run summary and `smoltrain info` (parameter count by default)."""
         return {"parameters": sum(p.numel() for p in model.parameters())}

@@ -349,6 +349,21 @@ class TRMFamily(Family):
     def load_carry(self, state: dict[str, torch.Tensor]) -> TRMCarry:
         return carry_from_state(state)
 
+    def adapt_loaded_weights(self, model: nn.Module, state: dict[str, torch.Tensor],
+                             source: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+        """A puzzle-embedding table with another number of rows (data with other puzzle ids) becomes its mean row
+        repeated to this data's count, as the reference's ``load_checkpoint`` resets it."""
+        table = model.model.puzzle_emb  # type: ignore[union-attr]
+        if table is None:
+            return state, None
+        key = next(name for name, buffer in model.named_buffers() if buffer is table.weights)
+        found, expected = state.get(key), table.weights.shape
+        if found is None or found.shape == expected or found.dim() != 2 or found.shape[1] != expected[1]:
+            return state, None  # absent, fitting, or of another width: nothing the reference would reset
+        rows = torch.mean(found, dim=0, keepdim=True).expand(expected).contiguous()
+        return {**state, key: rows}, (f"load_checkpoint={source}: its puzzle embedding has {found.shape[0]} rows, "
+                                      f"this data {expected[0]} puzzle ids; every row set to their mean")
+
     def describe(self, model: nn.Module) -> dict[str, Any]:
         config = model.model.config  # type: ignore[union-attr]
         return {

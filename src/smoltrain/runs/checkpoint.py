@@ -5,11 +5,19 @@ Layout of one checkpoint, ``<run_dir>/checkpoints/step_00001234/``:
 * ``model.safetensors``   the model's state dict (parameters and persistent buffers);
 * ``ema.safetensors``     the EMA shadow weights, when EMA is on;
 * ``trainer_state.pt``    everything else: optimizer states, step, the data streams' positions, every
-                          rank's RNG states and carry. Read back with ``torch.load(weights_only=True)``.
+                          rank's RNG states and carry. Read back with ``torch.load(weights_only=True)``;
+* ``manifest.json``       the size and sha256 of each file above, written last.
+
+Loading verifies the manifest, so a flipped or truncated byte is a :class:`CheckpointError` naming the file,
+never a silently different model. A step directory that does not verify (damaged, empty, a stray
+``model.safetensors`` alone) is skipped with a warning by :func:`newest_loadable`, and is neither counted nor
+deleted when pruning. Checkpoints written before manifests existed (``model.safetensors`` and
+``trainer_state.pt``, no ``manifest.json``) are still accepted, with a warning that they cannot be verified,
+when their files load; pruning leaves them alone.
 
 A checkpoint is written into a hidden temporary directory (every file fsync'ed) which is then renamed
 to its final name, so a directory named ``step_*`` is always complete; a crash mid-write leaves only a
-``.tmp`` directory that the next save removes. The newest ``keep_checkpoints`` are kept.
+``.tmp`` directory that the next save removes. The newest ``keep_checkpoints`` verified ones are kept.
 
 A *weights-only* checkpoint (:func:`save_weights_only`, how an imported run starts) has the same files but
 a trainer state of just its step and where the weights came from: training from it starts at that step with
@@ -18,7 +26,10 @@ fresh optimizer, EMA, data and RNG state. :func:`holds_training_state` tells the
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import pickle
 import re
 import shutil
 import warnings
@@ -26,13 +37,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from smoltrain.errors import SmoltrainError
-from smoltrain.fileio import fsync_dir, fsync_file
+from smoltrain.fileio import fsync_dir, fsync_file, write_json_synced
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 MODEL_FILE, EMA_FILE, STATE_FILE = "model.safetensors", "ema.safetensors", "trainer_state.pt"
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = 1
+
+Contents = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict[str, Any]]
+
+
+class CheckpointError(SmoltrainError):
+    """A checkpoint directory that is damaged, incomplete, or holds another model than the one asked for."""
 
 
 def step_dir_name(step: int) -> str:
@@ -78,6 +99,7 @@ def save_checkpoint(
             _to_safetensors(ema_state, tmp / EMA_FILE)
         torch.save(trainer_state, tmp / STATE_FILE)
         fsync_file(tmp / STATE_FILE)
+        _write_manifest(tmp)  # last: a directory with a manifest has all its files
         fsync_dir(tmp)
         if final.exists():  # re-saving the same step (e.g. after a resume): swap, then drop the old
             old = root / f".{final.name}.old{os.getpid()}.tmp"
@@ -90,9 +112,103 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for old_dir in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old_dir, ignore_errors=True)
+    _prune(root, final, keep)
     return final
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as handle:  # read in chunks: hashing a 2 GB table must not hold it in memory
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _write_manifest(directory: Path) -> None:
+    files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(directory.iterdir()) if p.is_file()}
+    write_json_synced(directory / MANIFEST_FILE, {"format": MANIFEST_FORMAT, "files": files}, indent=1)
+
+
+def _read_manifest(path: Path) -> dict[str, dict[str, Any]] | None:
+    """The files a checkpoint's manifest lists (name -> size, sha256); None when it has no manifest."""
+    file = path / MANIFEST_FILE
+    if not file.is_file():
+        return None
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+        files = manifest["files"]
+        if not all(isinstance(e, dict) and isinstance(e["size"], int) and isinstance(e["sha256"], str)
+                   for e in files.values()):
+            raise TypeError("an entry lacks size or sha256")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{file} is damaged ({type(err).__name__}: {err}); {_fix(path)}") from None
+    return files
+
+
+def _fix(path: Path) -> str:
+    return (f"delete {path} (resume=auto and eval then use the run's previous checkpoint) "
+            "or copy an intact one in its place")
+
+
+def verify(path: Path) -> None:
+    """Raise :class:`CheckpointError` unless ``path`` is a complete checkpoint whose files match its manifest.
+
+    A checkpoint without a manifest (written before smoltrain wrote them) passes with a warning when it has
+    the files every checkpoint has; reading them then tells whether they are intact."""
+    path = Path(path)
+    files = _read_manifest(path)
+    if files is None:
+        missing = [name for name in (MODEL_FILE, STATE_FILE) if not (path / name).is_file()]
+        if missing:
+            raise CheckpointError(f"{path} is not a complete smoltrain checkpoint (no {MANIFEST_FILE}, no "
+                                  f"{' or '.join(missing)}); {_fix(path)}")
+        warnings.warn(f"{path} has no {MANIFEST_FILE} (written by an older smoltrain): its files are not "
+                      "verified", stacklevel=2)
+        return
+    for name in (MODEL_FILE, STATE_FILE):
+        if name not in files:
+            raise CheckpointError(f"{path / MANIFEST_FILE} lists no {name}: not a complete checkpoint; {_fix(path)}")
+    for name, entry in files.items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{file} is missing (the checkpoint's manifest lists it); {_fix(path)}")
+        size = file.stat().st_size
+        if size != entry["size"]:
+            raise CheckpointError(f"{file} is truncated or damaged ({size} bytes, {entry['size']} written); "
+                                  f"{_fix(path)}")
+        if _sha256(file) != entry["sha256"]:
+            raise CheckpointError(f"{file} is damaged (its sha256 differs from the one written); {_fix(path)}")
+
+
+def _is_ours_and_complete(path: Path) -> bool:
+    """Whether ``path`` has a manifest of ours whose files are all there at their sizes (no hashing)."""
+    try:
+        files = _read_manifest(path)
+    except CheckpointError:
+        return False
+    return files is not None and all((path / name).is_file() and (path / name).stat().st_size == entry["size"]
+                                     for name, entry in files.items())
+
+
+def _verifies(path: Path) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            verify(path)
+    except CheckpointError:
+        return False
+    return _read_manifest(path) is not None  # one without a manifest is not known to be ours
+
+
+def _prune(root: Path, just_written: Path, keep: int) -> None:
+    """Keep the newest ``keep`` checkpoints that verify (``just_written`` does: its hashes were just taken);
+    delete older ones of ours. A directory that does not verify is not counted, and neither deleted: it may
+    be what a person wants to look at, or not ours at all."""
+    kept = 0
+    for path in reversed(list_checkpoints(root)):
+        if kept < keep:
+            if path == just_written or _verifies(path):
+                kept += 1
+        elif path != just_written and _is_ours_and_complete(path):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def save_weights_only(root: Path, step: int, model_state: dict[str, torch.Tensor], origin: dict[str, Any]) -> Path:
@@ -116,19 +232,62 @@ def list_checkpoints(root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict[str, Any]]:
-    """(model state, EMA state or None, trainer state) of one checkpoint directory.
+def load_checkpoint(path: Path) -> Contents:
+    """(model state, EMA state or None, trainer state) of one checkpoint directory, verified first.
 
     The weights come back memory-mapped from the files (safetensors' ``load_file``), so loading them into
     a model (``load_state_dict`` copies tensor by tensor) never holds a second in-memory copy of the model.
     """
     path = Path(path)
-    if not (path / MODEL_FILE).is_file():
-        raise SmoltrainError(f"{path} is not a smoltrain checkpoint (no {MODEL_FILE})")
-    model_state = load_file(str(path / MODEL_FILE))
-    ema_state = load_file(str(path / EMA_FILE)) if (path / EMA_FILE).is_file() else None
-    trainer_state = torch.load(path / STATE_FILE, weights_only=True) if (path / STATE_FILE).is_file() else {}
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is not a directory; pass a step directory such as "
+                              f"RUN/checkpoints/{step_dir_name(1000)}")
+    verify(path)
+    model_state = _read_safetensors(path / MODEL_FILE)
+    ema_state = _read_safetensors(path / EMA_FILE) if (path / EMA_FILE).is_file() else None
+    try:
+        trainer_state = torch.load(path / STATE_FILE, weights_only=True)
+    except (OSError, EOFError, pickle.UnpicklingError, RuntimeError, ValueError) as err:
+        # Truncated (EOF, "failed finding central directory"), not a torch file, or a pickle payload that
+        # weights_only refuses: none of them is a trainer state we wrote.
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path / STATE_FILE} cannot be read ({first}); {_fix(path)}") from None
+    if not isinstance(trainer_state, dict):
+        raise CheckpointError(f"{path / STATE_FILE} holds a {type(trainer_state).__name__}, not a trainer state; "
+                              f"{_fix(path)}")
     return model_state, ema_state, trainer_state
+
+
+def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except (OSError, SafetensorError) as err:
+        raise CheckpointError(f"{file} cannot be read ({err}); {_fix(file.parent)}") from None
+
+
+def check_weights(model: nn.Module, state: dict[str, torch.Tensor], checkpoint: Path, against: str,
+                  fix: str) -> None:
+    """Raise one :class:`CheckpointError` line unless ``state`` has exactly ``model``'s keys and shapes.
+
+    ``against`` names what the model was built from (a run's config.yaml, "the config given"); ``fix`` says
+    what to do. Torch would list every key; the counts and the first of each kind tell the user enough."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if not (missing or unexpected or reshaped):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (first: {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
+    if reshaped:
+        key = reshaped[0]
+        parts.append(f"{len(reshaped)} of another shape (first: {key} {tuple(state[key].shape)} vs "
+                     f"{tuple(expected[key].shape)})")
+    raise CheckpointError(f"checkpoint {checkpoint} holds a model of another architecture/shape than {against}: "
+                          f"{', '.join(parts)}; {fix}")
 
 
 def weights_to_use(model_state: dict[str, torch.Tensor],
@@ -138,11 +297,23 @@ def weights_to_use(model_state: dict[str, torch.Tensor],
     return {**model_state, **(ema_state or {})}
 
 
-def newest_loadable(root: Path) -> tuple[Path, tuple] | None:
-    """The newest checkpoint that loads, with its contents; a damaged one is skipped with a warning."""
+DAMAGED_RUN_FIX = "delete the damaged step directories, or copy intact checkpoints in"
+
+
+def newest_loadable(root: Path, fix: str = DAMAGED_RUN_FIX) -> tuple[Path, Contents] | None:
+    """The newest checkpoint that verifies and loads, with its contents; a damaged one is skipped with a warning.
+
+    None when ``root`` holds no step directory at all; when it holds some and none loads, one
+    :class:`CheckpointError` line lists them, ending with ``fix``."""
+    skipped: list[str] = []
     for path in reversed(list_checkpoints(root)):
         try:
             return path, load_checkpoint(path)
-        except Exception as err:  # a damaged file must not stop a resume from an older one
+        except CheckpointError as err:  # a damaged file must not stop a resume from an older one
             warnings.warn(f"skipping unreadable checkpoint {path}: {err}", stacklevel=2)
+            skipped.append(path.name)
+    if skipped:
+        raise CheckpointError(f"no checkpoint of {root.parent} verifies ({len(skipped)} damaged or incomplete: "
+                              f"{', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''}; warnings above "
+                              f"say why); {fix}")
     return None

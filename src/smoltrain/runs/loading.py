@@ -49,21 +49,22 @@ def load(run_dir: str | Path, checkpoint: str | Path | None = None, device: str 
     cfg = run.load_config(overrides)
     if not need_data and family_class(cfg.arch.name).declares_data_shape(cfg):
         cfg = run.load_config([*(overrides or []), *NO_DATA])
-    if checkpoint is None:
-        checkpoint = run.newest_checkpoint()
-        if checkpoint is None:
+    if checkpoint is None:  # the newest that verifies: a damaged or empty step directory is skipped
+        found = run.newest_loadable(fix="train the run again (smoltrain train) or copy an intact checkpoint in")
+        if found is None:
             raise SmoltrainError(f"{run.root} has no checkpoint yet; train it with `smoltrain train` first")
-    checkpoint = Path(checkpoint)
-    model_state, ema_state, _ = ckpt.load_checkpoint(checkpoint)
+        checkpoint, (model_state, ema_state, _) = found
+    else:
+        checkpoint = Path(checkpoint)
+        model_state, ema_state, _ = ckpt.load_checkpoint(checkpoint)
     dev = pick_device(device)
     family = build_family(cfg, DistEnv(), dev)
     model = family.build_model()
-    try:
-        model.load_state_dict(ckpt.weights_to_use(model_state, ema_state))
-    except RuntimeError as err:  # torch lists every key; the first tells the user enough
-        lines = str(err).splitlines()
-        first = lines[1].strip() if len(lines) > 1 else str(err)
-        raise SmoltrainError(f"checkpoint {checkpoint} does not match {run.config}: {first}") from None
+    weights = ckpt.weights_to_use(model_state, ema_state)
+    against = f"{run.config} with the overrides given" if overrides else str(run.config)
+    ckpt.check_weights(model, weights, checkpoint, against,
+                       fix="drop the overrides that change the model, or pass a checkpoint of this run")
+    model.load_state_dict(weights)
     model.to(dev).eval()
     return LoadedRun(model=model, config=family.cfg, family=family, checkpoint=checkpoint, device=dev, run_dir=run)
 

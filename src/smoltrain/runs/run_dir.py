@@ -115,12 +115,14 @@ class RunDir:
         return ckpt.list_checkpoints(self.checkpoints)
 
     def newest_checkpoint(self) -> Path | None:
+        """The newest step directory by name, unverified (for messages; loading uses :meth:`newest_loadable`)."""
         found = self.list_checkpoints()
         return found[-1] if found else None
 
-    def newest_loadable(self) -> tuple[Path, tuple] | None:
-        """The newest checkpoint that loads, with its contents (damaged ones are skipped with a warning)."""
-        return ckpt.newest_loadable(self.checkpoints)
+    def newest_loadable(self, fix: str = ckpt.DAMAGED_RUN_FIX) -> tuple[Path, ckpt.Contents] | None:
+        """The newest checkpoint that verifies and loads, with its contents (damaged ones are skipped with a
+        warning); None without any, and an error ending with ``fix`` when there are some and none loads."""
+        return ckpt.newest_loadable(self.checkpoints, fix)
 
     def save_checkpoint(self, step: int, model_state: dict[str, torch.Tensor],
                         ema_state: dict[str, torch.Tensor] | None, trainer_state: dict[str, Any], keep: int) -> Path:

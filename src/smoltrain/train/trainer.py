@@ -138,6 +138,7 @@ class Trainer:
         self.stop_signal: str | None = None
         self.last_eval: dict[str, float] = {}
         self.last_eval_step = self.last_checkpoint_step = -1
+        self.start_events: list[str] = []  # lines about how training starts, logged when fit begins
 
         self.run = RunDir(cfg.resolved_run_dir())
         self.resumed_from = self._start()
@@ -160,6 +161,8 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to ``total_steps`` (or until a signal); returns the run summary."""
         self._write_run_files()
+        for line in self.start_events:
+            self.logger.event(line)
         if self.resumed_from:
             self.logger.event(f"resumed from {self.resumed_from} at step {self.step}")
         previous = self._install_signal_handlers()
@@ -362,9 +365,12 @@ class Trainer:
         training state continues bit for bit; a weights-only one (an imported run's) and ``load_checkpoint``
         (weights from elsewhere, when there is nothing to resume) start from weights alone.
         """
+        this_config = f"the config given (arch.name={self.cfg.arch.name})"
         found = self._checkpoint_to_resume()
         if found is not None:
             path, (model_state, ema_state, state) = found
+            ckpt.check_weights(self.model, ckpt.weights_to_use(model_state, ema_state), path, this_config,
+                               fix=f"use a new run_dir, or the run's own config (smoltrain train {self.run.config})")
             if ckpt.holds_training_state(state):
                 self._restore(path, model_state, ema_state, state)
             else:
@@ -376,7 +382,20 @@ class Trainer:
             path = Path(self.cfg.load_checkpoint)
             if not path.exists():
                 raise SmoltrainError(f"load_checkpoint={path} does not exist")
-            model_state, ema_state, _ = ckpt.load_checkpoint(path)
+            source = RunDir(path)
+            if source.checkpoints.is_dir():  # a run directory: its newest intact checkpoint
+                found = source.newest_loadable(fix="pass load_checkpoint=RUN/checkpoints/step_N of an intact one")
+                if found is None:
+                    raise SmoltrainError(f"load_checkpoint={path}: that run has no checkpoint yet")
+                path, (model_state, ema_state, _) = found
+            else:
+                model_state, ema_state, _ = ckpt.load_checkpoint(path)
+            # Another dataset may have another number of puzzle ids: the family adapts what the reference adapts.
+            model_state, note = self.family.adapt_loaded_weights(self.model, model_state, path)
+            if note:
+                self.start_events.append(note)
+            ckpt.check_weights(self.model, ckpt.weights_to_use(model_state, ema_state), path, this_config,
+                               fix="load_checkpoint= takes a checkpoint of the same architecture and sizes")
             self._start_from_weights(model_state, ema_state, step=0)
         return None
 
@@ -385,7 +404,7 @@ class Trainer:
         if choice == "none":
             return None
         if choice == "auto":
-            return self.run.newest_loadable()
+            return self.run.newest_loadable(fix="pass resume=none to start over")
         path = Path(choice)
         if not path.is_dir():
             raise SmoltrainError(f"resume={choice}: no such checkpoint directory; use resume=auto or a "
