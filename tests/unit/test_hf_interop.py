@@ -151,6 +151,24 @@ def test_import_shape_mismatch_is_one_clear_line(tmp_path: Path) -> None:
     assert not (tmp_path / "imported").exists()  # nothing half-written
 
 
+def test_damaged_files_are_one_line_in_export_and_import(tmp_path: Path) -> None:
+    make_run(tmp_path / "run", tokenizer=True)
+    out = export_hf(tmp_path / "run", tmp_path / "hf")
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:50])
+    with pytest.raises(SmoltrainError, match=rf"{weights} cannot be read as safetensors .*export it again") as err:
+        import_hf(out, tmp_path / "imported")
+    assert "\n" not in str(err.value) and not (tmp_path / "imported").exists()
+
+    (tmp_path / "run" / "tokenizer" / "tokenizer_config.json").write_bytes(b"{\xff")
+    with pytest.raises(SmoltrainError, match=r"tokenizer_config.json is not valid JSON"):
+        export_hf(tmp_path / "run", tmp_path / "hf2")
+    (tmp_path / "run" / "tokenizer" / "tokenizer_config.json").unlink()
+    (tmp_path / "run" / "tokenizer" / "tokenizer.json").write_text('{"version": ')
+    with pytest.raises(SmoltrainError, match=r"cannot read tokenizer .*tokenizer.json"):
+        export_hf(tmp_path / "run", tmp_path / "hf2")
+
+
 def test_import_refuses_unsupported_configs(tmp_path: Path) -> None:
     hf_dir = tmp_path / "hf"
     hf_dir.mkdir()

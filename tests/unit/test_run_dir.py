@@ -54,6 +54,19 @@ def test_not_a_run_directory(tmp_path: Path) -> None:
         RunDir(tmp_path).load_config()
 
 
+def test_a_damaged_config_is_one_line(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run")
+    run.write_config(load_config("toy", toy_overrides(run.root)))
+    text = run.config.read_bytes()
+    run.config.write_bytes(text[:20] + b"\xff\xfe" + text[20:])
+    with pytest.raises(ConfigError, match=r"config.yaml is not UTF-8 text \(byte 20\); fix or restore the file"):
+        run.load_config()
+    run.config.write_text("lr: [1, 2\nseed: 3\n")
+    with pytest.raises(ConfigError, match=r"config.yaml is not valid YAML \(.* at line \d+, column \d+\)") as err:
+        run.load_config()
+    assert "\n" not in str(err.value)
+
+
 def test_newest_checkpoint_is_found(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "run")
     assert run.newest_checkpoint() is None and run.newest_loadable() is None

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from smoltrain.config import TrainConfig
-from smoltrain.data.tokenizer import TOKENIZER_FILES
+from smoltrain.data.tokenizer import TOKENIZER_FILES, load_tokenizer
 from smoltrain.errors import SmoltrainError
 from smoltrain.families import validate
 from smoltrain.fileio import atomic_directory, read_json
@@ -72,13 +72,11 @@ def _special_token_ids(tokenizer_dir: Path) -> dict[str, int]:
     for name in ("tokenizer_config.json", "special_tokens_map.json"):  # the map wins, as in transformers
         path = tokenizer_dir / name
         if path.is_file():
-            data = json.loads(path.read_text())
+            data = read_json(path, dict, f"restore the tokenizer files in {tokenizer_dir}")
             names.update({k: data[k] for k in ("bos_token", "eos_token", "pad_token") if data.get(k)})
     if not names or not (tokenizer_dir / "tokenizer.json").is_file():
         return {}
-    from tokenizers import Tokenizer  # a core dependency; imported late as export without a tokenizer skips it
-
-    tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    tokenizer = load_tokenizer(tokenizer_dir)
     ids = {}
     for key, token in names.items():
         content = token["content"] if isinstance(token, dict) else token  # AddedToken dicts or plain strings
@@ -243,11 +241,15 @@ def _weight_files(directory: Path) -> list[Path]:
 def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for file in _weight_files(directory):
-        with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 - safe_open handles are not iterable
-                # Older exports saved the RoPE inverse frequencies; they are recomputed, not learned.
-                if not key.endswith("rotary_emb.inv_freq"):
-                    state[key] = handle.get_tensor(key)
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for key in handle.keys():  # noqa: SIM118 - safe_open handles are not iterable
+                    # Older exports saved the RoPE inverse frequencies; they are recomputed, not learned.
+                    if not key.endswith("rotary_emb.inv_freq"):
+                        state[key] = handle.get_tensor(key)
+        except (OSError, SafetensorError) as err:  # truncated or not safetensors at all
+            raise SmoltrainError(f"{file} cannot be read as safetensors ({err}); download or export it again") \
+                from None
     return state
 
 

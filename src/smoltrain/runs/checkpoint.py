@@ -178,16 +178,6 @@ def verify(path: Path) -> None:
             raise CheckpointError(f"{file} is damaged (its sha256 differs from the one written); {_fix(path)}")
 
 
-def _is_ours_and_complete(path: Path) -> bool:
-    """Whether ``path`` has a manifest of ours whose files are all there at their sizes (no hashing)."""
-    try:
-        files = _read_manifest(path)
-    except CheckpointError:
-        return False
-    return files is not None and all((path / name).is_file() and (path / name).stat().st_size == entry["size"]
-                                     for name, entry in files.items())
-
-
 def _verifies(path: Path) -> bool:
     try:
         with warnings.catch_warnings():
@@ -200,15 +190,18 @@ def _verifies(path: Path) -> bool:
 
 def _prune(root: Path, just_written: Path, keep: int) -> None:
     """Keep the newest ``keep`` checkpoints that verify (``just_written`` does: its hashes were just taken);
-    delete older ones of ours. A directory that does not verify is not counted, and neither deleted: it may
-    be what a person wants to look at, or not ours at all."""
+    delete older ones that verify. A directory that does not verify is neither counted nor deleted: it may be
+    what a person wants to look at, or not ours at all. Verifying re-reads the kept checkpoints and the one
+    leaving, once per save: a fraction of what writing them cost."""
     kept = 0
     for path in reversed(list_checkpoints(root)):
-        if kept < keep:
-            if path == just_written or _verifies(path):
+        if path == just_written:
+            kept += 1
+        elif _verifies(path):
+            if kept < keep:
                 kept += 1
-        elif path != just_written and _is_ours_and_complete(path):
-            shutil.rmtree(path, ignore_errors=True)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def save_weights_only(root: Path, step: int, model_state: dict[str, torch.Tensor], origin: dict[str, Any]) -> Path:
