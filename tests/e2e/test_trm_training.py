@@ -17,7 +17,7 @@ from smoltrain.families import load_config
 from smoltrain.runs import checkpoint as ckpt
 from smoltrain.train.logging import read_metrics
 from smoltrain.train.trainer import Trainer
-from tests.helpers import RUNNER, run_python
+from tests.helpers import RUNNER, run_python, write_sorting_puzzles
 
 TINY_TRM = ["arch.hidden_size=32", "arch.num_heads=2", "arch.H_cycles=2", "arch.L_cycles=1", "arch.halt_max_steps=4",
             "global_batch_size=16", "lr=1e-3", "lr_warmup_steps=2", "log_every=1", "device=cpu"]
@@ -106,6 +106,37 @@ def test_eval_cli_on_a_run_with_other_data(sudoku4, tmp_path):
                        "eval_max_examples=null"])
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["count"] == 10
+
+
+def _tiny_sorting_run(data: Path, run: Path, *extra: str) -> list[str]:
+    return ["arch=trm", "arch.L_layers=1", *TINY_TRM, f"data_paths=[{data}]", f"run_dir={run}", "max_steps=2",
+            "eval_max_examples=8", "evaluators=[]", *extra]
+
+
+def test_load_checkpoint_onto_other_puzzle_ids_resets_the_table_to_its_mean(tmp_path, capsys):
+    # As the reference's load_checkpoint: a puzzle-embedding table of another row count becomes its mean row.
+    three = write_sorting_puzzles(tmp_path / "three", n_train=64, n_test=16, num_ids=3)
+    five = write_sorting_puzzles(tmp_path / "five", n_train=64, n_test=16, num_ids=5)
+    Trainer(load_config(None, _tiny_sorting_run(three, tmp_path / "a"))).fit()
+    source = ckpt.list_checkpoints(tmp_path / "a" / "checkpoints")[-1]
+    table = ckpt.load_checkpoint(source)[0]["model.inner.puzzle_emb.weights"]
+    trainer = Trainer(load_config(None, _tiny_sorting_run(five, tmp_path / "b", f"load_checkpoint={source}")))
+    rows = trainer.model.state_dict()["model.inner.puzzle_emb.weights"]
+    assert rows.shape == (5, table.shape[1]) and torch.equal(rows, table.mean(0, keepdim=True).expand_as(rows))
+    trainer.fit()
+    assert f"load_checkpoint={source}: its puzzle embedding has 3 rows, this data 5 puzzle ids; every row set " \
+           "to their mean" in capsys.readouterr().out
+
+
+def test_another_architecture_in_run_dir_is_one_line(tmp_path):
+    three = write_sorting_puzzles(tmp_path / "three", n_train=64, n_test=16, num_ids=3)
+    Trainer(load_config(None, _tiny_sorting_run(three, tmp_path / "trm"))).fit()
+    proc = run_python(["-m", "smoltrain", "train", "toy", f"run_dir={tmp_path / 'trm'}", "device=cpu",
+                       "max_steps=4", "resume=auto"])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "holds a model of another architecture/shape than the config given (arch.name=toy): " in line
+    assert "missing keys (first: " in line and "unexpected (first: model.inner." in line
 
 
 @pytest.mark.slow

@@ -53,7 +53,13 @@ Contents = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict[s
 
 
 class CheckpointError(SmoltrainError):
-    """A checkpoint directory that is damaged, incomplete, or holds another model than the one asked for."""
+    """A checkpoint directory that is damaged, incomplete, or holds another model than the one asked for.
+
+    ``problem`` is the message without its fix (what a warning about a skipped checkpoint says)."""
+
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(f"{problem}; {fix}")
+        self.problem = problem
 
 
 def step_dir_name(step: int) -> str:
@@ -139,7 +145,7 @@ def _read_manifest(path: Path) -> dict[str, dict[str, Any]] | None:
                    for e in files.values()):
             raise TypeError("an entry lacks size or sha256")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-        raise CheckpointError(f"{file} is damaged ({type(err).__name__}: {err}); {_fix(path)}") from None
+        raise CheckpointError(f"{file} is damaged ({type(err).__name__}: {err})", _fix(path)) from None
     return files
 
 
@@ -159,23 +165,23 @@ def verify(path: Path) -> None:
         missing = [name for name in (MODEL_FILE, STATE_FILE) if not (path / name).is_file()]
         if missing:
             raise CheckpointError(f"{path} is not a complete smoltrain checkpoint (no {MANIFEST_FILE}, no "
-                                  f"{' or '.join(missing)}); {_fix(path)}")
+                                  f"{' or '.join(missing)})", _fix(path))
         warnings.warn(f"{path} has no {MANIFEST_FILE} (written by an older smoltrain): its files are not "
                       "verified", stacklevel=2)
         return
     for name in (MODEL_FILE, STATE_FILE):
         if name not in files:
-            raise CheckpointError(f"{path / MANIFEST_FILE} lists no {name}: not a complete checkpoint; {_fix(path)}")
+            raise CheckpointError(f"{path / MANIFEST_FILE} lists no {name}: not a complete checkpoint", _fix(path))
     for name, entry in files.items():
         file = path / name
         if not file.is_file():
-            raise CheckpointError(f"{file} is missing (the checkpoint's manifest lists it); {_fix(path)}")
+            raise CheckpointError(f"{file} is missing (the checkpoint's manifest lists it)", _fix(path))
         size = file.stat().st_size
         if size != entry["size"]:
-            raise CheckpointError(f"{file} is truncated or damaged ({size} bytes, {entry['size']} written); "
-                                  f"{_fix(path)}")
+            raise CheckpointError(f"{file} is truncated or damaged ({size} bytes, {entry['size']} written)",
+                                  _fix(path))
         if _sha256(file) != entry["sha256"]:
-            raise CheckpointError(f"{file} is damaged (its sha256 differs from the one written); {_fix(path)}")
+            raise CheckpointError(f"{file} is damaged (its sha256 differs from the one written)", _fix(path))
 
 
 def _verifies(path: Path) -> bool:
@@ -233,8 +239,8 @@ def load_checkpoint(path: Path) -> Contents:
     """
     path = Path(path)
     if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is not a directory; pass a step directory such as "
-                              f"RUN/checkpoints/{step_dir_name(1000)}")
+        raise CheckpointError(f"checkpoint {path} is not a directory",
+                              f"pass a step directory such as RUN/checkpoints/{step_dir_name(1000)}")
     verify(path)
     model_state = _read_safetensors(path / MODEL_FILE)
     ema_state = _read_safetensors(path / EMA_FILE) if (path / EMA_FILE).is_file() else None
@@ -244,10 +250,10 @@ def load_checkpoint(path: Path) -> Contents:
         # Truncated (EOF, "failed finding central directory"), not a torch file, or a pickle payload that
         # weights_only refuses: none of them is a trainer state we wrote.
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path / STATE_FILE} cannot be read ({first}); {_fix(path)}") from None
+        raise CheckpointError(f"{path / STATE_FILE} cannot be read ({first})", _fix(path)) from None
     if not isinstance(trainer_state, dict):
-        raise CheckpointError(f"{path / STATE_FILE} holds a {type(trainer_state).__name__}, not a trainer state; "
-                              f"{_fix(path)}")
+        raise CheckpointError(f"{path / STATE_FILE} holds a {type(trainer_state).__name__}, not a trainer state",
+                              _fix(path))
     return model_state, ema_state, trainer_state
 
 
@@ -255,7 +261,7 @@ def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(file))
     except (OSError, SafetensorError) as err:
-        raise CheckpointError(f"{file} cannot be read ({err}); {_fix(file.parent)}") from None
+        raise CheckpointError(f"{file} cannot be read ({err})", _fix(file.parent)) from None
 
 
 def check_weights(model: nn.Module, state: dict[str, torch.Tensor], checkpoint: Path, against: str,
@@ -280,7 +286,7 @@ def check_weights(model: nn.Module, state: dict[str, torch.Tensor], checkpoint: 
         parts.append(f"{len(reshaped)} of another shape (first: {key} {tuple(state[key].shape)} vs "
                      f"{tuple(expected[key].shape)})")
     raise CheckpointError(f"checkpoint {checkpoint} holds a model of another architecture/shape than {against}: "
-                          f"{', '.join(parts)}; {fix}")
+                          f"{', '.join(parts)}", fix)
 
 
 def weights_to_use(model_state: dict[str, torch.Tensor],
@@ -303,10 +309,10 @@ def newest_loadable(root: Path, fix: str = DAMAGED_RUN_FIX) -> tuple[Path, Conte
         try:
             return path, load_checkpoint(path)
         except CheckpointError as err:  # a damaged file must not stop a resume from an older one
-            warnings.warn(f"skipping unreadable checkpoint {path}: {err}", stacklevel=2)
+            warnings.warn(f"skipping unreadable checkpoint {path}: {err.problem}", stacklevel=2)
             skipped.append(path.name)
     if skipped:
         raise CheckpointError(f"no checkpoint of {root.parent} verifies ({len(skipped)} damaged or incomplete: "
                               f"{', '.join(skipped[:3])}{', ...' if len(skipped) > 3 else ''}; warnings above "
-                              f"say why); {fix}")
+                              "say why)", fix)
     return None
