@@ -123,8 +123,11 @@ def save_checkpoint(
 
 
 def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:  # read in chunks: hashing a 2 GB table must not hold it in memory
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:  # in chunks: hashing a 2 GB table must not hold it in memory
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _write_manifest(directory: Path) -> None:
