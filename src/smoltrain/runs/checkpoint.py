@@ -147,8 +147,14 @@ def _read_manifest(path: Path) -> dict[str, dict[str, Any]] | None:
         if not all(isinstance(e, dict) and isinstance(e["size"], int) and isinstance(e["sha256"], str)
                    for e in files.values()):
             raise TypeError("an entry lacks size or sha256")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        if not all(Path(name).name == name for name in files):  # files of this directory only
+            raise ValueError("it names a file outside its directory")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError,
+            AttributeError) as err:
         raise CheckpointError(f"{file} is damaged ({type(err).__name__}: {err})", _fix(path)) from None
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise CheckpointError(f"{file} is of format {manifest.get('format')!r}; this smoltrain reads format "
+                              f"{MANIFEST_FORMAT}", "load it with the smoltrain that wrote it")
     return files
 
 
