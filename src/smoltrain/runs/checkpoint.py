@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from smoltrain.errors import SmoltrainError
-from smoltrain.fileio import fsync_dir, fsync_file
+from smoltrain.fileio import fsync_dir, fsync_file, set_default_permissions
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 MODEL_FILE, EMA_FILE, STATE_FILE = "model.safetensors", "ema.safetensors", "trainer_state.pt"
@@ -54,6 +54,7 @@ def _to_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
         storages.add(tensor.untyped_storage().data_ptr())
         tensors[key] = tensor
     save_file(tensors, str(path))
+    set_default_permissions(path)  # safetensors creates it 0600; the rest of the run follows the umask
     fsync_file(path)
 
 
