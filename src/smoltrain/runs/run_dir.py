@@ -204,7 +204,7 @@ class RunDir:
         if not self.config.is_file():
             return
         saved = self.load_config()
-        if saved.data_paths == cfg.data_paths:  # the saved data can be read (other data is a difference anyway)
+        if all(Path(path).is_dir() for path in saved.data_paths):  # else its data moved: a difference anyway
             saved = resolve(saved)
         changes = changed_keys(saved, resolve(cfg))
         if not changes:
