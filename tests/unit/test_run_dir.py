@@ -185,3 +185,10 @@ def test_run_files_follow_the_umask(tmp_path: Path, mask: int) -> None:
         assert step.stat().st_mode & 0o777 == 0o777 & ~mask
     finally:
         os.umask(previous)
+
+
+def test_a_run_directory_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SmoltrainError, match=r"cannot write the run directory .*file/run \(Not a directory\): "
+                                             "choose another run_dir"):
+        RunDir(tmp_path / "file" / "run").lock()
