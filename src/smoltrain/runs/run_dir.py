@@ -74,7 +74,7 @@ def _may_change(key: str) -> bool:
     return any(key == safe or key.startswith(safe + ".") for safe in RESUMABLE_CHANGES)
 
 
-def changed_keys(saved: TrainConfig, given: TrainConfig) -> dict[str, tuple[Any, Any]]:
+def _changed_keys(saved: TrainConfig, given: TrainConfig) -> dict[str, tuple[Any, Any]]:
     """``key: (saved value, given value)`` for every key outside :data:`RESUMABLE_CHANGES` that differs."""
     old, new = (_flatten(cfg.model_dump(mode="json")) for cfg in (saved, given))
     return {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
@@ -210,7 +210,7 @@ class RunDir:
         saved = self.load_config()
         if all(Path(path).is_dir() for path in saved.data_paths):  # else its data moved: a difference anyway
             saved = resolve(saved)
-        changes = changed_keys(saved, resolve(cfg))
+        changes = _changed_keys(saved, resolve(cfg))
         if not changes:
             return
         shown = [f"{key}: {old!r} -> {new!r}" for key, (old, new) in list(changes.items())[:SHOWN_CHANGES]]
