@@ -4,6 +4,7 @@ continued only with its own config."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -142,3 +143,12 @@ def test_a_resume_with_another_config_is_refused_and_keeps_the_run(tmp_path: Pat
     proc = run_python(["-m", "smoltrain", "train", "toy", *toy_overrides(run.root, max_steps=5, log_every=2)])
     assert proc.returncode == 0, proc.stderr
     assert run.load_config().lr == 3e-3 and run.load_config().max_steps == 5
+
+
+def test_a_new_run_where_the_checkpoints_were_deleted_starts_its_own_metrics(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run")
+    Trainer(load_config("toy", toy_overrides(run.root, max_steps=4))).fit()
+    shutil.rmtree(run.checkpoints)  # what the refusal of resume=none asks for
+    Trainer(load_config("toy", toy_overrides(run.root, max_steps=2, resume="none", lr=0.01))).fit()
+    assert [r["step"] for r in read_metrics(run.metrics) if r["split"] == "train"] == [1, 2]
+    assert run.load_config().lr == 0.01
