@@ -5,6 +5,7 @@ Tests import these from here (``from tests.helpers import ...``); ``conftest.py`
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from smoltrain.data.puzzles import PuzzleDatasetMetadata, write_identifiers, write_split
+from smoltrain.train.logging import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -42,6 +44,14 @@ def run_python(args: list[str], timeout: float = 300, env: dict[str, str] | None
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
                           env=full_env, cwd=cwd_override or REPO)
+
+
+def read_metrics_safe(run: Path) -> list[dict]:
+    """The metrics rows of a training still running (none while a row is half written)."""
+    try:
+        return read_metrics(run / "metrics.jsonl")
+    except json.JSONDecodeError:
+        return []
 
 
 def write_sorting_puzzles(root: Path, n_train: int = 256, n_test: int = 64, seq_len: int = 6, digits: int = 4,

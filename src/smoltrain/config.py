@@ -22,6 +22,7 @@ This module knows no model family: :func:`validate` takes the family's arch clas
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -150,8 +151,17 @@ class TrainConfig(StrictModel):
         return None
 
     def resolved_run_dir(self) -> Path:
+        """``run_dir`` (or the reference's ``checkpoint_path``), else ``runs/<run_name>``, else a name of the
+        architecture and the dataset, ``runs/<arch.name>-<first data path's folder name>``: the same model
+        trained on two datasets gets two run directories instead of one resuming the other's checkpoints."""
         run_dir = self.setting("run_dir")
-        return Path(run_dir) if run_dir else Path("runs") / (self.run_name or self.arch.name)
+        if run_dir:
+            return Path(run_dir)
+        if self.run_name:
+            return Path("runs") / self.run_name
+        # abspath, so `data_paths=[.]` or `[data/sudoku/]` still name their folder
+        dataset = Path(os.path.abspath(self.data_paths[0])).name if self.data_paths else ""
+        return Path("runs") / (f"{self.arch.name}-{dataset}" if dataset else self.arch.name)
 
 
 # ----------------------------------------------------------------------------------------------

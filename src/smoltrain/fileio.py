@@ -35,6 +35,21 @@ def fsync_file(path: str | os.PathLike) -> None:
         os.fsync(handle.fileno())
 
 
+def umask() -> int:
+    """The process's umask. It can only be read by setting it: set a strict one for that instant, so a file
+    another thread creates meanwhile is never more open than intended."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def set_default_permissions(path: str | os.PathLike) -> None:
+    """Give ``path`` the permissions ``open()`` gives a new file (0o666 less the umask): for files written by
+    something that creates them private (``tempfile.mkstemp``, safetensors' ``save_file``: 0600), so the
+    files of a run or a dataset can be shared as the user's umask says."""
+    os.chmod(path, 0o666 & ~umask())
+
+
 def write_synced(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
     """Create ``path``, let ``write(handle)`` fill it, then flush and fsync before closing.
 
@@ -51,10 +66,13 @@ def write_json_synced(path: str | os.PathLike, obj: object, indent: int | None =
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary sibling renamed over it; the file gets the permissions of
+    a file ``open()`` creates, as if written in place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        set_default_permissions(tmp)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -1,19 +1,28 @@
-"""The run directory: its layout, atomic config, checkpoints found, and imported runs training from weights."""
+"""The run directory: its layout, imported runs training from weights, one training at a time, and a run
+continued only with its own config."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import smoltrain
+from smoltrain.errors import SmoltrainError
 from smoltrain.families import family_class, load_config
 from smoltrain.runs import RunDir
 from smoltrain.runs import checkpoint as ckpt
 from smoltrain.runtime.distributed import DistEnv
+from smoltrain.train.logging import read_metrics
 from smoltrain.train.trainer import Trainer
-from tests.helpers import toy_overrides
+from tests.helpers import REPO, read_metrics_safe, run_python, toy_overrides
 
 
 def _import_toy_run(output: Path, step: int) -> dict[str, torch.Tensor]:
@@ -78,3 +87,68 @@ def test_load_checkpoint_starts_a_new_run_through_the_same_path(tmp_path: Path,
     trainer = Trainer(cfg)
     assert starts == [0] and trainer.step == 0 and trainer.resumed_from is None
     assert all(torch.equal(trainer.model.state_dict()[k], v) for k, v in weights.items())
+
+
+def _wait_for(condition, seconds: float = 60) -> None:
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_a_second_training_on_a_run_dir_is_refused_naming_the_first(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run")
+    first = subprocess.Popen([sys.executable, "-m", "smoltrain", "train", "toy",
+                              *toy_overrides(run.root, max_steps=1_000_000)],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: len(read_metrics_safe(run.root)) >= 3)
+        second = run_python(["-m", "smoltrain", "train", "toy", *toy_overrides(run.root, max_steps=5)])
+        assert second.returncode == 2
+        assert second.stderr == f"error: {run.root} is in use by another training (pid {first.pid}); wait for it " \
+                                "to end, or choose another run_dir\n"
+    finally:
+        first.send_signal(signal.SIGTERM)
+        out, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
+    # The first training went on undisturbed: its checkpoint, and metrics up to its last step.
+    step = ckpt.load_checkpoint(run.newest_checkpoint())[2]["step"]
+    assert max(r["step"] for r in read_metrics(run.metrics)) == step >= 3
+    assert run_python(["-m", "smoltrain", "train", "toy", *toy_overrides(run.root, max_steps=step + 1)]).returncode == 0
+
+
+def test_the_trainer_owns_its_run_dir_from_start_to_end(tmp_path: Path) -> None:
+    cfg = load_config("toy", toy_overrides(tmp_path / "run", max_steps=2))
+    trainer = Trainer(cfg)
+    with pytest.raises(SmoltrainError, match=rf"in use by another training \(pid {os.getpid()}\)"):
+        Trainer(cfg)
+    trainer.fit()  # releases it
+    refused = load_config("toy", toy_overrides(tmp_path / "run", max_steps=4, resume="none"))
+    with pytest.raises(SmoltrainError, match="already holds checkpoints"):
+        Trainer(refused)  # a refused start releases it too
+    assert Trainer(load_config("toy", toy_overrides(tmp_path / "run", max_steps=4))).fit()["step"] == 4
+
+
+def test_a_resume_with_another_config_is_refused_and_keeps_the_run(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run")
+    assert run_python(["-m", "smoltrain", "train", "toy", *toy_overrides(run.root, max_steps=3)]).returncode == 0
+    config, metrics = run.config.read_text(), run.metrics.read_text()
+    for change in ({"lr": 0.5, "max_steps": 5}, {"max_steps": 5, "resume": "none"}):
+        proc = run_python(["-m", "smoltrain", "train", "toy", *toy_overrides(run.root, **change)])
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
+        assert ("lr: 0.003 -> 0.5" if "lr" in change else "already holds checkpoints") in proc.stderr
+        assert run.config.read_text() == config and run.metrics.read_text() == metrics
+        assert [p.name for p in run.list_checkpoints()] == ["step_00000003"]
+    # Changing only how long it trains continues the run.
+    proc = run_python(["-m", "smoltrain", "train", "toy", *toy_overrides(run.root, max_steps=5, log_every=2)])
+    assert proc.returncode == 0, proc.stderr
+    assert run.load_config().lr == 3e-3 and run.load_config().max_steps == 5
+
+
+def test_a_new_run_where_the_checkpoints_were_deleted_starts_its_own_metrics(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run")
+    Trainer(load_config("toy", toy_overrides(run.root, max_steps=4))).fit()
+    shutil.rmtree(run.checkpoints)  # what the refusal of resume=none asks for
+    Trainer(load_config("toy", toy_overrides(run.root, max_steps=2, resume="none", lr=0.01))).fit()
+    assert [r["step"] for r in read_metrics(run.metrics) if r["split"] == "train"] == [1, 2]
+    assert run.load_config().lr == 0.01

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import subprocess
@@ -18,7 +17,7 @@ from smoltrain.families import load_config
 from smoltrain.runs import checkpoint as ckpt
 from smoltrain.train.logging import read_metrics
 from smoltrain.train.trainer import Trainer, TrainingDiverged
-from tests.helpers import REPO, RUNNER, run_python, toy_overrides
+from tests.helpers import REPO, RUNNER, read_metrics_safe, run_python, toy_overrides
 
 
 def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -28,13 +27,6 @@ def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 def _metric_rows(run_dir: Path) -> list[dict]:
     keep = ("split", "step", "loss", "lr", "grad_norm", "accuracy", "exact_accuracy")
     return [{k: r[k] for k in keep if k in r} for r in read_metrics(run_dir / "metrics.jsonl")]
-
-
-def read_metrics_safe(run: Path) -> list[dict]:
-    try:
-        return read_metrics(run / "metrics.jsonl")
-    except json.JSONDecodeError:
-        return []
 
 
 def _inject_nan_gradients(trainer: Trainer, at_steps: set[int]) -> None:

@@ -47,3 +47,12 @@ def test_info_lm_matches_minimind3(capsys):
 def test_lm_presets_match_minimind_counts(preset, expected, capsys):
     assert main(["info", f"arch={preset}", "data_paths=[]"]) == 0  # llm.md §1.3: 25.83M, 63.91M, 198.42M
     assert f"parameters: {expected}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("which", [[], ["lm"]], ids=["trm", "lm"])
+def test_demo_refuses_a_directory_it_did_not_make(which, capsys, tmp_path):
+    (tmp_path / "thesis.tex").write_text("years of work")
+    assert main(["demo", *which, "--run-dir", str(tmp_path), "--corpus", str(tmp_path / "thesis.tex")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path} already exists and was not made by `smoltrain demo`")
+    assert err.count("\n") == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["thesis.tex"]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from smoltrain.config import compose
@@ -60,3 +62,15 @@ def test_bad_overrides_give_one_line(override, message):
 def test_unknown_recipe_suggests():
     with pytest.raises(ConfigError, match="did you mean toy"):
         load_config("toi")
+
+
+def test_the_default_run_dir_names_the_arch_and_the_dataset():
+    # `arch=trm` on sudoku4 and then on maze6 used to share runs/trm: the second resumed the first.
+    sudoku, maze = (load_config(None, ["arch=trm", f"data_paths=[data/{name}]"]) for name in ("sudoku4", "maze6"))
+    assert sudoku.resolved_run_dir() == Path("runs/trm-sudoku4") and maze.resolved_run_dir() == Path("runs/trm-maze6")
+    assert load_config(None, ["arch=trm", "data_paths=[data/sudoku4/]"]).resolved_run_dir() == Path("runs/trm-sudoku4")
+    assert load_config("toy").resolved_run_dir() == Path("runs/toy")  # no data: the arch alone
+    # run_name, run_dir and the reference's checkpoint_path name it as before.
+    assert load_config("toy", ["data_paths=[d]", "run_name=mine"]).resolved_run_dir() == Path("runs/mine")
+    assert load_config("toy", ["data_paths=[d]", "run_dir=x/y"]).resolved_run_dir() == Path("x/y")
+    assert load_config("toy", ["data_paths=[d]", "checkpoint_path=c/z"]).resolved_run_dir() == Path("c/z")

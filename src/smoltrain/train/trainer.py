@@ -141,25 +141,44 @@ class Trainer:
         self.start_events: list[str] = []  # lines about how training starts, logged when fit begins
 
         self.run = RunDir(cfg.resolved_run_dir())
-        self.resumed_from = self._start()
-        self.logger = MetricsLogger(
-            self.run,
-            enabled=self.dist.is_main,
-            total_steps=self.total_steps,
-            start_step=self.step,
-            log_every=cfg.log_every,
-            wandb_cfg=cfg.wandb,
-            tensorboard=cfg.tensorboard,
-            config=cfg.model_dump(mode="json"),
-            run_name=cfg.run_name,
-            wandb_project=cfg.setting("wandb.project"),
-        )
+        # Rank 0 writes the run directory, so it owns it (before reading a checkpoint) until `fit` ends: a second
+        # training there would resume this one's checkpoints, prune them and truncate its metrics.
+        self.run_lock = self.run.lock() if self.dist.is_main else None
+        try:
+            self.resumed_from = self._start()
+            self.logger = MetricsLogger(
+                self.run,
+                enabled=self.dist.is_main,
+                total_steps=self.total_steps,
+                start_step=self.step,
+                log_every=cfg.log_every,
+                wandb_cfg=cfg.wandb,
+                tensorboard=cfg.tensorboard,
+                config=cfg.model_dump(mode="json"),
+                run_name=cfg.run_name,
+                wandb_project=cfg.setting("wandb.project"),
+            )
+        except BaseException:
+            self.release_run_dir()
+            raise
 
     # ------------------------------------------------------------------------------------------
     # public
 
     def fit(self) -> dict[str, Any]:
-        """Train to ``total_steps`` (or until a signal); returns the run summary."""
+        """Train to ``total_steps`` (or until a signal); returns the run summary. The run directory is released
+        when it returns or raises."""
+        try:
+            return self._fit()
+        finally:
+            self.release_run_dir()
+
+    def release_run_dir(self) -> None:
+        """Let another training own the run directory (``fit`` does this when it ends)."""
+        if self.run_lock is not None:
+            self.run_lock.release()
+
+    def _fit(self) -> dict[str, Any]:
         self._write_run_files()
         for line in self.start_events:
             self.logger.event(line)
@@ -367,18 +386,17 @@ class Trainer:
         """
         this_config = f"the config given (arch.name={self.cfg.arch.name})"
         found = self._checkpoint_to_resume()
+        resumed_from = None
         if found is not None:
-            path, (model_state, ema_state, state) = found
-            ckpt.check_weights(self.model, ckpt.weights_to_use(model_state, ema_state), path, this_config,
+            resumed_from, (model_state, ema_state, state) = found
+            ckpt.check_weights(self.model, ckpt.weights_to_use(model_state, ema_state), resumed_from, this_config,
                                fix=f"use a new run_dir, or the run's own config (smoltrain train {self.run.config})")
             if ckpt.holds_training_state(state):
-                self._restore(path, model_state, ema_state, state)
+                self.run.check_continues(self.cfg)  # the run goes on bit for bit: only with its own config
+                self._restore(resumed_from, model_state, ema_state, state)
             else:
                 self._start_from_weights(model_state, ema_state, state.get("step", 0))
-            if self.dist.is_main:  # rows past the start were written by a run that died after it
-                truncate_metrics(self.run.metrics, self.step)
-            return path
-        if self.cfg.load_checkpoint:
+        elif self.cfg.load_checkpoint:
             path = Path(self.cfg.load_checkpoint)
             if not path.exists():
                 raise SmoltrainError(f"load_checkpoint={path} does not exist")
@@ -397,11 +415,14 @@ class Trainer:
             ckpt.check_weights(self.model, ckpt.weights_to_use(model_state, ema_state), path, this_config,
                                fix="load_checkpoint= takes a checkpoint of the same architecture and sizes")
             self._start_from_weights(model_state, ema_state, step=0)
-        return None
+        if self.dist.is_main:  # rows past the start were written by a run that died after it
+            truncate_metrics(self.run.metrics, self.step)
+        return resumed_from
 
     def _checkpoint_to_resume(self) -> tuple[Path, tuple] | None:
         choice = self.cfg.resume
         if choice == "none":
+            self.run.check_fresh()
             return None
         if choice == "auto":
             return self.run.newest_loadable(fix="pass resume=none to start over")
