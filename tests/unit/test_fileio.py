@@ -1,13 +1,17 @@
-"""Reading JSON that users and other programs wrote: one clear line for every way it can be damaged."""
+"""Reading JSON that users and other programs wrote: one clear line for every way it can be damaged; writing
+outputs: one clear line for every way a write can fail, and nothing half-written left behind."""
 
 from __future__ import annotations
 
+import errno
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from smoltrain.errors import DataError
-from smoltrain.fileio import read_json
+from smoltrain.errors import DataError, OutputError, SmoltrainError
+from smoltrain.fileio import atomic_directory, atomic_write_bytes, check_output_path, read_json, write_synced
 
 
 def test_read_json_returns_the_value_of_the_expected_type(tmp_path: Path) -> None:
@@ -32,3 +36,76 @@ def test_damaged_json_is_one_line_naming_the_file_and_the_fix(tmp_path: Path, co
 def test_a_missing_file_is_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"missing\.json is not valid JSON \(.*No such file"):
         read_json(tmp_path / "missing.json", list, "rebuild it")
+
+
+# ------------------------------------------------------------------------------------------------
+# Outputs that cannot be written: one OutputError line naming the output, the reason and the fix; nothing left
+
+
+def _raise(code: int) -> Callable[..., None]:
+    def fail(*_args: object, **_kwargs: object) -> None:
+        raise OSError(code, os.strerror(code))
+    return fail
+
+
+def test_a_read_only_file_system_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "config.yaml"
+    atomic_write_bytes(target, b"old")
+    monkeypatch.setattr(os, "replace", _raise(errno.EROFS))
+    with pytest.raises(OutputError, match=rf"cannot write {target}: Read-only file system; .*writable") as err:
+        atomic_write_bytes(target, b"new")
+    monkeypatch.undo()
+    assert "\n" not in str(err.value)
+    assert isinstance(err.value, SmoltrainError) and isinstance(err.value, OSError)
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+
+
+def test_a_full_disk_under_an_atomic_directory_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    output = tmp_path / "dataset"
+    monkeypatch.setattr(os, "fsync", _raise(errno.ENOSPC))
+    with pytest.raises(OutputError, match=rf"cannot write {output}: No space left on device; free some disk space"):
+        with atomic_directory(output) as tmp:
+            write_synced(tmp / "inputs.npy", lambda handle: handle.write(b"x" * 10))
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_raised_by_the_body_is_about_the_output(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="No space left on device"), atomic_directory(tmp_path / "out"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # e.g. np.save on a full disk
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_input_error_in_the_body_is_not_called_an_output_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError) as err, atomic_directory(tmp_path / "out"):
+        (tmp_path / "missing-input.json").read_text()
+    assert not isinstance(err.value, OutputError)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writes_under_a_file_or_with_a_too_long_name_fail_with_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("mine")
+    with pytest.raises(OutputError, match=rf"cannot write {blocker}/a.json: .*a file is in the way"):
+        atomic_write_bytes(blocker / "a.json", b"{}")
+    with pytest.raises(OutputError, match=rf"cannot write {blocker}/out: .*a file is in the way"):
+        with atomic_directory(blocker / "out"):
+            pass
+    long_name = tmp_path / ("x" * 300)
+    with pytest.raises(OutputError, match="File name too long; choose a shorter name"):
+        atomic_write_bytes(long_name, b"{}")
+    assert blocker.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("blocker", r"blocker: it exists and is a file; remove it or choose another path"),
+    ("blocker/run", r"blocker/run: .*blocker exists and is a file"),
+    ("x" * 300, r"the name x+\.\.\. is 300 bytes long and the file system allows \d+; choose a shorter name"),
+])
+def test_check_output_path_refuses_before_any_work(tmp_path: Path, name: str, message: str) -> None:
+    (tmp_path / "blocker").write_text("mine")
+    with pytest.raises(OutputError, match=message):
+        check_output_path(tmp_path / name)
+    assert check_output_path(tmp_path / "new" / "run") == tmp_path / "new" / "run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]

@@ -28,7 +28,7 @@ from smoltrain.config import TrainConfig
 from smoltrain.data.tokenizer import TOKENIZER_FILES
 from smoltrain.errors import SmoltrainError
 from smoltrain.families import validate
-from smoltrain.fileio import atomic_directory, read_json
+from smoltrain.fileio import atomic_directory, check_output_path, read_json
 from smoltrain.models.lm import LMConfig, LMForCausalLM
 from smoltrain.runs.loading import load
 from smoltrain.runs.run_dir import RunDir
@@ -44,14 +44,19 @@ _TIED_KEY, _EMBED_KEY = "lm_head.weight", "model.embed_tokens.weight"
 # ---------------------------------------------------------------------------------------------------
 
 
+def _check_export_output(output: Path) -> Path:
+    """``output`` (absolute), refused unless it can be created and is absent or an empty directory."""
+    output = check_output_path(output)
+    if output.exists() and any(output.iterdir()):
+        raise SmoltrainError(f"output {output} already exists and is not an empty directory: "
+                             "choose a new path for the Hugging Face export")
+    return output
+
+
 @contextmanager
 def _export_dir(output: Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``output`` to fill; on success it is fsync'ed and renamed to ``output``."""
-    output = Path(output).absolute()
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise SmoltrainError(f"output {output} already exists and is not an empty directory: "
-                             "choose a new path for the Hugging Face export")
-    with atomic_directory(output) as tmp:
+    with atomic_directory(_check_export_output(output)) as tmp:
         yield tmp
 
 
@@ -141,6 +146,7 @@ def export_hf(run_dir: Path, output: Path, checkpoint: Path | None = None) -> Pa
 
     Returns the absolute output directory. ``output`` must not exist or be empty.
     """
+    _check_export_output(output)  # before loading the model
     run = RunDir(run_dir)
     cfg = run.load_config()
     if cfg.arch.name != "lm":

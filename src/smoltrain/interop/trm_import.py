@@ -372,8 +372,8 @@ def import_reference_checkpoint(
     telling the user (dropped keys, derived shapes, EMA).
     """
     say = log or (lambda _line: None)
-    path, step = _find_checkpoint(Path(checkpoint))
     output = RunDir.check_new(output)
+    path, step = _find_checkpoint(Path(checkpoint))
     state = load_reference_state(path)
     config_path, ref = _read_reference_config(path)
     raw, dropped, notes = _map_config(ref, [str(p) for p in data_paths] if data_paths is not None else None)

@@ -116,6 +116,8 @@ class Trainer:
         # Order: resolve (the dataset fills in the shapes) -> config.yaml (written by `fit` from this resolved
         # config) -> family (built from it, only reads it); so config.yaml does not depend on the family.
         self.cfg = cfg = resolve(cfg)
+        self.run = RunDir(cfg.resolved_run_dir())
+        self.run.check_writable()  # before the model is built: a file in its place is refused at once
         self.family = family_class(cfg.arch.name)(cfg, self.dist, self.device)
         self.model = self.family.build_model().to(self.device)
         if self.dist.enabled:
@@ -139,7 +141,6 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self.last_eval_step = self.last_checkpoint_step = -1
 
-        self.run = RunDir(cfg.resolved_run_dir())
         self.resumed_from = self._start()
         self.logger = MetricsLogger(
             self.run,
