@@ -100,7 +100,7 @@ class Trainer:
         self.callbacks = list(callbacks or [])
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
-        self.dist = init_distributed(device_type(cfg.device))
+        self.dist = init_distributed(device_type(cfg.device), cfg.dist_timeout_minutes)
         self.device = pick_device(cfg.device, self.dist.local_rank)
         self.precision = resolve_precision(cfg.precision, self.device)
         per_step = self.dist.world_size * cfg.grad_accum_steps
