@@ -177,3 +177,41 @@ def test_export_refuses_moe_and_busy_output(tmp_path: Path) -> None:
     with pytest.raises(SmoltrainError, match="not an empty directory"):
         export_hf(tmp_path / "run", busy)
     assert (busy / "keep.txt").read_text() == "mine"
+
+
+def test_import_reads_only_files_inside_the_directory(tmp_path: Path) -> None:
+    make_run(tmp_path / "run")
+    hf_dir = export_hf(tmp_path / "run", tmp_path / "hf")
+    outside = tmp_path / "x.safetensors"
+    (hf_dir / "model.safetensors").rename(outside)
+    index = hf_dir / "model.safetensors.index.json"
+    for name in ("../x.safetensors", str(outside)):  # relative past the folder, and absolute
+        index.write_text(json.dumps({"weight_map": {"model.embed_tokens.weight": name}}))
+        with pytest.raises(SmoltrainError, match=rf"index\.json: names .*x\.safetensors outside {hf_dir} \(at "
+                                                 rf"{outside}\); import hf reads only files inside") as err:
+            import_hf(hf_dir, tmp_path / "imported")
+        assert "\n" not in str(err.value)
+    index.unlink()
+    (hf_dir / "model.safetensors").symlink_to(outside)  # a link out of the folder
+    with pytest.raises(SmoltrainError, match=rf"model\.safetensors points outside {hf_dir} \(at {outside}\)"):
+        import_hf(hf_dir, tmp_path / "imported")
+    (hf_dir / "model.safetensors").unlink()
+    outside.rename(hf_dir / "model.safetensors")
+    (tmp_path / "secret.json").write_text("{}")
+    (hf_dir / "tokenizer.json").symlink_to(tmp_path / "secret.json")
+    with pytest.raises(SmoltrainError, match=r"tokenizer\.json points outside"):
+        import_hf(hf_dir, tmp_path / "imported")
+    assert not (tmp_path / "imported").exists()
+    (hf_dir / "tokenizer.json").unlink()
+    import_hf(hf_dir, tmp_path / "imported")  # the folder as it should be imports
+
+
+def test_import_does_not_expand_environment_variables_in_the_config(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMOLTRAIN_SECRET", "s3cr3t")
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    (hf_dir / "config.json").write_text(json.dumps({"model_type": "${oc.env:SMOLTRAIN_SECRET}"}))
+    with pytest.raises(SmoltrainError, match=r"model_type '\$\{oc\.env:SMOLTRAIN_SECRET\}' is not supported") as err:
+        import_hf(hf_dir, tmp_path / "out")  # the JSON is read as it is: no resolver ever sees it
+    assert "s3cr3t" not in str(err.value)

@@ -183,11 +183,22 @@ def export_hf(run_dir: Path, output: Path, checkpoint: Path | None = None) -> Pa
 # ---------------------------------------------------------------------------------------------------
 
 
+def _inside(directory: Path, path: Path, named_in: Path | None = None) -> Path:
+    """``path``, refused unless it (after following symlinks) lies inside ``directory``: an import reads the
+    folder it was given and nothing else, whatever a downloaded index or a link names."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(directory.resolve()):
+        source = f"{named_in}: names {path}" if named_in else f"{path} points"
+        raise SmoltrainError(f"{source} outside {directory} (at {resolved}); import hf reads only files inside "
+                             "the model directory: copy the file into it")
+    return path
+
+
 def _read_hf_config(directory: Path) -> dict[str, Any]:
     path = directory / "config.json"
     if not path.is_file():
         raise SmoltrainError(f"{directory} is not a Hugging Face model directory (no config.json)")
-    return read_json(path, dict, "export the model again (save_pretrained)")
+    return read_json(_inside(directory, path), dict, "export the model again (save_pretrained)")
 
 
 def _lm_fields(config: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -230,18 +241,19 @@ def _lm_fields(config: dict[str, Any], path: Path) -> dict[str, Any]:
 def _weight_files(directory: Path) -> list[Path]:
     single = directory / "model.safetensors"
     if single.is_file():
-        return [single]
+        return [_inside(directory, single)]
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = read_json(index, dict, "export the model again (save_pretrained)").get("weight_map", {})
-        files = sorted(set(weight_map.values()))
-        missing = [name for name in files if not (directory / name).is_file()]
+        weight_map = read_json(_inside(directory, index), dict, "export the model again (save_pretrained)")
+        files = sorted({str(name) for name in weight_map.get("weight_map", {}).values()})
+        shards = [_inside(directory, directory / name, named_in=index) for name in files]  # an absolute name too
+        missing = [shard.name for shard in shards if not shard.is_file()]
         if missing:
             raise SmoltrainError(f"{directory}: shard {missing[0]} named in {index.name} is missing")
-        return [directory / name for name in files]
+        return shards
     shards = sorted(directory.glob("model-*-of-*.safetensors"))
     if shards:
-        return shards
+        return [_inside(directory, shard) for shard in shards]
     raise SmoltrainError(f"{directory} has no model.safetensors (or model-0000x-of-0000y.safetensors shards); "
                          "convert .bin weights to safetensors first")
 
@@ -297,6 +309,9 @@ def import_hf(directory: Path, output: Path) -> Path:
     with torch.device("meta"):  # shapes only: no need to allocate and initialise a second copy
         expected = LMForCausalLM(lm).state_dict()
     state = match_state(_read_weights(directory), expected, lm.tie_word_embeddings, directory)
+    for name in TOKENIZER_FILES:  # copied into the run below
+        if (directory / name).exists():
+            _inside(directory, directory / name)
 
     imported = {
         "source": str(directory.absolute()),
