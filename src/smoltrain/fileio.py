@@ -50,15 +50,19 @@ def output_error(output: str | os.PathLike, err: OSError) -> OutputError:
 @contextlib.contextmanager
 def writing(output: str | os.PathLike, only_write_errors: bool = False) -> Iterator[None]:
     """Turn an ``OSError`` raised inside into :func:`output_error` for ``output``. With ``only_write_errors``,
-    only the errnos that just a write raises (disk full, read-only file system) are turned."""
+    only the errnos that just a write raises (disk full, read-only file system) are turned.
+
+    Nested, the outermost names the output: a file written inside a temporary directory that
+    :func:`atomic_directory` renames into place is reported as that directory, not as the temporary."""
     try:
         yield
-    except OutputError:
-        raise  # already names its output
     except OSError as err:
-        if only_write_errors and err.errno not in _WRITE_ONLY_ERRNOS:
+        cause = err.__cause__ if isinstance(err, OutputError) else err
+        if not isinstance(cause, OSError):
+            raise  # an OutputError of its own (check_output_path), already naming the output
+        if only_write_errors and cause.errno not in _WRITE_ONLY_ERRNOS:
             raise
-        raise output_error(output, err) from err
+        raise output_error(output, cause) from cause
 
 
 def check_output_path(output: str | os.PathLike) -> Path:

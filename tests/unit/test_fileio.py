@@ -109,3 +109,14 @@ def test_check_output_path_refuses_before_any_work(tmp_path: Path, name: str, me
         check_output_path(tmp_path / name)
     assert check_output_path(tmp_path / "new" / "run") == tmp_path / "new" / "run"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
+
+
+def test_a_file_written_inside_an_atomic_directory_is_reported_as_it(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    output = tmp_path / "run"
+    monkeypatch.setattr(os, "replace", _raise(errno.ENOSPC))
+    with pytest.raises(OutputError, match=rf"cannot write {output}: No space left on device"):
+        with atomic_directory(output) as tmp:
+            atomic_write_bytes(tmp / "config.yaml", b"x")  # reported as the run, not as the temporary
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []

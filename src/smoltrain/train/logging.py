@@ -98,7 +98,8 @@ class MetricsLogger:
             return
         row = {"split": prefix, **{k: _clean(v) for k, v in row.items()}}
         assert self._file is not None
-        self._file.write(json.dumps(row) + "\n")
+        with writing(self._file.name):  # a full disk mid-run: one line, the last checkpoint intact
+            self._file.write(json.dumps(row) + "\n")
         step = row["step"]
         scalars = {
             f"{prefix}/{k}": v for k, v in row.items() if k not in ("step", "split") and isinstance(v, (int, float))
