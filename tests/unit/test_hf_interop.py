@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 import smoltrain
 from smoltrain.config import config_to_yaml
-from smoltrain.errors import SmoltrainError
+from smoltrain.errors import OutputError, SmoltrainError
 from smoltrain.families import load_config
 from smoltrain.interop.hf import export_hf, import_hf
 from smoltrain.models.lm import LMForCausalLM
@@ -215,3 +217,21 @@ def test_import_does_not_expand_environment_variables_in_the_config(tmp_path: Pa
     with pytest.raises(SmoltrainError, match=r"model_type '\$\{oc\.env:SMOLTRAIN_SECRET\}' is not supported") as err:
         import_hf(hf_dir, tmp_path / "out")  # the JSON is read as it is: no resolver ever sees it
     assert "s3cr3t" not in str(err.value)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_export_and_import_on_a_full_or_read_only_disk_leave_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     code: int) -> None:
+    make_run(tmp_path / "run")
+    hf_dir = export_hf(tmp_path / "run", tmp_path / "hf")
+    before = sorted(tmp_path.iterdir())
+
+    def fail(*_args: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "fsync", fail)
+    for write, output in ((lambda out: export_hf(tmp_path / "run", out), tmp_path / "hf2"),
+                          (lambda out: import_hf(hf_dir, out), tmp_path / "imported")):
+        with pytest.raises(OutputError, match=rf"^cannot write {output}: {os.strerror(code)}; "):
+            write(output)
+        assert sorted(tmp_path.iterdir()) == before
