@@ -67,8 +67,9 @@ def writing(output: str | os.PathLike, only_write_errors: bool = False) -> Itera
 
 def check_output_path(output: str | os.PathLike) -> Path:
     """``output`` (absolute), refused with one line before any work when it cannot be created: it, or one
-    of its parents, is a file where a directory is needed, or a name in it is longer than the file system
-    allows. Whether an existing directory may be replaced is the caller's to decide."""
+    of its parents, is a file where a directory is needed, a name in it is longer than the file system
+    allows, or the directory it would be written in is read-only or not ours to write. Whether an existing
+    directory may be replaced is the caller's to decide."""
     out = Path(output).absolute()
     name_max = _name_max(out)
     for part in out.parts:  # first: a name too long makes even asking whether the path exists fail
@@ -80,6 +81,13 @@ def check_output_path(output: str | os.PathLike) -> Path:
             raise OutputError(f"cannot write {out}: {parent} exists and is a file; remove it or choose another path")
     if out.exists() and not out.is_dir():
         raise OutputError(f"cannot write {out}: it exists and is a file; remove it or choose another path")
+    # Where the first write lands: in ``out`` when it exists, else where it is created. Asked now, so a long
+    # build or training does not find out at its end.
+    home = next(p for p in [out, *out.parents] if p.is_dir())
+    if os.statvfs(home).f_flag & os.ST_RDONLY:
+        raise OutputError(f"cannot write {out}: {home} is on a read-only file system; {_WRITE_FIXES[errno.EROFS]}")
+    if not os.access(home, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {out}: no permission to write in {home}; {_WRITE_FIXES[errno.EACCES]}")
     return out
 
 

@@ -120,3 +120,20 @@ def test_a_file_written_inside_an_atomic_directory_is_reported_as_it(tmp_path: P
             atomic_write_bytes(tmp / "config.yaml", b"x")  # reported as the run, not as the temporary
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_check_output_path_refuses_a_read_only_or_forbidden_location(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    real_statvfs = os.statvfs
+
+    class ReadOnly:  # what os.statvfs says on a read-only mount (root ignores permission bits, not mounts)
+        def __init__(self, path: object) -> None:
+            self.f_flag = real_statvfs(path).f_flag | os.ST_RDONLY
+
+    monkeypatch.setattr(os, "statvfs", ReadOnly)
+    with pytest.raises(OutputError, match=rf"cannot write {tmp_path}/a/b: {tmp_path} is on a read-only file system"):
+        check_output_path(tmp_path / "a" / "b")
+    monkeypatch.undo()
+    monkeypatch.setattr(os, "access", lambda *_args: False)
+    with pytest.raises(OutputError, match=rf"cannot write {tmp_path}: no permission to write in {tmp_path}; "):
+        check_output_path(tmp_path)
