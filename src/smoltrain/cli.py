@@ -30,11 +30,14 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
     recipe, overrides = _split_recipe(ns.args)
     cfg = load_config(recipe, overrides)
+    trainer = Trainer(cfg)
     try:
-        summary = Trainer(cfg).fit()
+        summary = trainer.fit()
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_DIVERGED
+    if not trainer.dist.is_main:  # under torchrun the summary is rank 0's to print, once
+        return 0
     if summary.get("eval"):
         print("final eval: " + " ".join(f"{k}={v:.4f}" for k, v in summary["eval"].items()))
     print(f"run directory: {summary['run_dir']}")

@@ -120,6 +120,7 @@ class TrainConfig(StrictModel):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
     num_threads: int | None = Field(None, gt=0)
+    dist_timeout_minutes: float = Field(5.0, gt=0)  # torchrun: a rank silent this long in a collective ends the job
 
     # --- logging and safety ---
     log_every: int = Field(10, gt=0)

@@ -15,3 +15,10 @@ class ConfigError(SmoltrainError):
 
 class DataError(SmoltrainError):
     """A dataset or input file that is missing or malformed."""
+
+
+class OutputError(SmoltrainError, OSError):
+    """An output that cannot be written: a file where a directory should be, a read-only or full file
+    system, a name too long, no permission. The message names the path, the reason and the fix.
+
+    Still an ``OSError`` to code that handles those; one line, not a traceback, to the CLI."""

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
+
 import pytest
 
 from smoltrain.cli import main
+from tests.helpers import toy_overrides
 
 VERBS = [["train"], ["eval"], ["info"], ["demo"], ["solve"], ["generate"], ["chat"], ["export"], ["data", "sudoku"],
          ["data", "text"], ["tokenizer", "train"], ["import", "trm"], ["import", "hf"], ["import", "minimind"]]
@@ -56,3 +61,51 @@ def test_demo_refuses_a_directory_it_did_not_make(which, capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith(f"error: {tmp_path} already exists and was not made by `smoltrain demo`")
     assert err.count("\n") == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["thesis.tex"]
+
+
+def _output_verbs(tmp: Path, out: Path) -> dict[str, list[str]]:
+    """Every verb that writes an output, aimed at ``out``; the inputs need not exist (the output is checked first)."""
+    return {
+        "train": ["train", "toy", *toy_overrides(out)],
+        "data sudoku": ["data", "sudoku", "--output-dir", str(out), "--size", "4", "--num-train", "4"],
+        "data maze": ["data", "maze", "--output-dir", str(out), "--size", "6", "--num-train", "4"],
+        "data arc": ["data", "arc", "--input-dir", str(tmp / "arc"), "--output-dir", str(out)],
+        "data text": ["data", "text", "--input", str(tmp / "a.txt"), "--tokenizer", str(tmp / "tok"),
+                      "--output-dir", str(out)],
+        "tokenizer train": ["tokenizer", "train", "--input", str(tmp / "a.txt"), "--output", str(out)],
+        "export": ["export", str(tmp / "run"), "--output", str(out)],
+        "import hf": ["import", "hf", str(tmp), "--output", str(out)],
+        "import trm": ["import", "trm", "--checkpoint", str(tmp / "step_1"), "--output", str(out)],
+        "import minimind": ["import", "minimind", "--checkpoint", str(tmp / "m.pth"), "--preset", "minimind2-26m",
+                            "--output", str(out)],
+    }
+
+
+@pytest.mark.parametrize("verb", list(_output_verbs(Path(), Path())))
+@pytest.mark.parametrize(("where", "reason"), [
+    ("blocker", "it exists and is a file"),
+    ("blocker/out", "blocker exists and is a file"),
+    ("x" * 300, "is 300 bytes long and the file system allows"),
+])
+def test_an_output_that_cannot_be_written_is_one_line_and_nothing_is_made(verb, where, reason, capsys, tmp_path):
+    (tmp_path / "blocker").write_text("mine")
+    before = sorted(tmp_path.iterdir())
+    assert main(_output_verbs(tmp_path, tmp_path / where)[verb]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot write {tmp_path}") and reason in err and "\n" not in err
+    assert sorted(tmp_path.iterdir()) == before and (tmp_path / "blocker").read_text() == "mine"
+
+
+@pytest.mark.parametrize(("code", "reason"), [(errno.ENOSPC, "No space left on device"),
+                                              (errno.EROFS, "Read-only file system")])
+def test_a_full_or_read_only_disk_under_a_build_is_one_line_and_leaves_nothing(code, reason, capsys, tmp_path,
+                                                                               monkeypatch):
+    def fail(*_args: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "fsync", fail)  # every file the build writes is fsync'ed before it is renamed into place
+    out = tmp_path / "sudoku"
+    assert main(["data", "sudoku", "--output-dir", str(out), "--size", "4", "--num-train", "4", "--num-test", "2"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # after the progress bar
+    assert len(errors) == 1 and errors[0].startswith(f"error: cannot write {out}: {reason}; ")
+    assert list(tmp_path.iterdir()) == []

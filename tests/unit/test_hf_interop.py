@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 import smoltrain
 from smoltrain.config import config_to_yaml
-from smoltrain.errors import SmoltrainError
+from smoltrain.errors import OutputError, SmoltrainError
 from smoltrain.families import load_config
 from smoltrain.fileio import umask
 from smoltrain.interop.hf import export_hf, import_hf
@@ -200,3 +202,59 @@ def test_export_refuses_moe_and_busy_output(tmp_path: Path) -> None:
     with pytest.raises(SmoltrainError, match="not an empty directory"):
         export_hf(tmp_path / "run", busy)
     assert (busy / "keep.txt").read_text() == "mine"
+
+
+def test_import_reads_only_files_inside_the_directory(tmp_path: Path) -> None:
+    make_run(tmp_path / "run")
+    hf_dir = export_hf(tmp_path / "run", tmp_path / "hf")
+    outside = tmp_path / "x.safetensors"
+    (hf_dir / "model.safetensors").rename(outside)
+    index = hf_dir / "model.safetensors.index.json"
+    for name in ("../x.safetensors", str(outside)):  # relative past the folder, and absolute
+        index.write_text(json.dumps({"weight_map": {"model.embed_tokens.weight": name}}))
+        with pytest.raises(SmoltrainError, match=rf"index\.json: names .*x\.safetensors outside {hf_dir} \(at "
+                                                 rf"{outside}\); import hf reads only files inside") as err:
+            import_hf(hf_dir, tmp_path / "imported")
+        assert "\n" not in str(err.value)
+    index.unlink()
+    (hf_dir / "model.safetensors").symlink_to(outside)  # a link out of the folder
+    with pytest.raises(SmoltrainError, match=rf"model\.safetensors points outside {hf_dir} \(at {outside}\)"):
+        import_hf(hf_dir, tmp_path / "imported")
+    (hf_dir / "model.safetensors").unlink()
+    outside.rename(hf_dir / "model.safetensors")
+    (tmp_path / "secret.json").write_text("{}")
+    (hf_dir / "tokenizer.json").symlink_to(tmp_path / "secret.json")
+    with pytest.raises(SmoltrainError, match=r"tokenizer\.json points outside"):
+        import_hf(hf_dir, tmp_path / "imported")
+    assert not (tmp_path / "imported").exists()
+    (hf_dir / "tokenizer.json").unlink()
+    import_hf(hf_dir, tmp_path / "imported")  # the folder as it should be imports
+
+
+def test_import_does_not_expand_environment_variables_in_the_config(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMOLTRAIN_SECRET", "s3cr3t")
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    (hf_dir / "config.json").write_text(json.dumps({"model_type": "${oc.env:SMOLTRAIN_SECRET}"}))
+    with pytest.raises(SmoltrainError, match=r"model_type '\$\{oc\.env:SMOLTRAIN_SECRET\}' is not supported") as err:
+        import_hf(hf_dir, tmp_path / "out")  # the JSON is read as it is: no resolver ever sees it
+    assert "s3cr3t" not in str(err.value)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_export_and_import_on_a_full_or_read_only_disk_leave_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     code: int) -> None:
+    make_run(tmp_path / "run")
+    hf_dir = export_hf(tmp_path / "run", tmp_path / "hf")
+    before = sorted(tmp_path.iterdir())
+
+    def fail(*_args: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "fsync", fail)
+    for write, output in ((lambda out: export_hf(tmp_path / "run", out), tmp_path / "hf2"),
+                          (lambda out: import_hf(hf_dir, out), tmp_path / "imported")):
+        with pytest.raises(OutputError, match=rf"^cannot write {output}: {os.strerror(code)}; "):
+            write(output)
+        assert sorted(tmp_path.iterdir()) == before

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from smoltrain.data.tokenizer import (
     load_tokenizer,
     train_tokenizer,
 )
-from smoltrain.errors import ConfigError, DataError
+from smoltrain.errors import ConfigError, DataError, OutputError
 from tests.helpers import make_sentences
 
 
@@ -117,3 +119,19 @@ def test_loads_with_transformers_when_installed(tok_dir: Path) -> None:
     assert (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (1, 2, 0)
     messages = [{"role": "user", "content": "Hi"}]
     assert hf.apply_chat_template(messages, tokenize=False) == apply_chat_template(messages)
+
+
+def test_a_failed_write_leaves_no_half_tokenizer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n\n".join(make_sentences(50)) + "\n")
+    real_replace = os.replace
+
+    def full_on_the_last_file(source: str, target: str) -> None:
+        if str(target).endswith("tokenizer.json"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", full_on_the_last_file)
+    with pytest.raises(OutputError, match=rf"cannot write {tmp_path / 't'}/tokenizer\.json: No space left on device"):
+        train_tokenizer([corpus], vocab_size=300, output=tmp_path / "t")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]  # the two files written before are gone too

@@ -197,3 +197,32 @@ def test_reference_arch_names() -> None:
     assert reference_arch_name("recursive_reasoning.trm_singlez@TinyRecursiveReasoningModel_ACTV1") == "trm_singlez"
     with pytest.raises(SmoltrainError, match=r"transformers_baseline@Model_ACTV2' has no smoltrain equivalent"):
         reference_arch_name("recursive_reasoning.transformers_baseline@Model_ACTV2")
+
+
+@pytest.mark.parametrize("value", ["${oc.env:SMOLTRAIN_SECRET}", "pre-${oc.env:SMOLTRAIN_SECRET,x}",
+                                   "${${oc.env:SMOLTRAIN_SECRET}}", "${oc.decode:'1'}"])
+def test_a_resolver_in_all_config_is_refused_never_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            value: str) -> None:
+    monkeypatch.setenv("SMOLTRAIN_SECRET", "s3cr3t")
+    _, path = write_reference(tmp_path / "ref")
+    config_file = tmp_path / "ref" / "all_config.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    config["run_name"] = value
+    config_file.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"all_config\.yaml: run_name: .* calls a resolver") as err:
+        import_reference_checkpoint(path, tmp_path / "run")
+    assert "s3cr3t" not in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_references_between_keys_of_all_config_are_resolved(tmp_path: Path) -> None:
+    _, path = write_reference(tmp_path / "ref")
+    config_file = tmp_path / "ref" / "all_config.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    hidden_size = config["arch"]["hidden_size"]
+    config["arch"]["puzzle_emb_ndim"] = "${.hidden_size}"  # as the reference's arch configs write it
+    config["run_name"] = "${project_name}"
+    config_file.write_text(yaml.safe_dump(config))
+    run = smoltrain.load(import_reference_checkpoint(path, tmp_path / "run", seq_len=6), device="cpu")
+    assert run.config.arch.puzzle_emb_ndim == hidden_size
+    assert run.config.run_name == config["project_name"]

@@ -59,7 +59,7 @@ import pydantic
 import torch
 
 from smoltrain.errors import ConfigError, DataError
-from smoltrain.fileio import atomic_directory, fsync_dir, read_json, write_json_synced, write_synced
+from smoltrain.fileio import atomic_directory, check_output_path, fsync_dir, read_json, write_json_synced, write_synced
 
 __all__ = [
     "FALLBACK_KIND",
@@ -120,10 +120,8 @@ def check_output_dir(output_dir: str | os.PathLike[str]) -> Path:
 
     Builders call this before spending minutes on generation; `atomic_dataset_dir` checks again.
     """
-    out = Path(output_dir).absolute()
+    out = check_output_path(output_dir)
     if out.exists():
-        if not out.is_dir():
-            raise DataError(f"output path {out} exists and is not a directory: choose another --output-dir")
         if any(out.iterdir()) and not _looks_like_dataset(out):
             raise DataError(
                 f"{out} exists and is not a dataset directory; refusing to replace it: "

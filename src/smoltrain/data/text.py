@@ -50,7 +50,7 @@ import torch
 from smoltrain.data.documents import Skips, iter_documents
 from smoltrain.data.tokenizer import BOS_TOKEN, PAD_TOKEN, eos_id, load_tokenizer, special_token_id, tokenizer_file
 from smoltrain.errors import ConfigError, DataError
-from smoltrain.fileio import atomic_directory, read_json, write_json_synced
+from smoltrain.fileio import atomic_directory, check_output_path, read_json, write_json_synced
 
 FORMAT = "smoltrain-text-v1"
 SPLITS = ("train", "val")
@@ -63,10 +63,8 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def _check_output_dir(output_dir: Path) -> Path:
-    out = Path(output_dir).absolute()
+    out = check_output_path(output_dir)
     if out.exists():
-        if not out.is_dir():
-            raise DataError(f"output path {out} exists and is not a directory: choose another output dir")
         if any(out.iterdir()) and not (out / "metadata.json").exists():
             raise DataError(
                 f"{out} exists and is not a text dataset (no metadata.json); refusing to replace it: "

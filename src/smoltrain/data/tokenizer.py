@@ -11,6 +11,7 @@ Special tokens follow MiniMind: id 0 ``<|endoftext|>`` (pad and unk), 1 ``<|im_s
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -19,7 +20,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from smoltrain.data.documents import iter_documents
 from smoltrain.errors import ConfigError, DataError
-from smoltrain.fileio import atomic_write_text
+from smoltrain.fileio import atomic_write_text, check_output_path
 
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -78,8 +79,7 @@ def train_tokenizer(
     if not inputs:
         raise DataError("no tokenizer training inputs given: pass at least one .txt/.jsonl file or directory")
     output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise DataError(f"tokenizer output {output} exists and is not a directory: choose another output path")
+    check_output_path(output)  # before minutes of training
 
     tokenizer = Tokenizer(models.BPE())
     # No normalizer: any normalization would break the exact byte round trip.
@@ -107,12 +107,32 @@ def train_tokenizer(
         if tokenizer.token_to_id(tok) != i:  # pragma: no cover - guards a library behaviour change
             raise RuntimeError(f"special token {tok} got id {tokenizer.token_to_id(tok)}, expected {i}")
 
-    output.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(output / "tokenizer_config.json", json.dumps(_tokenizer_config(model_max_length), indent=2))
-    atomic_write_text(output / "special_tokens_map.json", json.dumps(_special_tokens_map(), indent=2))
-    # Written last: load_tokenizer keys on tokenizer.json, so an interrupted run is not mistaken for a complete one.
-    atomic_write_text(output / "tokenizer.json", tokenizer.to_str(pretty=False))
+    _write_files(output, {
+        "tokenizer_config.json": json.dumps(_tokenizer_config(model_max_length), indent=2),
+        "special_tokens_map.json": json.dumps(_special_tokens_map(), indent=2),
+        # Written last: load_tokenizer keys on tokenizer.json, so an interrupted run is not mistaken for a complete one.
+        "tokenizer.json": tokenizer.to_str(pretty=False),
+    })
     return output
+
+
+def _write_files(output: Path, files: dict[str, str]) -> None:
+    """Write ``files`` into ``output`` in their order, each atomically; when one cannot be written, those this
+    call created (and ``output``, if it made it) are removed again, so no half tokenizer is left behind."""
+    made_output = not output.exists()
+    created: list[Path] = []
+    try:
+        for name, text in files.items():
+            if not (output / name).exists():
+                created.append(output / name)
+            atomic_write_text(output / name, text)
+    except OSError:
+        for path in created:
+            path.unlink(missing_ok=True)
+        if made_output:
+            with contextlib.suppress(OSError):
+                output.rmdir()
+        raise
 
 
 def _special_tokens_map() -> dict[str, str]:

@@ -28,7 +28,7 @@ from smoltrain.config import TrainConfig
 from smoltrain.data.tokenizer import TOKENIZER_FILES, load_tokenizer
 from smoltrain.errors import SmoltrainError
 from smoltrain.families import validate
-from smoltrain.fileio import atomic_directory, read_json, set_default_permissions
+from smoltrain.fileio import atomic_directory, check_output_path, read_json, set_default_permissions
 from smoltrain.models.lm import LMConfig, LMForCausalLM
 from smoltrain.runs.loading import load
 from smoltrain.runs.run_dir import RunDir
@@ -44,14 +44,19 @@ _TIED_KEY, _EMBED_KEY = "lm_head.weight", "model.embed_tokens.weight"
 # ---------------------------------------------------------------------------------------------------
 
 
+def _check_export_output(output: Path) -> Path:
+    """``output`` (absolute), refused unless it can be created and is absent or an empty directory."""
+    output = check_output_path(output)
+    if output.exists() and any(output.iterdir()):
+        raise SmoltrainError(f"output {output} already exists and is not an empty directory: "
+                             "choose a new path for the Hugging Face export")
+    return output
+
+
 @contextmanager
 def _export_dir(output: Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``output`` to fill; on success it is fsync'ed and renamed to ``output``."""
-    output = Path(output).absolute()
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise SmoltrainError(f"output {output} already exists and is not an empty directory: "
-                             "choose a new path for the Hugging Face export")
-    with atomic_directory(output) as tmp:
+    with atomic_directory(_check_export_output(output)) as tmp:
         yield tmp
 
 
@@ -139,6 +144,7 @@ def export_hf(run_dir: Path, output: Path, checkpoint: Path | None = None) -> Pa
 
     Returns the absolute output directory. ``output`` must not exist or be empty.
     """
+    _check_export_output(output)  # before loading the model
     run = RunDir(run_dir)
     cfg = run.load_config()
     if cfg.arch.name != "lm":
@@ -176,11 +182,22 @@ def export_hf(run_dir: Path, output: Path, checkpoint: Path | None = None) -> Pa
 # ---------------------------------------------------------------------------------------------------
 
 
+def _inside(directory: Path, path: Path, named_in: Path | None = None) -> Path:
+    """``path``, refused unless it (after following symlinks) lies inside ``directory``: an import reads the
+    folder it was given and nothing else, whatever a downloaded index or a link names."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(directory.resolve()):
+        source = f"{named_in}: names {path}" if named_in else f"{path} points"
+        raise SmoltrainError(f"{source} outside {directory} (at {resolved}); import hf reads only files inside "
+                             "the model directory: copy the file into it")
+    return path
+
+
 def _read_hf_config(directory: Path) -> dict[str, Any]:
     path = directory / "config.json"
     if not path.is_file():
         raise SmoltrainError(f"{directory} is not a Hugging Face model directory (no config.json)")
-    return read_json(path, dict, "export the model again (save_pretrained)")
+    return read_json(_inside(directory, path), dict, "export the model again (save_pretrained)")
 
 
 def _lm_fields(config: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -223,18 +240,19 @@ def _lm_fields(config: dict[str, Any], path: Path) -> dict[str, Any]:
 def _weight_files(directory: Path) -> list[Path]:
     single = directory / "model.safetensors"
     if single.is_file():
-        return [single]
+        return [_inside(directory, single)]
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = read_json(index, dict, "export the model again (save_pretrained)").get("weight_map", {})
-        files = sorted(set(weight_map.values()))
-        missing = [name for name in files if not (directory / name).is_file()]
+        weight_map = read_json(_inside(directory, index), dict, "export the model again (save_pretrained)")
+        files = sorted({str(name) for name in weight_map.get("weight_map", {}).values()})
+        shards = [_inside(directory, directory / name, named_in=index) for name in files]  # an absolute name too
+        missing = [shard.name for shard in shards if not shard.is_file()]
         if missing:
             raise SmoltrainError(f"{directory}: shard {missing[0]} named in {index.name} is missing")
-        return [directory / name for name in files]
+        return shards
     shards = sorted(directory.glob("model-*-of-*.safetensors"))
     if shards:
-        return shards
+        return [_inside(directory, shard) for shard in shards]
     raise SmoltrainError(f"{directory} has no model.safetensors (or model-0000x-of-0000y.safetensors shards); "
                          "convert .bin weights to safetensors first")
 
@@ -294,6 +312,9 @@ def import_hf(directory: Path, output: Path) -> Path:
     with torch.device("meta"):  # shapes only: no need to allocate and initialise a second copy
         expected = LMForCausalLM(lm).state_dict()
     state = match_state(_read_weights(directory), expected, lm.tie_word_embeddings, directory)
+    for name in TOKENIZER_FILES:  # copied into the run below
+        if (directory / name).exists():
+            _inside(directory, directory / name)
 
     imported = {
         "source": str(directory.absolute()),

@@ -16,6 +16,7 @@ from smoltrain.errors import SmoltrainError
 from smoltrain.families import load_config
 from smoltrain.interop.hf import match_state, write_lm_run
 from smoltrain.models.lm import LMForCausalLM
+from smoltrain.runs.run_dir import RunDir
 
 PRESETS = ("minimind2-26m", "minimind3-64m", "minimind3-moe")
 PREFIXES = ("module.", "_orig_mod.")
@@ -45,6 +46,7 @@ def import_minimind(checkpoint: Path, preset: str, output: Path, overrides: list
     """Turn MiniMind weights of a known shape (``preset``, refined by ``arch.*`` overrides) into a run."""
     if preset not in PRESETS:
         raise SmoltrainError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
+    RunDir.check_new(output)  # before reading the weights
     cfg = load_config(None, [f"arch={preset}", "data_paths=[]", f"run_dir={output}", *(overrides or [])])
     lm = cfg.arch.to_model_config()  # type: ignore[attr-defined]
     with torch.device("meta"):  # shapes only

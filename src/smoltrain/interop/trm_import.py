@@ -53,6 +53,9 @@ SUPPORTED_ARCHS = ("trm", "hrm", "trm_singlez")
 # Reference keys naming files on the reference machine; the run directory replaces them.
 MACHINE_KEYS = ("checkpoint_path", "load_checkpoint", "run_dir")
 SEQ = "puzzle_emb_len (or the dataset's seq_len)"
+# A resolver call, `${name:args}` (e.g. `${oc.env:HOME}`): a colon inside `${...}`. References between keys of
+# the file itself (`${.hidden_size}`, `${arch.x}`) have none.
+RESOLVER_CALL = re.compile(r"\$\{[^${}]*:")
 # Per parameter (by key suffix): (dimension, config field it follows), in the order to blame them.
 SHAPE_FIELDS: dict[str, list[tuple[int, str]]] = {
     "H_init": [(0, "hidden_size")],
@@ -121,6 +124,19 @@ def load_reference_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _refuse_resolvers(node: Any, path: Path, key: str = "") -> None:
+    """Refuse any value of ``node`` (a file from elsewhere, read as YAML) that calls an OmegaConf resolver."""
+    if isinstance(node, dict):
+        for child_key, child in node.items():
+            _refuse_resolvers(child, path, f"{key}.{child_key}" if key else str(child_key))
+    elif isinstance(node, list):
+        for i, child in enumerate(node):
+            _refuse_resolvers(child, path, f"{key}[{i}]")
+    elif isinstance(node, str) and RESOLVER_CALL.search(node):
+        raise ConfigError(f"{path}: {key}: {node!r} calls a resolver, which a reference config may not (only "
+                          "${.key} references between its own keys are resolved): write the value itself")
+
+
 def _read_reference_config(checkpoint: Path) -> tuple[Path, dict[str, Any]]:
     path = checkpoint.parent / CONFIG_FILE
     if not path.is_file():
@@ -130,7 +146,9 @@ def _read_reference_config(checkpoint: Path) -> tuple[Path, dict[str, Any]]:
         )
     try:
         raw = yaml.safe_load(path.read_text())
-        # The file is resolved by the reference, but a hand-written one may still hold ${...}.
+        # The file is resolved by the reference, but a hand-written one may still hold ${...}: references between
+        # its own keys are resolved, resolvers (which read the environment, or anything) are refused first.
+        _refuse_resolvers(raw, path)
         data = OmegaConf.to_container(OmegaConf.create(raw), resolve=True) if isinstance(raw, dict) else raw
     except (yaml.YAMLError, OmegaConfBaseException) as err:
         raise ConfigError(f"{path} is not a readable config: {str(err).splitlines()[0]}") from None
@@ -372,8 +390,8 @@ def import_reference_checkpoint(
     telling the user (dropped keys, derived shapes, EMA).
     """
     say = log or (lambda _line: None)
-    path, step = _find_checkpoint(Path(checkpoint))
     output = RunDir.check_new(output)
+    path, step = _find_checkpoint(Path(checkpoint))
     state = load_reference_state(path)
     config_path, ref = _read_reference_config(path)
     raw, dropped, notes = _map_config(ref, [str(p) for p in data_paths] if data_paths is not None else None)

@@ -38,7 +38,7 @@ from smoltrain.config import TrainConfig, config_to_yaml, read_saved_config
 from smoltrain.data.tokenizer import TOKENIZER_FILES
 from smoltrain.errors import ConfigError, SmoltrainError
 from smoltrain.families import resolve, validate
-from smoltrain.fileio import atomic_directory, atomic_write_bytes, atomic_write_text
+from smoltrain.fileio import atomic_directory, atomic_write_bytes, atomic_write_text, check_output_path, writing
 from smoltrain.runs import checkpoint as ckpt
 
 __all__ = ["RESUMABLE_CHANGES", "RunDir", "RunLock"]
@@ -55,7 +55,7 @@ RESUMABLE_CHANGES: tuple[str, ...] = (
     "checkpoint_every", "checkpoint_every_eval", "keep_checkpoints", "resume", "load_checkpoint",
     "run_dir", "checkpoint_path", "run_name", "project_name",
     "log_every", "max_nonfinite_steps", "wandb", "tensorboard",
-    "device", "precision", "compile", "num_threads",
+    "device", "precision", "compile", "num_threads", "dist_timeout_minutes",
 )
 SHOWN_CHANGES = 5  # keys named in the refusal; the rest are counted
 
@@ -237,8 +237,14 @@ class RunDir:
         process owns raises one line naming that process."""
         return RunLock(self.lock_file)
 
+    def check_writable(self) -> None:
+        """Refuse, before any work, a run directory that cannot be created (a file in its place, a name
+        too long): one :class:`~smoltrain.errors.OutputError` line."""
+        check_output_path(self.root)
+
     def write_config(self, cfg: TrainConfig) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        with writing(self.root):
+            self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.config, config_to_yaml(cfg))
 
     def write_readme(self, text: str) -> None:
@@ -263,10 +269,12 @@ class RunDir:
 
     def save_checkpoint(self, step: int, model_state: dict[str, torch.Tensor],
                         ema_state: dict[str, torch.Tensor] | None, trainer_state: dict[str, Any], keep: int) -> Path:
-        return ckpt.save_checkpoint(self.checkpoints, step, model_state, ema_state, trainer_state, keep)
+        with writing(self.step_dir(step)):  # a full disk mid-run ends it with one line; the checkpoint is not left half
+            return ckpt.save_checkpoint(self.checkpoints, step, model_state, ema_state, trainer_state, keep)
 
     def save_weights_only(self, step: int, model_state: dict[str, torch.Tensor], origin: dict[str, Any]) -> Path:
-        return ckpt.save_weights_only(self.checkpoints, step, model_state, origin)
+        with writing(self.step_dir(step)):
+            return ckpt.save_weights_only(self.checkpoints, step, model_state, origin)
 
     # ------------------------------------------------------------------------------------------
     # Tokenizer
@@ -297,7 +305,7 @@ class RunDir:
     @staticmethod
     def check_new(output: str | Path) -> Path:
         """``output``, refused unless it is absent or an empty directory (importers ask before their work)."""
-        output = Path(output)
-        if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        output = check_output_path(output)
+        if output.exists() and any(output.iterdir()):
             raise SmoltrainError(f"{output} already exists and is not empty; choose another --output or remove it")
         return output

@@ -4,18 +4,46 @@ Data parallelism is done by hand, like the reference: every rank computes the gr
 of the global batch with the loss already divided by the global batch size, and the gradients are
 SUM-all-reduced once per optimizer step (after accumulation) in flat buckets. This keeps the model
 object untouched (no wrapper, no renamed state-dict keys) and works for models with a carry.
+
+No rank waits forever: the process group has a timeout (``dist_timeout_minutes``), so when a rank freezes
+or dies the others' next collective fails, and :class:`RankLost` ends them with one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from smoltrain.errors import SmoltrainError
+
 BUCKET_NUMEL = 1 << 24  # 16M elements per all-reduce
+
+
+class RankLost(SmoltrainError):
+    """A collective that failed because another rank froze past the timeout, died or disagreed."""
+
+
+@contextlib.contextmanager
+def _collective(name: str) -> Iterator[None]:
+    """Turn the backend's failure of collective ``name`` (gloo and NCCL raise RuntimeError, with a C++ source
+    location in front) into :class:`RankLost`, one line that says what happened and where to look."""
+    try:
+        yield
+    except RuntimeError as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        rank = dist.get_rank() if dist.is_initialized() else os.environ.get("RANK", "?")
+        raise RankLost(
+            f"rank {rank}: {name} failed ({reason.split('] ', 1)[-1]}): another rank froze, died or "
+            "stopped answering for dist_timeout_minutes; see that rank's output (raise dist_timeout_minutes "
+            "if one step legitimately takes longer)"
+        ) from err
 
 
 @dataclass(frozen=True)
@@ -33,8 +61,9 @@ class DistEnv:
         return self.world_size > 1
 
 
-def init_distributed(device_kind: str) -> DistEnv:
-    """Join the process group that `torchrun` describes in the environment, if any."""
+def init_distributed(device_kind: str, timeout_minutes: float = 5.0) -> DistEnv:
+    """Join the process group that `torchrun` describes in the environment, if any. A collective (or the
+    rendezvous) that waits longer than ``timeout_minutes`` for another rank fails instead of hanging."""
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
         return DistEnv()
     env = DistEnv(
@@ -46,15 +75,17 @@ def init_distributed(device_kind: str) -> DistEnv:
         backend = "nccl" if device_kind == "cuda" else "gloo"
         if device_kind == "cuda":
             torch.cuda.set_device(env.local_rank)
-        dist.init_process_group(backend=backend)
+        with _collective("joining the process group"):
+            dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
     return env
 
 
 @torch.no_grad()
 def broadcast_module(module: nn.Module) -> None:
     """Make every rank start from rank 0's parameters and buffers."""
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        dist.broadcast(tensor.data, src=0)
+    with _collective("broadcasting the initial weights"):
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(tensor.data, src=0)
 
 
 @torch.no_grad()
@@ -73,7 +104,8 @@ def all_reduce_grads(params: list[torch.Tensor]) -> None:
                 numel += group[start].numel()
                 start += 1
             flat = torch.cat([g.reshape(-1) for g in bucket])
-            dist.all_reduce(flat)
+            with _collective("all-reducing the gradients"):
+                dist.all_reduce(flat)
             offset = 0
             for g in bucket:
                 g.copy_(flat[offset : offset + g.numel()].view_as(g))
@@ -82,7 +114,8 @@ def all_reduce_grads(params: list[torch.Tensor]) -> None:
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
-        dist.all_reduce(values)
+        with _collective("all-reducing the metrics"):
+            dist.all_reduce(values)
     return values
 
 
@@ -91,10 +124,12 @@ def gather_objects(obj: object, env: DistEnv) -> list[object]:
     if not env.enabled:
         return [obj]
     out: list[object] = [None] * env.world_size
-    dist.all_gather_object(out, obj)
+    with _collective("gathering the evaluation results"):
+        dist.all_gather_object(out, obj)
     return out
 
 
 def barrier(env: DistEnv) -> None:
     if env.enabled:
-        dist.barrier()
+        with _collective("waiting for the other ranks (barrier)"):
+            dist.barrier()

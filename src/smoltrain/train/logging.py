@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from smoltrain.errors import ConfigError
-from smoltrain.fileio import atomic_write_text
+from smoltrain.fileio import atomic_write_text, writing
 from smoltrain.runs.run_dir import RunDir
 
 
@@ -65,8 +65,9 @@ class MetricsLogger:
         self._tb = None
         if not enabled:
             return
-        run.root.mkdir(parents=True, exist_ok=True)
-        self._file = open(run.metrics, "a", buffering=1)
+        with writing(run.metrics):
+            run.root.mkdir(parents=True, exist_ok=True)
+            self._file = open(run.metrics, "a", buffering=1)
         if sys.stderr.isatty():
             from tqdm import tqdm
 
@@ -97,7 +98,8 @@ class MetricsLogger:
             return
         row = {"split": prefix, **{k: _clean(v) for k, v in row.items()}}
         assert self._file is not None
-        self._file.write(json.dumps(row) + "\n")
+        with writing(self._file.name):  # a full disk mid-run: one line, the last checkpoint intact
+            self._file.write(json.dumps(row) + "\n")
         step = row["step"]
         scalars = {
             f"{prefix}/{k}": v for k, v in row.items() if k not in ("step", "split") and isinstance(v, (int, float))

@@ -100,7 +100,7 @@ class Trainer:
         self.callbacks = list(callbacks or [])
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
-        self.dist = init_distributed(device_type(cfg.device))
+        self.dist = init_distributed(device_type(cfg.device), cfg.dist_timeout_minutes)
         self.device = pick_device(cfg.device, self.dist.local_rank)
         self.precision = resolve_precision(cfg.precision, self.device)
         per_step = self.dist.world_size * cfg.grad_accum_steps
@@ -116,6 +116,8 @@ class Trainer:
         # Order: resolve (the dataset fills in the shapes) -> config.yaml (written by `fit` from this resolved
         # config) -> family (built from it, only reads it); so config.yaml does not depend on the family.
         self.cfg = cfg = resolve(cfg)
+        self.run = RunDir(cfg.resolved_run_dir())
+        self.run.check_writable()  # before the model is built: a file in its place is refused at once
         self.family = family_class(cfg.arch.name)(cfg, self.dist, self.device)
         self.model = self.family.build_model().to(self.device)
         if self.dist.enabled:
@@ -140,7 +142,6 @@ class Trainer:
         self.last_eval_step = self.last_checkpoint_step = -1
         self.start_events: list[str] = []  # lines about how training starts, logged when fit begins
 
-        self.run = RunDir(cfg.resolved_run_dir())
         # Rank 0 writes the run directory, so it owns it (before reading a checkpoint) until `fit` ends: a second
         # training there would resume this one's checkpoints, prune them and truncate its metrics.
         self.run_lock = self.run.lock() if self.dist.is_main else None
