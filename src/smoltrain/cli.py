@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import TypeVar
 
 from smoltrain.errors import SmoltrainError
 
+EXIT_UNEXPECTED = 1  # an exception that is not a SmoltrainError: a bug, or a user mistake not yet checked
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
+DEBUG_ENV = "SMOLTRAIN_DEBUG"
 SKIPPED_SHOWN = 10  # `data arc`: task ids named in the summary (a small canvas can skip hundreds)
 OptionsT = TypeVar("OptionsT")  # a builder's options dataclass
 
@@ -419,6 +422,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _debug() -> bool:
+    """``SMOLTRAIN_DEBUG=1``: unexpected exceptions show their traceback instead of one line."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _one_line(err: BaseException) -> str:
+    """The exception's message and notes (where a run kept its traceback) joined on one line."""
+    parts = [str(err), *getattr(err, "__notes__", [])]
+    return "; ".join(" ".join(part.split()) for part in parts if part.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     try:
@@ -432,3 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `smoltrain info ... | head`: the reader left; that is not an error
         sys.stderr.close()
         return 0
+    except Exception as err:  # the last line of defence: a bug or a case no check foresaw
+        if _debug():
+            raise
+        print(f"error: unexpected {type(err).__name__}: {_one_line(err)} "
+              f"(run with {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        return EXIT_UNEXPECTED
