@@ -469,7 +469,8 @@ def _debug() -> bool:
 
 
 def _one_line(err: BaseException) -> str:
-    """The exception's message and notes (where a run kept its traceback) joined on one line."""
+    """The exception's message and notes (where a run kept its traceback) on one line: a message that spans
+    lines (a library's report quoted in it) has its line breaks and indents folded into spaces."""
     parts = [str(err), *getattr(err, "__notes__", [])]
     return "; ".join(" ".join(part.split()) for part in parts if part.strip())
 
@@ -479,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return ns.handler(ns)
     except SmoltrainError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

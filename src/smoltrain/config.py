@@ -166,11 +166,18 @@ def available_groups(group: str) -> list[str]:
     return sorted(p.stem for p in (RECIPES_DIR / group).glob("*.yaml"))
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's report on one line: the problem and where it is (its own text spans lines, with a caret drawing)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(err)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -265,7 +272,8 @@ def compose(recipe: str | None, overrides: list[str]) -> dict[str, Any]:
     try:
         return OmegaConf.to_container(OmegaConf.create(raw), resolve=True)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
-        raise ConfigError(f"cannot resolve the config: {err.msg}") from None
+        where = f" (in {err.full_key})" if getattr(err, "full_key", None) else ""
+        raise ConfigError(f"cannot resolve the config: {err.msg.splitlines()[0]}{where}") from None
 
 
 # ----------------------------------------------------------------------------------------------
