@@ -123,8 +123,6 @@ DATA_CASES: list[Case] = [
     ("text NaN val fraction", [*TEXT, "--val-fraction", "nan"]),
     ("text negative seed", [*TEXT, "--seed", "-1"]),
     ("text missing tokenizer", TEXT),
-    ("text missing input", ["data", "text", "--input", "{tmp}/no-corpus.txt", "--tokenizer", "{tmp}/no-tokenizer",
-                            "--output-dir", "{tmp}/text-out"]),
     ("tokenizer vocabulary below the bytes", [*TOKENIZER, "--vocab-size", "100"]),
     ("tokenizer zero min frequency", [*TOKENIZER, "--min-frequency", "0"]),
     ("import trm missing checkpoint", ["import", "trm", "--checkpoint", "{tmp}/no-step", "--output", "{tmp}/o"]),
