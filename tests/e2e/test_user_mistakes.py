@@ -1,8 +1,9 @@
 """Deliberate user mistakes through the real CLI: each ends with exit status 2 and one `error:` line, no traceback.
 
-The cases run side by side (two subprocesses at a time) in a few tests; the ones that need a built dataset or a
-finished run share module-scoped fixtures (a 2-step toy run, a 4x4 Sudoku dataset). An argument in a case may
-name `{run}`, `{sudoku}` or `{tmp}` (a scratch folder with the files below); they are filled in before it runs.
+The cases run side by side (two subprocesses at a time) in a few tests; those that need a built dataset or a
+finished run share module-scoped fixtures (a 2-step toy run, a 4x4 Sudoku dataset, a 1-step TRM run on it).
+An argument may name `{run}`, `{trm}`, `{sudoku}` or `{tmp}` (a scratch folder holding the small files the
+cases read); they are filled in before the case runs.
 """
 
 from __future__ import annotations
@@ -68,6 +69,21 @@ RUN_CASES: list[Case] = [
     ("generate without a run", ["generate", "{tmp}/no-run", "--prompt", "hi"]),
     ("generate with a toy run", ["generate", "{run}", "--prompt", "hi"]),
     ("export a toy run", ["export", "{run}", "--output", "{tmp}/exported"]),
+]
+
+SOLVE = ["solve", "{trm}", "--device", "cpu"]
+PUZZLE_CASES: list[Case] = [
+    ("puzzle with a letter", [*SOLVE, "--puzzle", "12x4" + "." * 12]),
+    ("puzzle of 3 cells", [*SOLVE, "--puzzle", "123"]),
+    ("puzzle breaking the rules", [*SOLVE, "--puzzle", "1234" * 4]),
+    ("9x9 puzzle for a 4x4 run", [*SOLVE, "--puzzle", "." * 81]),
+    ("maze text for a Sudoku run", [*SOLVE, "--puzzle", "#S.G"]),
+    ("empty puzzle file", [*SOLVE, "--puzzle-file", "{tmp}/empty.txt"]),
+    ("example out of range", [*SOLVE, "--example", "99"]),
+    ("eval override out of range", ["eval", "{trm}", "eval_max_examples=0", "--device", "cpu"]),
+    ("eval missing checkpoint", ["eval", "{trm}", "--checkpoint", "{trm}/no-step", "--device", "cpu"]),
+    ("eval on a missing GPU", ["eval", "{trm}", "--device", "cuda"]),
+    ("unknown device", ["train", "toy", "device=tpu", "run_dir={tmp}/tpu"]),
 ]
 
 SAMPLING = ["generate", "{run}", "--prompt", "hi"]
@@ -142,14 +158,21 @@ def places(tmp_path_factory) -> dict[str, str]:
     (tmp / "arc_evaluation_challenges.json").write_text('{"t1": {"train": [{"input": [[1]], "output": [[2]]}], '
                                                         '"test": [{"input": [[1]]}]}}')
     (tmp / "arc_evaluation_solutions.json").write_text('{"t1": [[[2]]]}')
-    run, sudoku = tmp / "toy-run", tmp / "sudoku4"
+    (tmp / "empty.txt").write_text("")
+    run, sudoku, trm = tmp / "toy-run", tmp / "sudoku4", tmp / "trm-run"
     builds = [["-m", "smoltrain", "train", "toy", *toy_overrides(run, max_steps=2)],
               ["-m", "smoltrain", "data", "sudoku", "--source", "generate", "--size", "4", "--num-train", "20",
                "--num-test", "10", "--output-dir", str(sudoku)]]
     with ThreadPoolExecutor(max_workers=2) as pool:
         for done in pool.map(run_python, builds):
             assert done.returncode == 0, done.stderr
-    return {"tmp": str(tmp), "run": str(run), "sudoku": str(sudoku)}
+    # The smallest TRM there is, one step on the 4x4 Sudokus: a run that solves puzzles (badly).
+    done = run_python(["-m", "smoltrain", "train", "trm-sudoku-cpu", f"data_paths=[{sudoku}]", f"run_dir={trm}",
+                       "device=cpu", "max_steps=1", "global_batch_size=4", "eval_max_examples=4",
+                       "arch.hidden_size=16", "arch.num_heads=1", "arch.L_layers=1", "arch.H_cycles=1",
+                       "arch.L_cycles=1", "arch.halt_max_steps=2", "arch.swiglu_multiple=8"])
+    assert done.returncode == 0, done.stderr
+    return {"tmp": str(tmp), "run": str(run), "sudoku": str(sudoku), "trm": str(trm)}
 
 
 def _problems(cases: list[Case], places: dict[str, str]) -> list[str]:
@@ -169,12 +192,12 @@ def _problems(cases: list[Case], places: dict[str, str]) -> list[str]:
 
 
 def test_enough_mistakes_are_tried():
-    cases = CONFIG_CASES + TRM_CASES + RUN_CASES + FLAG_CASES + DATA_CASES
+    cases = CONFIG_CASES + TRM_CASES + RUN_CASES + PUZZLE_CASES + FLAG_CASES + DATA_CASES
     assert len(cases) >= 60
     assert len({name for name, _ in cases}) == len(cases)  # ids name the failures: each once
 
 
-@pytest.mark.parametrize("cases", [CONFIG_CASES, TRM_CASES + RUN_CASES, FLAG_CASES + DATA_CASES],
+@pytest.mark.parametrize("cases", [CONFIG_CASES, TRM_CASES + RUN_CASES + PUZZLE_CASES, FLAG_CASES + DATA_CASES],
                          ids=["config", "trm and runs", "flags and data"])
 def test_each_mistake_is_one_error_line(cases, places):
     problems = _problems(cases, places)
