@@ -31,10 +31,14 @@ class OneLineParser(argparse.ArgumentParser):
 
 def _number(convert: Callable[[str], float], low: float | None = None, high: float | None = None,
             low_open: bool = False, high_open: bool = False) -> Callable[[str], float]:
-    """An argparse ``type=`` for a finite number in a range: ``_number(float, 0, 1, low_open=True)`` is (0, 1]."""
-    lower = f"{'(' if low_open else '['}{low:g}" if low is not None else None
-    upper = f"{high:g}{')' if high_open else ']'}" if high is not None else None
-    domain = f"in {lower}, {upper}" if lower and upper else f"{'>' if low_open else '>='} {low:g}" if lower else ""
+    """An argparse ``type=`` for a finite number in a range: ``_number(float, 0, 1, low_open=True)`` is (0, 1],
+    ``_number(int, 1)`` an integer >= 1. The range is written into the error message."""
+    if low is not None and high is not None:
+        domain = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        domain = f"{'>' if low_open else '>='} {low:g}"
+    else:
+        domain = f"{'<' if high_open else '<='} {high:g}" if high is not None else ""
 
     def parse(text: str) -> float:
         try:

@@ -79,3 +79,12 @@ def test_create_is_all_or_nothing(tmp_path: Path) -> None:
     assert RunDir(tmp_path / "run").readme.read_text() == "whole\n"
     with pytest.raises(SmoltrainError, match="already exists and is not empty"):
         RunDir.check_new(tmp_path / "run")
+
+
+def test_errors_are_appended_to_the_run_log(tmp_path):
+    run = RunDir(tmp_path / "run")
+    assert run.append_error("--- first\nTraceback ...") == run.error_log == tmp_path / "run" / "errors.log"
+    run.append_error("--- second\n")
+    assert run.error_log.read_text() == "--- first\nTraceback ...\n--- second\n"
+    (tmp_path / "file").write_text("not a directory")
+    assert RunDir(tmp_path / "file").append_error("lost") is None  # the error itself still reaches the user

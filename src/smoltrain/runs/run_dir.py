@@ -6,8 +6,8 @@ A run directory, as the trainer and the importers (``smoltrain import hf|minimin
       config.yaml                    the resolved TrainConfig; rewritten atomically at every (re)start
       README.md                      for people: what ran, the last evaluation, the commands to go on
       metrics.jsonl                  one JSON row per logged step (split train, eval or nonfinite)
-      errors.log                     the traceback of each training that ended in an unexpected exception (the
-                                     CLI shows one line; SMOLTRAIN_DEBUG=1 shows the traceback there too)
+      errors.log                     the traceback of each training that ended in an unexpected exception, which
+                                     the CLI reports in one line (SMOLTRAIN_DEBUG=1: with the traceback)
       tensorboard/                   TensorBoard event files, with tensorboard=true
       wandb/                         wandb's local files, with wandb.mode other than disabled
       tokenizer/                     an LM run's tokenizer (tokenizer.json, tokenizer_config.json, ...)
