@@ -5,16 +5,60 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import os
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from smoltrain.errors import SmoltrainError
 
+EXIT_UNEXPECTED = 1  # an exception that is not a SmoltrainError: a bug, or a user mistake not yet checked
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
+DEBUG_ENV = "SMOLTRAIN_DEBUG"
 SKIPPED_SHOWN = 10  # `data arc`: task ids named in the summary (a small canvas can skip hundreds)
 OptionsT = TypeVar("OptionsT")  # a builder's options dataclass
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Argument mistakes as one ``error:`` line naming the verb, the flag and ``--help`` (argparse's default adds
+    the usage on a line of its own); exit status 2 as argparse's."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _number(convert: Callable[[str], float], low: float | None = None, high: float | None = None,
+            low_open: bool = False, high_open: bool = False) -> Callable[[str], float]:
+    """An argparse ``type=`` for a finite number in a range: ``_number(float, 0, 1, low_open=True)`` is (0, 1],
+    ``_number(int, 1)`` an integer >= 1. The range is written into the error message."""
+    if low is not None and high is not None:
+        domain = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        domain = f"{'>' if low_open else '>='} {low:g}"
+    else:
+        domain = f"{'<' if high_open else '<='} {high:g}" if high is not None else ""
+
+    def parse(text: str) -> float:
+        try:
+            value = convert(text)
+        except ValueError:
+            kind = "an integer" if convert is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        below = low is not None and (value <= low if low_open else value < low)
+        above = high is not None and (value >= high if high_open else value > high)
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number {domain}, got {text}")
+        if below or above:
+            raise argparse.ArgumentTypeError(f"must be {domain}, got {text}")
+        return value
+
+    return parse
+
+
+POSITIVE_INT = _number(int, 1)
+COUNT = _number(int, 0)  # zero allowed: a count of things, a seed
 
 
 def _split_recipe(args: list[str]) -> tuple[str | None, list[str]]:
@@ -258,7 +302,7 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="smoltrain", description="Train tiny models from scratch.")
+    parser = OneLineParser(prog="smoltrain", description="Train tiny models from scratch.")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     def verb(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
@@ -276,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--device", default="auto")
     sub.add_argument("--render", default=None, metavar="DIR",
                      help="also draw the ACT traces of the first test examples as PNGs and DIR/index.html")
-    sub.add_argument("--render-count", type=int, default=8, metavar="N", help="how many examples to draw (8)")
+    sub.add_argument("--render-count", type=POSITIVE_INT, default=8, metavar="N", help="how many examples to draw (8)")
 
     sub = verb("info", cmd_info, "Show a recipe's parameter count, steps and resolved config.")
     sub.add_argument("args", nargs="*", metavar="[RECIPE] key=value")
@@ -290,11 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--prompt", required=True)
         else:
             sub.add_argument("--system", default=None, help="a system message")
-        sub.add_argument("--max-new-tokens", type=int, default=100)
-        sub.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-        sub.add_argument("--top-k", type=int, default=None)
-        sub.add_argument("--top-p", type=float, default=None)
-        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--max-new-tokens", type=POSITIVE_INT, default=100)
+        sub.add_argument("--temperature", type=_number(float, 0), default=0.8, help="0 = greedy")
+        sub.add_argument("--top-k", type=COUNT, default=None, help="sample from the k most likely tokens (0 = all)")
+        sub.add_argument("--top-p", type=_number(float, 0, 1, low_open=True), default=None,
+                         help="nucleus sampling, in (0, 1] (1 = all)")
+        sub.add_argument("--seed", type=COUNT, default=0)
         sub.add_argument("--device", default="auto")
 
     sub = verb("solve", cmd_solve, "Solve one puzzle (Sudoku, maze, or a test example of any kind) and check it.")
@@ -303,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--puzzle", help="Sudoku: 81, 36 or 16 cells, row by row, . or 0 for blanks; "
                                         "maze: n lines (or one line of n*n) of '#', ' ' or '.', 'S', 'G'")
     which.add_argument("--puzzle-file", default=None, metavar="PATH", help="read the --puzzle text from a file")
-    which.add_argument("--example", type=int, default=None, metavar="N",
+    which.add_argument("--example", type=COUNT, default=None, metavar="N",
                        help="test example N of the run's own dataset (any kind, ARC included)")
     sub.add_argument("--render", default=None, metavar="DIR", help="draw the ACT trace as PNGs and DIR/index.html")
     sub.add_argument("--device", default="auto")
@@ -316,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--checkpoint", required=True, help="PATH/step_N (or the folder holding it: newest step)")
     sub.add_argument("--output", required=True, help="the run directory to create")
     sub.add_argument("--data-paths", nargs="*", default=None, help="dataset(s) of the run, for eval and shapes")
-    sub.add_argument("--seq-len", type=int, default=None, help="puzzle length when no dataset is given (81 = 9x9)")
+    sub.add_argument("--seq-len", type=POSITIVE_INT, default=None,
+                     help="puzzle length when no dataset is given (81 = 9x9)")
 
     sub = kinds.add_parser("hf", help="A local Hugging Face Qwen3 / Llama directory (config.json + safetensors).")
     sub.set_defaults(handler=cmd_import_hf)
@@ -398,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--input", nargs="+", required=True)
     sub.add_argument("--tokenizer", required=True, help="a directory written by `smoltrain tokenizer train`")
     sub.add_argument("--output-dir", required=True)
-    sub.add_argument("--val-fraction", type=float, default=0.01)
+    sub.add_argument("--val-fraction", type=float, default=0.01,
+                     help="share of documents held out for validation, in [0, 1) (0 = none)")
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--skip-bad-lines", action="store_true", help="skip and count malformed jsonl lines")
     sub.add_argument("--workers", type=int, default=None)
@@ -417,9 +464,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("which", nargs="?", choices=("trm", "lm"), default="trm",
                      help="trm: 6x6 Sudoku (default); lm: a tiny LM on Shakespeare")
     sub.add_argument("--run-dir", default=None, help="default runs/demo (trm) or runs/demo-lm (lm)")
-    sub.add_argument("--minutes", type=float, default=None, help="training time budget (default 5)")
+    sub.add_argument("--minutes", type=_number(float, 0, low_open=True), default=None,
+                     help="training time budget (default 5)")
     sub.add_argument("--corpus", default=None, help="lm: a text file instead of the Shakespeare download")
     return parser
+
+
+def _debug() -> bool:
+    """``SMOLTRAIN_DEBUG=1``: unexpected exceptions show their traceback instead of one line."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _one_line(err: BaseException) -> str:
+    """The exception's message and notes (where a run kept its traceback) on one line: a message that spans
+    lines (a library's report quoted in it) has its line breaks and indents folded into spaces."""
+    parts = [str(err), *getattr(err, "__notes__", [])]
+    return "; ".join(" ".join(part.split()) for part in parts if part.strip())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -427,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return ns.handler(ns)
     except SmoltrainError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -435,3 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `smoltrain info ... | head`: the reader left; that is not an error
         sys.stderr.close()
         return 0
+    except Exception as err:  # the last line of defence: a bug or a case no check foresaw
+        if _debug():
+            raise
+        print(f"error: unexpected {type(err).__name__}: {_one_line(err)} "
+              f"(run with {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        return EXIT_UNEXPECTED

@@ -75,7 +75,7 @@ class TrainConfig(StrictModel):
     data_paths: list[str] = Field(default_factory=list)
     data_paths_test: list[str] = Field(default_factory=list)
     evaluators: list[Any] = Field(default_factory=list)
-    eval_max_examples: int | None = None  # evaluate on the first N test examples only
+    eval_max_examples: int | None = Field(None, ge=1)  # evaluate on the first N test examples only; null: all
 
     # --- optimisation (reference names) ---
     global_batch_size: int = Field(32, gt=0)
@@ -84,8 +84,8 @@ class TrainConfig(StrictModel):
     lr_min_ratio: float = Field(1.0, ge=0, le=1)
     lr_warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.1, ge=0)
-    beta1: float = 0.9
-    beta2: float = 0.95
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
     puzzle_emb_lr: float = Field(1e-2, ge=0)
     puzzle_emb_weight_decay: float = Field(0.1, ge=0)
     optimizer: Literal["adam_atan2", "adamw"] = "adam_atan2"
@@ -96,7 +96,7 @@ class TrainConfig(StrictModel):
     ema: bool = False
     ema_rate: float = Field(0.999, ge=0, le=1)
     freeze_weights: bool = False
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
     # --- evaluation (reference names, plus a step-based interval) ---
     eval_interval: int | None = Field(None, gt=0)  # in epochs, as in the reference
@@ -177,6 +177,13 @@ def available_groups(group: str) -> list[str]:
     return sorted(p.stem for p in (RECIPES_DIR / group).glob("*.yaml"))
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's report on one line: the problem and where it is (its own text spans lines, with a caret drawing)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -184,11 +191,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not UTF-8 text (byte {err.start}); fix or restore the file") from None
     except OSError as err:
         raise ConfigError(f"cannot read {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:  # PyYAML's text spans lines: keep the problem and where it is
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path} is not valid YAML ({problem}{where}); fix or restore the file") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(err)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -283,7 +287,8 @@ def compose(recipe: str | None, overrides: list[str]) -> dict[str, Any]:
     try:
         return OmegaConf.to_container(OmegaConf.create(raw), resolve=True)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
-        raise ConfigError(f"cannot resolve the config: {err.msg}") from None
+        where = f" (in {err.full_key})" if getattr(err, "full_key", None) else ""
+        raise ConfigError(f"cannot resolve the config: {err.msg.splitlines()[0]}{where}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,7 +313,30 @@ def _describe(err: dict[str, Any], model: type[BaseModel], prefix: str) -> str:
         return f"unknown config key '{key}'{hint}"
     if err["type"] == "missing":
         return f"config key '{key}' is required but not set (add {key}=...)"
-    return f"config key '{key}': {err['msg'].lower()}, got {err.get('input')!r}"
+    bounds = _bounds(model, err["loc"], key) if err["type"] in BOUND_ERRORS else ""
+    return f"config key '{key}': {err['msg'].lower()}{bounds}, got {err.get('input')!r}"
+
+
+# Pydantic's error types for a number outside a field's bounds: the message then names the whole valid range.
+BOUND_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+BOUND_SYMBOLS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
+def _bounds(model: type[BaseModel], loc: tuple[Any, ...], key: str) -> str:
+    """`` (valid: 0 <= beta1 < 1)`` for the field at ``loc`` of ``model`` (``key`` as the user wrote it), read from
+    its Field bounds."""
+    field = model.model_fields.get(str(loc[0])) if len(loc) == 1 else None
+    if field is None:
+        return ""
+    found = {name: getattr(item, name) for item in field.metadata for name in BOUND_SYMBOLS if hasattr(item, name)}
+    lower = [(BOUND_SYMBOLS[name], found[name]) for name in ("gt", "ge") if name in found]
+    upper = [f"{BOUND_SYMBOLS[name]} {found[name]}" for name in ("lt", "le") if name in found]
+    if upper:  # a range: 0 <= beta1 < 1
+        text = " ".join([*(f"{value} {symbol.replace('>', '<')}" for symbol, value in lower), key, *upper])
+    else:  # a lower bound only: seed >= 0
+        text = " ".join([key, *(f"{symbol} {value}" for symbol, value in lower)])
+    optional = field.default is None or type(None) in getattr(field.annotation, "__args__", ())
+    return f" (valid: {text}{', or null' if optional else ''})"
 
 
 def _validate(model: type[BaseModel], data: dict[str, Any], prefix: str = "") -> Any:

@@ -128,6 +128,28 @@ def test_too_many_nonfinite_steps_stop_with_checkpoint_intact(tmp_path):
     assert ckpt.load_checkpoint(ckpt.list_checkpoints(run / "checkpoints")[-1])[2]["step"] == 5
 
 
+def test_an_unexpected_exception_keeps_its_traceback_in_the_run(tmp_path):
+    run = tmp_path / "run"
+    trainer = Trainer(load_config("toy", toy_overrides(run, max_steps=5)))
+
+    def fail_at_step_2(t: Trainer) -> None:
+        if t.step == 2:
+            raise RuntimeError("a bug at step 2")
+
+    trainer.callbacks.append(fail_at_step_2)
+    with pytest.raises(RuntimeError, match="a bug at step 2") as raised:
+        trainer.fit()
+    log = (run / "errors.log").read_text()
+    assert "rank 0 step 2: RuntimeError" in log and "Traceback" in log and "fail_at_step_2" in log
+    assert raised.value.__notes__ == [f"traceback kept in {run / 'errors.log'}"]
+    # A user mistake is not a bug: no log for it.
+    trainer = Trainer(load_config("toy", toy_overrides(tmp_path / "diverged", max_steps=5, max_nonfinite_steps=1)))
+    _inject_nan_gradients(trainer, {1})
+    with pytest.raises(TrainingDiverged):
+        trainer.fit()
+    assert not (tmp_path / "diverged" / "errors.log").exists()
+
+
 def test_ddp_two_cpu_processes_match_one(tmp_path):
     args = dict(max_steps=8, global_batch_size=16, eval_every=100)
     single = run_python(["-m", "smoltrain", "train", "toy", *toy_overrides(tmp_path / "one", **args)])

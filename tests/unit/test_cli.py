@@ -109,3 +109,61 @@ def test_a_full_or_read_only_disk_under_a_build_is_one_line_and_leaves_nothing(c
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # after the progress bar
     assert len(errors) == 1 and errors[0].startswith(f"error: cannot write {out}: {reason}; ")
     assert list(tmp_path.iterdir()) == []
+
+
+def _with_handler(parser, handler):
+    """``parser`` with ``handler`` in place of `smoltrain info`'s."""
+    verbs = next(action for action in parser._actions if action.dest == "verb")
+    verbs.choices["info"].set_defaults(handler=handler)
+    return parser
+
+
+def _fail_with(monkeypatch, err: Exception) -> None:
+    """Make `smoltrain info` fail with ``err``: an exception no check foresaw."""
+    from smoltrain import cli
+
+    def handler(ns):
+        raise err
+
+    real = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_handler(real(), handler))
+
+
+def test_unexpected_exception_is_one_line(monkeypatch, capsys):
+    monkeypatch.delenv("SMOLTRAIN_DEBUG", raising=False)
+    _fail_with(monkeypatch, RuntimeError("a bug\nover two lines"))
+    assert main(["info"]) == 1
+    assert capsys.readouterr().err == ("error: unexpected RuntimeError: a bug over two lines "
+                                       "(run with SMOLTRAIN_DEBUG=1 for the traceback)\n")
+
+
+def test_smoltrain_debug_shows_the_traceback(monkeypatch):
+    monkeypatch.setenv("SMOLTRAIN_DEBUG", "1")
+    _fail_with(monkeypatch, RuntimeError("a bug"))
+    with pytest.raises(RuntimeError, match="a bug"):  # uncaught: Python prints the traceback
+        main(["info"])
+
+
+def test_exception_notes_join_the_line(monkeypatch, capsys):
+    monkeypatch.delenv("SMOLTRAIN_DEBUG", raising=False)
+    err = ValueError("bad")
+    err.add_note("traceback kept in RUN/errors.log")
+    _fail_with(monkeypatch, err)
+    assert main(["info"]) == 1
+    assert capsys.readouterr().err.startswith("error: unexpected ValueError: bad; traceback kept in RUN/errors.log "
+                                              "(run with SMOLTRAIN_DEBUG=1")
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["generate", "RUN", "--prompt", "x", "--temperature", "nan"], "--temperature: must be a finite number >= 0"),
+    (["generate", "RUN", "--prompt", "x", "--top-p", "0"], "--top-p: must be in (0, 1], got 0"),
+    (["chat", "RUN", "--top-k", "-1"], "--top-k: must be >= 0, got -1"),
+    (["chat", "RUN", "--max-new-tokens", "zero"], "--max-new-tokens: expected an integer, got 'zero'"),
+    (["data", "sudoku", "--output-dir", "x", "--size", "5"], "--size: invalid choice: 5"),
+])
+def test_argument_mistakes_are_one_line(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: smoltrain ") and expected in err and err.count("\n") == 1

@@ -50,6 +50,7 @@ def test_interpolation_is_resolved(tmp_path):
         ("arch=tyo", "unknown arch 'tyo'; choose one of: "),
         ("lr", "must look like key=value"),
         ("data_paths=[a,", "cannot parse the value of 'data_paths'"),
+        ("run_name=${nope}", "cannot resolve the config: Interpolation key 'nope' not found (in run_name)"),
     ],
 )
 def test_bad_overrides_give_one_line(override, message):
@@ -74,3 +75,30 @@ def test_the_default_run_dir_names_the_arch_and_the_dataset():
     assert load_config("toy", ["data_paths=[d]", "run_name=mine"]).resolved_run_dir() == Path("runs/mine")
     assert load_config("toy", ["data_paths=[d]", "run_dir=x/y"]).resolved_run_dir() == Path("x/y")
     assert load_config("toy", ["data_paths=[d]", "checkpoint_path=c/z"]).resolved_run_dir() == Path("c/z")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("beta1=5", "config key 'beta1': input should be less than 1 (valid: 0 <= beta1 < 1), got 5"),
+        ("beta2=-0.5", "(valid: 0 <= beta2 < 1), got -0.5"),
+        ("seed=-1", "config key 'seed': input should be greater than or equal to 0 (valid: seed >= 0), got -1"),
+        ("eval_max_examples=0", "(valid: eval_max_examples >= 1, or null), got 0"),
+        ("max_steps=0", "(valid: max_steps > 0, or null)"),
+        ("arch.hidden_size=0", "config key 'arch.hidden_size': input should be greater than or equal to 1 "
+                               "(valid: arch.hidden_size >= 1), got 0"),
+        ("arch.dropout=1", "(valid: 0 <= arch.dropout < 1)"),
+    ],
+)
+def test_numbers_outside_their_domain_name_the_range(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config("toy", [override])
+    assert message in str(err.value)
+
+
+def test_yaml_errors_are_one_line(tmp_path):
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text("lr: 1\n  max_steps: 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(recipe))
+    assert str(err.value) == f"{recipe} is not valid YAML: mapping values are not allowed here at line 2, column 12"

@@ -66,7 +66,7 @@ def test_a_damaged_config_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"config.yaml is not UTF-8 text \(byte 20\); fix or restore the file"):
         run.load_config()
     run.config.write_text("lr: [1, 2\nseed: 3\n")
-    with pytest.raises(ConfigError, match=r"config.yaml is not valid YAML \(.* at line \d+, column \d+\)") as err:
+    with pytest.raises(ConfigError, match=r"config.yaml is not valid YAML: .* at line \d+, column \d+") as err:
         run.load_config()
     assert "\n" not in str(err.value)
 
@@ -205,3 +205,12 @@ def test_a_run_directory_that_cannot_be_written_is_one_line(tmp_path: Path) -> N
     with pytest.raises(SmoltrainError, match=r"cannot write the run directory .*file/run \(Not a directory\): "
                                              "choose another run_dir"):
         RunDir(tmp_path / "file" / "run").lock()
+
+
+def test_errors_are_appended_to_the_run_log(tmp_path):
+    run = RunDir(tmp_path / "run")
+    assert run.append_error("--- first\nTraceback ...") == run.error_log == tmp_path / "run" / "errors.log"
+    run.append_error("--- second\n")
+    assert run.error_log.read_text() == "--- first\nTraceback ...\n--- second\n"
+    (tmp_path / "file").write_text("not a directory")
+    assert RunDir(tmp_path / "file").append_error("lost") is None  # the error itself still reaches the user

@@ -51,6 +51,7 @@ from smoltrain.data.puzzle_source import (
     PuzzleSplit,
     candidate_seeds,
     check_counts,
+    check_seed,
     default_workers,
     read_puzzle_csv,
     run_in_chunks,
@@ -675,6 +676,7 @@ class MazeOptions:
     def __post_init__(self) -> None:
         _check_size(self.size)
         check_counts(num_train=self.num_train, num_test=self.num_test, subsample_size=self.subsample_size)
+        check_seed(self.seed)
         cells = self.size * self.size
         if self.min_path_length is not None and not 2 <= self.min_path_length <= cells:
             raise DataError(

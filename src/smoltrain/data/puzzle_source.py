@@ -162,6 +162,12 @@ def check_counts(**counts: int | None) -> None:
             raise DataError(f"{name} must be >= 1, got {value}")
 
 
+def check_seed(seed: int) -> None:
+    """A DataError for a negative seed (NumPy's generators take only seeds >= 0)."""
+    if seed < 0:
+        raise DataError(f"seed (--seed) must be >= 0, got {seed}")
+
+
 def train_size(num_train: int | None, subsample_size: int | None, source_kind: str) -> int | None:
     """The number of train puzzles asked for: `num_train` and `subsample_size` are aliases that must agree."""
     if subsample_size is not None and num_train is not None and subsample_size != num_train:

@@ -30,6 +30,7 @@ from smoltrain.data.puzzle_source import (
     PuzzleSplit,
     candidate_seeds,
     check_counts,
+    check_seed,
     default_workers,
     read_puzzle_csv,
     run_in_chunks,
@@ -366,6 +367,7 @@ class SudokuOptions:
 
     def __post_init__(self) -> None:
         check_counts(num_train=self.num_train, num_test=self.num_test, subsample_size=self.subsample_size)
+        check_seed(self.seed)
         if self.num_aug < 0:
             raise DataError(f"num_aug must be >= 0, got {self.num_aug}")
         if self.min_difficulty is not None and self.min_difficulty < 0:

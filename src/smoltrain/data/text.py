@@ -107,6 +107,8 @@ def build_text_dataset(
         raise ConfigError(f"val_fraction={val_fraction} must be in [0, 1); e.g. 0.01")
     if workers is not None and workers < 1:
         raise ConfigError(f"workers={workers} must be >= 1 (or None for all cores)")
+    if seed < 0:
+        raise ConfigError(f"seed={seed} must be >= 0")
     if not inputs:
         raise DataError("no text inputs given: pass .jsonl/.txt/.parquet files, directories or hf:NAME")
     out = _check_output_dir(Path(output_dir))  # fail before minutes of tokenizing

@@ -35,26 +35,27 @@ class LMArchConfig(ArchConfig):
     the network. :meth:`to_model_config` makes the network's config."""
 
     name: Literal["lm"] = "lm"
-    hidden_size: int = 768
-    num_hidden_layers: int = 8
-    num_attention_heads: int = 8
-    num_key_value_heads: int = 4
-    head_dim: int | None = Field(None, description="None: hidden_size // num_attention_heads")
-    intermediate_size: int | None = Field(None, description="None: MiniMind-3's rule, ceil(hidden * pi / 64) * 64")
-    max_position_embeddings: int = 32768
-    rope_theta: float = 1e6
-    rms_norm_eps: float = 1e-6
+    hidden_size: int = Field(768, ge=1)
+    num_hidden_layers: int = Field(8, ge=1)
+    num_attention_heads: int = Field(8, ge=1)
+    num_key_value_heads: int = Field(4, ge=1)
+    head_dim: int | None = Field(None, ge=1, description="None: hidden_size // num_attention_heads")
+    intermediate_size: int | None = Field(None, ge=1,
+                                          description="None: MiniMind-3's rule, ceil(hidden * pi / 64) * 64")
+    max_position_embeddings: int = Field(32768, ge=1)
+    rope_theta: float = Field(1e6, gt=0)
+    rms_norm_eps: float = Field(1e-6, gt=0)
     qk_norm: bool = Field(True, description="Qwen3 / MiniMind-3; False = Llama / MiniMind-2")
     tie_word_embeddings: bool = True
-    dropout: float = 0.0
+    dropout: float = Field(0.0, ge=0, lt=1)
     hidden_act: Literal["silu"] = "silu"
 
     # Mixture of experts (replaces every layer's MLP when use_moe). Each expert has intermediate_size.
     use_moe: bool = False
-    num_experts: int = 4
-    num_experts_per_tok: int = 1
-    n_shared_experts: int = Field(0, description="experts applied to every token (MiniMind-2 uses 1)")
-    aux_loss_alpha: float = Field(5e-4, description="MiniMind-3's router_aux_loss_coef; MiniMind-2 used 0.01")
+    num_experts: int = Field(4, ge=1)
+    num_experts_per_tok: int = Field(1, ge=1)
+    n_shared_experts: int = Field(0, ge=0, description="experts applied to every token (MiniMind-2 uses 1)")
+    aux_loss_alpha: float = Field(5e-4, ge=0, description="MiniMind-3's router_aux_loss_coef; MiniMind-2 used 0.01")
     norm_topk_prob: bool = Field(True, description="renormalise the top-k router probabilities to sum to 1")
 
     vocab_size: int | None = Field(None, ge=1, description="None: from the dataset's metadata.json")

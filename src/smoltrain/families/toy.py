@@ -12,6 +12,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from smoltrain.config import ArchConfig
@@ -24,13 +25,13 @@ EVAL_SEED_OFFSET = 1_000_003  # eval sequences come from a seed no training batc
 class ToyConfig(ArchConfig):
     name: Literal["toy"] = "toy"
     task: Literal["reverse", "sort"] = "reverse"
-    seq_len: int = 8
-    vocab_size: int = 10
-    hidden_size: int = 64
-    num_layers: int = 2
-    dropout: float = 0.0
-    eval_examples: int = 512
-    epoch_batches: int = 100  # batches per "epoch" (the data is endless; this sets the epoch unit)
+    seq_len: int = Field(8, ge=1)
+    vocab_size: int = Field(10, ge=1)
+    hidden_size: int = Field(64, ge=1)
+    num_layers: int = Field(2, ge=0)  # 0: embeddings and head only
+    dropout: float = Field(0.0, ge=0, lt=1)
+    eval_examples: int = Field(512, ge=1)
+    epoch_batches: int = Field(100, ge=1)  # batches per "epoch" (the data is endless; this sets the epoch unit)
 
 
 def make_examples(task: str, seq_len: int, vocab: int, rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:

@@ -70,33 +70,33 @@ class TRMArchConfig(ArchConfig):
 
     name: Literal["trm"] = "trm"
     loss: LossConfig = Field(default_factory=LossConfig)
-    puzzle_emb_ndim: int = Field(0, description="0 disables the puzzle embedding (and the prefix)")
+    puzzle_emb_ndim: int = Field(0, ge=0, description="0 disables the puzzle embedding (and the prefix)")
 
-    H_cycles: int = Field(description="paper's T: outer recursions, the first T-1 without gradient")
-    L_cycles: int = Field(description="paper's n: z_L updates per recursion")
-    H_layers: int = Field(0, description="unused by TRM, which has one network of L_layers blocks; accepted "
+    H_cycles: int = Field(ge=1, description="paper's T: outer recursions, the first T-1 without gradient")
+    L_cycles: int = Field(ge=1, description="paper's n: z_L updates per recursion")
+    H_layers: int = Field(0, ge=0, description="unused by TRM, which has one network of L_layers blocks; accepted "
                           "because the reference's arch/trm.yaml and every TRM all_config.yaml carry it (0), so "
                           "they validate unchanged. HRM builds its H network from it")
-    L_layers: int = Field(description="blocks in the shared network")
+    L_layers: int = Field(ge=1, description="blocks in the shared network")
 
-    hidden_size: int
-    expansion: float = Field(description="SwiGLU inner width / hidden_size (rounded to swiglu_multiple)")
-    num_heads: int
+    hidden_size: int = Field(ge=1)
+    expansion: float = Field(gt=0, description="SwiGLU inner width / hidden_size (rounded to swiglu_multiple)")
+    num_heads: int = Field(ge=1)
     pos_encodings: str = Field(description='"rope" | "learned" | anything else = none')
 
-    rms_norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
+    rms_norm_eps: float = Field(1e-5, gt=0)
+    rope_theta: float = Field(10000.0, gt=0)
 
-    halt_max_steps: int = Field(description="N_sup: maximum ACT (deep-supervision) steps")
-    halt_exploration_prob: float
+    halt_max_steps: int = Field(ge=1, description="N_sup: maximum ACT (deep-supervision) steps")
+    halt_exploration_prob: float = Field(ge=0, le=1)
 
     forward_dtype: str | None = Field(None, description="None: follow `precision`")
 
     mlp_t: bool = Field(False, description="token-mixing SwiGLU (MLP-Mixer style) instead of attention")
-    puzzle_emb_len: int = Field(16, description="prefix positions; 0 => ceil(puzzle_emb_ndim / hidden_size)")
+    puzzle_emb_len: int = Field(16, ge=0, description="prefix positions; 0 => ceil(puzzle_emb_ndim / hidden_size)")
     no_ACT_continue: bool = Field(True, description="halt on sigmoid(q_halt) > 0.5 only; no Q-learning "
                                   "continue target")
-    swiglu_multiple: int = Field(256, description="rounding of SwiGLU widths: 256 is the reference's")
+    swiglu_multiple: int = Field(256, ge=1, description="rounding of SwiGLU widths: 256 is the reference's")
 
     seq_len: int | None = Field(None, ge=1, description="None: from the dataset's dataset.json")
     vocab_size: int | None = Field(None, ge=1, description="None: from the dataset's dataset.json")
@@ -122,8 +122,8 @@ class HRMArchConfig(TRMArchConfig):
     model_config_class: ClassVar[type[TRMConfig]] = HRMConfig
 
     name: Literal["hrm"] = "hrm"  # type: ignore[assignment]
-    H_layers: int = Field(description="blocks in the H (slow) network")  # type: ignore[assignment]
-    puzzle_emb_len: int = Field(0, description="prefix positions; 0 => ceil(puzzle_emb_ndim / hidden_size)")
+    H_layers: int = Field(ge=1, description="blocks in the H (slow) network")  # type: ignore[assignment]
+    puzzle_emb_len: int = Field(0, ge=0, description="prefix positions; 0 => ceil(puzzle_emb_ndim / hidden_size)")
     no_ACT_continue: bool = Field(False, description="halt on sigmoid(q_halt) > 0.5 only; no Q-learning "
                                   "continue target")
 

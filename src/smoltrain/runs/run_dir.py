@@ -7,6 +7,8 @@ A run directory, as the trainer and the importers (``smoltrain import hf|minimin
       config.yaml                    the resolved TrainConfig; rewritten atomically at every (re)start
       README.md                      for people: what ran, the last evaluation, the commands to go on
       metrics.jsonl                  one JSON row per logged step (split train, eval or nonfinite)
+      errors.log                     the traceback of each training that ended in an unexpected exception, which
+                                     the CLI reports in one line (SMOLTRAIN_DEBUG=1: with the traceback)
       tensorboard/                   TensorBoard event files, with tensorboard=true
       wandb/                         wandb's local files, with wandb.mode other than disabled
       tokenizer/                     an LM run's tokenizer (tokenizer.json, tokenizer_config.json, ...)
@@ -148,6 +150,10 @@ class RunDir:
         return self.root / "metrics.jsonl"
 
     @property
+    def error_log(self) -> Path:
+        return self.root / "errors.log"
+
+    @property
     def tensorboard(self) -> Path:
         return self.root / "tensorboard"
 
@@ -249,6 +255,17 @@ class RunDir:
 
     def write_readme(self, text: str) -> None:
         atomic_write_text(self.readme, text)
+
+    def append_error(self, text: str) -> Path | None:
+        """Append ``text`` (a traceback, with a header line) to ``errors.log``; returns the log's path, or None when
+        it cannot be written (the error being reported matters more than its log)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with self.error_log.open("a", encoding="utf-8") as log:
+                log.write(text if text.endswith("\n") else text + "\n")
+        except OSError:
+            return None
+        return self.error_log
 
     # ------------------------------------------------------------------------------------------
     # Checkpoints (their format: smoltrain.runs.checkpoint)

@@ -15,6 +15,7 @@ import math
 import random
 import signal
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -168,9 +169,21 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train to ``total_steps`` (or until a signal); returns the run summary. The run directory is released
-        when it returns or raises."""
+        when it returns or raises.
+
+        An unexpected exception (not a :class:`SmoltrainError`) leaves its traceback in the run's ``errors.log``
+        and a note naming it, which the CLI's one-line report shows."""
         try:
             return self._fit()
+        except SmoltrainError:
+            raise
+        except Exception as err:
+            when = time.strftime("%Y-%m-%d %H:%M:%S")
+            header = f"--- {when} rank {self.dist.rank} step {self.step}: {type(err).__name__}\n"
+            log = self.run.append_error(header + "".join(traceback.format_exception(err)))
+            if log is not None:
+                err.add_note(f"traceback kept in {log}")
+            raise
         finally:
             self.release_run_dir()
 
