@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
-from smoltrain.errors import SmoltrainError
+from smoltrain.errors import DataError, SmoltrainError
 
 EXIT_UNEXPECTED = 1  # an exception that is not a SmoltrainError: a bug, or a user mistake not yet checked
 EXIT_USER_ERROR = 2
@@ -246,6 +246,9 @@ def cmd_chat(ns: argparse.Namespace) -> int:
             line = input("you> ")
         except EOFError:
             break
+        except UnicodeDecodeError as err:  # stdin decodes as the locale says (UTF-8 here); the bytes were not
+            raise DataError(f"the chat input is not UTF-8 text (byte {err.start} of the line): type or pipe UTF-8, "
+                            "or set PYTHONIOENCODING to the input's encoding") from None
         if not line.strip():
             break
         messages.append({"role": "user", "content": line})

@@ -167,3 +167,12 @@ def test_argument_mistakes_are_one_line(argv, expected, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: smoltrain ") and expected in err and err.count("\n") == 1
+
+
+def test_demo_lm_with_a_missing_corpus_is_one_line_and_touches_nothing(capsys, tmp_path):
+    run_dir = tmp_path / "demo"
+    assert main(["demo", "lm", "--run-dir", str(run_dir), "--corpus", str(tmp_path / "missing.txt")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: --corpus {tmp_path / 'missing.txt'} is not a file: give a plain-text file (.txt), or "
+                   "leave --corpus out for the Shakespeare download\n")
+    assert not run_dir.exists()

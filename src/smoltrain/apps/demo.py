@@ -16,7 +16,7 @@ from smoltrain.apps.solve import solve_puzzle
 from smoltrain.data.puzzles import PuzzleDataset
 from smoltrain.data.sudoku import KIND as SUDOKU
 from smoltrain.data.sudoku import build_sudoku_dataset, format_grid, is_valid_solution
-from smoltrain.errors import SmoltrainError
+from smoltrain.errors import DataError, SmoltrainError
 from smoltrain.families import load_config
 from smoltrain.fileio import atomic_write_text
 from smoltrain.runs.run_dir import RunDir
@@ -134,6 +134,9 @@ def run_lm_demo(run_dir: str = "runs/demo-lm", minutes: float | None = None, cor
 
     minutes = minutes or 5.0
     path = Path(run_dir)
+    if corpus is not None and not Path(corpus).is_file():  # before the demo directory is touched
+        raise DataError(f"--corpus {corpus} is not a file: give a plain-text file (.txt), or leave --corpus out "
+                        "for the Shakespeare download")
     prepare_demo_dir(path)
     text = Path(corpus) if corpus else shakespeare_corpus()
     print(f"1/4 Corpus: {text} ({text.stat().st_size / 1e6:.1f} MB)")

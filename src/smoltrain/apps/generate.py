@@ -30,7 +30,12 @@ def load_lm(run_dir: str | Path, device: str = "auto") -> LMRun:
     run = load(run_dir, device=device, need_data=False)
     if not isinstance(run.model, LMForCausalLM):
         raise SmoltrainError(f"generation needs an LM run (arch=lm); {run_dir} is arch {run.config.arch.name}")
-    return LMRun(run, load_tokenizer(run.run_dir.tokenizer))
+    tokenizer = load_tokenizer(run.run_dir.tokenizer)
+    model_vocab = run.model.config.vocab_size
+    if tokenizer.get_vocab_size() > model_vocab:  # ids past the embedding table would fail inside the model
+        raise SmoltrainError(f"{run.run_dir.tokenizer} has {tokenizer.get_vocab_size()} tokens but the model of "
+                             f"{run_dir} embeds {model_vocab}: use the tokenizer the run was trained with")
+    return LMRun(run, tokenizer)
 
 
 def stream_text(lm: LMRun, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8,

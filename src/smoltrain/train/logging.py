@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import netrc
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,9 @@ class MetricsLogger:
                 import wandb
             except ImportError:
                 raise ConfigError("wandb.mode needs wandb: pip install 'smoltrain[wandb]'") from None
+            if wandb_cfg.mode == "online" and not _wandb_credentials():
+                raise ConfigError("wandb.mode=online needs W&B credentials and there are none (no WANDB_API_KEY, no "
+                                  "`wandb login`): log in, or use wandb.mode=offline and `wandb sync` the run later")
             self._wandb = wandb.init(
                 project=wandb_project or "smoltrain",
                 entity=wandb_cfg.entity,
@@ -144,3 +149,14 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
         self.enabled = False
+
+
+def _wandb_credentials() -> bool:
+    """Whether W&B has an API key to log online with: the environment, or the netrc entry `wandb login` writes."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].rstrip("/")
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
