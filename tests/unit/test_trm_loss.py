@@ -183,3 +183,15 @@ def test_act_loss_head_only_halted_rows_count() -> None:
 def test_unknown_loss_type() -> None:
     with pytest.raises(ConfigError):
         ACTLossHead(nn.Identity(), loss_type="hinge")
+
+
+def test_the_loss_dtype_follows_what_the_device_can_compute() -> None:
+    # MPS has no float64: the reference's float64 stablemax loss would fail there, so it runs in float32.
+    from smoltrain.runtime.device import widest_float
+
+    assert widest_float(torch.device("mps")) == torch.float32
+    assert widest_float(torch.device("cpu")) == widest_float(torch.device("cuda")) == torch.float64
+    logits, labels = torch.randn(2, 3, 5), torch.randint(0, 5, (2, 3))
+    assert stablemax_cross_entropy(logits, labels).dtype == torch.float64  # on the CPU, the reference's
+    torch.testing.assert_close(stablemax_cross_entropy(logits, labels, compute_dtype=torch.float32),
+                               stablemax_cross_entropy(logits, labels).float(), rtol=1e-5, atol=1e-6)

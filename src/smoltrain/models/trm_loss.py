@@ -15,6 +15,7 @@ from torch import nn
 
 from smoltrain.errors import ConfigError
 from smoltrain.models.trm import TRMCarry
+from smoltrain.runtime.device import widest_float
 
 __all__ = [
     "IGNORE_LABEL_ID",
@@ -47,18 +48,18 @@ def stablemax_cross_entropy(
     labels: torch.Tensor,
     ignore_index: int = IGNORE_LABEL_ID,
     valid_mask: torch.Tensor | None = None,
-    compute_dtype: torch.dtype = torch.float64,
+    compute_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Per-token stablemax cross entropy ``[...]`` (0 where the label is ignored).
 
-    Computed in ``compute_dtype`` (fp64 = the reference's value; fp32 is also NaN-free thanks to the
-    guarded ``stablemax``) and returned in that dtype. Only the label's probability is formed:
-    ``-(log s(x_y) - log sum s(x))``, which equals the reference's ``log(s / sum s)`` gather without
-    materialising the full log-probability tensor.
+    Computed in ``compute_dtype`` (default: float64, the reference's value, or float32 where the device has no
+    float64, as MPS; fp32 is also NaN-free thanks to the guarded ``stablemax``) and returned in that dtype.
+    Only the label's probability is formed: ``-(log s(x_y) - log sum s(x))``, which equals the reference's
+    ``log(s / sum s)`` gather without materialising the full log-probability tensor.
     """
     if valid_mask is None:
         valid_mask = labels != ignore_index
-    s_x = stablemax(logits.to(compute_dtype))
+    s_x = stablemax(logits.to(compute_dtype or widest_float(logits.device)))
     safe_labels = torch.where(valid_mask, labels, 0).to(torch.long)
     label_s = s_x.gather(-1, safe_labels.unsqueeze(-1)).squeeze(-1)
     log_prob = torch.log(label_s) - torch.log(s_x.sum(dim=-1))

@@ -45,4 +45,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
+def widest_float(device: torch.device) -> torch.dtype:
+    """The most precise float dtype ``device`` computes in: float64, except on Apple's MPS, which has none (the
+    reference's float64 stablemax loss falls back to float32 there, NaN-free thanks to the guarded stablemax)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
