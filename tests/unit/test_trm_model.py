@@ -514,7 +514,18 @@ def test_variants_train(cls: type[TRM]) -> None:
         assert isinstance(model.config, HRMConfig) and not model.config.no_ACT_continue
         assert any(k.startswith("inner.H_level.layers.0.") for k in keys)
     else:
-        assert "inner.H_init" in keys and "inner.L_init" not in keys
+        # The reference's trm_singlez keeps its one latent's start state as L_init (there is no H_init).
+        assert "inner.L_init" in keys and "inner.H_init" not in keys
+
+
+def test_single_z_state_dict_is_the_references_and_old_runs_still_load() -> None:
+    model = TRMSingleZ(tiny_config())
+    reference_keys = {key for key in TRM(tiny_config()).state_dict() if key != "inner.H_init"}  # trm less H_init
+    assert set(model.state_dict()) == reference_keys
+    state = model.state_dict()
+    old = {("inner.H_init" if key == "inner.L_init" else key): value.clone() + 1 for key, value in state.items()}
+    model.load_state_dict(old)  # a run written when smoltrain called it H_init
+    torch.testing.assert_close(model.inner.L_init, old["inner.H_init"])
 
 
 def test_bf16_forward_runs() -> None:

@@ -101,23 +101,24 @@ class TRMSingleZConfig(TRMConfig):
 
 
 class TRMSingleZInner(TRMInner):
-    """Only one latent ``z`` (kept in ``TRMInnerCarry.z_H``; ``z_L`` is ``None``); the heads read ``z``.
+    """Only one latent ``z`` (kept in ``TRMInnerCarry.z_H``, the state the heads read; ``z_L`` is ``None``).
 
-    One recursion: ``n`` times ``z = f(z + x)``, then ``z = f(z)``. ``z`` starts from the buffer
-    ``H_init`` (there is no ``L_init``).
+    One recursion: ``n`` times ``z = f(z + x)``, then ``z = f(z)``. ``z`` starts from the buffer ``L_init``, as the
+    reference's ``trm_singlez`` names it (there is no ``H_init``), so its checkpoints import by name.
     """
 
     def _init_states(self) -> None:
-        self.register_buffer("H_init", trunc_normal_init_(torch.empty(self.config.hidden_size), std=1.0))
+        self.register_buffer("L_init", trunc_normal_init_(torch.empty(self.config.hidden_size), std=1.0))
+        self._register_load_state_dict_pre_hook(_rename_old_singlez_init)
 
     def empty_carry(self, batch_size: int) -> TRMInnerCarry:
         shape = (batch_size, self.config.total_seq_len, self.config.hidden_size)
         return TRMInnerCarry(
-            z_H=torch.zeros(shape, dtype=self.forward_dtype, device=self.H_init.device), z_L=None
+            z_H=torch.zeros(shape, dtype=self.forward_dtype, device=self.L_init.device), z_L=None
         )
 
     def reset_carry(self, reset_flag: torch.Tensor, carry: TRMInnerCarry) -> TRMInnerCarry:
-        z = torch.where(reset_flag.view(-1, 1, 1), self.H_init.to(self.forward_dtype), carry.z_H)
+        z = torch.where(reset_flag.view(-1, 1, 1), self.L_init.to(self.forward_dtype), carry.z_H)
         return TRMInnerCarry(z_H=z, z_L=None)
 
     def _cycle_z(self, z: torch.Tensor, x: torch.Tensor, cos_sin: CosSin | None) -> torch.Tensor:
@@ -133,6 +134,12 @@ class TRMSingleZInner(TRMInner):
             for _ in range(self.config.H_cycles - 1):
                 z = self._cycle_z(z, x, cos_sin)
         return self._cycle_z(z, x, cos_sin), None
+
+
+def _rename_old_singlez_init(state_dict: dict[str, torch.Tensor], prefix: str, *_args: object) -> None:
+    """smoltrain before 0.1.1 named the single-z start state ``H_init``: its runs keep loading."""
+    if prefix + "H_init" in state_dict and prefix + "L_init" not in state_dict:
+        state_dict[prefix + "L_init"] = state_dict.pop(prefix + "H_init")
 
 
 class TRMSingleZ(TRM):
