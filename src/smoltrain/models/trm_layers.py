@@ -78,7 +78,9 @@ def rms_norm(x: torch.Tensor, eps: float, dim: int = -1) -> torch.Tensor:
     """
     dtype = x.dtype
     x32 = x.to(torch.float32)  # no copy when x is already fp32
-    if dim in (-1, x.ndim - 1):
+    # Inference takes the reference's composite formula, so imported checkpoints evaluate to its exact values
+    # (the fused kernel rounds differently on the transposed token-mixing input); training keeps the fast one.
+    if dim in (-1, x.ndim - 1) and not torch.is_inference_mode_enabled():
         # Fused kernel: same formula, ~2-3x faster forward and backward on CPU than the composite.
         return F.rms_norm(x32, (x32.shape[-1],), eps=eps).to(dtype)
     variance = x32.square().mean(dim, keepdim=True)
@@ -236,9 +238,11 @@ class SwiGLU(nn.Module):
         # half of the fused weight: `gate` and `up` come out contiguous, so silu, mul and their backward
         # run on dense memory (about 2x faster on CPU than on the strided chunks) and the backward needs
         # no `cat` of the two gradient halves. The parameter keeps the fused layout of reference checkpoints.
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
             # Inductor fuses the strided elementwise work itself, and on the CPU (torch 2.13) it corrupts
-            # memory on the sliced-weight form below, so compiled graphs take the reference form.
+            # memory on the sliced-weight form below, so compiled graphs take the reference form. So does
+            # inference: one GEMM on the (transposed) input rounds exactly as the reference, so imported
+            # checkpoints evaluate to its values; the split form pays in training.
             gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
             return self.down_proj(F.silu(gate) * up)
         weight = self.gate_up_proj.weight.to(x.dtype)
