@@ -141,9 +141,12 @@ def test_another_architecture_in_run_dir_is_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_end_to_end_4x4_reaches_90_percent_on_held_out(tmp_path):
+    # One thread, as in the learning tests of tests/unit: with a second CPU-heavy job on the two cores, two
+    # OpenMP threads spin at every barrier and made these 1,000 steps take 30 minutes instead of one.
     data = tmp_path / "sudoku4"
     build_sudoku_dataset(data, "generate", size=4, num_train=3000, num_test=300, seed=1)
     cfg = load_config("trm-sudoku-cpu", [f"data_paths=[{data}]", f"run_dir={tmp_path / 'run'}", "max_steps=1000",
+                                         "num_threads=1",
                                          "epochs=1000", "eval_interval=1000", "eval_max_examples=null"])
     summary = Trainer(cfg).fit()
     assert summary["eval"]["count"] == 300
@@ -228,6 +231,7 @@ def test_end_to_end_trm_maze_cpu_learns_shortest_paths(tmp_path):
     data = tmp_path / "maze6"
     build_maze_dataset(data, "generate", size=6, num_train=6000, num_test=300, seed=3)
     cfg = load_config("trm-maze-cpu", [f"data_paths=[{data}]", f"run_dir={tmp_path / 'run'}", "max_steps=700",
+                                       "num_threads=1",
                                        "epochs=1000", "eval_interval=1000", "eval_max_examples=null"])
     summary = Trainer(cfg).fit()["eval"]
     assert summary["count"] == 300
