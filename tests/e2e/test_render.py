@@ -121,8 +121,11 @@ def test_solve_maze_from_text_and_example(maze_run: Path, tmp_path: Path, capsys
         assert main(["solve", str(maze_run), *bad, "--device", "cpu"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1, err
-    assert main(["solve", str(maze_run), "--example", "-1"]) == 2
-    assert "--example -1 is out of range: the test split of" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # refused by the parser, before the run is loaded
+        main(["solve", str(maze_run), "--example", "-1"])
+    assert exit_info.value.code == 2 and "--example: must be >= 0, got -1" in capsys.readouterr().err
+    assert main(["solve", str(maze_run), "--example", "100000"]) == 2
+    assert "--example 100000 is out of range: the test split of" in capsys.readouterr().err
 
 
 def test_solve_arc_example(arc_run: Path, capsys: pytest.CaptureFixture) -> None:
