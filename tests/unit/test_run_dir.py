@@ -202,8 +202,8 @@ def test_run_files_follow_the_umask(tmp_path: Path, mask: int) -> None:
 
 def test_a_run_directory_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
-    with pytest.raises(SmoltrainError, match=r"cannot write the run directory .*file/run \(Not a directory\): "
-                                             "choose another run_dir"):
+    with pytest.raises(SmoltrainError, match=r"cannot write .*file/run: Not a directory; a file is in the way of a "
+                                             "directory of this path: remove it or choose another path"):
         RunDir(tmp_path / "file" / "run").lock()
 
 

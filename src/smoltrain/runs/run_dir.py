@@ -92,12 +92,9 @@ class RunLock:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
+        with writing(path.parent):  # the first write into the run directory: one line on why it cannot be one
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as err:  # the first write into the run directory: say why it cannot be one
-            raise SmoltrainError(f"cannot write the run directory {path.parent} ({err.strerror}): choose another "
-                                 "run_dir") from None
         self._handle: Any = os.fdopen(fd, "r+")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
