@@ -1,11 +1,19 @@
 """A straightforward eager port of the reference TRM training step (the baseline of ``trm_throughput.py``).
 
-    python bench/reference_trm.py --check     # parameter counts + one tiny training step
+    python bench/reference_trm.py --check     # parameter counts + two tiny training steps per arch
+
+Three reference archs: ``trm`` (``trm.py``: mlp_t, RoPE or learned positions), ``hrm`` (``hrm.py``: separate
+``H_level``/``L_level``, the 1-step gradient, prefix ``ceil(ndim / D)``, ``q_halt > q_continue`` halting with
+the Q-learning target) and ``trm_singlez`` (``trm_singlez.py``: the single latent ``z_L``). The checkpoint
+writer (``save_reference_checkpoint``) produces what ``pretrain.py`` saves: ``step_N`` with the loss head's
+state dict (``model.inner.*``, ``_orig_mod.``-prefixed when compiled) and ``all_config.yaml``.
 
 Written from the description of the reference code in ``trm.md`` §1-§2 (SamsungSAILMontreal/
 TinyRecursiveModels @ e7b6871), computing what the reference computes, *the way* it computes it: no fusion,
 no hoisting, no guarded branches. It imports nothing from smoltrain, so the benchmark measures smoltrain
-against an independent implementation. What it keeps from the reference, on purpose:
+against an independent implementation (and ``reference_parity.py`` checks smoltrain's evaluation against it).
+HRM and single-z (``trm.md`` §1.9) were added the same way, their state-dict names and loop order checked
+against the reference files. What it keeps from the reference, on purpose:
 
 * ``CastedLinear`` / ``CastedEmbedding`` cast their fp32 weights at every call (the embedding casts the
   whole table, then gathers);
@@ -35,6 +43,7 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -66,8 +75,10 @@ class RefConfig:
     halt_max_steps: int
     halt_exploration_prob: float
     puzzle_emb_ndim: int = 0
-    puzzle_emb_len: int = 16  # the reference needs 0 here when puzzle_emb_ndim == 0
+    puzzle_emb_len: int = 16  # 0 => ceil(puzzle_emb_ndim / hidden_size); HRM ignores it (always the ceil)
     mlp_t: bool = False
+    H_layers: int = 0  # HRM's H_level depth; ignored by TRM and single-z
+    no_ACT_continue: bool = True  # TRM / single-z only; HRM always trains the continue head
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     forward_dtype: torch.dtype = torch.bfloat16
@@ -252,12 +263,31 @@ class SwiGLU(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 
 
+def ceil_div(a: int, b: int) -> int:
+    return -(a // -b)
+
+
+def trm_puzzle_emb_len(config: RefConfig) -> int:
+    """Prefix positions of ``trm`` / ``trm_singlez``: the field, or ``ceil(ndim / D)`` when it is 0.
+
+    Deviation: without a puzzle embedding there is no prefix (the reference still reserves ``puzzle_emb_len``
+    positions and crashes, ``trm.md`` §1.2 pitfall, so no reference checkpoint has that shape).
+    """
+    if config.puzzle_emb_ndim == 0:
+        return 0
+    return config.puzzle_emb_len if config.puzzle_emb_len != 0 else ceil_div(config.puzzle_emb_ndim, config.hidden_size)
+
+
+def hrm_puzzle_emb_len(config: RefConfig) -> int:
+    """HRM has no ``puzzle_emb_len`` field: always ``ceil(ndim / D)`` positions (``trm.md`` §1.9)."""
+    return ceil_div(config.puzzle_emb_ndim, config.hidden_size)
+
+
 class Block(nn.Module):
-    def __init__(self, config: RefConfig) -> None:
+    def __init__(self, config: RefConfig, puzzle_emb_len: int) -> None:
         super().__init__()
         self.config = config
         if config.mlp_t:
-            puzzle_emb_len = config.puzzle_emb_len if config.puzzle_emb_ndim > 0 else 0
             self.mlp_t = SwiGLU(config.seq_len + puzzle_emb_len, config.expansion)
         else:
             self.self_attn = Attention(config.hidden_size, config.num_heads)
@@ -297,8 +327,13 @@ class InnerCarry:
 
 
 @dataclass
+class SingleZInnerCarry:
+    z_L: torch.Tensor
+
+
+@dataclass
 class Carry:
-    inner_carry: InnerCarry
+    inner_carry: InnerCarry | SingleZInnerCarry
     steps: torch.Tensor
     halted: torch.Tensor
     current_data: dict[str, torch.Tensor]
@@ -313,7 +348,7 @@ class Inner(nn.Module):
         self.forward_dtype = config.forward_dtype
         self.embed_scale = math.sqrt(config.hidden_size)
         embed_init_std = 1.0 / self.embed_scale
-        self.puzzle_emb_len = config.puzzle_emb_len if config.puzzle_emb_ndim > 0 else 0
+        self.puzzle_emb_len = self.prefix_len(config)
 
         self.embed_tokens = CastedEmbedding(config.vocab_size, config.hidden_size, embed_init_std,
                                             self.forward_dtype)
@@ -328,14 +363,21 @@ class Inner(nn.Module):
         elif config.pos_encodings == "learned":
             self.embed_pos = CastedEmbedding(total_len, config.hidden_size, embed_init_std, self.forward_dtype)
 
-        self.L_level = ReasoningModule([Block(config) for _ in range(config.L_layers)])
-        # Fixed initial latents, stored in the forward dtype (as the reference).
-        self.register_buffer("H_init", trunc_normal_init_(torch.empty(config.hidden_size, dtype=self.forward_dtype)))
-        self.register_buffer("L_init", trunc_normal_init_(torch.empty(config.hidden_size, dtype=self.forward_dtype)))
+        self.build_reasoning(config)
         with torch.no_grad():
             self.q_head.weight.zero_()
             assert self.q_head.bias is not None
             self.q_head.bias.fill_(-5)
+
+    @staticmethod
+    def prefix_len(config: RefConfig) -> int:
+        return trm_puzzle_emb_len(config)
+
+    def build_reasoning(self, config: RefConfig) -> None:
+        """The shared network ``L_level`` and the fixed initial latents (the forward dtype, as the reference)."""
+        self.L_level = ReasoningModule([Block(config, self.puzzle_emb_len) for _ in range(config.L_layers)])
+        self.register_buffer("H_init", trunc_normal_init_(torch.empty(config.hidden_size, dtype=self.forward_dtype)))
+        self.register_buffer("L_init", trunc_normal_init_(torch.empty(config.hidden_size, dtype=self.forward_dtype)))
 
     def input_embeddings(self, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor) -> torch.Tensor:
         embedding = self.embed_tokens(inputs.to(torch.int32))
@@ -380,13 +422,120 @@ class Inner(nn.Module):
         return new_carry, output, (q_logits[..., 0], q_logits[..., 1])
 
 
-class ACTModel(nn.Module):
-    """The ACT / deep-supervision wrapper (``no_ACT_continue=True``, the reference default)."""
+class HRMInner(Inner):
+    """The reference ``hrm.py`` inner step (``trm.md`` §1.9): two networks and the 1-step gradient.
 
-    def __init__(self, config: RefConfig) -> None:
+    ``H_level`` (``H_layers`` blocks) and ``L_level`` (``L_layers`` blocks) are separate; the prefix is always
+    ``ceil(puzzle_emb_ndim / hidden_size)`` positions. ``H_cycles`` x (``L_cycles`` L-updates, then one H-update)
+    with everything under ``no_grad`` except the very last ``z_L = L(z_L, z_H + x); z_H = H(z_H, z_L)``.
+    """
+
+    @staticmethod
+    def prefix_len(config: RefConfig) -> int:
+        return hrm_puzzle_emb_len(config)
+
+    def build_reasoning(self, config: RefConfig) -> None:
+        self.H_level = ReasoningModule([Block(config, self.puzzle_emb_len) for _ in range(config.H_layers)])
+        self.L_level = ReasoningModule([Block(config, self.puzzle_emb_len) for _ in range(config.L_layers)])
+        self.register_buffer("H_init", trunc_normal_init_(torch.empty(config.hidden_size, dtype=self.forward_dtype)))
+        self.register_buffer("L_init", trunc_normal_init_(torch.empty(config.hidden_size, dtype=self.forward_dtype)))
+
+    def forward(self, carry: InnerCarry, batch: dict[str, torch.Tensor]
+                ) -> tuple[InnerCarry, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        cos_sin = self.rotary_emb() if self.config.pos_encodings == "rope" else None
+        input_embeddings = self.input_embeddings(batch["inputs"], batch["puzzle_identifiers"])
+        last_h, last_l = self.config.H_cycles - 1, self.config.L_cycles - 1
+        with torch.no_grad():
+            z_H, z_L = carry.z_H, carry.z_L
+            for h_step in range(self.config.H_cycles):
+                for l_step in range(self.config.L_cycles):
+                    if not (h_step == last_h and l_step == last_l):  # the last L-update is the graded one
+                        z_L = self.L_level(z_L, z_H + input_embeddings, cos_sin=cos_sin)
+                if h_step != last_h:
+                    z_H = self.H_level(z_H, z_L, cos_sin=cos_sin)
+        z_L = self.L_level(z_L, z_H + input_embeddings, cos_sin=cos_sin)  # 1-step gradient
+        z_H = self.H_level(z_H, z_L, cos_sin=cos_sin)
+
+        new_carry = InnerCarry(z_H=z_H.detach(), z_L=z_L.detach())
+        output = self.lm_head(z_H)[:, self.puzzle_emb_len:]
+        q_logits = self.q_head(z_H[:, 0]).to(torch.float32)
+        return new_carry, output, (q_logits[..., 0], q_logits[..., 1])
+
+
+class SingleZReasoningModule(nn.Module):
+    """``trm_singlez``'s network: the blocks only; the caller adds the input (``z + x``) itself."""
+
+    def __init__(self, layers: list[Block]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, hidden_states: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        for layer in self.layers:
+            hidden_states = layer(cos_sin=cos_sin, hidden_states=hidden_states)
+        return hidden_states
+
+
+class SingleZInner(Inner):
+    """The reference ``trm_singlez.py`` inner step (``trm.md`` §1.9): one latent ``z_L``, no answer state.
+
+    Per recursion ``z_L = f(z_L + x)`` ``L_cycles`` times, then ``z_L = f(z_L)``; ``H_cycles - 1`` recursions
+    under ``no_grad``, then one with gradient. The heads read ``z_L``. Only ``L_init`` exists (no ``H_init``).
+    """
+
+    def build_reasoning(self, config: RefConfig) -> None:
+        self.L_level = SingleZReasoningModule([Block(config, self.puzzle_emb_len) for _ in range(config.L_layers)])
+        self.register_buffer("L_init", trunc_normal_init_(torch.empty(config.hidden_size, dtype=self.forward_dtype)))
+
+    def empty_carry(self, batch_size: int) -> SingleZInnerCarry:  # type: ignore[override]
+        shape = (batch_size, self.config.seq_len + self.puzzle_emb_len, self.config.hidden_size)
+        return SingleZInnerCarry(z_L=torch.empty(shape, dtype=self.forward_dtype, device=self.L_init.device))
+
+    def reset_carry(self, reset_flag: torch.Tensor, carry: SingleZInnerCarry  # type: ignore[override]
+                    ) -> SingleZInnerCarry:
+        return SingleZInnerCarry(z_L=torch.where(reset_flag.view(-1, 1, 1), self.L_init, carry.z_L))
+
+    def forward(self, carry: SingleZInnerCarry, batch: dict[str, torch.Tensor]  # type: ignore[override]
+                ) -> tuple[SingleZInnerCarry, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        cos_sin = self.rotary_emb() if self.config.pos_encodings == "rope" else None
+        input_embeddings = self.input_embeddings(batch["inputs"], batch["puzzle_identifiers"])
+        z_L = carry.z_L
+        with torch.no_grad():
+            for _h in range(self.config.H_cycles - 1):
+                for _l in range(self.config.L_cycles):
+                    z_L = self.L_level(z_L + input_embeddings, cos_sin=cos_sin)
+                z_L = self.L_level(z_L, cos_sin=cos_sin)
+        for _l in range(self.config.L_cycles):
+            z_L = self.L_level(z_L + input_embeddings, cos_sin=cos_sin)
+        z_L = self.L_level(z_L, cos_sin=cos_sin)
+
+        new_carry = SingleZInnerCarry(z_L=z_L.detach())
+        output = self.lm_head(z_L)[:, self.puzzle_emb_len:]
+        q_logits = self.q_head(z_L[:, 0]).to(torch.float32)
+        return new_carry, output, (q_logits[..., 0], q_logits[..., 1])
+
+
+# The reference arch names (``all_config.yaml``'s ``arch.name``) and their inner step.
+ARCH_CLASS_PATHS = {
+    "trm": "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1",
+    "hrm": "recursive_reasoning.hrm@HierarchicalReasoningModel_ACTV1",
+    "trm_singlez": "recursive_reasoning.trm_singlez@TinyRecursiveReasoningModel_ACTV1",
+}
+INNER_CLASSES: dict[str, type[Inner]] = {"trm": Inner, "hrm": HRMInner, "trm_singlez": SingleZInner}
+
+
+class ACTModel(nn.Module):
+    """The ACT / deep-supervision wrapper of ``arch`` (``trm``, ``hrm`` or ``trm_singlez``).
+
+    Training halts on ``q_halt > 0`` (TRM / single-z with ``no_ACT_continue=True``, the reference default) or,
+    for HRM always, on ``q_halt > q_continue`` with the Q-learning target from a second inner forward. Eval
+    ignores halting: every slot runs ``halt_max_steps`` steps.
+    """
+
+    def __init__(self, config: RefConfig, arch: str = "trm") -> None:
         super().__init__()
         self.config = config
-        self.inner = Inner(config)
+        self.arch = arch
+        self.inner = INNER_CLASSES[arch](config)
 
     def initial_carry(self, batch: dict[str, torch.Tensor]) -> Carry:
         batch_size = batch["inputs"].shape[0]
@@ -409,12 +558,21 @@ class ACTModel(nn.Module):
         outputs = {"logits": logits, "q_halt_logits": q_halt_logits, "q_continue_logits": q_continue_logits}
         with torch.no_grad():
             new_steps = new_steps + 1
-            halted = new_steps >= self.config.halt_max_steps
+            is_last_step = new_steps >= self.config.halt_max_steps
+            halted = is_last_step
             if self.training and self.config.halt_max_steps > 1:
-                halted = halted | (q_halt_logits > 0)
+                q_learning = self.arch == "hrm" or not self.config.no_ACT_continue
+                if q_learning and self.arch != "hrm":
+                    # trm.md §1.5.4: the reference TRM unpacks 5 values from the inner's 3-tuple here.
+                    raise ValueError("the reference TRM crashes with no_ACT_continue=False (trm.md §1.5)")
+                halted = halted | (q_halt_logits > q_continue_logits if q_learning else q_halt_logits > 0)
                 min_halt_steps = (torch.rand_like(q_halt_logits) < self.config.halt_exploration_prob) * \
                     torch.randint_like(new_steps, low=2, high=self.config.halt_max_steps + 1)
                 halted = halted & (new_steps >= min_halt_steps)
+                if q_learning:
+                    next_q_halt, next_q_continue = self.inner(new_inner_carry, new_current_data)[-1]
+                    outputs["target_q_continue"] = torch.sigmoid(
+                        torch.where(is_last_step, next_q_halt, torch.maximum(next_q_halt, next_q_continue)))
         return Carry(new_inner_carry, new_steps, halted, new_current_data), outputs
 
 
@@ -472,7 +630,12 @@ class ACTLossHead(nn.Module):
                                                          seq_is_correct.to(outputs["q_halt_logits"].dtype),
                                                          reduction="sum")
         metrics.update(lm_loss=lm_loss.detach(), q_halt_loss=q_halt_loss.detach())
-        return new_carry, lm_loss + 0.5 * (q_halt_loss + 0), metrics, new_carry.halted.all()
+        q_continue_loss: torch.Tensor | int = 0
+        if "target_q_continue" in outputs:  # HRM: the continue head learns the Q-learning target
+            q_continue_loss = F.binary_cross_entropy_with_logits(outputs["q_continue_logits"],
+                                                                 outputs["target_q_continue"], reduction="sum")
+            metrics["q_continue_loss"] = q_continue_loss.detach()
+        return new_carry, lm_loss + 0.5 * (q_halt_loss + q_continue_loss), metrics, new_carry.halted.all()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -520,9 +683,10 @@ class Trainer:
     """Model + loss head + optimizers; ``step()`` is one training step as ``pretrain.py::train_batch``."""
 
     def __init__(self, config: RefConfig, device: torch.device | str = "cpu", lr: float = 1e-4,
-                 weight_decay: float = 0.1, puzzle_emb_lr: float = 1e-4, puzzle_emb_weight_decay: float = 0.1) -> None:
+                 weight_decay: float = 0.1, puzzle_emb_lr: float = 1e-4, puzzle_emb_weight_decay: float = 0.1,
+                 arch: str = "trm") -> None:
         self.config = config
-        self.head = ACTLossHead(ACTModel(config)).to(device)
+        self.head = ACTLossHead(ACTModel(config, arch)).to(device)
         self.head.train()
         self.optimizer = AdamATan2(list(self.head.parameters()), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
         self.puzzle_emb_lr, self.puzzle_emb_weight_decay = puzzle_emb_lr, puzzle_emb_weight_decay
@@ -540,6 +704,62 @@ class Trainer:
         return loss.detach()
 
 
+# ---------------------------------------------------------------------------------------------------
+# The checkpoint files (trm.md §5.3)
+# ---------------------------------------------------------------------------------------------------
+
+
+def reference_all_config(config: RefConfig, arch: str = "trm") -> dict[str, object]:
+    """The resolved config the reference writes beside its checkpoints (``all_config.yaml``).
+
+    ``arch`` holds the arch group's keys: HRM's has no ``puzzle_emb_len`` / ``no_ACT_continue`` (its config class
+    has neither) and no ``mlp_t`` unless set. ``data_paths`` names a folder on the reference machine.
+    """
+    arch_section: dict[str, object] = {
+        "name": ARCH_CLASS_PATHS[arch],
+        "loss": {"name": "losses@ACTLossHead", "loss_type": "stablemax_cross_entropy"},
+        "halt_exploration_prob": config.halt_exploration_prob, "halt_max_steps": config.halt_max_steps,
+        "H_cycles": config.H_cycles, "L_cycles": config.L_cycles, "H_layers": config.H_layers,
+        "L_layers": config.L_layers, "hidden_size": config.hidden_size, "num_heads": config.num_heads,
+        "expansion": config.expansion, "puzzle_emb_ndim": config.puzzle_emb_ndim,
+        "pos_encodings": config.pos_encodings, "forward_dtype": str(config.forward_dtype).removeprefix("torch."),
+    }
+    if arch != "hrm" or config.mlp_t:
+        arch_section["mlp_t"] = config.mlp_t
+    if arch != "hrm":
+        arch_section.update(puzzle_emb_len=config.puzzle_emb_len, no_ACT_continue=config.no_ACT_continue)
+    return {
+        "arch": arch_section,
+        "data_paths": ["data/sudoku-extreme-1k-aug-1000"], "data_paths_test": [], "evaluators": [],
+        "global_batch_size": config.batch_size, "epochs": 50000, "eval_interval": 5000,
+        "checkpoint_every_eval": True, "lr": 1e-4, "lr_min_ratio": 1.0, "lr_warmup_steps": 2000, "beta1": 0.9,
+        "beta2": 0.95, "weight_decay": 1.0, "puzzle_emb_weight_decay": 1.0, "puzzle_emb_lr": 1e-4,
+        "project_name": "Sudoku-extreme-1k-aug-1000-ACT-torch", "run_name": f"{arch} port",
+        "checkpoint_path": "checkpoints/Sudoku-extreme-1k-aug-1000-ACT-torch/port", "load_checkpoint": None,
+        "seed": 0, "min_eval_interval": 0, "eval_save_outputs": [], "ema": False, "ema_rate": 0.999,
+        "freeze_weights": False,
+    }
+
+
+def save_reference_checkpoint(head: ACTLossHead, folder: str | Path, step: int, *, compiled: bool = False,
+                              all_config: dict[str, object] | None = None) -> Path:
+    """Write ``folder/step_{step}`` as ``pretrain.py::save_train_state`` does, and ``all_config.yaml`` beside it.
+
+    The file is ``torch.save(model.state_dict())`` of the loss-head-wrapped model (keys ``model.inner.*``),
+    ``_orig_mod.``-prefixed when the reference ran ``torch.compile`` (its default). Returns the file.
+    """
+    import yaml  # only the checkpoint writer needs it
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {("_orig_mod." if compiled else "") + key: value for key, value in head.state_dict().items()}
+    path = folder / f"step_{step}"
+    torch.save(state, path)
+    config = all_config if all_config is not None else reference_all_config(head.model.config, head.model.arch)
+    (folder / "all_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 def random_batch(config: RefConfig, device: torch.device | str = "cpu", seed: int = 0) -> dict[str, torch.Tensor]:
     """Random tokens in the puzzle vocabulary (ids >= 1; 0 is PAD) and all-zero puzzle ids."""
     g = torch.Generator().manual_seed(seed)
@@ -551,30 +771,41 @@ def random_batch(config: RefConfig, device: torch.device | str = "cpu", seed: in
     }
 
 
-def count_parameters(config: RefConfig) -> int:
+def sudoku_hrm_config(batch_size: int = 8, forward_dtype: torch.dtype = torch.float32) -> RefConfig:
+    """The reference ``arch/hrm.yaml`` on Sudoku-Extreme (27,275,266 parameters, ``trm.md`` §1.10)."""
+    return RefConfig(
+        batch_size=batch_size, seq_len=81, vocab_size=11, num_puzzle_identifiers=1, H_cycles=2, L_cycles=2,
+        H_layers=4, L_layers=4, hidden_size=512, expansion=4, num_heads=8, pos_encodings="rope", halt_max_steps=16,
+        halt_exploration_prob=0.1, puzzle_emb_ndim=512, forward_dtype=forward_dtype,
+    )
+
+
+def count_parameters(config: RefConfig, arch: str = "trm") -> int:
     with torch.device("meta"):  # shapes only: no memory, no init cost
-        model = ACTModel(config)
+        model = ACTModel(config, arch)
     return sum(p.numel() for p in model.parameters())
 
 
 def check() -> None:
     """Parameter counts of ``trm.md`` §1.10 / ``tiny_trm_cpu.md`` §1, and two tiny finite training steps."""
-    for name, config, expected in [("Sudoku TRM-MLP (D 512)", sudoku_mlp_config(), 5_028_866),
-                                   ("6x6 TRM-MLP (D 64)", sudoku6_config(), 154_754)]:
-        got = count_parameters(config)
+    for name, config, arch, expected in [("Sudoku TRM-MLP (D 512)", sudoku_mlp_config(), "trm", 5_028_866),
+                                         ("6x6 TRM-MLP (D 64)", sudoku6_config(), "trm", 154_754),
+                                         ("Sudoku HRM (4+4 layers)", sudoku_hrm_config(), "hrm", 27_275_266)]:
+        got = count_parameters(config, arch)
         assert got == expected, f"{name}: {got:,} parameters, expected {expected:,}"
         print(f"{name}: {got:,} parameters (expected {expected:,}) OK")
     torch.manual_seed(0)
-    for config in (sudoku6_config(batch_size=4),
-                   RefConfig(batch_size=2, seq_len=6, vocab_size=5, num_puzzle_identifiers=1, H_cycles=2,
-                             L_cycles=1, L_layers=1, hidden_size=16, expansion=2, num_heads=2, pos_encodings="rope",
-                             halt_max_steps=3, halt_exploration_prob=0.1, puzzle_emb_ndim=16, puzzle_emb_len=2,
-                             forward_dtype=torch.float32)):
-        trainer = Trainer(config)
+    tiny_rope = RefConfig(batch_size=2, seq_len=6, vocab_size=5, num_puzzle_identifiers=1, H_cycles=2, L_cycles=1,
+                          L_layers=1, H_layers=1, hidden_size=16, expansion=2, num_heads=2, pos_encodings="rope",
+                          halt_max_steps=3, halt_exploration_prob=0.1, puzzle_emb_ndim=16, puzzle_emb_len=2,
+                          forward_dtype=torch.float32)
+    for config, arch in ((sudoku6_config(batch_size=4), "trm"), (tiny_rope, "trm"), (tiny_rope, "hrm"),
+                         (tiny_rope, "trm_singlez")):
+        trainer = Trainer(config, arch=arch)
         batch = random_batch(config)
         losses = [float(trainer.step(batch)) for _ in range(2)]
         assert all(math.isfinite(v) for v in losses), losses
-        print(f"2 training steps ({'mlp_t' if config.mlp_t else config.pos_encodings}): losses "
+        print(f"2 training steps ({arch}, {'mlp_t' if config.mlp_t else config.pos_encodings}): losses "
               f"{', '.join(f'{v:.4f}' for v in losses)} OK")
 
 
