@@ -1,64 +1,87 @@
-"""Evaluation matches the reference code: the same weights give the reference port's per-step logits.
+"""Evaluation matches the reference code: a reference checkpoint, imported, gives the reference's per-step logits.
 
-``bench/reference_trm.py`` is an eager port of the reference TRM (module names, init, recursion, ACT wrapper);
-loaded with the same weights, smoltrain's TRM must evaluate (``torch.inference_mode``, as eval and solve run)
-to its logits at every ACT step within 1e-5 relative. Inference takes the reference's operation order (one
-fused SwiGLU GEMM on the transposed token-mixing input, the composite RMSNorm), so the match is exact on
-the same machine; 1e-5 leaves room for nothing but that, while the recursion amplifies any difference in
-rounding ~7x per ACT step (the fast training forms differ by 1e-1 after a few steps).
+``bench/reference_trm.py`` is an eager port of the reference TRM, HRM and single-z TRM (module names, init,
+recursion, ACT wrapper), written from ``trm.md`` and importing nothing from smoltrain. Its random weights are
+saved as the reference saves them (``step_N`` with ``model.inner.*`` keys, ``_orig_mod.``-prefixed when compiled,
+and ``all_config.yaml``), imported by ``import_reference_checkpoint`` (what ``smoltrain import trm`` runs) and
+loaded with ``smoltrain.load``; both models then evaluate (eval mode, ``torch.inference_mode``, as eval and solve
+run) and every ACT step's logits, q-halt and q-continue logits must agree within 1e-5 of the tensor's scale.
+
+Why 1e-5: inference takes the reference's operation order (one fused SwiGLU GEMM on the transposed token-mixing
+input, the composite RMSNorm, the same adds in the same order), so on one machine both sides run the same fp32
+kernels and agree exactly (``bench/RESULTS.md``: 0.0 for all five variants). 1e-5 leaves room for nothing but
+last-bit noise (fp32 eps is 1.2e-7; the recursion amplifies a difference in rounding ~7x per ACT step, so a few
+ulps at step 1 stay below 1e-5 at step 4), while any difference in the computation itself (a missing update,
+another prefix length, another init, another order of recursion) is of order 1e-1 to 1 (the fast training
+forms already differ by 1e-1 after a few steps).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+from pathlib import Path
+from types import ModuleType
 
 import pytest
-import torch
 
+from smoltrain.models.hrm import HRM, TRMSingleZ
 from smoltrain.models.trm import TRM
 from tests.helpers import REPO
 
+TOLERANCE = 1e-5  # see the module docstring
 
-def _reference_port():
-    if "reference_trm" in sys.modules:
-        return sys.modules["reference_trm"]
-    spec = importlib.util.spec_from_file_location("reference_trm", REPO / "bench" / "reference_trm.py")
+
+def _bench_module(name: str) -> ModuleType:
+    """A bench script as a module (bench/ is no package); ``reference_parity`` imports ``reference_trm`` by name."""
+    if name in sys.modules:
+        return sys.modules[name]
+    if name != "reference_trm":
+        _bench_module("reference_trm")
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["reference_trm"] = module  # its dataclasses look their module up while being made
+    sys.modules[name] = module  # its dataclasses look their module up while being made
     spec.loader.exec_module(module)
     return module
 
 
-SHAPE = dict(batch_size=8, seq_len=36, vocab_size=8, num_puzzle_identifiers=3, H_cycles=2, L_cycles=2, L_layers=2,
-             hidden_size=64, expansion=4, num_heads=4, halt_max_steps=4, halt_exploration_prob=0.0, puzzle_emb_ndim=64,
-             puzzle_emb_len=4)
+MODEL_CLASSES = {"trm": TRM, "hrm": HRM, "trm_singlez": TRMSingleZ}
 
 
-@pytest.mark.parametrize(("mlp_t", "pos_encodings"), [(True, "none"), (False, "rope"), (False, "learned")],
-                         ids=["mlp_t", "rope", "learned"])
-def test_evaluation_gives_the_reference_logits_at_every_act_step(mlp_t: bool, pos_encodings: str) -> None:
-    reference = _reference_port()
-    torch.manual_seed(0)
-    ref = reference.ACTModel(reference.RefConfig(**SHAPE, pos_encodings=pos_encodings, mlp_t=mlp_t,
-                                                 forward_dtype=torch.float32))
-    with torch.no_grad():  # weights of a trained model's size, not the zero / constant inits
-        for tensor in ref.state_dict().values():
-            if tensor.is_floating_point():
-                tensor.normal_(0.0, 0.3)
-    ours = TRM({**SHAPE, "pos_encodings": pos_encodings, "mlp_t": mlp_t, "forward_dtype": "float32"})
-    ours.load_state_dict(ref.state_dict())  # the reference's names: strict
-    ref.eval()
-    ours.eval()
-    generator = torch.Generator().manual_seed(1)
-    batch = {"inputs": torch.randint(0, 8, (8, 36), dtype=torch.int32, generator=generator),
-             "puzzle_identifiers": torch.randint(0, 3, (8,), dtype=torch.int32, generator=generator)}
-    with torch.inference_mode():
-        ref_carry, our_carry = ref.initial_carry(batch), ours.initial_carry(batch)
-        for step in range(SHAPE["halt_max_steps"]):
-            ref_carry, want = ref(ref_carry, batch)
-            our_carry, got = ours(our_carry, batch)
-            for key in ("logits", "q_halt_logits"):
-                scale = want[key].abs().max()
-                assert (got[key] - want[key]).abs().max() <= 1e-5 * scale, (step, key)
+# `compiled` alternates so that both key forms (`_orig_mod.model.inner.*` and `model.inner.*`) are imported.
+@pytest.mark.parametrize(("variant", "compiled"), [("mlp_t", False), ("rope", True), ("learned", False),
+                                                   ("hrm", True), ("single-z", False)])
+def test_imported_reference_checkpoint_evaluates_to_the_reference_logits_at_every_act_step(
+    tmp_path: Path, variant: str, compiled: bool
+) -> None:
+    parity = _bench_module("reference_parity")
+    head = parity.reference_head(variant)
+    run = parity.import_as_smoltrain(head, tmp_path, compiled=compiled)
+    arch = parity.VARIANTS[variant][0]
+    assert run.config.arch.name == arch and type(run.model.model) is MODEL_CLASSES[arch]
+
+    steps = parity.per_step_differences(head.model, run.model.model, parity.evaluation_batch())
+    assert len(steps) == parity.SHAPE["halt_max_steps"]
+    for step, differences in enumerate(steps, start=1):
+        for key, difference in differences.items():
+            assert difference <= TOLERANCE, f"ACT step {step}: {key} differs by {difference:.2e} of its scale"
+
+
+def test_hrm_takes_no_field_the_reference_hrm_ignores(tmp_path: Path) -> None:
+    """The reference HRM config has no puzzle_emb_len / no_ACT_continue (pydantic drops them): an all_config.yaml
+    holding them (a command-line override) still imports as the model the reference ran: a ceil(80/64) = 2
+    position prefix (16 would silently change every logit: RoPE weights do not show the length) and Q-learning."""
+    parity = _bench_module("reference_parity")
+    reference = _bench_module("reference_trm")
+    head = parity.reference_head("hrm")
+    all_config = reference.reference_all_config(head.model.config, "hrm")
+    all_config["arch"].update(puzzle_emb_len=16, no_ACT_continue=True)
+    run = parity.import_as_smoltrain(head, tmp_path, compiled=False, all_config=all_config)
+
+    assert run.model.model.inner.puzzle_emb_len == head.model.inner.puzzle_emb_len == 2
+    assert run.config.arch.no_ACT_continue is False  # training halts on q_halt > q_continue, as HRM does
+    for differences in parity.per_step_differences(head.model, run.model.model, parity.evaluation_batch()):
+        assert max(differences.values()) <= TOLERANCE
+    readme = (tmp_path / "run" / "README.md").read_text()
+    assert "arch.puzzle_emb_len=16 not kept: the reference hrm has no such field" in readme

@@ -50,6 +50,11 @@ KEY_PREFIX = "model.inner."  # ACTLossHead(model=ACT wrapper(inner=...)), as in 
 CONFIG_FILE = "all_config.yaml"
 STEP_FILE = re.compile(r"^step_(\d+)$")
 SUPPORTED_ARCHS = ("trm", "hrm", "trm_singlez")
+# Fields of our arch config that the reference arch's config class lacks, with the value that means what the
+# reference does. Its pydantic config drops unknown keys, so all_config.yaml may hold them (a command-line
+# override, a copied arch file) without effect there; taking them here would build another model (HRM's prefix is
+# always ceil(puzzle_emb_ndim / hidden_size) positions; it always trains the continue head).
+REFERENCE_FIXED: dict[str, dict[str, Any]] = {"hrm": {"puzzle_emb_len": 0, "no_ACT_continue": False}}
 # Reference keys naming files on the reference machine; the run directory replaces them.
 MACHINE_KEYS = ("checkpoint_path", "load_checkpoint", "run_dir")
 SEQ = "puzzle_emb_len (or the dataset's seq_len)"
@@ -175,9 +180,14 @@ def _map_config(ref: dict[str, Any], data_paths: list[str] | None) -> tuple[dict
     ref_arch = dict(ref["arch"])
     name = reference_arch_name(str(ref_arch.pop("name")))
     schema = family_class(name).config_class
+    fixed = REFERENCE_FIXED.get(name, {})
     arch: dict[str, Any] = {}
     for key, value in ref_arch.items():
-        if key == "loss":
+        if key in fixed:
+            if value != fixed[key]:
+                notes.append(f"arch.{key}={value} not kept: the reference {name} has no such field and ignores it "
+                             f"(behaves as {key}={fixed[key]})")
+        elif key == "loss":
             loss = dict(value or {})
             if not str(loss.get("name", "")).endswith("@ACTLossHead"):
                 raise SmoltrainError(f"reference loss '{loss.get('name')}' is not supported; smoltrain has ACTLossHead")
@@ -193,11 +203,11 @@ def _map_config(ref: dict[str, Any], data_paths: list[str] | None) -> tuple[dict
         else:
             dropped.append(f"arch.{key}")
     defaults = {k: v for k, v in group_file("arch", name).items() if k != "name"}
-    filled = sorted(k for k in defaults if k not in arch)
+    filled = sorted(k for k in defaults if k not in arch and k not in fixed)
     if filled:
         notes.append(f"arch fields absent from {CONFIG_FILE}, taken from smoltrain's arch/{name}.yaml: "
                      + ", ".join(filled))
-    arch = {"name": name, **defaults, **arch}
+    arch = {"name": name, **defaults, **arch, **fixed}
 
     top: dict[str, Any] = {}
     for key, value in ref.items():
