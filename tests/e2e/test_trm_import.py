@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import smoltrain
 from smoltrain.interop.trm_import import import_reference_checkpoint
@@ -41,3 +42,28 @@ def test_training_continues_from_an_imported_run(tmp_path: Path) -> None:
     trainer = Trainer(cfg)
     assert trainer.step == 5
     assert trainer.fit()["step"] == 6
+
+
+def test_cli_imports_a_reference_single_z_checkpoint(tmp_path: Path) -> None:
+    """`smoltrain import trm` on a single-z checkpoint written as the reference writes it (compiled: `_orig_mod.`
+    keys, `L_init` only, arch `recursive_reasoning.trm_singlez@...`); the run evaluates to the reference port's
+    logits at every ACT step (1e-5: the same computation, see tests/unit/test_trm_reference_parity.py)."""
+    from tests.unit.test_trm_reference_parity import TOLERANCE, _bench_module
+
+    parity = _bench_module("reference_parity")
+    reference = _bench_module("reference_trm")
+    head = parity.reference_head("single-z")
+    path = reference.save_reference_checkpoint(head, tmp_path / "ref", step=7, compiled=True)
+    assert "_orig_mod.model.inner.L_init" in torch.load(path, weights_only=True)
+
+    result = run_python(["-m", "smoltrain", "import", "trm", "--checkpoint", str(path), "--output",
+                         str(tmp_path / "run"), "--seq-len", str(parity.SHAPE["seq_len"])], timeout=240)
+    assert result.returncode == 0, result.stderr
+    assert f"imported {path} (step 7, arch trm_singlez)" in result.stdout
+
+    run = smoltrain.load(tmp_path / "run", device="cpu")
+    assert run.config.arch.name == "trm_singlez"
+    steps = parity.per_step_differences(head.model, run.model.model, parity.evaluation_batch())
+    for step, differences in enumerate(steps, start=1):
+        for key in parity.OUTPUT_KEYS:
+            assert differences[key] <= TOLERANCE, f"ACT step {step}: {key} differs by {differences[key]:.2e}"
