@@ -32,10 +32,12 @@ Invalid predictions: an empty crop is an ordinary candidate in the vote, as in t
 top-k slot but never equals a label (ARC grids are at least 1x1), so it only ever costs pass@k. The
 submission skips it (see below).
 
+Pooling: as in the reference (`aggregated_voting=True`), votes are kept across `begin()` by default
+(`pool_evaluations=True`), so the k-th evaluation of a run pools the votes of all k checkpoints evaluated so
+far; `pool_evaluations=False` clears them at every `begin()` and scores each checkpoint on its own.
+
 Differences from the reference, on purpose:
 
-* Votes are cleared at every `begin()` unless `pool_evaluations=True`; the reference never clears, so its
-  k-th evaluation pools the votes of all k checkpoints evaluated so far.
 * Works in one process without `torch.distributed`; gathers across ranks only when a process group with
   more than one rank is initialised.
 * Exact ties in (count, mean confidence) are broken by the candidate's hash, so the ranking does not depend
@@ -104,12 +106,19 @@ ARC_OPTIONS = {"submission_K": "submission_k", "pass_Ks": "pass_ks", "aggregated
                "submission_k": "submission_k", "pass_ks": "pass_ks", "pool_evaluations": "pool_evaluations"}
 
 
-def arc_evaluator_options(evaluators: list[Any]) -> dict[str, Any] | None:
+def arc_evaluator_options(evaluators: str | list[Any], arc_data: bool) -> dict[str, Any] | None:
     """The ARC evaluator's keyword arguments from ``evaluators`` (None when it is not asked for).
 
-    The reference writes ``evaluators=[{name: arc@ARC}]``; its ``aggregated_voting`` (pooling votes over
-    every evaluation of a run, on by default there) is ``pool_evaluations`` here, off unless set.
+    ``"auto"`` (the default) is the reference's default config (``evaluators: [arc@ARC]``) where it fits: the
+    evaluator with the reference's defaults when the test data is ARC (``arc_data``), nothing otherwise.
+    Explicitly, the reference writes ``evaluators=[{name: arc@ARC}]``; its ``aggregated_voting`` (pooling votes
+    over every evaluation of a run, on by default there and here) is ``pool_evaluations``.
     """
+    if evaluators == "auto":
+        return {} if arc_data else None
+    if isinstance(evaluators, str):
+        raise ConfigError(f"evaluators: {evaluators!r} is not a list; write evaluators=auto, evaluators=[] or "
+                          "evaluators=[{name: arc}]")
     options: dict[str, Any] | None = None
     for entry in evaluators:
         entry = {"name": entry} if isinstance(entry, str) else dict(entry)
@@ -239,7 +248,7 @@ class ARCEvaluator(Evaluator):
         data_path: str | os.PathLike[str],
         submission_k: int = 2,
         pass_ks: Sequence[int] = (1, 2, 5, 10, 100, 1000),
-        pool_evaluations: bool = False,
+        pool_evaluations: bool = True,
         *,
         group: object | None = None,
     ) -> None:
@@ -274,7 +283,7 @@ class ARCEvaluator(Evaluator):
         self.unmatched_rows = 0  # set by result(): rows (all ranks) whose input matched no test input
 
     def begin(self) -> None:
-        """Start an evaluation: forget the previous evaluation's votes unless `pool_evaluations`."""
+        """Start an evaluation: forget the previous evaluation's votes unless `pool_evaluations` (the default)."""
         if not self.pool_evaluations:
             self._clear()
 

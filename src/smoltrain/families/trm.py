@@ -194,7 +194,7 @@ class TRMFamily(Family):
         if self.metadata is not None and any(getattr(self.arch, key) is None for key in DATA_SHAPE):
             raise ValueError(f"{type(self).__name__} needs a resolved config: {type(self).__name__}.resolve(cfg), "
                              "or families.build_family")
-        self.arc_options = arc_evaluator_options(cfg.evaluators)
+        self.arc_options = arc_evaluator_options(cfg.evaluators, arc_data=self._test_data_is_arc())
         self.run_evaluators: list[Evaluator] | None = None  # chosen at the first evaluation (see _evaluators)
         if self.arc_options is not None and (cfg.data_paths_test or cfg.data_paths):
             self._check_arc_data()
@@ -283,6 +283,11 @@ class TRMFamily(Family):
         self._require_data(paths)
         return paths[0]
 
+    def _test_data_is_arc(self) -> bool:
+        """Whether the data evaluations run on is ARC (what ``evaluators=auto`` asks); False without data."""
+        paths = self.cfg.data_paths_test or self.cfg.data_paths
+        return bool(paths) and all(detect_kind(path).name == "arc" for path in paths)
+
     def _check_arc_data(self) -> str:
         root = self._test_root()
         kind = detect_kind(root)
@@ -304,8 +309,8 @@ class TRMFamily(Family):
         """Reference evaluation: a fresh carry per test batch, ``halt_max_steps`` ACT steps, then the last step's
         rows go to the evaluators (`smoltrain.eval.evaluators_for`): the reference metrics summed over the test
         set (all ranks) and divided by the number of scored sequences; mazes add ``valid_optimal_path``; the
-        ARC evaluator (``evaluators=[{name: arc}]``) adds ``ARC/pass@k`` and writes ``submission.json`` and
-        ``arc_scores.json`` to ``report_dir`` when one is given.
+        ARC evaluator (``evaluators=auto`` on ARC data, or ``[{name: arc}]``) adds ``ARC/pass@k`` and writes
+        ``submission.json`` and ``arc_scores.json`` to ``report_dir`` when one is given.
 
         With ``outputs_path``, the ``eval_save_outputs`` keys (batch fields such as ``inputs``, ``labels``,
         ``puzzle_identifiers``, or model outputs such as ``logits``, ``preds``, ``q_halt_logits``) of
