@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from smoltrain.data.arc import build_arc_dataset
-from smoltrain.errors import ConfigError
+from smoltrain.errors import ConfigError, DataError
 from smoltrain.eval import ARCEvaluator
 from smoltrain.families import build_family, load_config
 from smoltrain.runtime.device import pick_device
@@ -63,3 +63,16 @@ def test_explicit_options_and_recipes(arc_data: Path) -> None:
 def test_a_string_other_than_auto_is_refused(arc_data: Path) -> None:
     with pytest.raises(ConfigError, match="evaluators.*write evaluators=auto"):
         family([*TINY, f"data_paths=[{arc_data}]", "evaluators=arc"])
+
+
+def test_a_task_in_two_test_datasets_must_have_the_same_test_pairs(arc_data: Path, tmp_path: Path) -> None:
+    tasks = synthetic_tasks()
+    tasks["evaluation"]["e0000002"]["test"][0]["input"] = [[5, 5], [5, 5]]  # same id, another test input
+    build_arc_dataset(tmp_path / "other", input_file_prefix=write_kaggle(tmp_path / "kaggle", tasks),
+                      subsets=["training", "evaluation"], test_set_name="evaluation", num_aug=1, seed=0)
+    with pytest.raises(DataError, match="task 'e0000002' is in two of the test datasets"):
+        ARCEvaluator([arc_data, tmp_path / "other"])
+    # The same dataset twice is one set of tasks: its identifiers twice, its tasks once.
+    twice = ARCEvaluator([arc_data, arc_data])
+    assert sorted(twice.tasks) == ["e0000001", "e0000002"]
+    assert len(twice.identifiers) == 2 * len(ARCEvaluator(arc_data).identifiers) - 1

@@ -48,6 +48,10 @@ Differences from the reference, on purpose:
   candidate gets a grid of zeros the shape of that test input (the Kaggle format needs a grid there, and
   the shape is a better guess than 1x1).
 
+Several datasets (``data_paths=[a, b]``): the evaluator reads them as `PuzzleDataset` concatenates them, the
+identifiers of each root after those of the roots before it, and scores the test tasks of all of them together
+(one `ARC/pass@k`, one submission.json); a task id in two roots must have the same test pairs there.
+
 Distributed: every rank calls `result()`; when `torch.distributed` is initialised with more than one rank, the
 votes go to rank 0 with `gather_object` (on the default group, or on `group=` given to the constructor, e.g.
 a gloo group next to NCCL; under NCCL the rank's CUDA device must be set, as `torchrun` set-up does).
@@ -245,7 +249,7 @@ class ARCEvaluator(Evaluator):
 
     def __init__(
         self,
-        data_path: str | os.PathLike[str],
+        data_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         submission_k: int = 2,
         pass_ks: Sequence[int] = (1, 2, 5, 10, 100, 1000),
         pool_evaluations: bool = True,
@@ -256,18 +260,31 @@ class ARCEvaluator(Evaluator):
             raise ConfigError(f"submission_k must be at least 1, got {submission_k}")
         if not pass_ks or any(int(k) < 1 for k in pass_ks):
             raise ConfigError(f"pass_ks must be positive integers, got {list(pass_ks)}")
-        root = Path(data_path)
-        self.data_path = root
+        roots = [Path(data_path)] if isinstance(data_path, (str, os.PathLike)) else [Path(p) for p in data_path]
+        if not roots:
+            raise ConfigError("the ARC evaluator needs at least one dataset path")
+        self.data_paths = roots
+        self.data_path = roots[0]
         self.submission_k = int(submission_k)
         self.pass_ks = tuple(int(k) for k in pass_ks)
         self.pool_evaluations = bool(pool_evaluations)
         self.group = group  # process group for the gather (None: the default group)
-        self.tasks = _load_test_puzzles(root / "test_puzzles.json", root)
-        names = load_identifiers(root)
-        if names is None:
-            raise DataError(f"{root} is not an ARC dataset built by `smoltrain data arc` (missing identifiers.json): "
-                            f"build one with `smoltrain data arc --output-dir {root}`")
-        self.identifiers = names
+        # Several roots read as one, as `PuzzleDataset` concatenates them: the identifiers of root i follow those
+        # of the roots before it (the blank id 0 shared), and the tasks of all roots are scored together.
+        self.tasks: dict[str, _TestTask] = {}
+        self.identifiers: list[str] = []
+        for index, root in enumerate(roots):
+            for task_id, task in _load_test_puzzles(root / "test_puzzles.json", root).items():
+                known = self.tasks.setdefault(task_id, task)
+                if known is not task and (known.label_keys != task.label_keys
+                                          or [grid_key(g) for g in known.inputs] != [grid_key(g) for g in task.inputs]):
+                    raise DataError(f"task {task_id!r} is in two of the test datasets {[str(r) for r in roots]} with "
+                                    "different test pairs: evaluate them one at a time")
+            names = load_identifiers(root)
+            if names is None:
+                raise DataError(f"{root} is not an ARC dataset built by `smoltrain data arc` (missing "
+                                f"identifiers.json): build one with `smoltrain data arc --output-dir {root}`")
+            self.identifiers.extend(names if index == 0 else names[1:])
         # identifier -> (task, dihedral id, inverse colour map), parsed on first use (there are ~1M names).
         self._augmentations: dict[int, tuple[str, int, np.ndarray]] = {}
         self._clear()
@@ -292,14 +309,16 @@ class ARCEvaluator(Evaluator):
         if cached is None:
             if not 0 < identifier < len(self.identifiers):
                 raise DataError(
-                    f"puzzle identifier {identifier} is not in {self.data_path / 'identifiers.json'} "
-                    f"({len(self.identifiers)} names): the predictions come from a different dataset; "
+                    f"puzzle identifier {identifier} is not among the {len(self.identifiers)} names of "
+                    f"{', '.join(str(r / 'identifiers.json') for r in self.data_paths)}: the predictions come from a "
+                    "different dataset; "
                     "evaluate with the dataset the model was trained on")
             name = self.identifiers[identifier]
             try:
                 task, dihedral, mapping = parse_arc_name(name)
             except ValueError as e:
-                raise DataError(f"{e}: {self.data_path} is not an ARC dataset built by `smoltrain data arc`") from None
+                raise DataError(f"{e}: {', '.join(map(str, self.data_paths))} is not an ARC dataset built by "
+                                "`smoltrain data arc`") from None
             cached = (task, dihedral, inverse_colour_permutation(mapping).astype(np.uint8))
             self._augmentations[identifier] = cached
         return cached
@@ -452,6 +471,7 @@ class ARCEvaluator(Evaluator):
                 "pass_ks": list(self.pass_ks),
                 "submission_k": self.submission_k,
                 "pool_evaluations": self.pool_evaluations,
+                "data_paths": [str(root) for root in self.data_paths],
                 "rows_voted": rows - sum(unmatched.values()),
                 "unmatched_rows": self.unmatched_rows,
                 "unmatched_rows_by_task": dict(sorted(unmatched.items())),
