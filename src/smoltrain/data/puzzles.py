@@ -78,6 +78,7 @@ __all__ = [
     "check_output_dir",
     "detect_kind",
     "get_kind",
+    "has_test_solutions",
     "load_combined_metadata",
     "load_identifiers",
     "load_metadata",
@@ -481,6 +482,17 @@ def detect_kind(root: str | os.PathLike[str] | None = None, vocab_size: int | No
         if kind.claims_shape(vocab_size, seq_len):
             return kind
     return PUZZLE_KINDS[FALLBACK_KIND]
+
+
+def has_test_solutions(root: str | os.PathLike[str]) -> bool:
+    """Whether the test split's labels are the real answers: False when the builder recorded that it had none
+    (``build_info.json`` ``test_solutions: false``, an ARC test set built without its solutions file, whose
+    labels are dummies). Datasets without that record (the reference's, older builds) have them."""
+    try:
+        info = json.loads((Path(root) / "build_info.json").read_text())
+    except (OSError, ValueError):
+        return True
+    return not (isinstance(info, dict) and info.get("test_solutions") is False)
 
 
 def load_identifiers(root: str | os.PathLike[str]) -> list[str] | None:

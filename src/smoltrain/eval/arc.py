@@ -55,8 +55,13 @@ identifiers of each root after those of the roots before it, and scores the test
 Distributed: every rank calls `result()`; when `torch.distributed` is initialised with more than one rank, the
 votes go to rank 0 with `gather_object` (on the default group, or on `group=` given to the constructor, e.g.
 a gloo group next to NCCL; under NCCL the rank's CUDA device must be set, as `torchrun` set-up does).
-Two test inputs of one task that are the same grid share their votes (the row cannot tell them apart); a
-test pair without an "output" in `test_puzzles.json` is never solved but still gets submission attempts.
+Two test inputs of one task that are the same grid share their votes (the row cannot tell them apart).
+
+Unknown solutions: a test pair without an "output" in `test_puzzles.json` (a dataset built without a solutions
+file, e.g. Kaggle's hidden test set) still gets submission attempts but is not scored: a task's score is over
+its pairs with outputs, `ARC/pass@k` over the tasks with at least one; when some tasks have none,
+`ARC/unscored_tasks` counts them and a warning says so, and when no task has one there is no `ARC/pass@k` at
+all ("nothing to score"), never a 0% measured against unknown answers.
 """
 
 from __future__ import annotations
@@ -428,6 +433,7 @@ class ARCEvaluator(Evaluator):
         task_scores: dict[str, dict] = {}
         submission: dict[str, list[dict[str, list[list[int]]]]] = {}
         totals = dict.fromkeys(self.pass_ks, 0.0)
+        unscored: list[str] = []  # tasks none of whose test pairs has a known output
         for task_id, task in self.tasks.items():
             solved = dict.fromkeys(self.pass_ks, 0)
             pair_reports = []
@@ -435,15 +441,17 @@ class ARCEvaluator(Evaluator):
             for pair, test_input in enumerate(task.inputs):
                 ranked = self._ranked(votes.get((task_id, pair), {}))
                 label = task.label_keys[pair]
-                label_rank = next((i + 1 for i, c in enumerate(ranked) if c.key == label), None)
+                label_rank = None if label is None else next(
+                    (i + 1 for i, c in enumerate(ranked) if c.key == label), None)
                 for k in self.pass_ks:
                     solved[k] += label_rank is not None and label_rank <= k
                 pair_reports.append({
+                    "scored": label is not None,
                     "votes_cast": sum(c.votes for c in ranked),
                     "label_rank": label_rank,
                     "top_candidates": [
                         {"votes": c.votes, "mean_q_halt": c.mean_q, "shape": list(grids[c.key].shape),
-                         "correct": c.key == label}
+                         "correct": None if label is None else c.key == label}
                         for c in ranked[:REPORTED_CANDIDATES]
                     ],
                 })
@@ -452,22 +460,41 @@ class ARCEvaluator(Evaluator):
                     valid = [np.zeros_like(test_input)]
                 valid += [valid[0]] * (self.submission_k - len(valid))
                 attempts_per_input.append({f"attempt_{i + 1}": g.tolist() for i, g in enumerate(valid)})
-            scores = {f"pass@{k}": solved[k] / len(task.inputs) for k in self.pass_ks}
-            for k in self.pass_ks:
-                totals[k] += scores[f"pass@{k}"]
-            task_scores[task_id] = {**scores, "test_pairs": pair_reports}
+            # A task is scored on its test pairs with a known output; one with none is not scored at all
+            # (a dataset built without solutions): counting it as unsolved would report a wrong 0%.
+            labelled = sum(key is not None for key in task.label_keys)
+            if labelled:
+                scores: dict[str, float | None] = {f"pass@{k}": solved[k] / labelled for k in self.pass_ks}
+                for k in self.pass_ks:
+                    totals[k] += solved[k] / labelled
+            else:
+                scores = dict.fromkeys((f"pass@{k}" for k in self.pass_ks), None)
+                unscored.append(task_id)
+            task_scores[task_id] = {**scores, "scored": bool(labelled), "test_pairs": pair_reports}
             submission[task_id] = attempts_per_input
 
         self.unmatched_rows = sum(unmatched.values())
         if self.unmatched_rows:
             warnings.warn(f"ARC evaluation: {self.unmatched_rows} rows have an input that is no test input of their "
                           f"task (by task: {dict(unmatched.most_common(5))}); they cast no vote", stacklevel=2)
-        num_tasks = max(len(self.tasks), 1)
-        metrics = {f"ARC/pass@{k}": totals[k] / num_tasks for k in self.pass_ks}
+        scored_tasks = len(self.tasks) - len(unscored)
+        metrics = {f"ARC/pass@{k}": totals[k] / scored_tasks for k in self.pass_ks} if scored_tasks else {}
+        if unscored:
+            metrics["ARC/unscored_tasks"] = float(len(unscored))
+            where = "submission.json" if output_dir is None else str(Path(output_dir) / "submission.json")
+            if scored_tasks:
+                warnings.warn(f"ARC evaluation: {len(unscored)} of {len(self.tasks)} test tasks have no solutions "
+                              f"(e.g. {unscored[0]}); ARC/pass@k is over the other {scored_tasks}", stacklevel=2)
+            else:
+                warnings.warn(f"ARC evaluation: nothing to score, none of the {len(self.tasks)} test tasks has a "
+                              f"solution (a dataset built without a solutions file); no ARC/pass@k, the predictions "
+                              f"are in {where}", stacklevel=2)
         if output_dir is not None:
             out = Path(output_dir)
             report = {
                 "metrics": metrics,
+                "scored_tasks": scored_tasks,
+                "unscored_tasks": unscored,
                 "pass_ks": list(self.pass_ks),
                 "submission_k": self.submission_k,
                 "pool_evaluations": self.pool_evaluations,

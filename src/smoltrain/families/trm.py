@@ -24,7 +24,7 @@ from pydantic import Field, ValidationError
 from torch import nn
 
 from smoltrain.config import ArchConfig, StrictModel, TrainConfig
-from smoltrain.data.puzzles import PuzzleDataset, detect_kind, load_combined_metadata
+from smoltrain.data.puzzles import PuzzleDataset, detect_kind, has_test_solutions, load_combined_metadata
 from smoltrain.errors import ConfigError
 from smoltrain.eval import Evaluator, evaluators_for
 from smoltrain.eval.arc import arc_evaluator_options
@@ -309,7 +309,8 @@ class TRMFamily(Family):
             if len({kind.name for kind in kinds.values()}) > 1:
                 found = ", ".join(f"{root} ({kind})" for root, kind in kinds.items())
                 raise ConfigError(f"the test datasets are of different kinds ({found}): evaluate one kind at a time")
-            self.run_evaluators = evaluators_for(kinds[roots[0]], roots, self.arc_options)
+            solutions = all(has_test_solutions(root) for root in roots)  # else the labels are dummies
+            self.run_evaluators = evaluators_for(kinds[roots[0]], roots, self.arc_options, solutions=solutions)
         return self.run_evaluators
 
     def evaluate(self, model: nn.Module, outputs_path: Path | None = None,
