@@ -3,6 +3,7 @@ evaluations, so the reference ARC command line gives pass@k; other kinds get not
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,12 @@ def test_a_task_in_two_test_datasets_must_have_the_same_test_pairs(arc_data: Pat
     twice = ARCEvaluator([arc_data, arc_data])
     assert sorted(twice.tasks) == ["e0000001", "e0000002"]
     assert len(twice.identifiers) == 2 * len(ARCEvaluator(arc_data).identifiers) - 1
+
+
+def test_auto_on_arc_grids_without_a_task_list_warns_and_does_not_vote(arc_data: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    shutil.copytree(arc_data, bare)
+    (bare / "test_puzzles.json").unlink()  # ARC-shaped rows from another tool: nothing the voting can read
+    with pytest.warns(UserWarning, match="no test_puzzles.json or identifiers.json, so there is no ARC voting"):
+        fam = family([*TINY, f"data_paths=[{bare}]"])
+    assert arc_evaluators(fam) == []

@@ -98,6 +98,7 @@ __all__ = [
     "crop_sizes",
     "deaugment_grid",
     "grid_key",
+    "votable",
 ]
 
 PAD_TOKEN, EOS_TOKEN = PAD_ID, EOS_ID  # the format's constants (data/arc.py)
@@ -141,6 +142,12 @@ def arc_evaluator_options(evaluators: str | list[Any], arc_data: bool) -> dict[s
                               f"{', '.join(sorted(set(ARC_OPTIONS)))}")
         options = {ARC_OPTIONS[key]: value for key, value in entry.items()}
     return options
+
+
+def votable(root: str | os.PathLike[str]) -> bool:
+    """Whether the ARC evaluator can vote on the dataset ``root``: it has the task list and the names it reads
+    (``test_puzzles.json``, ``identifiers.json``, written by `smoltrain data arc` and the reference builder)."""
+    return (Path(root) / "test_puzzles.json").is_file() and (Path(root) / "identifiers.json").is_file()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ sampler in ``data/puzzles.py``, the optimizers in ``optim.py``. This file says h
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -27,7 +28,7 @@ from smoltrain.config import ArchConfig, StrictModel, TrainConfig
 from smoltrain.data.puzzles import PuzzleDataset, detect_kind, has_test_solutions, load_combined_metadata
 from smoltrain.errors import ConfigError
 from smoltrain.eval import Evaluator, evaluators_for
-from smoltrain.eval.arc import arc_evaluator_options
+from smoltrain.eval.arc import arc_evaluator_options, votable
 from smoltrain.eval.base import EvalRows, SavedOutputs
 from smoltrain.families.base import Batch, Family, OptimizerSpec, StepOutput, TrainStream
 from smoltrain.models.hrm import HRM, HRMConfig, TRMSingleZ, TRMSingleZConfig
@@ -287,17 +288,26 @@ class TRMFamily(Family):
         return list(paths)
 
     def _test_data_is_arc(self) -> bool:
-        """Whether the data evaluations run on is ARC (what ``evaluators=auto`` asks); False without data."""
+        """Whether the data evaluations run on is ARC that the voting evaluator can read (what
+        ``evaluators=auto`` asks); False without data. ARC-shaped data without the task list gets a warning."""
         paths = self.cfg.data_paths_test or self.cfg.data_paths
-        return bool(paths) and all(detect_kind(path).name == "arc" for path in paths)
+        if not paths or not all(detect_kind(path).name == "arc" for path in paths):
+            return False
+        missing = [str(path) for path in paths if not votable(path)]
+        if missing:
+            warnings.warn(f"evaluators=auto: {', '.join(missing)} holds ARC grids but no test_puzzles.json or "
+                          "identifiers.json, so there is no ARC voting (pass@k); build it with `smoltrain data arc`",
+                          stacklevel=2)
+        return not missing
 
     def _check_arc_data(self) -> list[str]:
         roots = self._test_roots()
         for root in roots:
             kind = detect_kind(root)
             if kind.name != "arc":
-                raise ConfigError(f"evaluators: the ARC evaluator needs ARC datasets, and {root} is a {kind} dataset: "
-                                  "set evaluators=[] or point data_paths at the output of `smoltrain data arc`")
+                raise ConfigError(f"evaluators: the ARC evaluator needs an ARC dataset, and {root} is a {kind} "
+                                  "dataset: set evaluators=[] or point data_paths at the output of "
+                                  "`smoltrain data arc`")
         return roots
 
     def _evaluators(self) -> list[Evaluator]:
