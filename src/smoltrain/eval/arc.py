@@ -417,9 +417,10 @@ class ARCEvaluator(Evaluator):
     def result(self, output_dir: str | os.PathLike[str] | None = None) -> dict[str, float] | None:
         """Score the votes of this evaluation (of all evaluations with `pool_evaluations`).
 
-        Every rank must call it. Rank 0 returns `{"ARC/pass@k": score}` for each k in `pass_ks` and, when
-        `output_dir` is given, writes `submission.json` and `arc_scores.json` there atomically; other ranks
-        return None.
+        Every rank must call it. Rank 0 returns `{"ARC/pass@k": score}` for each k in `pass_ks` (over the tasks
+        with known test outputs; with `ARC/unscored_tasks` when some have none, and only that when none has one)
+        and, when `output_dir` is given, writes `submission.json` and `arc_scores.json` there atomically; other
+        ranks return None.
         """
         is_main, states = self._gathered_state()
         if not is_main:
