@@ -160,6 +160,10 @@ def cmd_data_arc(ns: argparse.Namespace) -> int:
     print(f"wrote {ns.output_dir}: {counts['tasks']:,} tasks, {counts['puzzles']:,} puzzles "
           f"({counts['identifiers']:,} identifiers), {counts['train_rows']:,} train rows, "
           f"{counts['test_rows']:,} test rows on a {n}x{n} canvas in {info['build_seconds']:.1f} s")
+    if not info["test_solutions"]:
+        print(f"no solutions for {counts['test_pairs_without_solution']:,} test inputs of `{info['test_set_name']}`: "
+              "their labels are dummies (as the reference fills them), so evaluations write submission.json and "
+              "score nothing on them")
     skipped = info["skipped_tasks"]
     if skipped:
         shown = ", ".join(skipped[:SKIPPED_SHOWN]) + (", ..." if len(skipped) > SKIPPED_SHOWN else "")
@@ -428,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = kinds.add_parser("arc", help="ARC tasks, augmented (dihedral x colour maps) in the reference format.")
     sub.set_defaults(handler=cmd_data_arc)
     sub.add_argument("--input-file-prefix", default=None,
-                     help="Kaggle combined json: PREFIX_{subset}_challenges.json + _solutions.json")
+                     help="Kaggle combined json: PREFIX_{subset}_challenges.json + _solutions.json (the "
+                          "--test-set-name subset may lack _solutions.json, as Kaggle's hidden test set)")
     sub.add_argument("--input-dir", default=None, help="one json per task: DIR/{subset}/{task}.json")
     sub.add_argument("--subsets", nargs="+", default=["training", "evaluation", "concept"])
     sub.add_argument("--test-set-name", default="evaluation", help="the subset whose test pairs form the test split")

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
 
 from smoltrain.errors import ConfigError
 
@@ -74,7 +74,9 @@ class TrainConfig(StrictModel):
     # --- data (reference names) ---
     data_paths: list[str] = Field(default_factory=list)
     data_paths_test: list[str] = Field(default_factory=list)
-    evaluators: list[Any] = Field(default_factory=list)
+    # "auto": the reference's default, the ARC voting evaluator with its defaults when the test data is ARC (and
+    # nothing extra on other kinds); [] turns it off; [{name: arc, ...}] sets its options.
+    evaluators: str | list[Any] = "auto"
     eval_max_examples: int | None = Field(None, ge=1)  # evaluate on the first N test examples only; null: all
 
     # --- optimisation (reference names) ---
@@ -127,6 +129,13 @@ class TrainConfig(StrictModel):
     max_nonfinite_steps: int = Field(5, gt=0)  # stop after this many non-finite steps in a row
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     tensorboard: bool = False
+
+    @field_validator("evaluators")
+    @classmethod
+    def _auto_or_list(cls, value: str | list[Any]) -> str | list[Any]:
+        if isinstance(value, str) and value != "auto":
+            raise ValueError("write evaluators=auto, evaluators=[] or evaluators=[{name: arc}]")
+        return value
 
     def _get(self, dotted: str) -> Any:
         node: Any = self

@@ -562,14 +562,21 @@ def test_errors_name_the_problem(tmp_path: Path) -> None:
     (folder / "training" / "e0000002.json").write_text(json.dumps(tasks["evaluation"]["e0000002"]))
     with pytest.raises(DataError, match="task e0000002 is in both subsets `training` and `evaluation`"):
         load_arc_tasks(input_dir=folder, subsets=["training", "evaluation"])
-    # per-task layout without test outputs
+    # per-task layout without test outputs: only the test subset may lack them (others would train on dummies)
     no_out = write_per_task(tmp_path / "noout", tasks)
     (no_out / "evaluation" / "e0000002.json").write_text(
         json.dumps({"train": tasks["evaluation"]["e0000002"]["train"], "test": [{"input": [[1]]}]})
     )
     _expect(
-        DataError, r"e0000002\.json, test pair 0: no 'output'", output_dir=out, input_dir=no_out, subsets=["evaluation"]
+        DataError, r"e0000002\.json, test pair 0: no 'output'", output_dir=out, input_dir=no_out,
+        subsets=["training", "evaluation"], test_set_name="training",
     )
+    # ... and all of a task's test outputs or none
+    (no_out / "evaluation" / "e0000001.json").write_text(json.dumps(
+        {"train": tasks["evaluation"]["e0000001"]["train"], "test": [tasks["evaluation"]["e0000001"]["test"][0],
+                                                                     {"input": [[1]]}]}))
+    _expect(DataError, r"e0000001\.json: some test pairs have an 'output' and some not", output_dir=out,
+            input_dir=no_out, subsets=["evaluation"])
 
 
 def test_real_arc_files(shared_dir: Path, tmp_path: Path) -> None:

@@ -392,12 +392,32 @@ def test_labels_as_predictions_score_full_marks(canvas, tmp_path):
     assert all(pair["label_rank"] == 1 for task in scores["tasks"].values() for pair in task["test_pairs"])
 
 
-def test_test_pair_without_output_is_never_solved(tmp_path):
+def test_test_pairs_without_outputs_are_not_scored(tmp_path):
+    """A test pair without an output (built without solutions) gets attempts but no score: never a 0% (or any
+    pass@k) measured against an answer nobody knows."""
     grid = g([[1, 2], [3, 4]])
     (tmp_path / "test_puzzles.json").write_text(json.dumps({"t": {"train": [], "test": [{"input": grid.tolist()}]}}))
     write_identifiers(tmp_path, ["<blank>", "t"])
     evaluator = ARCEvaluator(tmp_path, pass_ks=(1,))
     evaluator.update(encode(grid)[None], np.array([1]), encode(grid)[None], np.zeros(1))
-    assert evaluator.result(tmp_path / "out") == {"ARC/pass@1": 0.0}
+    with pytest.warns(UserWarning, match="nothing to score"):
+        assert evaluator.result(tmp_path / "out") == {"ARC/unscored_tasks": 1.0}
     submission = json.loads((tmp_path / "out" / "submission.json").read_text())
     assert submission == {"t": [{"attempt_1": grid.tolist(), "attempt_2": grid.tolist()}]}
+    report = json.loads((tmp_path / "out" / "arc_scores.json").read_text())
+    assert report["scored_tasks"] == 0 and report["unscored_tasks"] == ["t"]
+    assert report["tasks"]["t"]["pass@1"] is None and report["tasks"]["t"]["scored"] is False
+
+
+def test_pass_at_k_is_over_the_tasks_with_outputs(tmp_path):
+    solved, unknown = g([[1, 2], [3, 4]]), g([[5]])
+    (tmp_path / "test_puzzles.json").write_text(json.dumps({
+        "s": {"train": [], "test": [{"input": solved.tolist(), "output": solved.tolist()}]},
+        "u": {"train": [], "test": [{"input": unknown.tolist()}]},
+    }))
+    write_identifiers(tmp_path, ["<blank>", "s", "u"])
+    evaluator = ARCEvaluator(tmp_path, pass_ks=(1,))
+    inputs = np.stack([encode(solved), encode(unknown)])
+    evaluator.update(inputs, np.array([1, 2]), inputs, np.zeros(2))  # the identity: right on "s"
+    with pytest.warns(UserWarning, match="1 of 2 test tasks have no solutions"):
+        assert evaluator.result() == {"ARC/pass@1": 1.0, "ARC/unscored_tasks": 1.0}  # 1 of 1 scored, not 1 of 2

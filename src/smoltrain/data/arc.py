@@ -37,13 +37,20 @@ What the builder does, as the reference `build_arc_dataset.py` does it:
   top-left.
 * `<root>/test_puzzles.json` holds the original grids of every task of the test subset, test outputs
   included, for the evaluator (`smoltrain.eval.arc`).
+* Unknown test outputs (Kaggle's hidden test set: a challenges file without its solutions file; or per-task
+  files whose test pairs have no "output"), allowed for the `test_set_name` subset only: as the reference, each
+  such test pair gets the dummy output `[[0]]` (so it is augmented and encoded like any pair, its label rows
+  meaning nothing). Unlike the reference, `test_puzzles.json` then leaves "output" out of those pairs and
+  `build_info.json` records ``test_solutions: false`` (and ``counts.test_pairs_without_solution``), so an
+  evaluation writes submission.json but scores nothing on them instead of a wrong 0%. Other subsets without
+  their outputs are an error (their dummy outputs would be trained on).
 
 Differences from the reference, all deliberate: one seeded `numpy.random.Generator` per task (derived from
 `seed` and the task id) instead of the global NumPy RNG, so a build is reproducible and a task's
 augmentations do not depend on which other tasks are built; tasks are not shuffled (the loader shuffles
-groups anyway); a missing solutions file is an error rather than dummy outputs; duplicate task ids across
-subsets are an error. Rows are streamed to the `.npy` files task by task, so the ARC-AGI-1 + ConceptARC
-build with 1000 augmentations (3.6M train rows, 6.8 GiB) peaks at about 0.6 GB resident (bench/arc_build.py).
+groups anyway); duplicate task ids across subsets are an error. Rows are streamed to the `.npy` files task by
+task, so the ARC-AGI-1 + ConceptARC build with 1000 augmentations (3.6M train rows, 6.8 GiB) peaks at about
+0.6 GB resident (bench/arc_build.py).
 
 De-duplication bounds the versions of a task that uses few colours: with c non-background colours there are
 at most 8 * 9!/(9-c)! distinct versions, 576 for c = 2 and 72 for c = 1. On ARC-AGI-1 + ConceptARC 164 of the
@@ -110,6 +117,8 @@ AUGMENT_RETRIES_FACTOR = 5  # trials per wanted augmentation before giving up (r
 # Dihedral transforms that swap rows and columns (rotations by 90/270 degrees, transpose, anti-transpose).
 _TRANSPOSING = (1, 3, 6, 7)
 ARC_SUBSETS = ("training", "evaluation", "training2", "evaluation2", "concept")
+# The output the reference gives a test input whose solution is unknown: a 1x1 grid of colour 0.
+DUMMY_OUTPUT = np.zeros((1, 1), dtype=np.uint8)
 
 Grid = np.ndarray  # 2-D uint8, values 0..9
 Pair = tuple[Grid, Grid]
@@ -123,6 +132,9 @@ class ArcTask:
     task_id: str
     train: list[Pair]
     test: list[Pair]
+    # False when the test outputs are unknown (a challenges file without solutions, such as Kaggle's hidden test
+    # set): the test pairs then carry the reference's dummy output, a 1x1 grid of colour 0 (DUMMY_OUTPUT).
+    test_solved: bool = True
 
     @property
     def pairs(self) -> list[Pair]:
@@ -262,8 +274,10 @@ def _to_grid(value: Any, where: str) -> Grid:
     return arr.astype(np.uint8)
 
 
-def _pairs(examples: Any, kind: str, where: str, outputs: list | None = None) -> list[Pair]:
-    """Validate a task's `train` or `test` list; `outputs` supplies test outputs from a solutions file."""
+def _pairs(examples: Any, kind: str, where: str, outputs: list | None = None,
+           unknown_outputs: bool = False) -> list[Pair]:
+    """Validate a task's `train` or `test` list; `outputs` supplies test outputs from a solutions file;
+    `unknown_outputs`: the test outputs are unknown and every pair gets `DUMMY_OUTPUT`."""
     if not isinstance(examples, list):
         raise DataError(f"{where}: '{kind}' must be a list of {{'input', 'output'}} pairs")
     pairs: list[Pair] = []
@@ -271,6 +285,9 @@ def _pairs(examples: Any, kind: str, where: str, outputs: list | None = None) ->
         at = f"{where}, {kind} pair {i}"
         if not isinstance(example, dict) or "input" not in example:
             raise DataError(f"{at}: expected an object with 'input' (and 'output')")
+        if unknown_outputs:
+            pairs.append((_to_grid(example["input"], f"{at} input"), DUMMY_OUTPUT.copy()))
+            continue
         if outputs is not None:
             output = outputs[i]
         elif "output" in example:
@@ -281,46 +298,61 @@ def _pairs(examples: Any, kind: str, where: str, outputs: list | None = None) ->
     return pairs
 
 
-def _task(subset: str, task_id: str, data: Any, where: str, solutions: Any = None) -> ArcTask:
+def _task(subset: str, task_id: str, data: Any, where: str, solutions: Any = None,
+          unsolved_ok: bool = False) -> ArcTask:
+    """One task; `solutions` gives its test outputs (Kaggle layout). With `unsolved_ok` (the test subset), a task
+    without test outputs (no solutions file, or per-task test pairs without "output") gets dummy outputs."""
     if not isinstance(data, dict) or "train" not in data or "test" not in data:
         raise DataError(f"{where}: a task must be an object with 'train' and 'test' lists")
     outputs = None
+    tests = data["test"] if isinstance(data["test"], list) else []
     if solutions is not None:
-        tests = data["test"] if isinstance(data["test"], list) else []
         if not isinstance(solutions, list) or len(solutions) != len(tests):
             n = len(solutions) if isinstance(solutions, list) else "no list of"
             raise DataError(f"{where}: the solutions file has {n} output grids for {len(tests)} test inputs")
         outputs = solutions
+    with_output = [isinstance(t, dict) and "output" in t for t in tests]
+    unknown = unsolved_ok and outputs is None and bool(tests) and not any(with_output)
+    if unsolved_ok and outputs is None and any(with_output) and not all(with_output):
+        raise DataError(f"{where}: some test pairs have an 'output' and some not; give every test output or none")
     train = _pairs(data["train"], "train", where)
-    test = _pairs(data["test"], "test", where, outputs)
+    test = _pairs(data["test"], "test", where, outputs, unknown_outputs=unknown)
     if not train:
         raise DataError(f"{where}: no train pairs; a task needs at least one demonstration")
-    return ArcTask(subset, task_id, train, test)
+    return ArcTask(subset, task_id, train, test, test_solved=not unknown)
 
 
-def _load_kaggle_subset(prefix: str, subset: str, wanted: Collection[str] | None) -> list[ArcTask]:
+def _load_kaggle_subset(prefix: str, subset: str, wanted: Collection[str] | None,
+                        unsolved_ok: bool = False) -> list[ArcTask]:
     challenges_path = Path(f"{prefix}_{subset}_challenges.json")
     solutions_path = Path(f"{prefix}_{subset}_solutions.json")
-    for path in (challenges_path, solutions_path):
-        if not path.is_file():
-            raise DataError(f"{path} not found; drop `{subset}` from --subsets or add the file")
+    if not challenges_path.is_file():
+        raise DataError(f"{challenges_path} not found; drop `{subset}` from --subsets or add the file")
+    if not solutions_path.is_file() and not unsolved_ok:
+        raise DataError(f"{solutions_path} not found; drop `{subset}` from --subsets or add the file (only the "
+                        "--test-set-name subset may come without solutions)")
     challenges = _read_json(challenges_path)
-    solutions = _read_json(solutions_path)
+    # No solutions file (Kaggle's hidden test set): the test outputs are unknown; the reference fills dummies.
+    solutions = _read_json(solutions_path) if solutions_path.is_file() else None
     for path, obj in ((challenges_path, challenges), (solutions_path, solutions)):
-        if not isinstance(obj, dict):
+        if obj is not None and not isinstance(obj, dict):
             raise DataError(f"{path}: expected a JSON object keyed by task id, got {type(obj).__name__}")
     tasks = []
     for task_id in sorted(challenges):
         if wanted is not None and task_id not in wanted:
             continue
         where = f"{challenges_path}, task {task_id}"
+        if solutions is None:
+            tasks.append(_task(subset, task_id, challenges[task_id], where, unsolved_ok=True))
+            continue
         if task_id not in solutions:
             raise DataError(f"{where}: no entry in {solutions_path}; add its test outputs there")
         tasks.append(_task(subset, task_id, challenges[task_id], where, solutions[task_id]))
     return tasks
 
 
-def _load_dir_subset(root: Path, subset: str, wanted: Collection[str] | None) -> list[ArcTask]:
+def _load_dir_subset(root: Path, subset: str, wanted: Collection[str] | None,
+                     unsolved_ok: bool = False) -> list[ArcTask]:
     folder = root / subset
     if not folder.is_dir():
         raise DataError(
@@ -334,7 +366,7 @@ def _load_dir_subset(root: Path, subset: str, wanted: Collection[str] | None) ->
     for path in files:
         if wanted is not None and path.stem not in wanted:
             continue
-        tasks.append(_task(subset, path.stem, _read_json(path), str(path)))
+        tasks.append(_task(subset, path.stem, _read_json(path), str(path), unsolved_ok=unsolved_ok))
     return tasks
 
 
@@ -344,8 +376,13 @@ def load_arc_tasks(
     subsets: Sequence[str] = ("training", "evaluation", "concept"),
     task_ids: Collection[str] | None = None,
     max_tasks: int | None = None,
+    unsolved_subset: str | None = None,
 ) -> list[ArcTask]:
     """Read and validate the tasks of `subsets` from exactly one of the two layouts (module docstring).
+
+    `unsolved_subset` (the test subset of a build) may come without test outputs: no solutions file, or
+    per-task files whose test pairs have no "output". Its tasks then get `test_solved=False` and the reference's
+    dummy outputs (`DUMMY_OUTPUT`); every other subset needs its outputs.
 
     `task_ids` keeps only those tasks, `max_tasks` the first ones (sorted by id) of each subset: for tests
     and quick builds. Every grid is checked (list of equal rows, ints 0..9, at most 30x30); problems raise
@@ -366,10 +403,11 @@ def load_arc_tasks(
     tasks: list[ArcTask] = []
     seen: dict[str, str] = {}
     for subset in subsets:
+        unsolved_ok = subset == unsolved_subset
         if input_file_prefix is not None:
-            loaded = _load_kaggle_subset(str(input_file_prefix), subset, wanted)
+            loaded = _load_kaggle_subset(str(input_file_prefix), subset, wanted, unsolved_ok)
         else:
-            loaded = _load_dir_subset(Path(input_dir), subset, wanted)  # type: ignore[arg-type]
+            loaded = _load_dir_subset(Path(input_dir), subset, wanted, unsolved_ok)  # type: ignore[arg-type]
         if max_tasks is not None:
             loaded = loaded[:max_tasks]
         for task in loaded:
@@ -628,10 +666,13 @@ def _pair_ids(task: ArcTask, test_set_name: str) -> dict[str, np.ndarray]:
 
 
 def _test_puzzles(tasks: list[ArcTask], test_set_name: str) -> dict[str, Any]:
-    def pairs(items: list[Pair]) -> list[dict[str, list]]:
-        return [{"input": i.tolist(), "output": o.tolist()} for i, o in items]
+    """The test subset's tasks for the evaluator; test pairs whose output is unknown have no "output" (the
+    dummy is no answer to score against), so the evaluator scores them not at all rather than as wrong."""
+    def pairs(items: list[Pair], solved: bool = True) -> list[dict[str, list]]:
+        return [{"input": i.tolist(), "output": o.tolist()} if solved else {"input": i.tolist()} for i, o in items]
 
-    return {t.task_id: {"train": pairs(t.train), "test": pairs(t.test)} for t in tasks if t.subset == test_set_name}
+    return {t.task_id: {"train": pairs(t.train), "test": pairs(t.test, t.test_solved)}
+            for t in tasks if t.subset == test_set_name}
 
 
 def _fits(task: ArcTask, canvas_size: int) -> bool:
@@ -704,7 +745,8 @@ class ArcBuilder(DatasetBuilder[ArcOptions, _ArcPlan]):
 
     def prepare(self, info: dict[str, Any], progress: bool) -> _ArcPlan:
         o = self.options
-        loaded = load_arc_tasks(o.input_file_prefix, o.input_dir, o.subsets, task_ids=o.task_ids, max_tasks=o.max_tasks)
+        loaded = load_arc_tasks(o.input_file_prefix, o.input_dir, o.subsets, task_ids=o.task_ids, max_tasks=o.max_tasks,
+                                unsolved_subset=o.test_set_name)
         # Whole tasks only: a task missing some of its pairs would be a different puzzle (and the evaluator
         # would score its test inputs against demonstrations it never saw).
         tasks = [task for task in loaded if _fits(task, o.canvas_size)]
@@ -761,6 +803,8 @@ class ArcBuilder(DatasetBuilder[ArcOptions, _ArcPlan]):
             canvas_size=o.canvas_size,
             original_name="bare task id (augmented versions: arc_augmented_name)",
             skipped_tasks=skipped,  # empty at 30
+            # False: some test outputs are unknown (no solutions file); their labels are dummies, nothing to score.
+            test_solutions=all(t.test_solved for t in tasks if t.subset == o.test_set_name),
         )
         return _ArcPlan(tasks, versions, names, skipped, splits, short_tasks)
 
@@ -812,6 +856,8 @@ class ArcBuilder(DatasetBuilder[ArcOptions, _ArcPlan]):
             "train_rows": splits["train"].rows,
             "test_rows": splits["test"].rows,
             "test_puzzles": len(splits["test"].identifiers),
+            "test_pairs_without_solution": sum(len(t.test) for t in prepared.tasks
+                                               if t.subset == o.test_set_name and not t.test_solved),
             "identifiers": num_identifiers,
         }
 

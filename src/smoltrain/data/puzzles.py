@@ -74,9 +74,12 @@ __all__ = [
     "PuzzleKind",
     "Verdict",
     "atomic_dataset_dir",
+    "combine_metadata",
     "check_output_dir",
     "detect_kind",
     "get_kind",
+    "has_test_solutions",
+    "load_combined_metadata",
     "load_identifiers",
     "load_metadata",
     "write_identifiers",
@@ -244,6 +247,49 @@ def load_metadata(root: str | os.PathLike[str], split: str) -> PuzzleDatasetMeta
     except pydantic.ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         raise DataError(f"{path} is not a valid dataset.json ({problems}): rebuild the dataset") from None
+
+
+def combine_metadata(parts: Sequence[tuple[Path, PuzzleDatasetMetadata]]) -> PuzzleDatasetMetadata:
+    """The metadata of several dataset roots read as one (`PuzzleDataset` over ``data_paths``): their rows one
+    after another, group and puzzle counts summed, identifier 0 (blank) shared and every root's other identifiers
+    in a range of their own, root after root. A DataError names two roots whose shapes do not combine."""
+    first_path, first = parts[0]
+    if len(parts) == 1:
+        return first
+    for path, other in parts[1:]:
+        for field in ("seq_len", "vocab_size", "pad_id", "ignore_label_id", "blank_identifier_id"):
+            a, b = getattr(first, field), getattr(other, field)
+            if a != b:
+                raise DataError(
+                    f"cannot combine datasets {first_path} and {path}: {field} is {a} in the first "
+                    f"and {b} in the second; only datasets with the same seq_len, vocab_size, pad_id, "
+                    "ignore_label_id and blank_identifier_id can be trained on together"
+                )
+    if first.blank_identifier_id != 0:
+        raise DataError(
+            f"combining several datasets needs blank_identifier_id 0, {first_path} uses "
+            f"{first.blank_identifier_id}: train on one dataset at a time"
+        )
+    metas = [meta for _, meta in parts]
+    total_puzzles = sum(m.total_puzzles for m in metas)
+    mean_examples = (
+        sum(m.mean_puzzle_examples * m.total_puzzles for m in metas) / total_puzzles
+        if total_puzzles
+        else first.mean_puzzle_examples
+    )
+    return first.model_copy(
+        update={
+            "num_puzzle_identifiers": 1 + sum(m.num_puzzle_identifiers - 1 for m in metas),
+            "total_groups": sum(m.total_groups for m in metas),
+            "mean_puzzle_examples": mean_examples,
+            "total_puzzles": total_puzzles,
+        }
+    )
+
+
+def load_combined_metadata(roots: Sequence[str | os.PathLike[str]], split: str) -> PuzzleDatasetMetadata:
+    """`combine_metadata` of the ``split`` of every root (the shape a model trained on all of them has)."""
+    return combine_metadata([(Path(root), load_metadata(root, split)) for root in roots])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -436,6 +482,17 @@ def detect_kind(root: str | os.PathLike[str] | None = None, vocab_size: int | No
         if kind.claims_shape(vocab_size, seq_len):
             return kind
     return PUZZLE_KINDS[FALLBACK_KIND]
+
+
+def has_test_solutions(root: str | os.PathLike[str]) -> bool:
+    """Whether the test split's labels are the real answers: False when the builder recorded that it had none
+    (``build_info.json`` ``test_solutions: false``, an ARC test set built without its solutions file, whose
+    labels are dummies). Datasets without that record (the reference's, older builds) have them."""
+    try:
+        info = json.loads((Path(root) / "build_info.json").read_text())
+    except (OSError, ValueError):
+        return True
+    return not (isinstance(info, dict) and info.get("test_solutions") is False)
 
 
 def load_identifiers(root: str | os.PathLike[str]) -> list[str] | None:
@@ -637,39 +694,7 @@ class PuzzleDataset:
     # -- construction ---------------------------------------------------------------------------
 
     def _merge_metadata(self) -> PuzzleDatasetMetadata:
-        first = self._roots[0]
-        if len(self._roots) == 1:
-            return first.metadata
-        for other in self._roots[1:]:
-            for field in ("seq_len", "vocab_size", "pad_id", "ignore_label_id", "blank_identifier_id"):
-                a, b = getattr(first.metadata, field), getattr(other.metadata, field)
-                if a != b:
-                    raise DataError(
-                        f"cannot combine datasets {first.path} and {other.path}: {field} is {a} in the first "
-                        f"and {b} in the second; only datasets with the same seq_len, vocab_size, pad_id, "
-                        "ignore_label_id and blank_identifier_id can be trained on together"
-                    )
-        if first.metadata.blank_identifier_id != 0:
-            raise DataError(
-                f"combining several datasets needs blank_identifier_id 0, {first.path} uses "
-                f"{first.metadata.blank_identifier_id}: train on one dataset at a time"
-            )
-        total_puzzles = sum(r.metadata.total_puzzles for r in self._roots)
-        mean_examples = (
-            sum(r.metadata.mean_puzzle_examples * r.metadata.total_puzzles for r in self._roots) / total_puzzles
-            if total_puzzles
-            else first.metadata.mean_puzzle_examples
-        )
-        # Identifier 0 (blank) is shared; every root's other identifiers get their own range.
-        num_ids = 1 + sum(r.metadata.num_puzzle_identifiers - 1 for r in self._roots)
-        return first.metadata.model_copy(
-            update={
-                "num_puzzle_identifiers": num_ids,
-                "total_groups": sum(r.metadata.total_groups for r in self._roots),
-                "mean_puzzle_examples": mean_examples,
-                "total_puzzles": total_puzzles,
-            }
-        )
+        return combine_metadata([(r.path, r.metadata) for r in self._roots])
 
     def _concatenate_indices(self) -> None:
         example_offsets = [0]

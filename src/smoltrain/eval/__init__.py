@@ -3,27 +3,31 @@ which of them a puzzle dataset gets (see `smoltrain.eval.base`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from smoltrain.data.puzzles import PuzzleKind
 from smoltrain.eval.arc import ARCEvaluator
-from smoltrain.eval.base import EvalRows, Evaluator, ExactAccuracy, SavedOutputs
+from smoltrain.eval.base import EvalRows, Evaluator, ExactAccuracy, SavedOutputs, UnknownAnswers
 from smoltrain.eval.maze import MazePaths
 
 __all__ = ["ACCURACY_BY_KIND", "ARCEvaluator", "EvalRows", "Evaluator", "ExactAccuracy", "MazePaths", "SavedOutputs",
-           "evaluators_for"]
+           "UnknownAnswers", "evaluators_for"]
 
 # The accuracy evaluator of a kind whose right answers are not only the labelled ones; others get ExactAccuracy.
 ACCURACY_BY_KIND: dict[str, type[ExactAccuracy]] = {"maze": MazePaths}
 
 
-def evaluators_for(kind: PuzzleKind, root: str | Path, arc_options: Mapping[str, Any] | None) -> list[Evaluator]:
-    """The evaluators of a run on the dataset ``root`` of ``kind``: its kind's accuracy, and the ARC voting
-    evaluator when the run asks for it (``arc_options``: its keyword arguments). Built once per run, since the
+def evaluators_for(kind: PuzzleKind, roots: Sequence[str | Path], arc_options: Mapping[str, Any] | None,
+                   solutions: bool = True) -> list[Evaluator]:
+    """The evaluators of a run on the datasets ``roots`` of ``kind`` (read one after another, as `PuzzleDataset`
+    concatenates them): its kind's accuracy, and the ARC voting evaluator when the run asks for it
+    (``arc_options``: its keyword arguments). Without ``solutions`` (a test split whose labels are dummies) no
+    accuracy is computed (`UnknownAnswers`); the ARC evaluator then only submits. Built once per run, since the
     ARC votes may pool over its evaluations."""
-    evaluators: list[Evaluator] = [ACCURACY_BY_KIND.get(kind.name, ExactAccuracy)()]
+    accuracy = ACCURACY_BY_KIND.get(kind.name, ExactAccuracy)() if solutions else UnknownAnswers(roots)
+    evaluators: list[Evaluator] = [accuracy]
     if arc_options is not None:
-        evaluators.append(ARCEvaluator(root, **arc_options))
+        evaluators.append(ARCEvaluator(roots, **arc_options))
     return evaluators

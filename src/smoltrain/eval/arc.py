@@ -32,10 +32,12 @@ Invalid predictions: an empty crop is an ordinary candidate in the vote, as in t
 top-k slot but never equals a label (ARC grids are at least 1x1), so it only ever costs pass@k. The
 submission skips it (see below).
 
+Pooling: as in the reference (`aggregated_voting=True`), votes are kept across `begin()` by default
+(`pool_evaluations=True`), so the k-th evaluation of a run pools the votes of all k checkpoints evaluated so
+far; `pool_evaluations=False` clears them at every `begin()` and scores each checkpoint on its own.
+
 Differences from the reference, on purpose:
 
-* Votes are cleared at every `begin()` unless `pool_evaluations=True`; the reference never clears, so its
-  k-th evaluation pools the votes of all k checkpoints evaluated so far.
 * Works in one process without `torch.distributed`; gathers across ranks only when a process group with
   more than one rank is initialised.
 * Exact ties in (count, mean confidence) are broken by the candidate's hash, so the ranking does not depend
@@ -46,11 +48,20 @@ Differences from the reference, on purpose:
   candidate gets a grid of zeros the shape of that test input (the Kaggle format needs a grid there, and
   the shape is a better guess than 1x1).
 
+Several datasets (``data_paths=[a, b]``): the evaluator reads them as `PuzzleDataset` concatenates them, the
+identifiers of each root after those of the roots before it, and scores the test tasks of all of them together
+(one `ARC/pass@k`, one submission.json); a task id in two roots must have the same test pairs there.
+
 Distributed: every rank calls `result()`; when `torch.distributed` is initialised with more than one rank, the
 votes go to rank 0 with `gather_object` (on the default group, or on `group=` given to the constructor, e.g.
 a gloo group next to NCCL; under NCCL the rank's CUDA device must be set, as `torchrun` set-up does).
-Two test inputs of one task that are the same grid share their votes (the row cannot tell them apart); a
-test pair without an "output" in `test_puzzles.json` is never solved but still gets submission attempts.
+Two test inputs of one task that are the same grid share their votes (the row cannot tell them apart).
+
+Unknown solutions: a test pair without an "output" in `test_puzzles.json` (a dataset built without a solutions
+file, e.g. Kaggle's hidden test set) still gets submission attempts but is not scored: a task's score is over
+its pairs with outputs, `ARC/pass@k` over the tasks with at least one; when some tasks have none,
+`ARC/unscored_tasks` counts them and a warning says so, and when no task has one there is no `ARC/pass@k` at
+all ("nothing to score"), never a 0% measured against unknown answers.
 """
 
 from __future__ import annotations
@@ -87,6 +98,7 @@ __all__ = [
     "crop_sizes",
     "deaugment_grid",
     "grid_key",
+    "votable",
 ]
 
 PAD_TOKEN, EOS_TOKEN = PAD_ID, EOS_ID  # the format's constants (data/arc.py)
@@ -104,12 +116,19 @@ ARC_OPTIONS = {"submission_K": "submission_k", "pass_Ks": "pass_ks", "aggregated
                "submission_k": "submission_k", "pass_ks": "pass_ks", "pool_evaluations": "pool_evaluations"}
 
 
-def arc_evaluator_options(evaluators: list[Any]) -> dict[str, Any] | None:
+def arc_evaluator_options(evaluators: str | list[Any], arc_data: bool) -> dict[str, Any] | None:
     """The ARC evaluator's keyword arguments from ``evaluators`` (None when it is not asked for).
 
-    The reference writes ``evaluators=[{name: arc@ARC}]``; its ``aggregated_voting`` (pooling votes over
-    every evaluation of a run, on by default there) is ``pool_evaluations`` here, off unless set.
+    ``"auto"`` (the default) is the reference's default config (``evaluators: [arc@ARC]``) where it fits: the
+    evaluator with the reference's defaults when the test data is ARC (``arc_data``), nothing otherwise.
+    Explicitly, the reference writes ``evaluators=[{name: arc@ARC}]``; its ``aggregated_voting`` (pooling votes
+    over every evaluation of a run, on by default there and here) is ``pool_evaluations``.
     """
+    if evaluators == "auto":
+        return {} if arc_data else None
+    if isinstance(evaluators, str):
+        raise ConfigError(f"evaluators: {evaluators!r} is not a list; write evaluators=auto, evaluators=[] or "
+                          "evaluators=[{name: arc}]")
     options: dict[str, Any] | None = None
     for entry in evaluators:
         entry = {"name": entry} if isinstance(entry, str) else dict(entry)
@@ -123,6 +142,12 @@ def arc_evaluator_options(evaluators: list[Any]) -> dict[str, Any] | None:
                               f"{', '.join(sorted(set(ARC_OPTIONS)))}")
         options = {ARC_OPTIONS[key]: value for key, value in entry.items()}
     return options
+
+
+def votable(root: str | os.PathLike[str]) -> bool:
+    """Whether the ARC evaluator can vote on the dataset ``root``: it has the task list and the names it reads
+    (``test_puzzles.json``, ``identifiers.json``, written by `smoltrain data arc` and the reference builder)."""
+    return (Path(root) / "test_puzzles.json").is_file() and (Path(root) / "identifiers.json").is_file()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -236,10 +261,10 @@ class ARCEvaluator(Evaluator):
 
     def __init__(
         self,
-        data_path: str | os.PathLike[str],
+        data_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         submission_k: int = 2,
         pass_ks: Sequence[int] = (1, 2, 5, 10, 100, 1000),
-        pool_evaluations: bool = False,
+        pool_evaluations: bool = True,
         *,
         group: object | None = None,
     ) -> None:
@@ -247,18 +272,31 @@ class ARCEvaluator(Evaluator):
             raise ConfigError(f"submission_k must be at least 1, got {submission_k}")
         if not pass_ks or any(int(k) < 1 for k in pass_ks):
             raise ConfigError(f"pass_ks must be positive integers, got {list(pass_ks)}")
-        root = Path(data_path)
-        self.data_path = root
+        roots = [Path(data_path)] if isinstance(data_path, (str, os.PathLike)) else [Path(p) for p in data_path]
+        if not roots:
+            raise ConfigError("the ARC evaluator needs at least one dataset path")
+        self.data_paths = roots
+        self.data_path = roots[0]
         self.submission_k = int(submission_k)
         self.pass_ks = tuple(int(k) for k in pass_ks)
         self.pool_evaluations = bool(pool_evaluations)
         self.group = group  # process group for the gather (None: the default group)
-        self.tasks = _load_test_puzzles(root / "test_puzzles.json", root)
-        names = load_identifiers(root)
-        if names is None:
-            raise DataError(f"{root} is not an ARC dataset built by `smoltrain data arc` (missing identifiers.json): "
-                            f"build one with `smoltrain data arc --output-dir {root}`")
-        self.identifiers = names
+        # Several roots read as one, as `PuzzleDataset` concatenates them: the identifiers of root i follow those
+        # of the roots before it (the blank id 0 shared), and the tasks of all roots are scored together.
+        self.tasks: dict[str, _TestTask] = {}
+        self.identifiers: list[str] = []
+        for index, root in enumerate(roots):
+            for task_id, task in _load_test_puzzles(root / "test_puzzles.json", root).items():
+                known = self.tasks.setdefault(task_id, task)
+                if known is not task and (known.label_keys != task.label_keys
+                                          or [grid_key(g) for g in known.inputs] != [grid_key(g) for g in task.inputs]):
+                    raise DataError(f"task {task_id!r} is in two of the test datasets {[str(r) for r in roots]} with "
+                                    "different test pairs: evaluate them one at a time")
+            names = load_identifiers(root)
+            if names is None:
+                raise DataError(f"{root} is not an ARC dataset built by `smoltrain data arc` (missing "
+                                f"identifiers.json): build one with `smoltrain data arc --output-dir {root}`")
+            self.identifiers.extend(names if index == 0 else names[1:])
         # identifier -> (task, dihedral id, inverse colour map), parsed on first use (there are ~1M names).
         self._augmentations: dict[int, tuple[str, int, np.ndarray]] = {}
         self._clear()
@@ -274,7 +312,7 @@ class ARCEvaluator(Evaluator):
         self.unmatched_rows = 0  # set by result(): rows (all ranks) whose input matched no test input
 
     def begin(self) -> None:
-        """Start an evaluation: forget the previous evaluation's votes unless `pool_evaluations`."""
+        """Start an evaluation: forget the previous evaluation's votes unless `pool_evaluations` (the default)."""
         if not self.pool_evaluations:
             self._clear()
 
@@ -283,14 +321,16 @@ class ARCEvaluator(Evaluator):
         if cached is None:
             if not 0 < identifier < len(self.identifiers):
                 raise DataError(
-                    f"puzzle identifier {identifier} is not in {self.data_path / 'identifiers.json'} "
-                    f"({len(self.identifiers)} names): the predictions come from a different dataset; "
+                    f"puzzle identifier {identifier} is not among the {len(self.identifiers)} names of "
+                    f"{', '.join(str(r / 'identifiers.json') for r in self.data_paths)}: the predictions come from a "
+                    "different dataset; "
                     "evaluate with the dataset the model was trained on")
             name = self.identifiers[identifier]
             try:
                 task, dihedral, mapping = parse_arc_name(name)
             except ValueError as e:
-                raise DataError(f"{e}: {self.data_path} is not an ARC dataset built by `smoltrain data arc`") from None
+                raise DataError(f"{e}: {', '.join(map(str, self.data_paths))} is not an ARC dataset built by "
+                                "`smoltrain data arc`") from None
             cached = (task, dihedral, inverse_colour_permutation(mapping).astype(np.uint8))
             self._augmentations[identifier] = cached
         return cached
@@ -377,9 +417,10 @@ class ARCEvaluator(Evaluator):
     def result(self, output_dir: str | os.PathLike[str] | None = None) -> dict[str, float] | None:
         """Score the votes of this evaluation (of all evaluations with `pool_evaluations`).
 
-        Every rank must call it. Rank 0 returns `{"ARC/pass@k": score}` for each k in `pass_ks` and, when
-        `output_dir` is given, writes `submission.json` and `arc_scores.json` there atomically; other ranks
-        return None.
+        Every rank must call it. Rank 0 returns `{"ARC/pass@k": score}` for each k in `pass_ks` (over the tasks
+        with known test outputs; with `ARC/unscored_tasks` when some have none, and only that when none has one)
+        and, when `output_dir` is given, writes `submission.json` and `arc_scores.json` there atomically; other
+        ranks return None.
         """
         is_main, states = self._gathered_state()
         if not is_main:
@@ -400,6 +441,7 @@ class ARCEvaluator(Evaluator):
         task_scores: dict[str, dict] = {}
         submission: dict[str, list[dict[str, list[list[int]]]]] = {}
         totals = dict.fromkeys(self.pass_ks, 0.0)
+        unscored: list[str] = []  # tasks none of whose test pairs has a known output
         for task_id, task in self.tasks.items():
             solved = dict.fromkeys(self.pass_ks, 0)
             pair_reports = []
@@ -407,15 +449,17 @@ class ARCEvaluator(Evaluator):
             for pair, test_input in enumerate(task.inputs):
                 ranked = self._ranked(votes.get((task_id, pair), {}))
                 label = task.label_keys[pair]
-                label_rank = next((i + 1 for i, c in enumerate(ranked) if c.key == label), None)
+                label_rank = None if label is None else next(
+                    (i + 1 for i, c in enumerate(ranked) if c.key == label), None)
                 for k in self.pass_ks:
                     solved[k] += label_rank is not None and label_rank <= k
                 pair_reports.append({
+                    "scored": label is not None,
                     "votes_cast": sum(c.votes for c in ranked),
                     "label_rank": label_rank,
                     "top_candidates": [
                         {"votes": c.votes, "mean_q_halt": c.mean_q, "shape": list(grids[c.key].shape),
-                         "correct": c.key == label}
+                         "correct": None if label is None else c.key == label}
                         for c in ranked[:REPORTED_CANDIDATES]
                     ],
                 })
@@ -424,25 +468,45 @@ class ARCEvaluator(Evaluator):
                     valid = [np.zeros_like(test_input)]
                 valid += [valid[0]] * (self.submission_k - len(valid))
                 attempts_per_input.append({f"attempt_{i + 1}": g.tolist() for i, g in enumerate(valid)})
-            scores = {f"pass@{k}": solved[k] / len(task.inputs) for k in self.pass_ks}
-            for k in self.pass_ks:
-                totals[k] += scores[f"pass@{k}"]
-            task_scores[task_id] = {**scores, "test_pairs": pair_reports}
+            # A task is scored on its test pairs with a known output; one with none is not scored at all
+            # (a dataset built without solutions): counting it as unsolved would report a wrong 0%.
+            labelled = sum(key is not None for key in task.label_keys)
+            if labelled:
+                scores: dict[str, float | None] = {f"pass@{k}": solved[k] / labelled for k in self.pass_ks}
+                for k in self.pass_ks:
+                    totals[k] += solved[k] / labelled
+            else:
+                scores = dict.fromkeys((f"pass@{k}" for k in self.pass_ks), None)
+                unscored.append(task_id)
+            task_scores[task_id] = {**scores, "scored": bool(labelled), "test_pairs": pair_reports}
             submission[task_id] = attempts_per_input
 
         self.unmatched_rows = sum(unmatched.values())
         if self.unmatched_rows:
             warnings.warn(f"ARC evaluation: {self.unmatched_rows} rows have an input that is no test input of their "
                           f"task (by task: {dict(unmatched.most_common(5))}); they cast no vote", stacklevel=2)
-        num_tasks = max(len(self.tasks), 1)
-        metrics = {f"ARC/pass@{k}": totals[k] / num_tasks for k in self.pass_ks}
+        scored_tasks = len(self.tasks) - len(unscored)
+        metrics = {f"ARC/pass@{k}": totals[k] / scored_tasks for k in self.pass_ks} if scored_tasks else {}
+        if unscored:
+            metrics["ARC/unscored_tasks"] = float(len(unscored))
+            where = "submission.json" if output_dir is None else str(Path(output_dir) / "submission.json")
+            if scored_tasks:
+                warnings.warn(f"ARC evaluation: {len(unscored)} of {len(self.tasks)} test tasks have no solutions "
+                              f"(e.g. {unscored[0]}); ARC/pass@k is over the other {scored_tasks}", stacklevel=2)
+            else:
+                warnings.warn(f"ARC evaluation: nothing to score, none of the {len(self.tasks)} test tasks has a "
+                              f"solution (a dataset built without a solutions file); no ARC/pass@k, the predictions "
+                              f"are in {where}", stacklevel=2)
         if output_dir is not None:
             out = Path(output_dir)
             report = {
                 "metrics": metrics,
+                "scored_tasks": scored_tasks,
+                "unscored_tasks": unscored,
                 "pass_ks": list(self.pass_ks),
                 "submission_k": self.submission_k,
                 "pool_evaluations": self.pool_evaluations,
+                "data_paths": [str(root) for root in self.data_paths],
                 "rows_voted": rows - sum(unmatched.values()),
                 "unmatched_rows": self.unmatched_rows,
                 "unmatched_rows_by_task": dict(sorted(unmatched.items())),

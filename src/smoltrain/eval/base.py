@@ -17,6 +17,7 @@ A new evaluator subclasses `Evaluator` and is chosen in `smoltrain.eval.evaluato
 from __future__ import annotations
 
 import io
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from smoltrain.data.puzzles import IGNORE_LABEL_ID
 from smoltrain.fileio import atomic_write_bytes
 from smoltrain.runtime.distributed import all_reduce_sum
 
-__all__ = ["EvalRows", "Evaluator", "ExactAccuracy", "SavedOutputs"]
+__all__ = ["EvalRows", "Evaluator", "ExactAccuracy", "SavedOutputs", "UnknownAnswers"]
 
 
 @dataclass
@@ -99,6 +100,23 @@ class ExactAccuracy(Evaluator):
         totals = dict(zip(names, all_reduce_sum(torch.stack([self._sums[k] for k in names])).tolist(), strict=True))
         count = totals.pop("count")
         return {"count": count, **{k: (v / count if count else 0.0) for k, v in totals.items()}}
+
+
+class UnknownAnswers(Evaluator):
+    """Instead of `ExactAccuracy` on test data whose labels are not the answers (an ARC test set built without
+    its solutions file holds dummy labels): reports no accuracy, and says once per evaluation that there is
+    nothing to score, rather than a 0% measured against dummies."""
+
+    def __init__(self, roots: Sequence[str | Path]) -> None:
+        self.roots = [str(root) for root in roots]
+
+    def add(self, rows: EvalRows) -> None:
+        pass  # the loss head's sums compare with dummy labels: nothing in them means anything
+
+    def result(self, report_dir: Path | None = None) -> dict[str, float]:
+        warnings.warn(f"evaluation: the test split of {', '.join(self.roots)} has no solutions (built without a "
+                      "solutions file), so no accuracy is reported", stacklevel=2)
+        return {}
 
 
 class SavedOutputs(Evaluator):

@@ -16,6 +16,7 @@ sampler in ``data/puzzles.py``, the optimizers in ``optim.py``. This file says h
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -24,10 +25,10 @@ from pydantic import Field, ValidationError
 from torch import nn
 
 from smoltrain.config import ArchConfig, StrictModel, TrainConfig
-from smoltrain.data.puzzles import PuzzleDataset, detect_kind, load_metadata
+from smoltrain.data.puzzles import PuzzleDataset, detect_kind, has_test_solutions, load_combined_metadata
 from smoltrain.errors import ConfigError
 from smoltrain.eval import Evaluator, evaluators_for
-from smoltrain.eval.arc import arc_evaluator_options
+from smoltrain.eval.arc import arc_evaluator_options, votable
 from smoltrain.eval.base import EvalRows, SavedOutputs
 from smoltrain.families.base import Batch, Family, OptimizerSpec, StepOutput, TrainStream
 from smoltrain.models.hrm import HRM, HRMConfig, TRMSingleZ, TRMSingleZConfig
@@ -176,25 +177,27 @@ class TRMFamily(Family):
             if None in declared.values():
                 raise ConfigError(NEEDS_DATA.format(name=arch.name))
             return cfg
-        metadata = load_metadata(cfg.data_paths[0], "train")
+        # Every path, combined as the loader reads them: their puzzle identifiers add up.
+        metadata = load_combined_metadata(cfg.data_paths, "train")
         shape = {key: getattr(metadata, key) for key in DATA_SHAPE}
+        data = cfg.data_paths[0] if len(cfg.data_paths) == 1 else f"data_paths {cfg.data_paths}"
         for key, value in declared.items():
             if key == "num_puzzle_identifiers" and not arch.puzzle_emb_ndim:  # type: ignore[attr-defined]
                 continue  # no embedding table, so the identifier count does not shape the model
             if value is not None and value != shape[key]:
                 raise ConfigError(
-                    f"this run's model has arch.{key}={value} but the dataset {cfg.data_paths[0]} has "
+                    f"this run's model has arch.{key}={value} but the dataset {data} has "
                     f"{key}={shape[key]}: use the dataset the run was trained on"
                 )
         return cfg.model_copy(update={"arch": arch.model_copy(update=shape)})
 
     def __init__(self, cfg, dist, device) -> None:  # type: ignore[no-untyped-def]
         super().__init__(cfg, dist, device)
-        self.metadata = load_metadata(cfg.data_paths[0], "train") if cfg.data_paths else None
+        self.metadata = load_combined_metadata(cfg.data_paths, "train") if cfg.data_paths else None
         if self.metadata is not None and any(getattr(self.arch, key) is None for key in DATA_SHAPE):
             raise ValueError(f"{type(self).__name__} needs a resolved config: {type(self).__name__}.resolve(cfg), "
                              "or families.build_family")
-        self.arc_options = arc_evaluator_options(cfg.evaluators)
+        self.arc_options = arc_evaluator_options(cfg.evaluators, arc_data=self._test_data_is_arc())
         self.run_evaluators: list[Evaluator] | None = None  # chosen at the first evaluation (see _evaluators)
         if self.arc_options is not None and (cfg.data_paths_test or cfg.data_paths):
             self._check_arc_data()
@@ -278,25 +281,46 @@ class TRMFamily(Family):
         out["halted"] = count / self.cfg.global_batch_size
         return out
 
-    def _test_root(self) -> str:
+    def _test_roots(self) -> list[str]:
+        """The datasets evaluations run on, all of them (as the loader concatenates them)."""
         paths = self.cfg.data_paths_test or self.cfg.data_paths
         self._require_data(paths)
-        return paths[0]
+        return list(paths)
 
-    def _check_arc_data(self) -> str:
-        root = self._test_root()
-        kind = detect_kind(root)
-        if kind.name != "arc":
-            raise ConfigError(f"evaluators: the ARC evaluator needs an ARC dataset, and {root} is a {kind} dataset: "
-                              "set evaluators=[] or point data_paths at the output of `smoltrain data arc`")
-        return root
+    def _test_data_is_arc(self) -> bool:
+        """Whether the data evaluations run on is ARC that the voting evaluator can read (what
+        ``evaluators=auto`` asks); False without data. ARC-shaped data without the task list gets a warning."""
+        paths = self.cfg.data_paths_test or self.cfg.data_paths
+        if not paths or not all(detect_kind(path).name == "arc" for path in paths):
+            return False
+        missing = [str(path) for path in paths if not votable(path)]
+        if missing:
+            warnings.warn(f"evaluators=auto: {', '.join(missing)} holds ARC grids but no test_puzzles.json or "
+                          "identifiers.json, so there is no ARC voting (pass@k); build it with `smoltrain data arc`",
+                          stacklevel=2)
+        return not missing
+
+    def _check_arc_data(self) -> list[str]:
+        roots = self._test_roots()
+        for root in roots:
+            kind = detect_kind(root)
+            if kind.name != "arc":
+                raise ConfigError(f"evaluators: the ARC evaluator needs an ARC dataset, and {root} is a {kind} "
+                                  "dataset: set evaluators=[] or point data_paths at the output of "
+                                  "`smoltrain data arc`")
+        return roots
 
     def _evaluators(self) -> list[Evaluator]:
-        """What evaluations score, chosen at the first one for the test dataset's kind; they live as long as
-        the run (ARC votes may pool over evaluations)."""
+        """What evaluations score, chosen at the first one for the test datasets' kind; they live as long as
+        the run (ARC votes pool over evaluations). Every test path is scored, as the loader reads them all."""
         if self.run_evaluators is None:
-            root = self._check_arc_data() if self.arc_options is not None else self._test_root()
-            self.run_evaluators = evaluators_for(detect_kind(root), root, self.arc_options)
+            roots = self._check_arc_data() if self.arc_options is not None else self._test_roots()
+            kinds = {root: detect_kind(root) for root in roots}
+            if len({kind.name for kind in kinds.values()}) > 1:
+                found = ", ".join(f"{root} ({kind})" for root, kind in kinds.items())
+                raise ConfigError(f"the test datasets are of different kinds ({found}): evaluate one kind at a time")
+            solutions = all(has_test_solutions(root) for root in roots)  # else the labels are dummies
+            self.run_evaluators = evaluators_for(kinds[roots[0]], roots, self.arc_options, solutions=solutions)
         return self.run_evaluators
 
     def evaluate(self, model: nn.Module, outputs_path: Path | None = None,
@@ -304,8 +328,8 @@ class TRMFamily(Family):
         """Reference evaluation: a fresh carry per test batch, ``halt_max_steps`` ACT steps, then the last step's
         rows go to the evaluators (`smoltrain.eval.evaluators_for`): the reference metrics summed over the test
         set (all ranks) and divided by the number of scored sequences; mazes add ``valid_optimal_path``; the
-        ARC evaluator (``evaluators=[{name: arc}]``) adds ``ARC/pass@k`` and writes ``submission.json`` and
-        ``arc_scores.json`` to ``report_dir`` when one is given.
+        ARC evaluator (``evaluators=auto`` on ARC data, or ``[{name: arc}]``) adds ``ARC/pass@k`` and writes
+        ``submission.json`` and ``arc_scores.json`` to ``report_dir`` when one is given.
 
         With ``outputs_path``, the ``eval_save_outputs`` keys (batch fields such as ``inputs``, ``labels``,
         ``puzzle_identifiers``, or model outputs such as ``logits``, ``preds``, ``q_halt_logits``) of
