@@ -51,7 +51,8 @@ _MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # the byte alphabet plus the special tok
 
 
 def _iter_training_texts(inputs: list[Path], skip_bad_lines: bool) -> Iterator[str]:
-    yield from iter_documents([str(p) for p in inputs], skip_bad_lines=skip_bad_lines)
+    # chat jsonl (SFT/DPO) gives the contents of every turn, as MiniMind trains its tokenizer on its SFT file
+    yield from iter_documents([str(p) for p in inputs], skip_bad_lines=skip_bad_lines, chat=True)
 
 
 def train_tokenizer(
