@@ -39,7 +39,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
@@ -397,9 +397,7 @@ def _build(kind: str, inputs: list[str], tokenizer_dir: Path, output_dir: Path, 
 
 def _write_arrays(tmp: Path, prefix: str, docs: list[Tokenized], dtype: np.dtype) -> None:
     def write(name: str, data: np.ndarray) -> None:
-        handle: BinaryIO
-        with open(tmp / name, "wb") as handle:
-            handle.write(data.tobytes())
+        (tmp / name).write_bytes(data.tobytes())  # fsync'ed with the whole directory by atomic_dataset_dir
 
     ids = np.concatenate([d.ids for d in docs]).astype(dtype) if docs else np.zeros(0, dtype)
     mask = np.concatenate([d.mask for d in docs]) if docs else np.zeros(0, np.uint8)
