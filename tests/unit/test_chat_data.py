@@ -84,6 +84,24 @@ def test_mask_covers_assistant_spans_token_by_token(tok_dir: Path) -> None:
     assert decode(tokenizer, [ids[first]]).startswith("F")
 
 
+def test_the_prompt_has_the_tokens_generation_feeds(tok_dir: Path) -> None:
+    # Before each answer the ids are those of the chat template's generation prompt, so training and
+    # `generate`/`chat` see the same tokens.
+    tokenizer = load_tokenizer(tok_dir)
+    out = tokenize_conversation(tokenizer, validate_messages(MULTI_TURN), max_length=10_000)
+    for turn in (2, 4):
+        prompt = apply_chat_template(MULTI_TURN[:turn], add_generation_prompt=True)
+        ids = tokenizer.encode(prompt, add_special_tokens=False).ids
+        assert out.ids[: len(ids)].tolist() == ids and out.mask[len(ids) - 1] == 0 and out.mask[len(ids)] == 1
+
+
+def test_an_empty_inline_think_block_is_dropped() -> None:
+    plain = validate_messages([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
+    inline = validate_messages([{"role": "user", "content": "hi"},
+                                {"role": "assistant", "content": "<think>\n\n</think>\n\nhello"}])
+    assert render_conversation(inline) == render_conversation(plain)
+
+
 def test_truncated_mid_answer_span_runs_to_the_end(tok_dir: Path) -> None:
     tokenizer = load_tokenizer(tok_dir)
     messages = validate_messages(MULTI_TURN)

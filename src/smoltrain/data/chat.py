@@ -163,6 +163,7 @@ def _assistant_body(message: dict[str, Any]) -> str:
     if not reasoning and "</think>" in content:  # reasoning written inline, as some MiniMind samples do
         head, _, content = content.partition("</think>")
         reasoning = head.split("<think>")[-1]
+        content = content.lstrip("\n")  # MiniMind-3 samples carry "<think>\n\n</think>\n\n" when they do not reason
     body = ""
     if reasoning.strip("\n"):
         body = f"<think>\n{reasoning.strip(chr(10))}\n</think>\n\n"

@@ -80,11 +80,11 @@ def _split_single_document(text: str, val_fraction: float) -> tuple[str, str] | 
     """(train, val) parts of one document, as nanoGPT's prepare script splits its one input.txt: the last
     `val_fraction` of it, cut at the line start nearest that point (at a character when it is one line).
     None when the text is too short to give both parts some text."""
-    cut = round(len(text) * (1 - val_fraction))
-    newline = [i + 1 for i, ch in enumerate(text) if ch == "\n" and text[i + 1 :].strip() and text[: i + 1].strip()]
-    if newline:
-        cut = min(newline, key=lambda i: abs(i - cut))
-    cut = min(max(cut, 1), len(text) - 1)
+    target = round(len(text) * (1 - val_fraction))
+    before, after = text.rfind("\n", 0, target), text.find("\n", target)  # the nearest line starts, either side
+    starts = [i + 1 for i in (before, after) if i >= 0]
+    starts = [i for i in starts if text[:i].strip() and text[i:].strip()]
+    cut = min(starts, key=lambda i: abs(i - target)) if starts else min(max(target, 1), len(text) - 1)
     train, val = text[:cut], text[cut:]
     return (train, val) if train.strip() and val.strip() else None
 
