@@ -20,7 +20,13 @@ from pydantic import Field, ValidationError
 from torch import nn
 
 from smoltrain.config import ArchConfig, TrainConfig
-from smoltrain.data.text import DocumentRows, TokenWindows, read_metadata
+from smoltrain.data.text import (
+    DocumentRows,
+    TokenWindows,
+    check_dataset_tokenizer,
+    dataset_tokenizer_dir,
+    read_metadata,
+)
 from smoltrain.errors import ConfigError, DataError
 from smoltrain.families.base import Batch, Family, OptimizerSpec, StepOutput, TrainStream
 from smoltrain.models.lm import LMConfig, LMForCausalLM
@@ -129,10 +135,10 @@ class LMFamily(Family):
         self.vocab_assumed = self.arch.vocab_size is None
 
     def tokenizer_dir(self) -> Path | None:
-        """The dataset's tokenizer: the run keeps a copy, so generation and export need no dataset."""
+        """The dataset's own tokenizer copy: the run keeps a copy of it, so generation and export need no dataset."""
         if self.metadata is None:
             return None
-        source = Path(self.metadata["tokenizer"]["path"]).parent
+        source = dataset_tokenizer_dir(read_metadata(self.cfg.data_paths[0])[0])
         return source if source.is_dir() else None
 
     @property
@@ -151,6 +157,8 @@ class LMFamily(Family):
     def _windows(self, split: str) -> TokenWindows:
         if not self.cfg.data_paths:
             raise ConfigError("this needs the run's text dataset, and data_paths is empty: add data_paths=[DIR]")
+        # A dataset whose tokenizer copy changed since it was tokenized would train on garbage ids: refuse it.
+        check_dataset_tokenizer(read_metadata(self.cfg.data_paths[0])[0])
         rows = TokenWindows if self.arch.packing else DocumentRows
         return rows(self.cfg.data_paths[0], split, self.arch.seq_len, self.cfg.global_batch_size,
                     rank=self.dist.rank, world_size=self.dist.world_size, seed=self.cfg.seed)
