@@ -22,6 +22,13 @@ to its final name, so a directory named ``step_*`` is always complete; a crash m
 A *weights-only* checkpoint (:func:`save_weights_only`, how an imported run starts) has the same files but
 a trainer state of just its step and where the weights came from: training from it starts at that step with
 fresh optimizer, EMA, data and RNG state. :func:`holds_training_state` tells the two kinds apart.
+
+A checkpoint of a run on a frozen base (LoRA: ``lora.rank`` > 0) holds only the weights that train (the
+adapters) and, in its trainer state, ``"base"``: a pointer to the checkpoint it started from (``init_from``),
+``{"checkpoint": absolute path, "files": {file name: sha256}}`` (its model and EMA files). :func:`load_checkpoint`
+reads the base through it, checks those hashes, and returns the whole model's state (base + adapters), so every
+reader (resume, evaluation, generation, export) sees a complete model; a base that moved or changed is one
+:class:`BaseWeightsError` line.
 """
 
 from __future__ import annotations
@@ -60,6 +67,10 @@ class CheckpointError(SmoltrainError):
     def __init__(self, problem: str, fix: str) -> None:
         super().__init__(f"{problem}; {fix}")
         self.problem = problem
+
+
+class BaseWeightsError(SmoltrainError):
+    """The base checkpoint an adapter checkpoint points at is missing or is not the one it was trained on."""
 
 
 def step_dir_name(step: int) -> str:
@@ -266,7 +277,37 @@ def load_checkpoint(path: Path) -> Contents:
     if not isinstance(trainer_state, dict):
         raise CheckpointError(f"{path / STATE_FILE} holds a {type(trainer_state).__name__}, not a trainer state",
                               _fix(path))
+    if "base" in trainer_state:  # only the adapters are here: the frozen base comes from where the run started
+        model_state = {**load_base(trainer_state["base"], path), **model_state}
     return model_state, ema_state, trainer_state
+
+
+WEIGHT_FILES = (MODEL_FILE, EMA_FILE)
+
+
+def base_pointer(checkpoint: Path) -> dict[str, Any]:
+    """What an adapter checkpoint records of its base ``checkpoint`` (a verified one): its absolute path and
+    the sha256 of its weight files, as its manifest lists them."""
+    checkpoint = Path(checkpoint)
+    files = _read_manifest(checkpoint) or {}
+    return {"checkpoint": str(checkpoint.resolve()),
+            "files": {name: files[name]["sha256"] for name in WEIGHT_FILES if name in files}}
+
+
+def load_base(pointer: dict[str, Any], adapter: Path) -> dict[str, torch.Tensor]:
+    """The weights (the EMA ones when the base run had EMA) of the base checkpoint ``pointer`` names, after
+    checking that they are the ones the adapter checkpoint ``adapter`` was trained on."""
+    base = Path(pointer["checkpoint"])
+    fix = f"put that checkpoint back at {base} (the adapters of {adapter} were trained on it), or train again"
+    if not base.is_dir():
+        raise BaseWeightsError(f"{adapter} holds adapters only, and its base checkpoint {base} is gone; {fix}")
+    files = _read_manifest(base) or {}
+    changed = [name for name, sha in pointer["files"].items() if files.get(name, {}).get("sha256") != sha]
+    if changed:
+        raise BaseWeightsError(f"the base checkpoint {base} of {adapter} is not the one its adapters were trained "
+                               f"on ({', '.join(changed)} differ); {fix}")
+    model_state, ema_state, _ = load_checkpoint(base)
+    return weights_to_use(model_state, ema_state)
 
 
 def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
