@@ -116,3 +116,35 @@ def test_lora_resume_after_sigkill_is_bitwise_exact(text_data, base, tmp_path):
     check_resume_after_sigkill_is_bitwise_exact(
         text_data, tmp_path, [f"init_from={base}", "lora.rank=4", "lora.dropout=0.1", "lora.targets=all-linear",
                               "lr=1e-2"], steps=8, kill_at=6)
+
+
+def test_a_run_starts_from_a_lora_run_with_its_adapters_folded_in(text_data, base, tmp_path):
+    from smoltrain.models.lora import merge_lora
+
+    lora = tmp_path / "lora"
+    _train(text_data, lora, f"init_from={base}", "lora.rank=4", "lr=1e-2", "max_steps=3")
+    merged = merge_lora(smoltrain.load(lora, device="cpu").model).state_dict()
+    # A full fine-tune from it (lr=0: the weights stay where they started) starts from the merged model; both
+    # fold W + s*B@A with the one formula on the same tensors, so they agree bit for bit.
+    full = tmp_path / "full"
+    _train(text_data, full, f"init_from={lora}", "max_steps=1", "lr=0")
+    assert all(torch.equal(_weights(full)[k], merged[k]) for k in merged)
+    # New adapters stacked on it: their frozen base is the merged model.
+    stacked = tmp_path / "stacked"
+    _train(text_data, stacked, f"init_from={lora}", "lora.rank=2", "lora.targets=[o_proj]", "max_steps=2")
+    loaded = smoltrain.load(stacked, device="cpu").model.state_dict()
+    assert all(torch.equal(loaded[k], merged[k]) for k in merged)
+
+
+def test_load_checkpoint_is_the_reference_name_of_init_from(tmp_path):
+    from tests.helpers import toy_overrides
+
+    source = tmp_path / "source"
+    Trainer(load_config("toy", toy_overrides(source, max_steps=5))).fit()
+    for key in ("load_checkpoint", "init_from"):  # the reference's key (a step directory) and ours (a run)
+        target = source / "checkpoints" / ckpt.step_dir_name(5) if key == "load_checkpoint" else source
+        run = tmp_path / key
+        Trainer(load_config("toy", toy_overrides(run, max_steps=1, lr=0, **{key: target}))).fit()
+        assert all(torch.equal(_weights(run)[k], v) for k, v in _weights(source).items())
+    with pytest.raises(ConfigError, match="lora.rank > 0 is for LM runs"):
+        Trainer(load_config("toy", toy_overrides(tmp_path / "x", init_from=source, **{"lora.rank": 2})))

@@ -38,7 +38,9 @@ __all__ = [
     "apply_lora",
     "is_adapter_key",
     "linear_names",
+    "merge_adapter_weights",
     "merge_lora",
+    "merged_weight",
     "remove_lora",
 ]
 
@@ -72,7 +74,7 @@ class LoRALinear(nn.Linear):
         """A plain ``nn.Linear`` whose weight is ``W + scaling * B @ A`` (this layer unchanged)."""
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
                            device=self.weight.device, dtype=self.weight.dtype)
-        linear.weight.copy_(self.weight + (self.lora_B @ self.lora_A) * self.scaling)
+        linear.weight.copy_(merged_weight(self.weight, self.lora_A, self.lora_B, self.scaling))
         if self.bias is not None:
             linear.bias.copy_(self.bias)
         return linear
@@ -143,6 +145,25 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 # ---------------------------------------------------------------------------------------------------
 # Merging
+
+
+def merged_weight(weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor,
+                  scaling: float) -> torch.Tensor:
+    """``W + scaling * B @ A``: the one formula every merge uses (a module or a state dict), so they agree bit
+    for bit."""
+    return weight + (lora_B @ lora_A) * scaling
+
+
+def merge_adapter_weights(state: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
+    """A state dict with adapters (``K.lora_A``, ``K.lora_B`` beside ``K.weight``) as the plain model's: each
+    adapter folded into its weight, the adapter keys gone. No model needed (a checkpoint's weights)."""
+    merged = {key: value for key, value in state.items() if not is_adapter_key(key)}
+    for key in state:
+        if key.endswith(".lora_A"):
+            module = key[: -len(".lora_A")]
+            merged[f"{module}.weight"] = merged_weight(state[f"{module}.weight"], state[key],
+                                                       state[f"{module}.lora_B"], scaling)
+    return merged
 
 
 @torch.no_grad()

@@ -25,10 +25,12 @@ fresh optimizer, EMA, data and RNG state. :func:`holds_training_state` tells the
 
 A checkpoint of a run on a frozen base (LoRA: ``lora.rank`` > 0) holds only the weights that train (the
 adapters) and, in its trainer state, ``"base"``: a pointer to the checkpoint it started from (``init_from``),
-``{"checkpoint": absolute path, "files": {file name: sha256}}`` (its model and EMA files). :func:`load_checkpoint`
-reads the base through it, checks those hashes, and returns the whole model's state (base + adapters), so every
-reader (resume, evaluation, generation, export) sees a complete model; a base that moved or changed is one
-:class:`BaseWeightsError` line.
+``{"checkpoint": absolute path, "files": {file name: sha256}}`` (its model and EMA files), and ``"lora":
+{"rank": r, "alpha": a}`` (what merging its adapters needs). :func:`load_checkpoint` reads the base through the
+pointer, checks those hashes, and returns the whole model's state (base + adapters, unmerged), so every reader
+(resume, evaluation, generation, export) sees a complete model; a base that moved or changed is one
+:class:`BaseWeightsError` line. :func:`plain_weights` folds the adapters in: how another run starts from a LoRA
+run (``init_from``), or stacks new adapters on it.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from torch import nn
 
 from smoltrain.errors import SmoltrainError
 from smoltrain.fileio import fsync_dir, fsync_file, set_default_permissions, write_json_synced
+from smoltrain.models.lora import merge_adapter_weights
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 MODEL_FILE, EMA_FILE, STATE_FILE = "model.safetensors", "ema.safetensors", "trainer_state.pt"
@@ -306,8 +309,16 @@ def load_base(pointer: dict[str, Any], adapter: Path) -> dict[str, torch.Tensor]
     if changed:
         raise BaseWeightsError(f"the base checkpoint {base} of {adapter} is not the one its adapters were trained "
                                f"on ({', '.join(changed)} differ); {fix}")
-    model_state, ema_state, _ = load_checkpoint(base)
-    return weights_to_use(model_state, ema_state)
+    return plain_weights(*load_checkpoint(base))
+
+
+def plain_weights(model_state: dict[str, torch.Tensor], ema_state: dict[str, torch.Tensor] | None,
+                  trainer_state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights to start another run from: :func:`weights_to_use`, with a LoRA checkpoint's adapters folded
+    into their base weights (``W + alpha / rank * B @ A``), so they load into a model without adapters."""
+    weights = weights_to_use(model_state, ema_state)
+    lora = trainer_state.get("lora")
+    return merge_adapter_weights(weights, lora["alpha"] / lora["rank"]) if lora else weights
 
 
 def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:

@@ -353,7 +353,8 @@ class Trainer:
                 "optimizers": [_to_cpu(spec.optimizer.state_dict()) for spec in self.optimizers],
                 "scaler": self.scaler.state_dict() if self.scaler else {},
                 "ranks": ranks,
-                **({"base": self.base_pointer} if self.base_pointer is not None else {}),
+                **({"base": self.base_pointer, "lora": {"rank": self.cfg.lora.rank, "alpha": self.cfg.lora.alpha}}
+                   if self.base_pointer is not None else {}),
             }
             self.run.save_checkpoint(self.step, model_state, ema_state, trainer_state, keep=self.cfg.keep_checkpoints)
         barrier(self.dist)
@@ -439,9 +440,8 @@ class Trainer:
         else:
             model_state, ema_state, state = ckpt.load_checkpoint(path)
             source = RunDir(path.parent.parent)  # RUN/checkpoints/step_N: its run, when it has a config
-        if "base" in state:
-            raise ConfigError(f"{key}={path} is a LoRA run (adapters on a frozen base): export it merged "
-                              "(smoltrain export RUN --format hf --merge), import that, and start from the import")
+        if "lora" in state:  # a LoRA run: start from its adapters folded into its base
+            model_state, ema_state = ckpt.plain_weights(model_state, ema_state, state), None
         self._check_same_arch(source, key)
         if self.cfg.lora.enabled:  # the adapters keep their fresh init (B = 0: the model starts equal to its base)
             trains = {name for name, p in self.model.named_parameters() if p.requires_grad}
