@@ -226,17 +226,23 @@ def cmd_generate(ns: argparse.Namespace) -> int:
     from smoltrain.apps.generate import load_lm, stream_text
 
     lm = load_lm(ns.run_dir, device=ns.device)
-    print(ns.prompt, end="", flush=True)
-    for piece in stream_text(lm, ns.prompt, **_sampling(ns)):
-        print(piece, end="", flush=True)
-    print()
+    adapters = ns.adapter or [None]
+    for adapter in adapters:  # several: one base, loaded once, each adapter put on it in turn
+        if adapter is not None:
+            lm.use_adapter(adapter)
+        if len(adapters) > 1:
+            print(f"--- adapter {adapter}")
+        print(ns.prompt, end="", flush=True)
+        for piece in stream_text(lm, ns.prompt, **_sampling(ns)):
+            print(piece, end="", flush=True)
+        print()
     return 0
 
 
 def cmd_chat(ns: argparse.Namespace) -> int:
     from smoltrain.apps.generate import chat_reply, load_lm
 
-    lm = load_lm(ns.run_dir, device=ns.device)
+    lm = load_lm(ns.run_dir, device=ns.device, adapter=ns.adapter)
     messages: list[dict[str, str]] = []
     if ns.system:
         messages.append({"role": "system", "content": ns.system})
@@ -251,6 +257,14 @@ def cmd_chat(ns: argparse.Namespace) -> int:
                             "or set PYTHONIOENCODING to the input's encoding") from None
         if not line.strip():
             break
+        if line.startswith("/adapter "):  # switch adapters on the loaded base: /adapter DIR, /adapter none
+            choice = line.split(maxsplit=1)[1].strip()
+            try:
+                lm.use_adapter(None if choice == "none" else choice)
+            except SmoltrainError as err:  # a mistyped directory must not end the conversation
+                print(f"error: {err}", file=sys.stderr)
+            print(f"(adapter: {lm.adapter or 'none'})", file=sys.stderr)
+            continue
         messages.append({"role": "user", "content": line})
         print("model> ", end="", flush=True)
         reply = ""
@@ -344,8 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("run_dir")
         if name == "generate":
             sub.add_argument("--prompt", required=True)
+            sub.add_argument("--adapter", action="append", default=None, metavar="DIR",
+                             help="LoRA adapters on the run: a LoRA run or PEFT adapter directory; repeat it to "
+                                  "continue the prompt with each in turn on the one loaded base")
         else:
             sub.add_argument("--system", default=None, help="a system message")
+            sub.add_argument("--adapter", default=None, metavar="DIR",
+                             help="LoRA adapters on the run (a LoRA run or PEFT adapter directory); "
+                                  "type /adapter DIR or /adapter none to switch")
         sub.add_argument("--max-new-tokens", type=POSITIVE_INT, default=100)
         sub.add_argument("--temperature", type=_number(float, 0), default=0.8, help="0 = greedy")
         sub.add_argument("--top-k", type=COUNT, default=None, help="sample from the k most likely tokens (0 = all)")

@@ -148,3 +148,39 @@ def test_load_checkpoint_is_the_reference_name_of_init_from(tmp_path):
         assert all(torch.equal(_weights(run)[k], v) for k, v in _weights(source).items())
     with pytest.raises(ConfigError, match="lora.rank > 0 is for LM runs"):
         Trainer(load_config("toy", toy_overrides(tmp_path / "x", init_from=source, **{"lora.rank": 2})))
+
+
+def test_lora_run_through_the_cli_export_and_generate(text_data, base, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO, run_python
+
+    lora = tmp_path / "lora"
+    _train(text_data, lora, f"init_from={base}", "lora.rank=4", "lora.targets=all-linear", "lr=3e-2",
+           "lr_warmup_steps=0", "max_steps=6")
+    refused = run_python(["-m", "smoltrain", "export", str(lora), "--output", str(tmp_path / "hf")])
+    assert refused.returncode == 2 and "add --merge" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    for extra, out in ((["--merge"], "hf"), (["--format", "peft"], "peft")):
+        proc = run_python(["-m", "smoltrain", "export", str(lora), "--output", str(tmp_path / out), *extra])
+        assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
+    assert (tmp_path / "peft" / "adapter_model.safetensors").is_file() and (tmp_path / "peft" / "base").is_dir()
+
+    # Sampled (one seed): the same logits give the same text, bit for bit, and a small change of the logits
+    # (six steps of adapters) changes some of 24 sampled tokens, which greedy decoding of a tiny model may not show.
+    sampled = ["--prompt", "the cat", "--max-new-tokens", "24", "--temperature", "1", "--seed", "3"]
+    direct = run_python(["-m", "smoltrain", "generate", str(lora), *sampled])
+    plain = run_python(["-m", "smoltrain", "generate", str(base), *sampled])
+    both = run_python(["-m", "smoltrain", "generate", str(base), "--adapter", str(lora), "--adapter",
+                       str(tmp_path / "peft"), *sampled])
+    assert direct.returncode == plain.returncode == both.returncode == 0, both.stderr
+    runs = both.stdout.split("--- adapter ")[1:]
+    assert len(runs) == 2  # the run's adapters and their PEFT export: the same sampled text as the LoRA run itself
+    assert all(r.split("\n", 1)[1] == direct.stdout for r in runs)
+    assert direct.stdout != plain.stdout  # the adapters changed the model (6 steps at lr 3e-2)
+    chat = subprocess.run([sys.executable, "-m", "smoltrain", "chat", str(base), "--adapter", str(lora),
+                           "--max-new-tokens", "3"], input="/adapter none\nhello\n/adapter /nowhere\n\n",
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert chat.returncode == 0, chat.stderr
+    assert "(adapter: none)" in chat.stderr and "neither a LoRA run directory" in chat.stderr

@@ -32,10 +32,10 @@ from smoltrain.families import validate
 from smoltrain.fileio import atomic_directory, check_output_path, read_json, set_default_permissions
 from smoltrain.models.lm import LMConfig, LMForCausalLM
 from smoltrain.models.lora import adapter_state_dict, merge_lora, remove_lora
-from smoltrain.runs.loading import load
+from smoltrain.runs.loading import Adapter, load
 from smoltrain.runs.run_dir import RunDir
 
-__all__ = ["export_hf", "export_peft", "import_hf"]
+__all__ = ["export_hf", "export_peft", "import_hf", "read_peft_adapter"]
 
 SUPPORTED_MODEL_TYPES = ("qwen3", "llama")
 _TIED_KEY, _EMBED_KEY = "lm_head.weight", "model.embed_tokens.weight"
@@ -238,6 +238,41 @@ def export_peft(run_dir: Path, output: Path, checkpoint: Path | None = None) -> 
             _copy_tokenizer(run.tokenizer, tmp)
         _write_hf(model, run, tmp / PEFT_BASE)  # type: ignore[arg-type]
     return final
+
+
+PEFT_PREFIX = "base_model.model."
+PEFT_UNSUPPORTED = ("use_rslora", "use_dora", "fan_in_fan_out", "rank_pattern", "alpha_pattern", "modules_to_save",
+                    "layers_to_transform")
+
+
+def read_peft_adapter(directory: Path) -> Adapter:
+    """A PEFT LoRA adapter directory (``export_peft``'s, or PEFT's ``save_pretrained``) as our adapter weights;
+    what our LoRA does not compute (rsLoRA, DoRA, per-layer ranks, biases, extra saved modules) is refused."""
+    directory = Path(directory)
+    config = read_json(directory / PEFT_CONFIG, dict, "export the adapter again (smoltrain export --format peft)")
+    if config.get("peft_type") != "LORA":
+        raise SmoltrainError(f"{directory / PEFT_CONFIG}: peft_type {config.get('peft_type')!r} is not LoRA")
+    unsupported = [key for key in PEFT_UNSUPPORTED if config.get(key)]
+    if config.get("bias", "none") != "none":
+        unsupported.append("bias")
+    if unsupported:
+        raise SmoltrainError(f"{directory / PEFT_CONFIG}: {', '.join(unsupported)} set; smoltrain's LoRA computes "
+                             "plain W + alpha/r * B@A adapters only")
+    weights_file = directory / PEFT_WEIGHTS
+    try:
+        with safe_open(str(weights_file), framework="pt") as handle:
+            raw = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open has no iterator)
+    except (OSError, SafetensorError) as err:
+        raise SmoltrainError(f"{weights_file} cannot be read as safetensors ({err}); export the adapter again") \
+            from None
+    weights = {}
+    for key, value in raw.items():
+        module, _, kind = key.removeprefix(PEFT_PREFIX).removesuffix(".weight").rpartition(".")
+        if not key.startswith(PEFT_PREFIX) or kind not in ("lora_A", "lora_B"):
+            raise SmoltrainError(f"{weights_file}: key {key!r} is not a LoRA matrix "
+                                 f"({PEFT_PREFIX}<module>.lora_A.weight)")
+        weights[f"{module}.{kind}"] = value.to(torch.float32)
+    return Adapter(weights=weights, rank=int(config["r"]), alpha=float(config["lora_alpha"]), source=directory)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -257,8 +257,11 @@ def list_checkpoints(root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_checkpoint(path: Path) -> Contents:
+def load_checkpoint(path: Path, with_base: bool = True) -> Contents:
     """(model state, EMA state or None, trainer state) of one checkpoint directory, verified first.
+
+    An adapter checkpoint's model state comes with its base's weights; ``with_base=False`` leaves them out
+    (the adapters alone, to put on a base already loaded).
 
     The weights come back memory-mapped from the files (safetensors' ``load_file``), so loading them into
     a model (``load_state_dict`` copies tensor by tensor) never holds a second in-memory copy of the model.
@@ -280,7 +283,7 @@ def load_checkpoint(path: Path) -> Contents:
     if not isinstance(trainer_state, dict):
         raise CheckpointError(f"{path / STATE_FILE} holds a {type(trainer_state).__name__}, not a trainer state",
                               _fix(path))
-    if "base" in trainer_state:  # only the adapters are here: the frozen base comes from where the run started
+    if "base" in trainer_state and with_base:  # only the adapters are here: the base is where the run started
         model_state = {**load_base(trainer_state["base"], path), **model_state}
     return model_state, ema_state, trainer_state
 
@@ -295,6 +298,13 @@ def base_pointer(checkpoint: Path) -> dict[str, Any]:
     files = _read_manifest(checkpoint) or {}
     return {"checkpoint": str(checkpoint.resolve()),
             "files": {name: files[name]["sha256"] for name in WEIGHT_FILES if name in files}}
+
+
+def base_files(checkpoint: Path) -> dict[str, str]:
+    """The sha256 of the weight files of the model without adapters under ``checkpoint`` (a loaded one): its
+    own, or for an adapter checkpoint its base's. Adapters fit a loaded model when theirs are these."""
+    state = torch.load(Path(checkpoint) / STATE_FILE, weights_only=True)
+    return state["base"]["files"] if "base" in state else base_pointer(checkpoint)["files"]
 
 
 def load_base(pointer: dict[str, Any], adapter: Path) -> dict[str, torch.Tensor]:
@@ -363,7 +373,7 @@ def weights_to_use(model_state: dict[str, torch.Tensor],
 DAMAGED_RUN_FIX = "delete the damaged step directories, or copy intact checkpoints in"
 
 
-def newest_loadable(root: Path, fix: str = DAMAGED_RUN_FIX) -> tuple[Path, Contents] | None:
+def newest_loadable(root: Path, fix: str = DAMAGED_RUN_FIX, with_base: bool = True) -> tuple[Path, Contents] | None:
     """The newest checkpoint that verifies and loads, with its contents; a damaged one is skipped with a warning.
 
     None when ``root`` holds no step directory at all; when it holds some and none loads, one
@@ -371,7 +381,7 @@ def newest_loadable(root: Path, fix: str = DAMAGED_RUN_FIX) -> tuple[Path, Conte
     skipped: list[str] = []
     for path in reversed(list_checkpoints(root)):
         try:
-            return path, load_checkpoint(path)
+            return path, load_checkpoint(path, with_base)
         except CheckpointError as err:  # a damaged file must not stop a resume from an older one
             warnings.warn(f"skipping unreadable checkpoint {path}: {err.problem}", stacklevel=2)
             skipped.append(path.name)

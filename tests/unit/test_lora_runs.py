@@ -1,5 +1,5 @@
-"""Exporting a LoRA run: merged into one transformers model, or as a PEFT adapter on its exported base; both give
-the adapted model's logits."""
+"""LoRA runs after training: loading rebuilds base + adapters; exporting merged into one transformers model, or as a
+PEFT adapter on its exported base, gives the adapted model's logits; adapters switch on one loaded base."""
 
 from __future__ import annotations
 
@@ -91,3 +91,44 @@ def test_peft_adapter_loads_on_its_exported_base_with_the_same_logits(runs, tmp_
         torch.testing.assert_close(model(_ids()).logits, adapted(_ids()).logits, atol=1e-5, rtol=0)
     with pytest.raises(SmoltrainError, match="has no adapters"):
         export_peft(base, tmp_path / "peft2")
+
+
+def test_adapters_switch_on_one_loaded_base(runs, tmp_path: Path) -> None:
+    from smoltrain.apps.generate import load_lm
+
+    base, lora, adapted = runs
+    other = tmp_path / "other"  # a second adapter of the same base, on other layers
+    other_model = make_lora_run(base, other, "lora.rank=2", "lora.alpha=4", "lora.targets=[o_proj]", seed=5)
+    peft_dir = export_peft(lora, tmp_path / "peft")
+    lm = load_lm(base, device="cpu")
+    weights = lm.model.model.layers[0].self_attn.o_proj.weight  # an adapted layer's base: never read again
+    with torch.no_grad():
+        base_logits = lm.model(_ids()).logits
+        # The same weights through the same modules and kernels: equal bit for bit.
+        for adapter, want in ((lora, adapted), (other, other_model),
+                              (peft_dir, adapted)):
+            lm.use_adapter(adapter)
+            assert lm.adapter == Path(adapter) and torch.equal(lm.model(_ids()).logits, want(_ids()).logits)
+        lm.use_adapter(None)
+        assert lm.adapter is None and torch.equal(lm.model(_ids()).logits, base_logits)
+    assert lm.model.model.layers[0].self_attn.o_proj.weight is weights
+
+
+def test_adapters_that_do_not_fit_the_loaded_model_are_one_line(runs, tmp_path: Path) -> None:
+    from smoltrain.apps.generate import load_lm
+
+    _, lora, _ = runs
+    make_run(tmp_path / "base2", seed=9, tokenizer=True)
+    lm = load_lm(tmp_path / "base2", device="cpu")
+    with pytest.raises(SmoltrainError, match="trained on another base") as err:
+        lm.use_adapter(lora)
+    assert "\n" not in str(err.value)
+    with pytest.raises(SmoltrainError, match="neither a LoRA run directory"):
+        lm.use_adapter(tmp_path)
+    with pytest.raises(SmoltrainError, match="is not a LoRA run"):
+        lm.use_adapter(tmp_path / "base2")
+    # A PEFT adapter carries no pointer: a model of other shapes is refused by its shapes.
+    make_run(tmp_path / "wide", "arch.hidden_size=64", tokenizer=True)
+    peft_dir = export_peft(lora, tmp_path / "peft")
+    with pytest.raises(SmoltrainError, match="do not fit the model"):
+        load_lm(tmp_path / "wide", device="cpu", adapter=peft_dir)
