@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
-from smoltrain.errors import DataError, SmoltrainError
+from smoltrain.errors import ConfigError, DataError, SmoltrainError
 
 EXIT_UNEXPECTED = 1  # an exception that is not a SmoltrainError: a bug, or a user mistake not yet checked
 EXIT_USER_ERROR = 2
@@ -256,17 +256,23 @@ def cmd_generate(ns: argparse.Namespace) -> int:
     from smoltrain.apps.generate import load_lm, stream_text
 
     lm = load_lm(ns.run_dir, device=ns.device)
-    print(ns.prompt, end="", flush=True)
-    for piece in stream_text(lm, ns.prompt, **_sampling(ns)):
-        print(piece, end="", flush=True)
-    print()
+    adapters = ns.adapter or [None]
+    for adapter in adapters:  # several: one base, loaded once, each adapter put on it in turn
+        if adapter is not None:
+            lm.use_adapter(adapter)
+        if len(adapters) > 1:
+            print(f"--- adapter {adapter}")
+        print(ns.prompt, end="", flush=True)
+        for piece in stream_text(lm, ns.prompt, **_sampling(ns)):
+            print(piece, end="", flush=True)
+        print()
     return 0
 
 
 def cmd_chat(ns: argparse.Namespace) -> int:
     from smoltrain.apps.generate import chat_reply, load_lm
 
-    lm = load_lm(ns.run_dir, device=ns.device)
+    lm = load_lm(ns.run_dir, device=ns.device, adapter=ns.adapter)
     messages: list[dict[str, str]] = []
     if ns.system:
         messages.append({"role": "system", "content": ns.system})
@@ -281,6 +287,14 @@ def cmd_chat(ns: argparse.Namespace) -> int:
                             "or set PYTHONIOENCODING to the input's encoding") from None
         if not line.strip():
             break
+        if line.startswith("/adapter "):  # switch adapters on the loaded base: /adapter DIR, /adapter none
+            choice = line.split(maxsplit=1)[1].strip()
+            try:
+                lm.use_adapter(None if choice == "none" else choice)
+            except SmoltrainError as err:  # a mistyped directory must not end the conversation
+                print(f"error: {err}", file=sys.stderr)
+            print(f"(adapter: {lm.adapter or 'none'})", file=sys.stderr)
+            continue
         messages.append({"role": "user", "content": line})
         print("model> ", end="", flush=True)
         reply = ""
@@ -296,9 +310,18 @@ def cmd_export(ns: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from smoltrain.interop.hf import export_hf
+    from smoltrain.interop.hf import export_hf, export_peft
 
-    out = export_hf(Path(ns.run_dir), Path(ns.output), Path(ns.checkpoint) if ns.checkpoint else None)
+    checkpoint = Path(ns.checkpoint) if ns.checkpoint else None
+    if ns.format == "peft":
+        if ns.merge:
+            raise ConfigError("--merge folds the adapters into one model (--format hf); --format peft keeps them "
+                              "apart: drop one of the two")
+        out = export_peft(Path(ns.run_dir), Path(ns.output), checkpoint)
+        print(f"exported the adapters of {ns.run_dir} to {out} and their base to {out / 'base'}; load them with "
+              f'peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{out / "base"}"), "{out}")')
+        return 0
+    out = export_hf(Path(ns.run_dir), Path(ns.output), checkpoint, merge=ns.merge)
     architecture = json.loads((out / "config.json").read_text())["architectures"][0]
     print(f"exported {ns.run_dir} as {architecture} to {out}; load it with "
           f'transformers.AutoModelForCausalLM.from_pretrained("{out}")')
@@ -365,8 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("run_dir")
         if name == "generate":
             sub.add_argument("--prompt", required=True)
+            sub.add_argument("--adapter", action="append", default=None, metavar="DIR",
+                             help="LoRA adapters on the run: a LoRA run or PEFT adapter directory; repeat it to "
+                                  "continue the prompt with each in turn on the one loaded base")
         else:
             sub.add_argument("--system", default=None, help="a system message")
+            sub.add_argument("--adapter", default=None, metavar="DIR",
+                             help="LoRA adapters on the run (a LoRA run or PEFT adapter directory); "
+                                  "type /adapter DIR or /adapter none to switch")
         sub.add_argument("--max-new-tokens", type=POSITIVE_INT, default=100)
         sub.add_argument("--temperature", type=_number(float, 0), default=0.8, help="0 = greedy")
         sub.add_argument("--top-k", type=COUNT, default=None, help="sample from the k most likely tokens (0 = all)")
@@ -410,9 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--tokenizer", default=None, help="MiniMind's tokenizer directory, copied into the run")
     sub.add_argument("overrides", nargs="*", metavar="arch.key=value", help="shape changes, e.g. arch.vocab_size=...")
 
-    sub = verb("export", cmd_export, "Export an LM run as a Hugging Face directory (Qwen3 or Llama).")
+    sub = verb("export", cmd_export, "Export an LM run as a Hugging Face directory (Qwen3 or Llama) or a PEFT adapter.")
     sub.add_argument("run_dir")
-    sub.add_argument("--format", choices=("hf",), default="hf")
+    sub.add_argument("--format", choices=("hf", "peft"), default="hf",
+                     help="hf: a transformers folder; peft: a LoRA run's adapters with their base in OUTPUT/base")
+    sub.add_argument("--merge", action="store_true", help="hf: fold a LoRA run's adapters into the weights")
     sub.add_argument("--output", required=True)
     sub.add_argument("--checkpoint", default=None, help="a checkpoint directory (default: the newest)")
 

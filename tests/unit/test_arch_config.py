@@ -127,7 +127,7 @@ def test_a_recipe_naming_a_preset_composes_to_the_preset(tmp_path):
 
 def test_the_alias_table_maps_the_reference_keys():
     assert REFERENCE_ALIASES == {"checkpoint_path": "run_dir", "project_name": "wandb.project",
-                                 "eval_interval": "eval_every"}
+                                 "eval_interval": "eval_every", "load_checkpoint": "init_from"}
     ref = load_config("toy", ["checkpoint_path=ckpt/x", "project_name=proj", "eval_interval=2"])
     assert ref.resolved_run_dir() == Path("ckpt/x") and ref.setting("wandb.project") == "proj"
     assert ref.eval_every_steps(steps_per_epoch=10) == 20  # epochs -> optimizer steps
@@ -136,6 +136,8 @@ def test_the_alias_table_maps_the_reference_keys():
     assert ours.resolved_run_dir() == Path("runs/y") and ours.setting("wandb.project") == "p2"
     assert ours.eval_every_steps(steps_per_epoch=10) == 7
     assert load_config("toy", ["eval_interval=null"]).eval_every_steps(10) is None
+    assert load_config("toy", ["load_checkpoint=runs/a"]).setting("init_from") == "runs/a"
+    assert load_config("toy", ["load_checkpoint=runs/a", "init_from=runs/b"]).setting("init_from") == "runs/b"
 
 
 def test_loss_name_selects_the_loss_head():

@@ -10,23 +10,76 @@ import torch
 from tokenizers import Tokenizer
 
 from smoltrain.data.tokenizer import apply_chat_template, decode, encode, eos_id, load_tokenizer
-from smoltrain.errors import SmoltrainError
+from smoltrain.errors import ConfigError, SmoltrainError
+from smoltrain.interop.hf import PEFT_CONFIG, read_peft_adapter
 from smoltrain.models.lm import LMForCausalLM
-from smoltrain.runs.loading import LoadedRun, load
+from smoltrain.models.lora import adapter_state_dict, apply_lora, remove_lora
+from smoltrain.runs import checkpoint as ckpt
+from smoltrain.runs.loading import Adapter, LoadedRun, load, load_adapter
 
 
 @dataclass
 class LMRun:
+    """A loaded LM run, its tokenizer, and the adapter on it (:meth:`use_adapter`; None: the run as trained)."""
+
     run: LoadedRun
     tokenizer: Tokenizer
+    adapter: Path | None = None
 
     @property
     def model(self) -> LMForCausalLM:
         return self.run.model  # type: ignore[return-value]
 
+    def use_adapter(self, adapter: str | Path | None) -> None:
+        """Put the LoRA adapters of ``adapter`` (a LoRA run directory or a PEFT adapter directory) on the loaded
+        model in place of any it has, without reading the base again; ``None`` takes them off (the base model:
+        for a LoRA run loaded here, the model it adapts).
 
-def load_lm(run_dir: str | Path, device: str = "auto") -> LMRun:
-    """A trained `arch=lm` run and the tokenizer saved with it."""
+        A LoRA run's adapters must have been trained on the checkpoint loaded here (their sha256 pointer says
+        which); a PEFT adapter must fit the model's layers and shapes. Either mismatch is one line."""
+        model = self.model
+        remove_lora(model)
+        self.adapter = None
+        if adapter is None:
+            return
+        found = read_adapter(adapter)
+        if found.base_files is not None:
+            loaded = ckpt.base_files(self.run.checkpoint)
+            if loaded != found.base_files:
+                raise SmoltrainError(f"the adapters of {found.source} were trained on another base than "
+                                     f"{self.run.checkpoint}: load the run they adapt (its init_from), or generate "
+                                     f"with {found.source} itself")
+        try:
+            apply_lora(model, found.rank, found.alpha, 0.0, found.targets)
+        except ConfigError as err:
+            raise SmoltrainError(f"{found.source} adapts layers this model lacks ({err})") from None
+        expected = adapter_state_dict(model)
+        shapes = {k: tuple(v.shape) for k, v in found.weights.items()}
+        if shapes != {k: tuple(v.shape) for k, v in expected.items()}:
+            remove_lora(model)
+            missing = sorted(expected.keys() - shapes.keys())
+            what = f"no weights for {missing[0]}" if missing else "other shapes or layers"
+            raise SmoltrainError(f"the adapters of {found.source} do not fit the model of {self.run.run_dir.root} "
+                                 f"({what}): use adapters trained on this model")
+        model.load_state_dict(found.weights, strict=False)
+        model.to(self.run.device).eval()
+        self.adapter = found.source
+
+
+def read_adapter(path: str | Path) -> Adapter:
+    """The adapters in ``path``: a PEFT adapter directory (``adapter_config.json``) or a LoRA run directory."""
+    path = Path(path)
+    if (path / PEFT_CONFIG).is_file():
+        return read_peft_adapter(path)
+    if (path / "config.yaml").is_file():
+        return load_adapter(path)
+    raise SmoltrainError(f"--adapter {path}: neither a LoRA run directory (config.yaml) nor a PEFT adapter "
+                         f"directory ({PEFT_CONFIG}); give one of those")
+
+
+def load_lm(run_dir: str | Path, device: str = "auto", adapter: str | Path | None = None) -> LMRun:
+    """A trained `arch=lm` run and the tokenizer saved with it; with ``adapter``, those LoRA adapters on it
+    (:meth:`LMRun.use_adapter`)."""
     run = load(run_dir, device=device, need_data=False)
     if not isinstance(run.model, LMForCausalLM):
         raise SmoltrainError(f"generation needs an LM run (arch=lm); {run_dir} is arch {run.config.arch.name}")
@@ -35,7 +88,10 @@ def load_lm(run_dir: str | Path, device: str = "auto") -> LMRun:
     if tokenizer.get_vocab_size() > model_vocab:  # ids past the embedding table would fail inside the model
         raise SmoltrainError(f"{run.run_dir.tokenizer} has {tokenizer.get_vocab_size()} tokens but the model of "
                              f"{run_dir} embeds {model_vocab}: use the tokenizer the run was trained with")
-    return LMRun(run, tokenizer)
+    lm = LMRun(run, tokenizer)
+    if adapter is not None:
+        lm.use_adapter(adapter)
+    return lm
 
 
 def stream_text(lm: LMRun, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8,

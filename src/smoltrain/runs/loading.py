@@ -2,6 +2,7 @@
 
 >>> run = smoltrain.load("runs/demo")      # newest checkpoint, EMA weights when the run used EMA
 >>> run.model, run.config                  # the model in eval mode, and its resolved TrainConfig
+>>> load_adapter("runs/lora")              # a LoRA run's adapters alone, to put on a base already loaded
 
 This is the one loader: evaluation, ``smoltrain solve``, ``generate``, ``chat`` and ``export hf`` all build
 their model here.
@@ -24,6 +25,41 @@ from smoltrain.runtime.device import pick_device
 from smoltrain.runtime.distributed import DistEnv
 
 NO_DATA = ["data_paths=[]", "data_paths_test=[]"]
+
+
+@dataclass
+class Adapter:
+    """LoRA adapters read without their base: ``weights`` by our keys (``<module>.lora_A`` / ``.lora_B``).
+
+    ``base_files`` (a LoRA run's) holds the sha256 of the base checkpoint's weight files they were trained on;
+    None where that is unknown (a PEFT adapter directory)."""
+
+    weights: dict[str, torch.Tensor]
+    rank: int
+    alpha: float
+    source: Path
+    base_files: dict[str, str] | None = None
+
+    @property
+    def targets(self) -> list[str]:
+        """The last names of the adapted layers (``q_proj``, ...)."""
+        return sorted({key.rsplit(".", 2)[-2] for key in self.weights})
+
+
+def load_adapter(run_dir: str | Path) -> Adapter:
+    """The adapters of a LoRA run's newest checkpoint (EMA ones when the run used EMA), without its base."""
+    run = RunDir(run_dir)
+    cfg = run.load_config()
+    if not cfg.lora.enabled:
+        raise SmoltrainError(f"{run.root} is not a LoRA run (lora.rank=0): it has no adapters to put on a base")
+    found = run.newest_loadable(fix="train the run again (smoltrain train) or copy an intact checkpoint in",
+                                with_base=False)
+    if found is None:
+        raise SmoltrainError(f"{run.root} has no checkpoint yet; train it with `smoltrain train` first")
+    _, (model_state, ema_state, state) = found
+    weights = ckpt.weights_to_use(model_state, ema_state)
+    return Adapter(weights=dict(weights), rank=state["lora"]["rank"], alpha=state["lora"]["alpha"], source=run.root,
+                   base_files=state["base"]["files"])
 
 
 @dataclass

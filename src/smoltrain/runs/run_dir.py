@@ -276,10 +276,12 @@ class RunDir:
         found = self.list_checkpoints()
         return found[-1] if found else None
 
-    def newest_loadable(self, fix: str = ckpt.DAMAGED_RUN_FIX) -> tuple[Path, ckpt.Contents] | None:
+    def newest_loadable(self, fix: str = ckpt.DAMAGED_RUN_FIX,
+                        with_base: bool = True) -> tuple[Path, ckpt.Contents] | None:
         """The newest checkpoint that verifies and loads, with its contents (damaged ones are skipped with a
-        warning); None without any, and an error ending with ``fix`` when there are some and none loads."""
-        return ckpt.newest_loadable(self.checkpoints, fix)
+        warning); None without any, and an error ending with ``fix`` when there are some and none loads.
+        ``with_base=False``: an adapter checkpoint's adapters alone (``checkpoint.load_checkpoint``)."""
+        return ckpt.newest_loadable(self.checkpoints, fix, with_base)
 
     def save_checkpoint(self, step: int, model_state: dict[str, torch.Tensor],
                         ema_state: dict[str, torch.Tensor] | None, trainer_state: dict[str, Any], keep: int) -> Path:
