@@ -24,6 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from smoltrain import config as config_files
 from smoltrain.config import TrainConfig
 from smoltrain.data.tokenizer import TOKENIZER_FILES, load_tokenizer
 from smoltrain.errors import SmoltrainError
@@ -36,6 +37,12 @@ from smoltrain.runs.run_dir import RunDir
 __all__ = ["export_hf", "import_hf"]
 
 SUPPORTED_MODEL_TYPES = ("qwen3", "llama")
+# An imported run trains as a pretrained LM does (AdamW, warmup then cosine, clipping): the keys of this
+# recipe, not the TRM defaults of a bare config. Its arch is replaced by the imported model's.
+LM_TRAINING_RECIPE = "lm-pretrain"
+# config.json key (ignored by transformers) keeping the training rows of an exported run, so an import gives
+# the same windows, hence the same evaluation numbers.
+SMOLTRAIN_KEY = "smoltrain"
 _TIED_KEY, _EMBED_KEY = "lm_head.weight", "model.embed_tokens.weight"
 
 
@@ -139,6 +146,16 @@ def _hf_config(lm: LMConfig, token_ids: dict[str, int]) -> dict[str, Any]:
     return config
 
 
+def lm_run_config(output: Path, overrides: list[str], arch: dict[str, Any] | None = None) -> TrainConfig:
+    """The config of an imported LM run: ``LM_TRAINING_RECIPE``'s training keys with ``overrides`` (``arch=PRESET``
+    and ``arch.*`` refinements), or the whole ``arch`` mapping given; no data yet."""
+    raw = config_files.compose(LM_TRAINING_RECIPE, [f"run_dir={output}", *overrides])
+    if arch is not None:
+        raw["arch"] = arch
+    raw["data_paths"] = []
+    return validate(raw)
+
+
 def export_hf(run_dir: Path, output: Path, checkpoint: Path | None = None) -> Path:
     """Write an ``arch=lm`` run's checkpoint (newest by default; EMA weights when present) as a local HF folder.
 
@@ -169,7 +186,8 @@ def export_hf(run_dir: Path, output: Path, checkpoint: Path | None = None) -> Pa
     with _export_dir(output) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         set_default_permissions(tmp / "model.safetensors")  # safetensors creates it 0600
-        _write_json(tmp / "config.json", _hf_config(lm, token_ids))
+        _write_json(tmp / "config.json", {**_hf_config(lm, token_ids),
+                                          SMOLTRAIN_KEY: {"seq_len": arch.seq_len, "packing": arch.packing}})
         # Greedy by default: a tiny model sampled at temperature 1 mostly shows noise.
         _write_json(tmp / "generation_config.json", {**token_ids, "do_sample": False})
         if tokenizer_dir.is_dir():
@@ -304,9 +322,11 @@ def import_hf(directory: Path, output: Path) -> Path:
     output = RunDir.check_new(Path(output).absolute())
     config = _read_hf_config(directory)
     fields = _lm_fields(config, directory / "config.json")
-    # seq_len is our training window; keep the default unless the model's context is shorter.
-    seq_len = min(256, int(fields["max_position_embeddings"]))
-    cfg = validate({"arch": {"name": "lm", **fields, "seq_len": seq_len}, "data_paths": [], "run_dir": str(output)})
+    # The training rows a smoltrain export kept; otherwise the model's own context length.
+    rows = config.get(SMOLTRAIN_KEY) if isinstance(config.get(SMOLTRAIN_KEY), dict) else {}
+    seq_len = rows.get("seq_len") if isinstance(rows.get("seq_len"), int) else int(fields["max_position_embeddings"])
+    packing = rows.get("packing") if isinstance(rows.get("packing"), bool) else True
+    cfg = lm_run_config(output, [], {"name": "lm", **fields, "seq_len": seq_len, "packing": packing})
     lm = cfg.arch.to_model_config()  # type: ignore[attr-defined]
 
     with torch.device("meta"):  # shapes only: no need to allocate and initialise a second copy
