@@ -219,17 +219,41 @@ def cmd_data_text(ns: argparse.Namespace) -> int:
 
 def _sampling(ns: argparse.Namespace) -> dict:
     return {"max_new_tokens": ns.max_new_tokens, "temperature": ns.temperature, "top_k": ns.top_k,
-            "top_p": ns.top_p, "seed": ns.seed}
+            "top_p": ns.top_p, "seed": ns.seed, "repetition_penalty": ns.repetition_penalty}
+
+
+def _prompts(ns: argparse.Namespace) -> list[str]:
+    """The --prompt values, then the lines of --prompts-file (empty lines skipped)."""
+    prompts = list(ns.prompt or [])
+    if ns.prompts_file:
+        try:
+            text = open(ns.prompts_file, encoding="utf-8").read()  # noqa: SIM115 - read at once
+        except (OSError, UnicodeDecodeError) as err:
+            reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+            raise DataError(f"cannot read --prompts-file {ns.prompts_file}: {reason}; give a UTF-8 text file "
+                            "with one prompt per line") from None
+        prompts += [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise DataError("no prompt given: pass --prompt TEXT (repeatable) or --prompts-file FILE (one a line)")
+    return prompts
 
 
 def cmd_generate(ns: argparse.Namespace) -> int:
-    from smoltrain.apps.generate import load_lm, stream_text
+    from smoltrain.apps.generate import generate_batch, load_lm, stream_text
 
-    lm = load_lm(ns.run_dir, device=ns.device)
-    print(ns.prompt, end="", flush=True)
-    for piece in stream_text(lm, ns.prompt, **_sampling(ns)):
-        print(piece, end="", flush=True)
-    print()
+    prompts = _prompts(ns)
+    lm = load_lm(ns.run_dir, device=ns.device, tokenizer=ns.tokenizer)
+    if len(prompts) == 1 and ns.num_samples == 1:  # one continuation: stream it as it decodes
+        print(prompts[0], end="", flush=True)
+        for piece in stream_text(lm, prompts[0], **_sampling(ns)):
+            print(piece, end="", flush=True)
+        print()
+        return 0
+    results = generate_batch(lm, prompts, num_samples=ns.num_samples, **_sampling(ns))
+    for i, (prompt, samples) in enumerate(zip(prompts, results, strict=True)):
+        for j, text in enumerate(samples):
+            print(f"--- prompt {i + 1}, sample {j + 1} ---")
+            print(prompt + text)
     return 0
 
 
@@ -334,7 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub = verb(name, handler, text)
         sub.add_argument("run_dir")
         if name == "generate":
-            sub.add_argument("--prompt", required=True)
+            sub.add_argument("--prompt", action="append", default=None,
+                             help="text to continue; repeat it for several prompts, decoded in one batch")
+            sub.add_argument("--prompts-file", default=None, metavar="FILE", help="one prompt per line")
+            sub.add_argument("--num-samples", type=POSITIVE_INT, default=1, metavar="N",
+                             help="continuations per prompt (1)")
         else:
             sub.add_argument("--system", default=None, help="a system message")
         sub.add_argument("--max-new-tokens", type=POSITIVE_INT, default=100)
@@ -342,8 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--top-k", type=COUNT, default=None, help="sample from the k most likely tokens (0 = all)")
         sub.add_argument("--top-p", type=_number(float, 0, 1, low_open=True), default=None,
                          help="nucleus sampling, in (0, 1] (1 = all)")
+        sub.add_argument("--repetition-penalty", type=_number(float, 0, low_open=True), default=1.0,
+                         help="Hugging Face's: logits of tokens already present divided (or, when negative, "
+                              "multiplied) by it; 1 = off, 1.1-1.3 typical")
         sub.add_argument("--seed", type=COUNT, default=0)
         sub.add_argument("--device", default="auto")
+        sub.add_argument("--tokenizer", default=None, metavar="DIR",
+                         help="a tokenizer directory instead of the run's own copy")
 
     sub = verb("solve", cmd_solve, "Solve one puzzle (Sudoku, maze, or a test example of any kind) and check it.")
     sub.add_argument("run_dir")
