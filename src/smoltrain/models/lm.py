@@ -390,7 +390,8 @@ class LMModel(nn.Module):
             cos_sin = rope_cos_sin(positions, self.config.resolved_head_dim, self.config.rope_theta)
         else:
             if attention_mask.shape != (input_ids.shape[0], past_len + seq):
-                raise ValueError(f"attention_mask must be [batch, cached + new] = {[input_ids.shape[0], past_len + seq]}")
+                want = [input_ids.shape[0], past_len + seq]
+                raise ValueError(f"attention_mask must be [batch, cached + new tokens] = {want}")
             real = attention_mask.bool()
             # A token's position is the number of real tokens before it: a row's first real token sits at 0.
             positions = (real.long().cumsum(-1) - 1).clamp(min=0)[:, past_len:]
