@@ -292,7 +292,17 @@ def cmd_export(ns: argparse.Namespace) -> int:
 
     from smoltrain.interop.hf import export_hf
 
-    out = export_hf(Path(ns.run_dir), Path(ns.output), Path(ns.checkpoint) if ns.checkpoint else None)
+    checkpoint = Path(ns.checkpoint) if ns.checkpoint else None
+    tokenizer = Path(ns.tokenizer) if ns.tokenizer else None
+    if ns.format == "gguf":
+        from smoltrain.interop.gguf_export import describe_gguf, export_gguf
+
+        out = export_gguf(Path(ns.run_dir), Path(ns.output), checkpoint, tokenizer)
+        facts = describe_gguf(out)
+        print(f"exported {ns.run_dir} as GGUF ({facts['architecture']}, {facts['tensors']} fp32 tensors, "
+              f"{facts['bytes'] / 2**20:.1f} MiB) to {out}; run it with llama.cpp: llama-cli -m {out} -p ...")
+        return 0
+    out = export_hf(Path(ns.run_dir), Path(ns.output), checkpoint, tokenizer)
     architecture = json.loads((out / "config.json").read_text())["architectures"][0]
     print(f"exported {ns.run_dir} as {architecture} to {out}; load it with "
           f'transformers.AutoModelForCausalLM.from_pretrained("{out}")')
@@ -413,10 +423,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--tokenizer", default=None, help="MiniMind's tokenizer directory, copied into the run")
     sub.add_argument("overrides", nargs="*", metavar="arch.key=value", help="shape changes, e.g. arch.vocab_size=...")
 
-    sub = verb("export", cmd_export, "Export an LM run as a Hugging Face directory (Qwen3 or Llama).")
+    sub = verb("export", cmd_export, "Export an LM run as a Hugging Face directory (Qwen3 or Llama) or a GGUF file "
+                                     "(llama.cpp, ollama).")
     sub.add_argument("run_dir")
-    sub.add_argument("--format", choices=("hf",), default="hf")
-    sub.add_argument("--output", required=True)
+    sub.add_argument("--format", choices=("hf", "gguf"), default="hf",
+                     help="hf: a transformers directory; gguf: one fp32 .gguf file for llama.cpp / ollama")
+    sub.add_argument("--output", required=True, help="hf: a new directory; gguf: a new file, e.g. model.gguf")
+    sub.add_argument("--tokenizer", default=None, metavar="DIR", help="a tokenizer directory instead of the run's")
     sub.add_argument("--checkpoint", default=None, help="a checkpoint directory (default: the newest)")
 
     data = verbs.add_parser("data", help="Build datasets.", description="Build datasets.")

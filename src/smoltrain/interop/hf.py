@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from smoltrain import config as config_files
+import smoltrain.config as config_files
 from smoltrain.config import TrainConfig
 from smoltrain.data.tokenizer import TOKENIZER_FILES, load_tokenizer
 from smoltrain.errors import SmoltrainError
@@ -78,7 +78,7 @@ def _copy_tokenizer(source: Path, target: Path) -> None:
             shutil.copyfile(source / name, target / name)
 
 
-def _special_token_ids(tokenizer_dir: Path) -> dict[str, int]:
+def special_token_ids(tokenizer_dir: Path) -> dict[str, int]:
     """``{"bos_token_id": ..., ...}`` for the special tokens the tokenizer files name and define."""
     names: dict[str, Any] = {}
     for name in ("tokenizer_config.json", "special_tokens_map.json"):  # the map wins, as in transformers
@@ -156,8 +156,9 @@ def lm_run_config(output: Path, overrides: list[str], arch: dict[str, Any] | Non
     return validate(raw)
 
 
-def export_hf(run_dir: Path, output: Path, checkpoint: Path | None = None) -> Path:
-    """Write an ``arch=lm`` run's checkpoint (newest by default; EMA weights when present) as a local HF folder.
+def export_hf(run_dir: Path, output: Path, checkpoint: Path | None = None, tokenizer: Path | None = None) -> Path:
+    """Write an ``arch=lm`` run's checkpoint (newest by default; EMA weights when present) as a local HF folder,
+    with the run's tokenizer (or the one in the directory ``tokenizer``).
 
     Returns the absolute output directory. ``output`` must not exist or be empty.
     """
@@ -181,8 +182,10 @@ def export_hf(run_dir: Path, output: Path, checkpoint: Path | None = None) -> Pa
         # refuses two names for one storage anyway, so the embedding alone is written.
         tensors.pop(_TIED_KEY)
 
-    tokenizer_dir = run.tokenizer
-    token_ids = _special_token_ids(tokenizer_dir) if tokenizer_dir.is_dir() else {}
+    tokenizer_dir = Path(tokenizer) if tokenizer is not None else run.tokenizer
+    if tokenizer is not None and not (tokenizer_dir / "tokenizer.json").is_file():
+        raise SmoltrainError(f"--tokenizer {tokenizer_dir} holds no tokenizer.json: pass a tokenizer directory")
+    token_ids = special_token_ids(tokenizer_dir) if tokenizer_dir.is_dir() else {}
     with _export_dir(output) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         set_default_permissions(tmp / "model.safetensors")  # safetensors creates it 0600
