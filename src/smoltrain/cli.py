@@ -258,16 +258,24 @@ def cmd_generate(ns: argparse.Namespace) -> int:
 
 
 def cmd_chat(ns: argparse.Namespace) -> int:
-    from smoltrain.apps.generate import chat_reply, load_lm
+    from smoltrain.apps.chat import ChatSession, chat_training_note
+    from smoltrain.apps.generate import load_lm
 
-    lm = load_lm(ns.run_dir, device=ns.device)
-    messages: list[dict[str, str]] = []
-    if ns.system:
-        messages.append({"role": "system", "content": ns.system})
-    print("chat with the model; an empty line or Ctrl-D ends", file=sys.stderr)
+    lm = load_lm(ns.run_dir, device=ns.device, tokenizer=ns.tokenizer)
+    sampling = _sampling(ns)
+    session = ChatSession(lm, {k: v for k, v in sampling.items() if k != "seed"}, seed=ns.seed, system=ns.system)
+    warning = chat_training_note(lm)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    # Piped input is not echoed by the terminal: print each line after the prompt, so the transcript reads.
+    interactive = sys.stdin.isatty()
+    print(f"chat with the model ({session.template_name}, {session.context}-token context); an empty line or "
+          "Ctrl-D ends", file=sys.stderr)
     while True:
+        for note in session.take_notes():
+            print(f"note: {note}", file=sys.stderr)
         try:
-            line = input("you> ")
+            line = input("you> " if interactive else "")
         except EOFError:
             break
         except UnicodeDecodeError as err:  # stdin decodes as the locale says (UTF-8 here); the bytes were not
@@ -275,14 +283,12 @@ def cmd_chat(ns: argparse.Namespace) -> int:
                             "or set PYTHONIOENCODING to the input's encoding") from None
         if not line.strip():
             break
-        messages.append({"role": "user", "content": line})
+        if not interactive:
+            print(f"you> {line}")
         print("model> ", end="", flush=True)
-        reply = ""
-        for piece in chat_reply(lm, messages, **_sampling(ns)):
-            reply += piece
+        for piece in session.reply(line):
             print(piece, end="", flush=True)
         print()
-        messages.append({"role": "assistant", "content": reply})
     return 0
 
 
@@ -364,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--show-config", action="store_true", help="print the resolved config as YAML")
 
     for name, handler, text in (("generate", cmd_generate, "Continue a prompt with an LM run, streaming tokens."),
-                                ("chat", cmd_chat, "Chat with an LM run (ChatML template), one line a turn.")):
+                                ("chat", cmd_chat, "Chat with an LM run (the tokenizer's chat template, else "
+                                                   "ChatML), one line a turn.")):
         sub = verb(name, handler, text)
         sub.add_argument("run_dir")
         if name == "generate":

@@ -71,7 +71,7 @@ def test_gguf_reads_back_as_the_run(tmp_path: Path, bpe_dir: Path, qk_norm: bool
     assert types[300:] == [gguf.TokenType.UNUSED] * 4
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
     assert _value(reader, "tokenizer.ggml.merges") == merges
-    assert (_value(reader, "tokenizer.ggml.model"), _value(reader, "tokenizer.ggml.pre")) == ("gpt2", "gpt2")
+    assert (_value(reader, "tokenizer.ggml.model"), _value(reader, "tokenizer.ggml.pre")) == ("gpt2", "gpt-2")
     assert (_value(reader, "tokenizer.ggml.bos_token_id"), _value(reader, "tokenizer.ggml.eos_token_id")) == (1, 2)
     assert _value(reader, "tokenizer.chat_template") == json.loads((bpe_dir / "tokenizer_config.json").read_text())[
         "chat_template"]

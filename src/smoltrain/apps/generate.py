@@ -19,6 +19,7 @@ from smoltrain.runs.loading import LoadedRun, load
 class LMRun:
     run: LoadedRun
     tokenizer: Tokenizer
+    tokenizer_dir: Path | None = None  # where the tokenizer came from (its tokenizer_config.json: chat template)
 
     @property
     def model(self) -> LMForCausalLM:
@@ -36,7 +37,7 @@ def load_lm(run_dir: str | Path, device: str = "auto", tokenizer: str | Path | N
     if loaded.get_vocab_size() > model_vocab:  # ids past the embedding table would fail inside the model
         raise SmoltrainError(f"{tokenizer_dir} has {loaded.get_vocab_size()} tokens but the model of "
                              f"{run_dir} embeds {model_vocab}: use the tokenizer the run was trained with")
-    return LMRun(run, loaded)
+    return LMRun(run, loaded, tokenizer_dir)
 
 
 def _prompt_ids(lm: LMRun, prompt: str) -> list[int]:

@@ -37,7 +37,7 @@ from smoltrain.runs.run_dir import RunDir
 __all__ = ["export_gguf", "gguf_architecture", "gguf_tensor_name", "llama_rope_rows"]
 
 # Qwen2's pre-tokenizer split (llama.cpp's "qwen2" pre-tokenizer); a byte-level BPE without a Split uses
-# GPT-2's built-in regex (llama.cpp's "gpt2").
+# GPT-2's built-in regex (llama.cpp's "gpt-2").
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                r"\s*[\r\n]+|\s+(?!\S)|\s+")
 # Our names (HF's) -> llama.cpp's, per layer; the `.weight` suffix is kept on both sides.
@@ -100,7 +100,7 @@ def llama_rope_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
 def _pre_tokenizer(spec: dict[str, Any] | None, path: Path) -> str:
     """llama.cpp's pre-tokenizer name for a byte-level BPE's ``pre_tokenizer`` entry of tokenizer.json."""
     if isinstance(spec, dict) and spec.get("type") == "ByteLevel" and spec.get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"  # llama.cpp's name for GPT-2's regex (its tokenizer *model* is "gpt2", without the dash)
     if isinstance(spec, dict) and spec.get("type") == "Sequence":
         steps = spec.get("pretokenizers") or []
         patterns = [s.get("pattern", {}).get("Regex") for s in steps if s.get("type") == "Split"]
