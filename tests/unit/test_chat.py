@@ -126,3 +126,35 @@ def test_tokenizer_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
                  str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no tokenizer found" in err
+
+    # chat and export take it too: the export carries the given tokenizer, not the run's.
+    import io
+    import sys
+
+    sys_stdin, sys.stdin = sys.stdin, io.StringIO("w1\n")
+    try:
+        assert main(["chat", str(run), "--device", "cpu", "--max-new-tokens", "2", "--tokenizer", str(other)]) == 0
+    finally:
+        sys.stdin = sys_stdin
+    (other / "tokenizer_config.json").write_text(json.dumps({"marker": "the other tokenizer"}))
+    assert main(["export", str(run), "--output", str(tmp_path / "hf"), "--tokenizer", str(other)]) == 0
+    assert "the other tokenizer" in (tmp_path / "hf" / "tokenizer_config.json").read_text()
+    assert main(["export", str(run), "--output", str(tmp_path / "hf2"), "--tokenizer", str(tmp_path / "nope")]) == 2
+    assert not (tmp_path / "hf2").exists()
+
+
+def test_import_minimind_takes_a_tokenizer(tmp_path: Path) -> None:
+    import torch
+
+    from smoltrain.models.lm import LMConfig, LMForCausalLM
+
+    run = _run(tmp_path)
+    model = LMForCausalLM(LMConfig(vocab_size=6400, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                   num_key_value_heads=2, intermediate_size=128, qk_norm=False, rms_norm_eps=1e-5))
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    assert main(["import", "minimind", "--checkpoint", str(tmp_path / "w.pth"), "--preset", "minimind2-26m",
+                 "--output", str(tmp_path / "mm"), "--tokenizer", str(run / "tokenizer"), "arch.hidden_size=64",
+                 "arch.num_hidden_layers=1", "arch.num_attention_heads=4", "arch.num_key_value_heads=2",
+                 "arch.intermediate_size=128"]) == 0
+    assert (tmp_path / "mm" / "tokenizer" / "tokenizer.json").read_bytes() == \
+        (run / "tokenizer" / "tokenizer.json").read_bytes()
