@@ -149,3 +149,15 @@ def test_gguf_export_refuses_moe_word_level_tokenizers_and_existing_files(tmp_pa
                  str(tmp_path / "new.gguf")]) == 0
     assert "as GGUF (qwen3" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind
+
+
+def test_pre_tokenizer_names_follow_llama_cpp(tmp_path: Path) -> None:
+    from smoltrain.interop.gguf_export import QWEN2_SPLIT, _pre_tokenizer
+
+    assert _pre_tokenizer({"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}, tmp_path) == "gpt-2"
+    qwen2 = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}
+    assert _pre_tokenizer(qwen2, tmp_path) == "qwen2"
+    with pytest.raises(SmoltrainError, match="no llama.cpp counterpart"):
+        _pre_tokenizer({"type": "Whitespace"}, tmp_path)
