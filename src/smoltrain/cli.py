@@ -249,37 +249,69 @@ def cmd_data_instructions(ns: argparse.Namespace) -> int:
 
 def _sampling(ns: argparse.Namespace) -> dict:
     return {"max_new_tokens": ns.max_new_tokens, "temperature": ns.temperature, "top_k": ns.top_k,
-            "top_p": ns.top_p, "seed": ns.seed}
+            "top_p": ns.top_p, "seed": ns.seed, "repetition_penalty": ns.repetition_penalty}
+
+
+def _prompts(ns: argparse.Namespace) -> list[str]:
+    """The --prompt values, then the lines of --prompts-file (empty lines skipped)."""
+    prompts = list(ns.prompt or [])
+    if ns.prompts_file:
+        try:
+            text = open(ns.prompts_file, encoding="utf-8").read()  # noqa: SIM115 - read at once
+        except (OSError, UnicodeDecodeError) as err:
+            reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+            raise DataError(f"cannot read --prompts-file {ns.prompts_file}: {reason}; give a UTF-8 text file "
+                            "with one prompt per line") from None
+        prompts += [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise DataError("no prompt given: pass --prompt TEXT (repeatable) or --prompts-file FILE (one a line)")
+    return prompts
 
 
 def cmd_generate(ns: argparse.Namespace) -> int:
-    from smoltrain.apps.generate import load_lm, stream_text
+    from smoltrain.apps.generate import generate_batch, load_lm, stream_text
 
-    lm = load_lm(ns.run_dir, device=ns.device)
+    prompts = _prompts(ns)
+    lm = load_lm(ns.run_dir, device=ns.device, tokenizer=ns.tokenizer)
     adapters = ns.adapter or [None]
     for adapter in adapters:  # several: one base, loaded once, each adapter put on it in turn
         if adapter is not None:
             lm.use_adapter(adapter)
         if len(adapters) > 1:
             print(f"--- adapter {adapter}")
-        print(ns.prompt, end="", flush=True)
-        for piece in stream_text(lm, ns.prompt, **_sampling(ns)):
-            print(piece, end="", flush=True)
-        print()
+        if len(prompts) == 1 and ns.num_samples == 1:  # one continuation: stream it as it decodes
+            print(prompts[0], end="", flush=True)
+            for piece in stream_text(lm, prompts[0], **_sampling(ns)):
+                print(piece, end="", flush=True)
+            print()
+            continue
+        results = generate_batch(lm, prompts, num_samples=ns.num_samples, **_sampling(ns))
+        for i, (prompt, samples) in enumerate(zip(prompts, results, strict=True)):
+            for j, text in enumerate(samples):
+                print(f"--- prompt {i + 1}, sample {j + 1} ---")
+                print(prompt + text)
     return 0
 
 
 def cmd_chat(ns: argparse.Namespace) -> int:
-    from smoltrain.apps.generate import chat_reply, load_lm
+    from smoltrain.apps.chat import ChatSession, chat_training_note
+    from smoltrain.apps.generate import load_lm
 
-    lm = load_lm(ns.run_dir, device=ns.device, adapter=ns.adapter)
-    messages: list[dict[str, str]] = []
-    if ns.system:
-        messages.append({"role": "system", "content": ns.system})
-    print("chat with the model; an empty line or Ctrl-D ends", file=sys.stderr)
+    lm = load_lm(ns.run_dir, device=ns.device, adapter=ns.adapter, tokenizer=ns.tokenizer)
+    sampling = _sampling(ns)
+    session = ChatSession(lm, {k: v for k, v in sampling.items() if k != "seed"}, seed=ns.seed, system=ns.system)
+    warning = chat_training_note(lm)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    # Piped input is not echoed by the terminal: print each line after the prompt, so the transcript reads.
+    interactive = sys.stdin.isatty()
+    print(f"chat with the model ({session.template_name}, {session.context}-token context); an empty line or "
+          "Ctrl-D ends", file=sys.stderr)
     while True:
+        for note in session.take_notes():
+            print(f"note: {note}", file=sys.stderr)
         try:
-            line = input("you> ")
+            line = input("you> " if interactive else "")
         except EOFError:
             break
         except UnicodeDecodeError as err:  # stdin decodes as the locale says (UTF-8 here); the bytes were not
@@ -295,14 +327,12 @@ def cmd_chat(ns: argparse.Namespace) -> int:
                 print(f"error: {err}", file=sys.stderr)
             print(f"(adapter: {lm.adapter or 'none'})", file=sys.stderr)
             continue
-        messages.append({"role": "user", "content": line})
+        if not interactive:
+            print(f"you> {line}")
         print("model> ", end="", flush=True)
-        reply = ""
-        for piece in chat_reply(lm, messages, **_sampling(ns)):
-            reply += piece
+        for piece in session.reply(line):
             print(piece, end="", flush=True)
         print()
-        messages.append({"role": "assistant", "content": reply})
     return 0
 
 
@@ -313,15 +343,24 @@ def cmd_export(ns: argparse.Namespace) -> int:
     from smoltrain.interop.hf import export_hf, export_peft
 
     checkpoint = Path(ns.checkpoint) if ns.checkpoint else None
+    tokenizer = Path(ns.tokenizer) if ns.tokenizer else None
+    if ns.merge and ns.format != "hf":
+        raise ConfigError(f"--merge folds a LoRA run's adapters into one model for --format hf; --format {ns.format} "
+                          "does not take it: drop --merge")
     if ns.format == "peft":
-        if ns.merge:
-            raise ConfigError("--merge folds the adapters into one model (--format hf); --format peft keeps them "
-                              "apart: drop one of the two")
         out = export_peft(Path(ns.run_dir), Path(ns.output), checkpoint)
         print(f"exported the adapters of {ns.run_dir} to {out} and their base to {out / 'base'}; load them with "
               f'peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{out / "base"}"), "{out}")')
         return 0
-    out = export_hf(Path(ns.run_dir), Path(ns.output), checkpoint, merge=ns.merge)
+    if ns.format == "gguf":
+        from smoltrain.interop.gguf_export import describe_gguf, export_gguf
+
+        out = export_gguf(Path(ns.run_dir), Path(ns.output), checkpoint, tokenizer)
+        facts = describe_gguf(out)
+        print(f"exported {ns.run_dir} as GGUF ({facts['architecture']}, {facts['tensors']} fp32 tensors, "
+              f"{facts['bytes'] / 2**20:.1f} MiB) to {out}; run it with llama.cpp: llama-cli -m {out} -p ...")
+        return 0
+    out = export_hf(Path(ns.run_dir), Path(ns.output), checkpoint, merge=ns.merge, tokenizer=tokenizer)
     architecture = json.loads((out / "config.json").read_text())["architectures"][0]
     print(f"exported {ns.run_dir} as {architecture} to {out}; load it with "
           f'transformers.AutoModelForCausalLM.from_pretrained("{out}")')
@@ -383,14 +422,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--show-config", action="store_true", help="print the resolved config as YAML")
 
     for name, handler, text in (("generate", cmd_generate, "Continue a prompt with an LM run, streaming tokens."),
-                                ("chat", cmd_chat, "Chat with an LM run (ChatML template), one line a turn.")):
+                                ("chat", cmd_chat, "Chat with an LM run (the tokenizer's chat template, else "
+                                                   "ChatML), one line a turn.")):
         sub = verb(name, handler, text)
         sub.add_argument("run_dir")
         if name == "generate":
-            sub.add_argument("--prompt", required=True)
+            sub.add_argument("--prompt", action="append", default=None,
+                             help="text to continue; repeat it for several prompts, decoded in one batch")
+            sub.add_argument("--prompts-file", default=None, metavar="FILE", help="one prompt per line")
+            sub.add_argument("--num-samples", type=POSITIVE_INT, default=1, metavar="N",
+                             help="continuations per prompt (1)")
             sub.add_argument("--adapter", action="append", default=None, metavar="DIR",
                              help="LoRA adapters on the run: a LoRA run or PEFT adapter directory; repeat it to "
-                                  "continue the prompt with each in turn on the one loaded base")
+                                  "continue the prompts with each in turn on the one loaded base")
         else:
             sub.add_argument("--system", default=None, help="a system message")
             sub.add_argument("--adapter", default=None, metavar="DIR",
@@ -401,8 +445,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--top-k", type=COUNT, default=None, help="sample from the k most likely tokens (0 = all)")
         sub.add_argument("--top-p", type=_number(float, 0, 1, low_open=True), default=None,
                          help="nucleus sampling, in (0, 1] (1 = all)")
+        sub.add_argument("--repetition-penalty", type=_number(float, 0, low_open=True), default=1.0,
+                         help="Hugging Face's: logits of tokens already present divided (or, when negative, "
+                              "multiplied) by it; 1 = off, 1.1-1.3 typical")
         sub.add_argument("--seed", type=COUNT, default=0)
         sub.add_argument("--device", default="auto")
+        sub.add_argument("--tokenizer", default=None, metavar="DIR",
+                         help="a tokenizer directory instead of the run's own copy")
 
     sub = verb("solve", cmd_solve, "Solve one puzzle (Sudoku, maze, or a test example of any kind) and check it.")
     sub.add_argument("run_dir")
@@ -439,12 +488,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--tokenizer", default=None, help="MiniMind's tokenizer directory, copied into the run")
     sub.add_argument("overrides", nargs="*", metavar="arch.key=value", help="shape changes, e.g. arch.vocab_size=...")
 
-    sub = verb("export", cmd_export, "Export an LM run as a Hugging Face directory (Qwen3 or Llama) or a PEFT adapter.")
+    sub = verb("export", cmd_export, "Export an LM run as a Hugging Face directory (Qwen3 or Llama), a PEFT adapter "
+                                     "or a GGUF file (llama.cpp, ollama).")
     sub.add_argument("run_dir")
-    sub.add_argument("--format", choices=("hf", "peft"), default="hf",
-                     help="hf: a transformers folder; peft: a LoRA run's adapters with their base in OUTPUT/base")
+    sub.add_argument("--format", choices=("hf", "peft", "gguf"), default="hf",
+                     help="hf: a transformers directory; peft: a LoRA run's adapters with their base in OUTPUT/base; "
+                          "gguf: one fp32 .gguf file for llama.cpp / ollama")
     sub.add_argument("--merge", action="store_true", help="hf: fold a LoRA run's adapters into the weights")
-    sub.add_argument("--output", required=True)
+    sub.add_argument("--output", required=True, help="hf/peft: a new directory; gguf: a new file, e.g. model.gguf")
+    sub.add_argument("--tokenizer", default=None, metavar="DIR", help="a tokenizer directory instead of the run's")
     sub.add_argument("--checkpoint", default=None, help="a checkpoint directory (default: the newest)")
 
     data = verbs.add_parser("data", help="Build datasets.", description="Build datasets.")

@@ -55,6 +55,21 @@ def test_lm_presets_match_minimind_counts(preset, expected, capsys):
     assert f"parameters: {expected}" in capsys.readouterr().out
 
 
+def test_info_prints_active_parameters_for_moe(capsys):
+    assert main(["info", "arch=minimind3-moe", "data_paths=[]"]) == 0
+    out = capsys.readouterr().out  # llm.md §1.3: minimind-3-moe 198.42M total / 63.94M active (top-1 of 4 experts)
+    assert "parameters: 198,416,640" in out and "active_parameters: 63,936,768" in out
+    assert main(["info", "arch=minimind3-64m", "data_paths=[]"]) == 0
+    assert "active_parameters" not in capsys.readouterr().out  # dense: every parameter is used per token
+    assert main(["info", "arch=minimind3-moe", "arch.num_experts_per_tok=2", "arch.n_shared_experts=1",
+                 "data_paths=[]"]) == 0
+    out = capsys.readouterr().out
+    expert = 3 * 768 * 2432  # gate, up, down of one SwiGLU expert
+    total = int(out.split("parameters: ")[1].split("\n")[0].replace(",", ""))
+    # 4 routed + 1 shared expert per layer; a token uses the shared one and 2 routed: 2 idle experts per layer.
+    assert f"active_parameters: {total - 8 * 2 * expert:,}" in out
+
+
 @pytest.mark.parametrize("which", [[], ["lm"]], ids=["trm", "lm"])
 def test_demo_refuses_a_directory_it_did_not_make(which, capsys, tmp_path):
     (tmp_path / "thesis.tex").write_text("years of work")

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from smoltrain.data.tokenizer import apply_chat_template, decode, encode, eos_id, load_tokenizer
+from smoltrain.data.tokenizer import PAD_TOKEN, apply_chat_template, decode, encode, eos_id, load_tokenizer
 from smoltrain.errors import ConfigError, SmoltrainError
 from smoltrain.interop.hf import PEFT_CONFIG, read_peft_adapter
 from smoltrain.models.lm import LMForCausalLM
@@ -24,6 +24,7 @@ class LMRun:
 
     run: LoadedRun
     tokenizer: Tokenizer
+    tokenizer_dir: Path | None = None  # where the tokenizer came from (its tokenizer_config.json: chat template)
     adapter: Path | None = None
 
     @property
@@ -77,36 +78,47 @@ def read_adapter(path: str | Path) -> Adapter:
                          f"directory ({PEFT_CONFIG}); give one of those")
 
 
-def load_lm(run_dir: str | Path, device: str = "auto", adapter: str | Path | None = None) -> LMRun:
-    """A trained `arch=lm` run and the tokenizer saved with it; with ``adapter``, those LoRA adapters on it
-    (:meth:`LMRun.use_adapter`)."""
+def load_lm(run_dir: str | Path, device: str = "auto", adapter: str | Path | None = None,
+            tokenizer: str | Path | None = None) -> LMRun:
+    """A trained `arch=lm` run and the tokenizer saved with it (or the one in the directory ``tokenizer``); with
+    ``adapter``, those LoRA adapters on it (:meth:`LMRun.use_adapter`)."""
     run = load(run_dir, device=device, need_data=False)
     if not isinstance(run.model, LMForCausalLM):
         raise SmoltrainError(f"generation needs an LM run (arch=lm); {run_dir} is arch {run.config.arch.name}")
-    tokenizer = load_tokenizer(run.run_dir.tokenizer)
+    tokenizer_dir = Path(tokenizer) if tokenizer is not None else run.run_dir.tokenizer
+    loaded = load_tokenizer(tokenizer_dir)
     model_vocab = run.model.config.vocab_size
-    if tokenizer.get_vocab_size() > model_vocab:  # ids past the embedding table would fail inside the model
-        raise SmoltrainError(f"{run.run_dir.tokenizer} has {tokenizer.get_vocab_size()} tokens but the model of "
+    if loaded.get_vocab_size() > model_vocab:  # ids past the embedding table would fail inside the model
+        raise SmoltrainError(f"{tokenizer_dir} has {loaded.get_vocab_size()} tokens but the model of "
                              f"{run_dir} embeds {model_vocab}: use the tokenizer the run was trained with")
-    lm = LMRun(run, tokenizer)
+    lm = LMRun(run, loaded, tokenizer_dir)
     if adapter is not None:
         lm.use_adapter(adapter)
     return lm
 
 
-def stream_text(lm: LMRun, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8,
-                top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-                stop_at_eos: bool = True) -> Iterator[str]:
-    """Yield the continuation of ``prompt`` piece by piece as the model decodes it (one sample)."""
+def _prompt_ids(lm: LMRun, prompt: str) -> list[int]:
     ids = encode(lm.tokenizer, prompt)
     if not ids:
         raise SmoltrainError("the prompt is empty: give some text to continue")
-    generator = torch.Generator(device=lm.run.device).manual_seed(seed)
+    return ids
+
+
+def stream_text(lm: LMRun, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8,
+                top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+                stop_at_eos: bool = True, repetition_penalty: float = 1.0,
+                generator: torch.Generator | None = None) -> Iterator[str]:
+    """Yield the continuation of ``prompt`` piece by piece as the model decodes it (one sample). ``generator``
+    (when given) is used instead of a fresh one seeded with ``seed``: a chat session draws from one stream."""
+    ids = _prompt_ids(lm, prompt)
+    if generator is None:
+        generator = torch.Generator(device=lm.run.device).manual_seed(seed)
     eos = eos_id(lm.tokenizer) if stop_at_eos else None
     input_ids = torch.tensor([ids], device=lm.run.device)
     new: list[int] = []
     shown = ""
-    for token in lm.model.generate_stream(input_ids, max_new_tokens, temperature, top_k, top_p, eos, generator):
+    for token in lm.model.generate_stream(input_ids, max_new_tokens, temperature, top_k, top_p, eos, generator,
+                                          repetition_penalty=repetition_penalty):
         if eos is not None and int(token[0]) == eos:
             break
         new.append(int(token[0]))
@@ -119,6 +131,31 @@ def stream_text(lm: LMRun, prompt: str, max_new_tokens: int = 100, temperature: 
     text = decode(lm.tokenizer, new)
     if len(text) > len(shown):
         yield text[len(shown):]
+
+
+def generate_batch(lm: LMRun, prompts: list[str], max_new_tokens: int = 100, temperature: float = 0.8,
+                   top_k: int | None = None, top_p: float | None = None, seed: int = 0, num_samples: int = 1,
+                   stop_at_eos: bool = True, repetition_penalty: float = 1.0) -> list[list[str]]:
+    """The continuations of several prompts decoded in one left-padded batch: ``result[i][j]`` is sample ``j``
+    of ``prompts[i]``. Each row decodes as it would alone (``LMForCausalLM.generate_stream``)."""
+    if not prompts:
+        raise SmoltrainError("no prompts given: pass --prompt TEXT (repeatable) or --prompts-file FILE")
+    rows = [ids for ids in (_prompt_ids(lm, p) for p in prompts) for _ in range(num_samples)]
+    width = max(len(ids) for ids in rows)
+    pad = lm.tokenizer.token_to_id(PAD_TOKEN) or 0  # its value never matters: pads are masked out
+    input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in rows], device=lm.run.device)
+    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in rows], device=lm.run.device)
+    generator = torch.Generator(device=lm.run.device).manual_seed(seed)
+    eos = eos_id(lm.tokenizer) if stop_at_eos else None
+    steps = list(lm.model.generate_stream(input_ids, max_new_tokens, temperature, top_k, top_p, eos, generator,
+                                          attention_mask=mask, repetition_penalty=repetition_penalty))
+    texts = []
+    for row in range(len(rows)):
+        new = [int(token[row]) for token in steps]
+        if eos is not None and eos in new:
+            new = new[:new.index(eos)]
+        texts.append(decode(lm.tokenizer, new))
+    return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
 
 
 def chat_reply(lm: LMRun, messages: list[Mapping[str, str]], **sampling: object) -> Iterator[str]:

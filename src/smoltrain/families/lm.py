@@ -230,6 +230,9 @@ class LMFamily(Family):
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         facts = super().describe(model)
+        if self.arch.use_moe and isinstance(model, LMForCausalLM):
+            # Per token: attention, router, shared experts and the num_experts_per_tok routed experts it goes to.
+            facts["active_parameters"] = model.num_parameters(active=True)
         vocab = f"{DEFAULT_VOCAB_SIZE} (assumed: the dataset is not built yet)" if self.vocab_assumed else \
             f"{self.arch.vocab_size}"
         facts.update(vocab_size=vocab, seq_len=self.arch.seq_len,

@@ -25,6 +25,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+import smoltrain.config as config_files
 from smoltrain.config import TrainConfig
 from smoltrain.data.tokenizer import TOKENIZER_FILES, load_tokenizer
 from smoltrain.errors import SmoltrainError
@@ -38,6 +39,12 @@ from smoltrain.runs.run_dir import RunDir
 __all__ = ["export_hf", "export_peft", "import_hf", "read_peft_adapter"]
 
 SUPPORTED_MODEL_TYPES = ("qwen3", "llama")
+# An imported run trains as a pretrained LM does (AdamW, warmup then cosine, clipping): the keys of this
+# recipe, not the TRM defaults of a bare config. Its arch is replaced by the imported model's.
+LM_TRAINING_RECIPE = "lm-pretrain"
+# config.json key (ignored by transformers) keeping the training rows of an exported run, so an import gives
+# the same windows, hence the same evaluation numbers.
+SMOLTRAIN_KEY = "smoltrain"
 _TIED_KEY, _EMBED_KEY = "lm_head.weight", "model.embed_tokens.weight"
 
 
@@ -73,7 +80,7 @@ def _copy_tokenizer(source: Path, target: Path) -> None:
             shutil.copyfile(source / name, target / name)
 
 
-def _special_token_ids(tokenizer_dir: Path) -> dict[str, int]:
+def special_token_ids(tokenizer_dir: Path) -> dict[str, int]:
     """``{"bos_token_id": ..., ...}`` for the special tokens the tokenizer files name and define."""
     names: dict[str, Any] = {}
     for name in ("tokenizer_config.json", "special_tokens_map.json"):  # the map wins, as in transformers
@@ -141,6 +148,16 @@ def _hf_config(lm: LMConfig, token_ids: dict[str, int]) -> dict[str, Any]:
     return config
 
 
+def lm_run_config(output: Path, overrides: list[str], arch: dict[str, Any] | None = None) -> TrainConfig:
+    """The config of an imported LM run: ``LM_TRAINING_RECIPE``'s training keys with ``overrides`` (``arch=PRESET``
+    and ``arch.*`` refinements), or the whole ``arch`` mapping given; no data yet."""
+    raw = config_files.compose(LM_TRAINING_RECIPE, [f"run_dir={output}", *overrides])
+    if arch is not None:
+        raw["arch"] = arch
+    raw["data_paths"] = []
+    return validate(raw)
+
+
 def _lm_run_config(run: RunDir) -> TrainConfig:
     """The run's config, refused unless it is a dense, trained ``arch=lm`` run (what the exports handle)."""
     cfg = run.load_config()
@@ -153,28 +170,34 @@ def _lm_run_config(run: RunDir) -> TrainConfig:
     return cfg
 
 
-def _write_hf(model: LMForCausalLM, run: RunDir, output: Path) -> None:
-    """``model`` (no adapters) as a transformers folder at ``output``, with the run's tokenizer."""
+def _write_hf(model: LMForCausalLM, run: RunDir, output: Path, tokenizer: Path | None = None) -> None:
+    """``model`` (no adapters) as a transformers folder at ``output``, with the run's tokenizer (or ``tokenizer``)."""
     lm = model.config
     tensors = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in model.state_dict().items()}
     if lm.tie_word_embeddings:
         # transformers ties lm_head to the embedding on load and leaves it out when saving; safetensors
         # refuses two names for one storage anyway, so the embedding alone is written.
         tensors.pop(_TIED_KEY)
-    tokenizer_dir = run.tokenizer
-    token_ids = _special_token_ids(tokenizer_dir) if tokenizer_dir.is_dir() else {}
+    tokenizer_dir = Path(tokenizer) if tokenizer is not None else run.tokenizer
+    if tokenizer is not None and not (tokenizer_dir / "tokenizer.json").is_file():
+        raise SmoltrainError(f"--tokenizer {tokenizer_dir} holds no tokenizer.json: pass a tokenizer directory")
+    token_ids = special_token_ids(tokenizer_dir) if tokenizer_dir.is_dir() else {}
+    arch = run.load_config().arch
     output.mkdir(exist_ok=True)
     save_file(tensors, str(output / "model.safetensors"), metadata={"format": "pt"})
     set_default_permissions(output / "model.safetensors")  # safetensors creates it 0600
-    _write_json(output / "config.json", _hf_config(lm, token_ids))
+    _write_json(output / "config.json", {**_hf_config(lm, token_ids),
+                                         SMOLTRAIN_KEY: {"seq_len": arch.seq_len, "packing": arch.packing}})
     # Greedy by default: a tiny model sampled at temperature 1 mostly shows noise.
     _write_json(output / "generation_config.json", {**token_ids, "do_sample": False})
     if tokenizer_dir.is_dir():
         _copy_tokenizer(tokenizer_dir, output)
 
 
-def export_hf(run_dir: Path, output: Path, checkpoint: Path | None = None, merge: bool = False) -> Path:
-    """Write an ``arch=lm`` run's checkpoint (newest by default; EMA weights when present) as a local HF folder.
+def export_hf(run_dir: Path, output: Path, checkpoint: Path | None = None, merge: bool = False,
+              tokenizer: Path | None = None) -> Path:
+    """Write an ``arch=lm`` run's checkpoint (newest by default; EMA weights when present) as a local HF folder,
+    with the run's tokenizer (or the one in the directory ``tokenizer``).
 
     A LoRA run (``lora.rank`` > 0) exports only with ``merge=True``: its adapters folded into the base weights
     (``W + alpha / rank * B @ A``), a plain model whose logits are the adapted model's. Its adapters alone (on
@@ -191,7 +214,7 @@ def export_hf(run_dir: Path, output: Path, checkpoint: Path | None = None, merge
     # and loads strictly, so a checkpoint that does not match the run's config stops here with one line.
     model = merge_lora(load(run.root, checkpoint, device="cpu", need_data=False).model)
     with _export_dir(output) as tmp:
-        _write_hf(model, run, tmp)  # type: ignore[arg-type]
+        _write_hf(model, run, tmp, tokenizer)  # type: ignore[arg-type]
     return Path(output).absolute()
 
 
@@ -402,9 +425,11 @@ def import_hf(directory: Path, output: Path) -> Path:
     output = RunDir.check_new(Path(output).absolute())
     config = _read_hf_config(directory)
     fields = _lm_fields(config, directory / "config.json")
-    # seq_len is our training window; keep the default unless the model's context is shorter.
-    seq_len = min(256, int(fields["max_position_embeddings"]))
-    cfg = validate({"arch": {"name": "lm", **fields, "seq_len": seq_len}, "data_paths": [], "run_dir": str(output)})
+    # The training rows a smoltrain export kept; otherwise the model's own context length.
+    rows = config.get(SMOLTRAIN_KEY) if isinstance(config.get(SMOLTRAIN_KEY), dict) else {}
+    seq_len = rows.get("seq_len") if isinstance(rows.get("seq_len"), int) else int(fields["max_position_embeddings"])
+    packing = rows.get("packing") if isinstance(rows.get("packing"), bool) else True
+    cfg = lm_run_config(output, [], {"name": "lm", **fields, "seq_len": seq_len, "packing": packing})
     lm = cfg.arch.to_model_config()  # type: ignore[attr-defined]
 
     with torch.device("meta"):  # shapes only: no need to allocate and initialise a second copy

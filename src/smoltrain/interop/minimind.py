@@ -13,8 +13,7 @@ from pathlib import Path
 import torch
 
 from smoltrain.errors import SmoltrainError
-from smoltrain.families import load_config
-from smoltrain.interop.hf import match_state, write_lm_run
+from smoltrain.interop.hf import lm_run_config, match_state, write_lm_run
 from smoltrain.models.lm import LMForCausalLM
 from smoltrain.runs.run_dir import RunDir
 
@@ -47,7 +46,8 @@ def import_minimind(checkpoint: Path, preset: str, output: Path, overrides: list
     if preset not in PRESETS:
         raise SmoltrainError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
     RunDir.check_new(output)  # before reading the weights
-    cfg = load_config(None, [f"arch={preset}", "data_paths=[]", f"run_dir={output}", *(overrides or [])])
+    # MiniMind's training keys (lm-pretrain) and the preset's shape and context (seq_len 340, its max_seq_len).
+    cfg = lm_run_config(Path(output), [f"arch={preset}", *(overrides or [])])
     lm = cfg.arch.to_model_config()  # type: ignore[attr-defined]
     with torch.device("meta"):  # shapes only
         expected = LMForCausalLM(lm).state_dict()

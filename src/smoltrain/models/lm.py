@@ -19,8 +19,10 @@ Conventions:
 * KV cache: a list with one ``(k, v)`` per layer, each ``[batch, kv_heads, seq, head_dim]``, stored after
   RoPE and before the GQA head expansion; new tokens are concatenated on the sequence dimension and their
   RoPE positions start at the cached length.
-* No padding mask: right padding plus the causal mask means real tokens never see pads (MiniMind's
-  convention); left-padded batched generation is not supported.
+* Padding: training rows are right-padded, and the causal mask alone keeps real tokens from seeing pads
+  (MiniMind's convention). Batched generation left-pads the prompts and passes ``attention_mask`` (1 = real
+  token, 0 = pad): pads are masked as keys and each row's RoPE positions count its real tokens only, so a
+  row's tokens get the same positions and attend to the same keys as when it runs alone.
 
 Shapes: ``B`` batch, ``T`` new tokens, ``S`` cached + new tokens, ``D`` hidden size, ``H`` query heads,
 ``K`` key/value heads, ``d`` head dim, ``E`` experts.
@@ -49,6 +51,7 @@ __all__ = [
     "LMMoE",
     "LMOutput",
     "RMSNorm",
+    "apply_repetition_penalty",
     "minimind_intermediate_size",
     "rope_cos_sin",
     "sample_next_token",
@@ -151,14 +154,15 @@ class RMSNorm(nn.Module):
 def rope_cos_sin(
     positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cos, sin)`` of shape ``[len(positions), head_dim]`` in rotate-half layout.
+    """``(cos, sin)`` of shape ``[*positions.shape, head_dim]`` in rotate-half layout (``positions`` ``[T]``, or
+    ``[B, T]`` for per-row positions of a left-padded batch).
 
     Dimension pair ``(i, i + d/2)`` rotates by ``pos * theta^(-2i/d)``. Computed on the fly in fp32 rather
     than kept as buffers: it is tiny (``S x d``), never lost by meta-device init or cast to bf16 by
     ``model.to(dtype)``, and has no maximum length.
     """
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
-    freqs = torch.outer(positions.float(), inv_freq)
+    freqs = positions.float()[..., None] * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)  # both halves of a head share the frequencies
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -170,7 +174,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` ``[B, heads, T, d]`` by ``cos``/``sin`` ``[T, d]``."""
+    """Rotate ``x`` ``[B, heads, T, d]`` by ``cos``/``sin`` ``[T, d]`` (or ``[B, 1, T, d]``, per row)."""
     return x * cos + rotate_half(x) * sin
 
 
@@ -203,8 +207,10 @@ class LMAttention(nn.Module):
         x: torch.Tensor,
         cos_sin: tuple[torch.Tensor, torch.Tensor],
         past_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
+        key_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """``x`` ``[B, T, D]``; ``cos_sin`` for the T new positions. Returns output and the updated (k, v)."""
+        """``x`` ``[B, T, D]``; ``cos_sin`` for the T new positions; ``key_mask`` ``[B, 1, T, S]`` (True = attend),
+        the causal and padding mask of a left-padded batch. Returns output and the updated (k, v)."""
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)
@@ -226,8 +232,10 @@ class LMAttention(nn.Module):
         # the same position (no cache) or there is one query (decoding: it sees everything). Chunked
         # prefill on top of a cache needs the offset mask spelled out.
         mask: torch.Tensor | None = None
-        is_causal = past_len == 0 and seq > 1
-        if past_len > 0 and seq > 1:
+        is_causal = past_len == 0 and seq > 1 and key_mask is None
+        if key_mask is not None:
+            mask = key_mask
+        elif past_len > 0 and seq > 1:
             q_pos = torch.arange(seq, device=x.device)[:, None] + past_len
             mask = torch.arange(past_len + seq, device=x.device)[None, :] <= q_pos  # True = attend
         dropout_p = self.dropout if self.training else 0.0
@@ -333,8 +341,9 @@ class LMDecoderLayer(nn.Module):
         x: torch.Tensor,
         cos_sin: tuple[torch.Tensor, torch.Tensor],
         past_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
+        key_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
-        attn_out, present = self.self_attn(self.input_layernorm(x), cos_sin, past_key_value)
+        attn_out, present = self.self_attn(self.input_layernorm(x), cos_sin, past_key_value, key_mask)
         h = x + attn_out
         aux_loss: torch.Tensor | None = None
         if isinstance(self.mlp, LMMoE):
@@ -365,20 +374,40 @@ class LMModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(
-        self, input_ids: torch.Tensor, past_key_values: KVCache | None = None, use_cache: bool = False
+        self, input_ids: torch.Tensor, past_key_values: KVCache | None = None, use_cache: bool = False,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, KVCache | None, torch.Tensor | None]:
-        """Returns (final hidden states ``[B, T, D]``, new cache or None, summed MoE aux loss or None)."""
+        """Returns (final hidden states ``[B, T, D]``, new cache or None, summed MoE aux loss or None).
+
+        ``attention_mask`` ``[B, S]`` (cached + new tokens; 1 = real, 0 = pad) is for left-padded batches."""
         if past_key_values is not None and len(past_key_values) != len(self.layers):
             raise ValueError(f"past_key_values has {len(past_key_values)} layers, model has {len(self.layers)}")
         past_len = past_key_values[0][0].shape[2] if past_key_values else 0
-        positions = torch.arange(past_len, past_len + input_ids.shape[1], device=input_ids.device)
-        cos_sin = rope_cos_sin(positions, self.config.resolved_head_dim, self.config.rope_theta)
+        seq = input_ids.shape[1]
+        key_mask: torch.Tensor | None = None
+        if attention_mask is None:
+            positions = torch.arange(past_len, past_len + seq, device=input_ids.device)
+            cos_sin = rope_cos_sin(positions, self.config.resolved_head_dim, self.config.rope_theta)
+        else:
+            if attention_mask.shape != (input_ids.shape[0], past_len + seq):
+                want = [input_ids.shape[0], past_len + seq]
+                raise ValueError(f"attention_mask must be [batch, cached + new tokens] = {want}")
+            real = attention_mask.bool()
+            # A token's position is the number of real tokens before it: a row's first real token sits at 0.
+            positions = (real.long().cumsum(-1) - 1).clamp(min=0)[:, past_len:]
+            cos, sin = rope_cos_sin(positions, self.config.resolved_head_dim, self.config.rope_theta)
+            cos_sin = (cos[:, None], sin[:, None])  # [B, 1, T, d]: broadcast over heads
+            keys = torch.arange(past_len + seq, device=input_ids.device)
+            queries = keys[past_len:, None]
+            # Causal and not a pad; every query also sees itself, so a pad's own row is never all-masked (NaN).
+            key_mask = ((keys[None, :] <= queries) & real[:, None, :]) | (keys[None, :] == queries)
+            key_mask = key_mask[:, None]  # [B, 1, T, S]
 
         h = self.dropout(self.embed_tokens(input_ids))
         presents: KVCache = []
         aux_loss: torch.Tensor | None = None
         for i, layer in enumerate(self.layers):
-            h, present, layer_aux = layer(h, cos_sin, past_key_values[i] if past_key_values else None)
+            h, present, layer_aux = layer(h, cos_sin, past_key_values[i] if past_key_values else None, key_mask)
             if use_cache:
                 presents.append(present)
             if layer_aux is not None:
@@ -394,6 +423,16 @@ class LMOutput:
     loss: torch.Tensor | None = None
     aux_loss: torch.Tensor | None = None  # summed over MoE layers, already scaled by aux_loss_alpha
     past_key_values: KVCache | None = None
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Hugging Face's (and MiniMind's) repetition penalty: the logit of every token already in the row
+    (``seen`` ``[B, V]`` bool) is divided by ``penalty`` when positive and multiplied by it when negative, so
+    ``penalty > 1`` makes repeats less likely at any sign. Applied before temperature, as HF does."""
+    if penalty == 1.0:
+        return logits
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
 
 
 def sample_next_token(
@@ -466,6 +505,7 @@ class LMForCausalLM(nn.Module):
         use_cache: bool = False,
         logits_to_keep: int = 0,
         targets: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> LMOutput:
         """``input_ids`` ``[B, T]``; the loss comes from one of
 
@@ -475,14 +515,15 @@ class LMForCausalLM(nn.Module):
           the convention of the packed training windows: every position has a target.
 
         ``-100`` is ignored in both. ``logits_to_keep > 0`` applies ``lm_head`` to the last positions only
-        (generation); it must be 0 when a loss is asked for.
+        (generation); it must be 0 when a loss is asked for. ``attention_mask`` ``[B, cached + T]`` (1 = real,
+        0 = pad) serves left-padded batches (see ``LMModel.forward``).
         """
         if labels is not None and targets is not None:
             raise ValueError("give labels (unshifted) or targets (shifted), not both")
         if labels is not None:
             # Shift the labels instead of the logits: the same loss without copying [B, T-1, V] logits.
             targets = F.pad(labels[:, 1:], (0, 1), value=-100)
-        hidden, presents, aux_loss = self.model(input_ids, past_key_values, use_cache)
+        hidden, presents, aux_loss = self.model(input_ids, past_key_values, use_cache, attention_mask)
         if logits_to_keep > 0:
             if targets is not None:
                 raise ValueError("logits_to_keep must be 0 when labels or targets are given")
@@ -510,33 +551,49 @@ class LMForCausalLM(nn.Module):
         top_p: float | None = None,
         eos_token_id: int | None = None,
         generator: torch.Generator | None = None,
+        attention_mask: torch.Tensor | None = None,
+        repetition_penalty: float = 1.0,
     ) -> Iterator[torch.Tensor]:
         """Autoregressive decoding with the KV cache, yielding each new token of every row (``[B]``) as soon
         as it is chosen, so a caller can print while the model works.
 
         Greedy when ``temperature == 0``; see ``sample_next_token`` for top-k / top-p. Rows that emitted
         ``eos_token_id`` keep emitting it (so the batch stays rectangular) and decoding stops once every
-        row has. The prompt must not be left-padded (positions start at 0 for every row). Runs in eval
-        mode (no dropout) and restores the previous mode when the stream ends or is closed.
+        row has. A left-padded batch of prompts gives ``attention_mask`` (1 = real token, 0 = pad): each row
+        then decodes as it would alone. ``repetition_penalty`` (HF semantics, see ``apply_repetition_penalty``)
+        counts the row's real prompt tokens and its new tokens. Runs in eval mode (no dropout) and restores the
+        previous mode when the stream ends or is closed.
         """
         if input_ids.dim() != 2:
             raise ValueError("input_ids must be [batch, seq]")
         if max_new_tokens <= 0:
             return
+        if repetition_penalty <= 0:
+            raise ValueError("repetition_penalty must be > 0")
         was_training = self.training
         self.eval()
         try:
-            out = self(input_ids, use_cache=True, logits_to_keep=1)
+            mask = attention_mask
+            out = self(input_ids, use_cache=True, logits_to_keep=1, attention_mask=mask)
             finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            # The tokens each row holds (pads not counted): added up, as a pad may share an id with a real token.
+            real = mask.long() if mask is not None else torch.ones_like(input_ids)
+            counts = torch.zeros(input_ids.shape[0], self.config.vocab_size, dtype=torch.long, device=input_ids.device)
+            seen = counts.scatter_add_(1, input_ids, real) > 0
             for step in range(max_new_tokens):
-                next_token = sample_next_token(out.logits[:, -1], temperature, top_k, top_p, generator)
+                logits = apply_repetition_penalty(out.logits[:, -1].float(), seen, repetition_penalty)
+                next_token = sample_next_token(logits, temperature, top_k, top_p, generator)
                 if eos_token_id is not None:
                     next_token = next_token.masked_fill(finished, eos_token_id)
                     finished |= next_token == eos_token_id
                 yield next_token
                 if step == max_new_tokens - 1 or bool(finished.all()):
                     break
-                out = self(next_token[:, None], past_key_values=out.past_key_values, use_cache=True)
+                seen[torch.arange(len(next_token), device=seen.device), next_token] = True
+                if mask is not None:
+                    mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                out = self(next_token[:, None], past_key_values=out.past_key_values, use_cache=True,
+                           attention_mask=mask)
         finally:
             self.train(was_training)
 
