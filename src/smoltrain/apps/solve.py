@@ -107,7 +107,7 @@ def predict_trace(run: LoadedRun, inputs: np.ndarray, identifiers: np.ndarray,
     return tokens, halting
 
 
-def _test_examples(run: LoadedRun, indices: list[int], clip: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+def read_test_examples(run: LoadedRun, indices: list[int], clip: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                                                             list[int], list[str]]:
     """(inputs, labels, identifiers, indices, identifier names) of test examples ``indices`` of the run's data.
 
@@ -145,7 +145,7 @@ def trace_test_examples(run: LoadedRun, indices: Iterable[int], clip: bool = Fal
                         batch_size: int = 64) -> tuple[list[PuzzleTrace], list[int]]:
     """The ACT traces of test examples ``indices`` of the run's dataset, and the indices drawn."""
     kind = run_kind(run)
-    inputs, labels, identifiers, kept, names = _test_examples(run, list(indices), clip)
+    inputs, labels, identifiers, kept, names = read_test_examples(run, list(indices), clip)
     traces = []
     for start in range(0, len(kept), batch_size):
         stop = start + batch_size
@@ -192,7 +192,7 @@ def solve_puzzle(run_dir_or_loaded: str | Path | LoadedRun, puzzle_text: str | N
         target, identifiers, title = None, np.array([BLANK_ID]), ""
     else:
         assert example is not None
-        all_inputs, labels, identifiers, _, names = _test_examples(run, [example], clip=False)
+        all_inputs, labels, identifiers, _, names = read_test_examples(run, [example], clip=False)
         inputs, target, title = all_inputs[0], labels[0], kind.title(example, names[0])
     tokens, halting = predict_trace(run, inputs[None], identifiers, max_steps)
     trace = PuzzleTrace(kind.name, inputs, target, [step[0] for step in tokens], title)
