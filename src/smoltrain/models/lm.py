@@ -19,8 +19,10 @@ Conventions:
 * KV cache: a list with one ``(k, v)`` per layer, each ``[batch, kv_heads, seq, head_dim]``, stored after
   RoPE and before the GQA head expansion; new tokens are concatenated on the sequence dimension and their
   RoPE positions start at the cached length.
-* No padding mask: right padding plus the causal mask means real tokens never see pads (MiniMind's
-  convention); left-padded batched generation is not supported.
+* Padding: training needs no mask (right padding plus the causal mask means real tokens never see pads,
+  MiniMind's convention). Batched serving of prompts of different lengths (``smoltrain serve``) passes
+  ``position_ids`` ``[B, T]`` and ``attention_mask`` ``[B, S]`` (True at real keys, False at left pads) to
+  ``forward``, so every row is computed as if it were alone.
 
 Shapes: ``B`` batch, ``T`` new tokens, ``S`` cached + new tokens, ``D`` hidden size, ``H`` query heads,
 ``K`` key/value heads, ``d`` head dim, ``E`` experts.
@@ -151,14 +153,15 @@ class RMSNorm(nn.Module):
 def rope_cos_sin(
     positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cos, sin)`` of shape ``[len(positions), head_dim]`` in rotate-half layout.
+    """``(cos, sin)`` of shape ``[*positions.shape, head_dim]`` in rotate-half layout (``[T, d]`` for one
+    shared row of positions, ``[B, T, d]`` for per-row positions).
 
     Dimension pair ``(i, i + d/2)`` rotates by ``pos * theta^(-2i/d)``. Computed on the fly in fp32 rather
     than kept as buffers: it is tiny (``S x d``), never lost by meta-device init or cast to bf16 by
     ``model.to(dtype)``, and has no maximum length.
     """
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
-    freqs = torch.outer(positions.float(), inv_freq)
+    freqs = positions.float()[..., None] * inv_freq  # = torch.outer for 1-D positions
     emb = torch.cat((freqs, freqs), dim=-1)  # both halves of a head share the frequencies
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -170,7 +173,9 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` ``[B, heads, T, d]`` by ``cos``/``sin`` ``[T, d]``."""
+    """Rotate ``x`` ``[B, heads, T, d]`` by ``cos``/``sin`` ``[T, d]`` (shared) or ``[B, T, d]`` (per row)."""
+    if cos.dim() == 3:
+        cos, sin = cos[:, None], sin[:, None]  # broadcast over the heads
     return x * cos + rotate_half(x) * sin
 
 
@@ -203,8 +208,10 @@ class LMAttention(nn.Module):
         x: torch.Tensor,
         cos_sin: tuple[torch.Tensor, torch.Tensor],
         past_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """``x`` ``[B, T, D]``; ``cos_sin`` for the T new positions. Returns output and the updated (k, v)."""
+        """``x`` ``[B, T, D]``; ``cos_sin`` for the T new positions; ``attention_mask`` ``[B, 1, T, S]`` (True =
+        attend, causality included) replaces the causal mask. Returns output and the updated (k, v)."""
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)
@@ -227,7 +234,9 @@ class LMAttention(nn.Module):
         # prefill on top of a cache needs the offset mask spelled out.
         mask: torch.Tensor | None = None
         is_causal = past_len == 0 and seq > 1
-        if past_len > 0 and seq > 1:
+        if attention_mask is not None:
+            mask, is_causal = attention_mask, False
+        elif past_len > 0 and seq > 1:
             q_pos = torch.arange(seq, device=x.device)[:, None] + past_len
             mask = torch.arange(past_len + seq, device=x.device)[None, :] <= q_pos  # True = attend
         dropout_p = self.dropout if self.training else 0.0
@@ -333,8 +342,9 @@ class LMDecoderLayer(nn.Module):
         x: torch.Tensor,
         cos_sin: tuple[torch.Tensor, torch.Tensor],
         past_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
-        attn_out, present = self.self_attn(self.input_layernorm(x), cos_sin, past_key_value)
+        attn_out, present = self.self_attn(self.input_layernorm(x), cos_sin, past_key_value, attention_mask)
         h = x + attn_out
         aux_loss: torch.Tensor | None = None
         if isinstance(self.mlp, LMMoE):
@@ -365,20 +375,35 @@ class LMModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(
-        self, input_ids: torch.Tensor, past_key_values: KVCache | None = None, use_cache: bool = False
+        self, input_ids: torch.Tensor, past_key_values: KVCache | None = None, use_cache: bool = False,
+        position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, KVCache | None, torch.Tensor | None]:
-        """Returns (final hidden states ``[B, T, D]``, new cache or None, summed MoE aux loss or None)."""
+        """Returns (final hidden states ``[B, T, D]``, new cache or None, summed MoE aux loss or None).
+
+        ``position_ids`` ``[B, T]``: each row's RoPE positions (default: the cached length onwards, shared).
+        ``attention_mask`` ``[B, S]`` over cached + new tokens: False marks pads no token may attend to.
+        """
         if past_key_values is not None and len(past_key_values) != len(self.layers):
             raise ValueError(f"past_key_values has {len(past_key_values)} layers, model has {len(self.layers)}")
         past_len = past_key_values[0][0].shape[2] if past_key_values else 0
-        positions = torch.arange(past_len, past_len + input_ids.shape[1], device=input_ids.device)
+        seq = input_ids.shape[1]
+        positions = position_ids if position_ids is not None else torch.arange(
+            past_len, past_len + seq, device=input_ids.device)
         cos_sin = rope_cos_sin(positions, self.config.resolved_head_dim, self.config.rope_theta)
+        mask: torch.Tensor | None = None
+        if attention_mask is not None:
+            if attention_mask.shape != (input_ids.shape[0], past_len + seq):
+                want = [input_ids.shape[0], past_len + seq]
+                raise ValueError(f"attention_mask must be [batch, cached + new tokens] = {want}")
+            causal = (torch.arange(past_len + seq, device=input_ids.device)[None, :]
+                      <= torch.arange(seq, device=input_ids.device)[:, None] + past_len)
+            mask = attention_mask.bool()[:, None, None, :] & causal  # [B, 1, T, S]
 
         h = self.dropout(self.embed_tokens(input_ids))
         presents: KVCache = []
         aux_loss: torch.Tensor | None = None
         for i, layer in enumerate(self.layers):
-            h, present, layer_aux = layer(h, cos_sin, past_key_values[i] if past_key_values else None)
+            h, present, layer_aux = layer(h, cos_sin, past_key_values[i] if past_key_values else None, mask)
             if use_cache:
                 presents.append(present)
             if layer_aux is not None:
@@ -466,6 +491,8 @@ class LMForCausalLM(nn.Module):
         use_cache: bool = False,
         logits_to_keep: int = 0,
         targets: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> LMOutput:
         """``input_ids`` ``[B, T]``; the loss comes from one of
 
@@ -475,14 +502,15 @@ class LMForCausalLM(nn.Module):
           the convention of the packed training windows: every position has a target.
 
         ``-100`` is ignored in both. ``logits_to_keep > 0`` applies ``lm_head`` to the last positions only
-        (generation); it must be 0 when a loss is asked for.
+        (generation); it must be 0 when a loss is asked for. ``position_ids`` and ``attention_mask``: see
+        ``LMModel.forward`` (batched decoding of rows of different lengths).
         """
         if labels is not None and targets is not None:
             raise ValueError("give labels (unshifted) or targets (shifted), not both")
         if labels is not None:
             # Shift the labels instead of the logits: the same loss without copying [B, T-1, V] logits.
             targets = F.pad(labels[:, 1:], (0, 1), value=-100)
-        hidden, presents, aux_loss = self.model(input_ids, past_key_values, use_cache)
+        hidden, presents, aux_loss = self.model(input_ids, past_key_values, use_cache, position_ids, attention_mask)
         if logits_to_keep > 0:
             if targets is not None:
                 raise ValueError("logits_to_keep must be 0 when labels or targets are given")
