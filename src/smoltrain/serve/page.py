@@ -9,8 +9,9 @@ the package: no build step, nothing from a CDN) and the read-only JSON it draws 
   line count to ask after next time; the page polls it, so curves grow while the run still trains. A line being
   written (no newline yet) waits for the next poll; a file shorter than ``N`` (a resumed run truncated rows
   written after its last checkpoint) comes back whole with ``reset: true``.
-- ``GET /api/examples?count=K``: the first ``K`` test puzzles of a TRM run's dataset, in the text ``/v1/solve``
-  reads, with the colours the kind is drawn in (``palette``: cell value -> CSS colour).
+- ``GET /api/examples?count=K``: the first ``K`` test puzzles of a TRM run's dataset (``index``, ``title``,
+  ``puzzle`` as text, ``grid`` as ``/v1/solve`` returns grids), with the colours the kind is drawn in
+  (``palette``: cell value -> CSS colour) and that of changed cells.
 
 Errors come back as the OpenAI-style body the rest of the server uses, with a 4xx status.
 """
@@ -19,15 +20,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, JSONResponse
 
-from smoltrain.data.puzzles import PuzzleDataset, PuzzleKind, detect_kind, load_identifiers
-from smoltrain.errors import SmoltrainError
-from smoltrain.runs.run_dir import RunDir
+if TYPE_CHECKING:
+    from smoltrain.serve.run import ServedRun
 
 STATIC_DIR = Path(__file__).with_name("static")
 MEDIA_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".png": "image/png"}
@@ -66,51 +65,21 @@ def _css(rgb: tuple[int, int, int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
-def _grid(kind: PuzzleKind, tokens: np.ndarray) -> list[list[Any]]:
-    """The kind's decoded grid as rows (a Sudoku decodes to its flat n*n digits)."""
-    grid = np.asarray(kind.decode(tokens))
-    if grid.ndim == 1:
-        grid = grid.reshape(kind.side(grid.size), -1)
-    return grid.tolist()
+def example_puzzles(run: ServedRun, count: int) -> dict[str, Any]:
+    """The first ``count`` test puzzles of a TRM run (``ServedRun.test_examples``) with a title each, the kind's
+    name and the colours it is drawn in; ``note`` says why there are none."""
+    kind = run.puzzle_kind
+    assert kind is not None
+    examples = [{**example, "title": f"test example {example['index']}"} for example in run.test_examples(count)]
+    body: dict[str, Any] = {"kind": kind.name, "examples": examples, "changed": _css(kind.drawing.changed),
+                            "palette": {str(value): _css(rgb) for value, rgb in kind.drawing.palette.items()}}
+    if not examples:
+        body["note"] = "the run's dataset is not on this machine: type a puzzle instead"
+    return body
 
 
-def _typed_form(kind: PuzzleKind, tokens: np.ndarray) -> str:
-    """A test puzzle as the text a user would type for ``/v1/solve``: the kind's own ``format`` (Sudoku boards and
-    mazes read back by its ``parse``), an ARC canvas as its cropped grid in JSON."""
-    if kind.name == "arc":
-        return json.dumps(kind.decode(tokens).tolist())
-    return kind.format(tokens)
-
-
-def example_puzzles(run_dir: Path, count: int) -> dict[str, Any]:
-    """The first ``count`` test puzzles of the dataset a TRM run was trained on (``data_paths_test``, else
-    ``data_paths``), with the kind's name and palette; ``note`` says why there are none."""
-    cfg = RunDir(run_dir).load_config()
-    paths = cfg.data_paths_test or cfg.data_paths
-    if not paths or not (Path(paths[0]) / "test").is_dir():
-        where = paths[0] if paths else "(no data_paths)"
-        return {"kind": None, "examples": [], "palette": {},
-                "note": f"the run's dataset {where} is not on this machine: type a puzzle instead"}
-    root = Path(paths[0])
-    kind = detect_kind(root)
-    dataset = PuzzleDataset(root, "test", global_batch_size=1, test_mode=True)  # validates the split
-    shown = min(count, dataset.num_examples)
-    inputs = np.load(root / "test" / "all__inputs.npy", mmap_mode="r")[:shown].astype(np.int64)
-    puzzles = np.searchsorted(dataset.puzzle_indices, np.arange(shown), side="right") - 1
-    names = load_identifiers(root) or []
-    examples = []
-    for index in range(shown):
-        identifier = int(dataset.puzzle_identifiers[puzzles[index]])
-        name = names[identifier] if 0 <= identifier < len(names) else str(identifier)
-        examples.append({"index": index, "title": kind.title(index, name), "puzzle": _typed_form(kind, inputs[index]),
-                         "grid": _grid(kind, inputs[index])})
-    palette = {str(value): _css(rgb) for value, rgb in kind.drawing.palette.items()}
-    return {"kind": kind.name, "examples": examples, "palette": palette,
-            "changed": _css(kind.drawing.changed), "total": dataset.num_examples}
-
-
-def page_router(run: Any) -> APIRouter:
-    """The playground's routes for ``run`` (a ``ServedRun``: ``run_dir``, ``family``, ``name``, ``kind``, ``info()``)."""
+def page_router(run: ServedRun) -> APIRouter:
+    """The playground's routes for ``run``."""
     router = APIRouter()
     shipped = {path.name: path for path in STATIC_DIR.iterdir() if path.suffix in MEDIA_TYPES}
 
@@ -132,15 +101,13 @@ def page_router(run: Any) -> APIRouter:
 
     @router.get("/api/metrics")
     def metrics(after: int = Query(0, ge=0, description="lines already read")) -> dict[str, Any]:
-        return read_metrics_after(RunDir(run.run_dir).metrics, after)
+        return read_metrics_after(run.metrics_path, after)
 
     @router.get("/api/examples")
     def examples(count: int = Query(8, ge=1, le=MAX_EXAMPLES)) -> Any:
         if run.family != "trm":
-            return _error(400, f"test puzzles come from TRM runs; {run.name} is an {run.family} run", code="wrong_family")
-        try:
-            return example_puzzles(Path(run.run_dir), count)
-        except SmoltrainError as err:  # a damaged dataset: one line, as the CLI would say it
-            return _error(422, str(err), code="bad_dataset")
+            return _error(400, f"test puzzles come from TRM runs; {run.name} is an {run.family} run",
+                          code="wrong_family")
+        return example_puzzles(run, count)  # a damaged dataset raises a SmoltrainError: the server's 400
 
     return router

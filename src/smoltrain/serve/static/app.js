@@ -5,7 +5,7 @@
 const $ = (selector) => document.querySelector(selector);
 const POLL_MS = 2000;  // how often the curves ask for new metrics rows
 const MAZE_CHARS = "?# SGo";  // maze tokens 0..5 (PAD, wall, free, start, goal, path), as smoltrain.data.maze
-const MAZE_NAMES = {1: "wall", 2: "free", 3: "start", 4: "goal", 5: "path"};
+const MAZE_WORDS = {"#": "wall", " ": "free", "S": "start", "G": "goal", "o": "path"};  // what the characters mean
 const ARC_COLOURS = ["#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#AAAAAA", "#F012BE", "#FF851B",
                      "#7FDBFF", "#870C25"];  // ARC's standard ten, used when the server sends no palette
 const SKIPPED_KEYS = new Set(["step", "split", "elapsed_s", "count", "skipped"]);
@@ -163,6 +163,7 @@ async function sendChat(event) {
   meta.textContent = `${pieces} chunks${rate}${firstToken} · ${finish || "done"}`;
   bubble.appendChild(meta);
   bubble.dataset.finish = finish || "done";
+  bubble.dataset.chunks = String(pieces);
   $("#chat-status").textContent = "";
 }
 
@@ -240,7 +241,7 @@ function drawGrid(container, grid, {changed = [], givens = null} = {}) {
       } else {
         const colour = cellColour(kind, value);
         if (colour) cell.style.background = colour;
-        cell.title = kind === "maze" ? (MAZE_NAMES[value] || "?") : "colour " + value;
+        cell.title = kind === "maze" ? (MAZE_WORDS[MAZE_CHARS[value]] || "?") : "colour " + value;
       }
       if (marked.has(r + "," + c)) cell.classList.add("changed");
       cells.push(cell);
@@ -253,7 +254,12 @@ function drawLegend() {
   const kind = kindOf();
   const items = [];
   if (kind === "maze") {
-    for (const [value, name] of Object.entries(MAZE_NAMES)) items.push([cellColour(kind, Number(value)), name]);
+    // the server's legend says which character each token is (/v1/solve "legend"); else smoltrain's own tokens
+    const legend = (state.trace && state.trace.legend && Object.keys(state.trace.legend).length)
+      ? state.trace.legend : Object.fromEntries([...MAZE_CHARS].map((ch, token) => [token, ch]));
+    for (const [token, ch] of Object.entries(legend)) {
+      if (MAZE_WORDS[ch]) items.push([cellColour(kind, Number(token)), `${MAZE_WORDS[ch]} (${ch === " " ? "space" : ch})`]);
+    }
   } else if (kind === "arc") {
     for (let v = 0; v < 10; v++) items.push([cellColour(kind, v), String(v)]);
   } else {
@@ -309,11 +315,19 @@ function pickExample() {
   else drawGrid($("#puzzle-grid"), example.grid);
 }
 
+// A picked test example goes by its index (the server then knows its target and, for ARC, its puzzle
+// identifier); an edited or typed puzzle goes as text, an ARC grid as JSON rows.
 function puzzleBody() {
   const text = $("#puzzle-input").value;
-  const body = {puzzle: text};
-  if (kindOf() === "arc") {
-    try { body.puzzle = JSON.parse(text); } catch (_) { /* the server says what is wrong with it */ }
+  const picked = state.examples.find((e) => String(e.index) === $("#example-select").value);
+  let body;
+  if (picked && picked.puzzle === text) {
+    body = {example: picked.index};
+  } else {
+    body = {puzzle: text};
+    if (kindOf() === "arc") {
+      try { body.puzzle = JSON.parse(text); } catch (_) { /* the server says what is wrong with it */ }
+    }
   }
   const steps = Number($("#max-steps").value);
   if (steps > 0) body.max_steps = steps;
@@ -336,12 +350,13 @@ async function solve() {
     $("#solve-status").textContent = `${trace.steps.length} ACT steps in ${seconds} s; halted at step ${trace.halted_at}`;
     const verdict = $("#verdict");
     verdict.className = trace.valid === true ? "good" : trace.valid === false ? "bad" : "";
-    verdict.textContent = trace.valid === true ? "✓ the answer is valid" : trace.valid === false
-      ? "✗ the answer is not valid" : "no check for this puzzle";
+    const mark = trace.valid === true ? "✓ " : trace.valid === false ? "✗ " : "";
+    verdict.textContent = mark + (trace.verdict || (trace.valid === true ? "the answer is valid"
+      : trace.valid === false ? "the answer is not valid" : "no check for this puzzle"));
     const kind = kindOf();
-    const givens = kind === "sudoku" ? sudokuGivens($("#puzzle-input").value) : null;
-    state.givens = givens;
-    if (givens) drawGrid($("#puzzle-grid"), givens, {givens});
+    const input = trace.input || (kind === "sudoku" ? sudokuGivens($("#puzzle-input").value) : null);
+    state.givens = kind === "sudoku" ? input : null;
+    if (input) drawGrid($("#puzzle-grid"), input, {givens: state.givens});
     drawLegend();
     showStep(0);
   } catch (err) {
@@ -350,8 +365,6 @@ async function solve() {
     button.disabled = false;
   }
 }
-
-function sigmoid(x) { return 1 / (1 + Math.exp(-x)); }
 
 function showStep(index) {
   const trace = state.trace;
@@ -364,9 +377,10 @@ function showStep(index) {
   $("#step-label").textContent = `step ${index + 1} / ${trace.steps.length}${halted}`;
   $("#answer-caption").textContent = `after ACT step ${index + 1}, ${step.changed.length} cells changed`;
   drawGrid($("#answer-grid"), step.grid, {changed: step.changed, givens: state.givens});
-  const confidence = sigmoid(step.q_halt);
+  // q_halt: the model's probability that the answer is done (sigmoid of its halting logit); ACT halts above 0.5
+  const confidence = Math.max(0, Math.min(1, step.q_halt));
   $("#halt-bar").style.width = (100 * confidence).toFixed(1) + "%";
-  $("#halt-value").textContent = `${(100 * confidence).toFixed(1)}% (q_halt ${step.q_halt.toFixed(2)})`;
+  $("#halt-value").textContent = `${(100 * confidence).toFixed(1)}%` + (confidence > 0.5 ? " (would halt)" : "");
 }
 
 function stopPlaying() {
@@ -519,8 +533,17 @@ async function start() {
   $("#step-play").addEventListener("click", togglePlay);
   for (const id of ["#x-axis", "#log-y", "#extra-metric"]) $(id).addEventListener("change", drawCurves);
   window.addEventListener("resize", drawCurves);
+  window.addEventListener("hashchange", () => { if (state.run) showView(viewFromHash()); });
   pollMetrics();
   await loadRun();
+}
+
+// The view a link names (#chat, #solver, #curves) when this run has it, else the run's first view.
+function viewFromHash() {
+  const family = state.run.family;
+  const first = family === "lm" ? "chat" : family === "trm" ? "solver" : "curves";
+  const wanted = location.hash.slice(1);
+  return ["curves", first].includes(wanted) ? wanted : first;
 }
 
 async function loadRun() {
@@ -537,11 +560,13 @@ async function loadRun() {
   const family = state.run.family;
   $('#tabs button[data-view="chat"]').hidden = family !== "lm";
   $('#tabs button[data-view="solver"]').hidden = family !== "trm";
-  const wanted = location.hash.slice(1);
-  const first = family === "lm" ? "chat" : family === "trm" ? "solver" : "curves";
-  const allowed = ["curves", first];
-  showView(allowed.includes(wanted) ? wanted : first);
+  showView(viewFromHash());
   if (family === "lm") {
+    if (state.run.context) {  // prompt + reply must fit the context the run trained on
+      const box = $("#max-tokens");
+      box.max = String(state.run.context - 1);
+      box.value = String(Math.min(Number(box.value), Math.floor(state.run.context / 2)));
+    }
     try {
       const models = await getJSON("/v1/models");
       state.model = models.data && models.data.length ? models.data[0].id : state.run.name;
