@@ -126,6 +126,16 @@ def cmd_info(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(ns: argparse.Namespace) -> int:
+    from smoltrain.runs.curves import plot_curves
+
+    metrics = [m for group in ns.metric for m in group.split(",") if m] if ns.metric else None
+    output, series = plot_curves(ns.run_dirs, ns.output, metrics=metrics, x=ns.x, title=ns.title)
+    drawn = sorted({s.metric for s in series})
+    print(f"wrote {output}: {len(series)} curves of {', '.join(drawn)} from {len(ns.run_dirs)} run(s)")
+    return 0
+
+
 def _data_options(options_type: type[OptionsT], ns: argparse.Namespace) -> OptionsT:
     """A builder's options from the arguments of its `data` verb: each flag's dest is the name of a field."""
     return options_type(**{field.name: getattr(ns, field.name) for field in dataclasses.fields(options_type)})
@@ -328,6 +338,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = verb("info", cmd_info, "Show a recipe's parameter count, steps and resolved config.")
     sub.add_argument("args", nargs="*", metavar="[RECIPE] key=value")
     sub.add_argument("--show-config", action="store_true", help="print the resolved config as YAML")
+
+    sub = verb("plot", cmd_plot, "Draw the training and evaluation curves of runs, overlaid (.png or .html).")
+    sub.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    sub.add_argument("--metric", action="append", default=None, metavar="NAME[,NAME]",
+                     help="metrics to draw, one chart each (default: loss and accuracy or bits_per_byte)")
+    sub.add_argument("--x", choices=("step", "time"), default="step", help="x axis: optimizer step or wall time")
+    sub.add_argument("--output", required=True, metavar="FILE.png|FILE.html",
+                     help=".png needs matplotlib (the plot extra); .html is one self-contained page")
+    sub.add_argument("--title", default="")
 
     for name, handler, text in (("generate", cmd_generate, "Continue a prompt with an LM run, streaming tokens."),
                                 ("chat", cmd_chat, "Chat with an LM run (ChatML template), one line a turn.")):
