@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import os
+import pathlib
 import sys
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
-from smoltrain.errors import DataError, SmoltrainError
+from smoltrain.errors import ConfigError, DataError, SmoltrainError
 
 EXIT_UNEXPECTED = 1  # an exception that is not a SmoltrainError: a bug, or a user mistake not yet checked
 EXIT_USER_ERROR = 2
@@ -105,13 +107,14 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 def cmd_info(ns: argparse.Namespace) -> int:
     from smoltrain.config import config_to_yaml
     from smoltrain.families import build_family, load_config
-    from smoltrain.runtime.device import pick_device
+    from smoltrain.runtime.device import pick_device, resolve_precision
     from smoltrain.runtime.distributed import DistEnv
 
     recipe, overrides = _split_recipe(ns.args)
     family = build_family(load_config(recipe, overrides), DistEnv(), pick_device("cpu"))
     cfg = family.cfg  # resolved: what a run of it would write to config.yaml
-    facts = family.describe(family.build_model())
+    model = family.build_model()
+    facts = family.describe(model)
     try:
         steps_per_epoch = family.steps_per_epoch()
     except SmoltrainError as err:  # a model can be described from declared shapes alone; steps need data
@@ -119,10 +122,29 @@ def cmd_info(ns: argparse.Namespace) -> int:
     else:
         facts["steps_per_epoch"] = round(steps_per_epoch, 3)
         facts["total_steps"] = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
+    if "steps" not in facts:  # the data is here: one real micro-batch through forward and backward
+        from smoltrain.train.profile import cost_facts, measure_step
+
+        facts.update(cost_facts(measure_step(family, model, resolve_precision(cfg.precision, pick_device("cpu")))))
+    else:
+        facts["flops_per_step"] = "unknown (counted on a micro-batch of the dataset, which is not built yet)"
     if ns.show_config:
         print(config_to_yaml(cfg))
     for key, value in facts.items():
         print(f"{key}: {value:,}" if isinstance(value, int) else f"{key}: {value}")
+    from smoltrain.train.profile import parameter_table, plot_parameters
+
+    table = parameter_table(model)
+    total = sum(n for _, n in table) or 1
+    width = max(len(name) for name, _ in table)
+    print("parameters by module:")
+    for name, count in table:
+        print(f"  {name:<{width}}  {count:>12,}  {100 * count / total:5.1f}%")
+    if ns.plot:
+        if importlib.util.find_spec("matplotlib") is None:
+            raise ConfigError("--plot needs matplotlib: pip install 'smoltrain[plot]'")
+        plot_parameters(table, pathlib.Path(ns.plot), f"{cfg.arch.name}: {total:,} parameters")
+        print(f"wrote {ns.plot}")
     return 0
 
 
@@ -338,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = verb("info", cmd_info, "Show a recipe's parameter count, steps and resolved config.")
     sub.add_argument("args", nargs="*", metavar="[RECIPE] key=value")
     sub.add_argument("--show-config", action="store_true", help="print the resolved config as YAML")
+    sub.add_argument("--plot", default=None, metavar="FILE.png", help="draw the parameters by module (matplotlib)")
 
     sub = verb("plot", cmd_plot, "Draw the training and evaluation curves of runs, overlaid (.png or .html).")
     sub.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")

@@ -66,3 +66,14 @@ def test_cli_plot_and_its_mistakes(two_runs, tmp_path):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--metric nope" in bad.stderr
     bad = run_python(["-m", "smoltrain", "plot", str(tmp_path), "--output", str(tmp_path / "c.svg")])
     assert bad.returncode == 2 and ".png or .html" in bad.stderr
+
+
+def test_info_prints_the_step_cost_and_plots_the_parameters(tmp_path):
+    out = tmp_path / "params.png"
+    proc = run_python(["-m", "smoltrain", "info", "toy", f"run_dir={tmp_path / 'run'}", "arch.seq_len=4",
+                       "arch.hidden_size=8", "arch.num_layers=2", "global_batch_size=16", "--plot", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    assert "flops_per_step: 227,328 (227 kFLOP" in proc.stdout  # the hand count of tests/unit/test_profile.py
+    assert "activation_memory:" in proc.stdout and "parameter_memory:" in proc.stdout
+    assert "  layers " in proc.stdout  # the per-module table
+    assert Image.open(out).text["smoltrain:bars"] == "5"  # embed_positions, embed_tokens, layers, norm, lm_head
