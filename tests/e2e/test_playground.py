@@ -2,8 +2,9 @@
 ``.ci/run`` installs) driven by selenium against ``smoltrain serve``'s app, started here with uvicorn on a free port.
 
 The page loads without console errors, a chat message streams a reply, a Sudoku is solved and stepped through, the
-curves render and grow while the run writes rows. Screenshots land in the test's tmp dir (and in
-``$SMOLTRAIN_SCREENSHOTS`` when set: that is how docs/img/*.png are made)."""
+curves render and grow while the run writes rows. Screenshots land in the test's tmp dir, and in
+``$SMOLTRAIN_SCREENSHOTS`` when set. The runs are tiny ones trained here; ``SMOLTRAIN_PLAYGROUND_RUNS=LM_RUN:TRM_RUN``
+(a Sudoku run) puts copies of trained runs in their place, which is how docs/img/*.png were made."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pytest
 
 from smoltrain.data.sudoku import build_sudoku_dataset
 from smoltrain.families import load_config
+from smoltrain.runs.run_dir import RunDir
 from smoltrain.train.trainer import Trainer
 from tests.unit.test_lm_training import TINY, text_data  # noqa: F401
 
@@ -46,8 +48,22 @@ TINY_TRM = ["arch=trm", "arch.L_layers=1", "arch.hidden_size=32", "arch.num_head
 WAIT_S = 20  # generous for a shared 2-core machine; every wait ends as soon as its condition holds
 
 
+def _given_run(which: int, tmp_path_factory) -> Path | None:
+    """A copy of the run named in SMOLTRAIN_PLAYGROUND_RUNS (the curves test appends to its metrics)."""
+    given = os.environ.get("SMOLTRAIN_PLAYGROUND_RUNS")
+    if not given:
+        return None
+    source = Path(given.split(":")[which])
+    copy = tmp_path_factory.mktemp("given") / source.name
+    shutil.copytree(source, copy)
+    return copy
+
+
 @pytest.fixture(scope="module")
 def trm_run(tmp_path_factory) -> Path:
+    given = _given_run(1, tmp_path_factory)
+    if given is not None:
+        return given
     root = tmp_path_factory.mktemp("playground")
     build_sudoku_dataset(root / "sudoku4", "generate", size=4, num_train=200, num_test=16, seed=0)
     cfg = load_config(None, [*TINY_TRM, f"data_paths=[{root / 'sudoku4'}]", f"run_dir={root / 'trm'}",
@@ -58,6 +74,9 @@ def trm_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def lm_run(text_data, tmp_path_factory) -> Path:  # noqa: F811
+    given = _given_run(0, tmp_path_factory)
+    if given is not None:
+        return given
     run = tmp_path_factory.mktemp("playground-lm") / "lm"
     # A context of 128 tokens: the chat template and a system prompt take about 30 of them.
     cfg = load_config("lm-pretrain-cpu", [*TINY, "arch.seq_len=128", f"data_paths=[{text_data}]", f"run_dir={run}",
@@ -164,27 +183,29 @@ def test_stop_ends_a_reply(browser, lm_server) -> None:
     assert _console_errors(browser) == []
 
 
-def test_sudoku_is_solved_and_stepped(browser, trm_server, tmp_path) -> None:
+def test_sudoku_is_solved_and_stepped(browser, trm_server, trm_run, tmp_path) -> None:
     _open(browser, trm_server + "/")
     assert browser.find_element(By.ID, "view-solver").is_displayed()  # a TRM run opens on the solver
     assert not browser.find_element(By.CSS_SELECTOR, '#tabs button[data-view="chat"]').is_displayed()
     _wait(browser, lambda d: d.find_element(By.ID, "puzzle-input").get_attribute("value"), "no test puzzle picked")
     browser.find_element(By.ID, "solve-button").click()
     _wait(browser, lambda d: d.find_element(By.ID, "step-label").text.startswith("step 1 /"), "no trace shown")
+    arch = RunDir(trm_run).load_config().arch
     total = int(browser.find_element(By.ID, "step-label").text.split("/")[1].split()[0])
-    assert total == 4  # arch.halt_max_steps
+    assert total == arch.halt_max_steps
     cells = browser.find_elements(By.CSS_SELECTOR, "#answer-grid .cell")
-    assert len(cells) == 16 and all(c.text.strip() in "1234" for c in cells)  # a 4x4 board of digits
+    assert len(cells) == arch.seq_len and all(c.text.strip() in "123456789" for c in cells)  # a board of digits
     assert len(browser.find_elements(By.CSS_SELECTOR, "#puzzle-grid .cell.given")) > 0
     browser.find_element(By.ID, "step-next").click()
-    assert browser.find_element(By.ID, "step-label").text.startswith("step 2 / 4")
+    assert browser.find_element(By.ID, "step-label").text.startswith(f"step 2 / {total}")
     changed = browser.find_elements(By.CSS_SELECTOR, "#answer-grid .cell.changed")
     assert len(changed) == int(browser.find_element(By.ID, "answer-grid").get_attribute("data-changed"))
     assert "%" in browser.find_element(By.ID, "halt-value").text  # the halting confidence of this step
     assert browser.find_element(By.ID, "verdict").text  # valid or not, the verdict is shown
     browser.find_element(By.ID, "step-last").click()
-    assert browser.find_element(By.ID, "step-label").text.startswith("step 4 / 4")
-    browser.find_element(By.ID, "step-prev").click()
+    assert browser.find_element(By.ID, "step-label").text.startswith(f"step {total} / {total}")
+    browser.find_element(By.ID, "step-first").click()
+    browser.find_element(By.ID, "step-next").click()
     _screenshot(browser, tmp_path, "solver")
     assert _console_errors(browser) == []
 
@@ -212,13 +233,15 @@ def test_curves_render_and_follow_the_run(browser, trm_server, trm_run, tmp_path
     assert int(loss.get_attribute("data-series")) >= 2  # train/loss, train/lm_loss, eval/... on one axis
     assert _painted_pixels(browser, "chart-loss") > 200
     assert int(browser.find_element(By.ID, "chart-accuracy").get_attribute("data-points")) >= train_rows
+    _screenshot(browser, tmp_path, "curves")
     # A run still training appends rows: the page polls and draws them without a reload.
     before = int(loss.get_attribute("data-points"))
+    last = [json.loads(line) for line in (trm_run / "metrics.jsonl").open()][-1]
     with (trm_run / "metrics.jsonl").open("a") as file:
-        file.write(json.dumps({"split": "train", "step": 21, "loss": 0.5, "elapsed_s": 9.0}) + "\n")
+        file.write(json.dumps({"split": "train", "step": last["step"] + 1, "loss": 0.5,
+                               "elapsed_s": last.get("elapsed_s", 0) + 1}) + "\n")
     _wait(browser, lambda d: int(d.find_element(By.ID, "chart-loss").get_attribute("data-points")) == before + 1,
           "the new row was not drawn")
     Select(browser.find_element(By.ID, "x-axis")).select_by_value("time")
     assert int(browser.find_element(By.ID, "chart-loss").get_attribute("data-points")) == before + 1
-    _screenshot(browser, tmp_path, "curves")
     assert _console_errors(browser) == []
