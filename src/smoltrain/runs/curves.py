@@ -17,8 +17,8 @@ from typing import Any
 
 from smoltrain.errors import ConfigError, DataError
 from smoltrain.fileio import atomic_write_bytes, atomic_write_text, writing
+from smoltrain.runs.run_dir import RunDir
 
-CURVES_FILE = "curves.png"
 # Metrics drawn when none are asked for, those a run logs: its loss, then what says how good it is.
 DEFAULT_METRICS = ("loss", "exact_accuracy", "accuracy", "bits_per_byte")
 X_AXES = ("step", "time")
@@ -45,7 +45,7 @@ def has_matplotlib() -> bool:
 
 
 def _rows(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
+    path = RunDir(run_dir).metrics
     if not path.is_file():
         raise DataError(f"{run_dir} has no metrics.jsonl: give the directory of a run that has trained")
     rows = []
@@ -195,12 +195,12 @@ def plot_curves(run_dirs: list[str | Path], output: str | Path, metrics: list[st
 
 def write_run_curves(run_dir: Path) -> Path | None:
     """``RUN/curves.png`` of the run's own metrics, or None when matplotlib is not installed or nothing is logged."""
-    if not has_matplotlib() or not (run_dir / "metrics.jsonl").is_file():
+    if not has_matplotlib() or not RunDir(run_dir).metrics.is_file():
         return None
     try:
         series = curve_series([run_dir])
     except DataError:  # no rows yet (a run stopped before its first step)
         return None
-    path = run_dir / CURVES_FILE
+    path = RunDir(run_dir).curves
     atomic_write_bytes(path, _png(series, "step", run_dir.resolve().name))
     return path

@@ -28,7 +28,7 @@ from smoltrain.errors import ConfigError, SmoltrainError
 from smoltrain.families import family_class, resolve
 from smoltrain.families.base import Batch
 from smoltrain.runs import checkpoint as ckpt
-from smoltrain.runs.curves import CURVES_FILE, has_matplotlib, write_run_curves
+from smoltrain.runs.curves import has_matplotlib, write_run_curves
 from smoltrain.runs.run_dir import RunDir
 from smoltrain.runtime.device import DTYPES, device_type, pick_device, resolve_precision
 from smoltrain.runtime.distributed import (
@@ -593,12 +593,13 @@ class Trainer:
         lines += ["", "## Curves", ""]
         # metrics.jsonl is line-buffered: every row is in the file already
         if write_run_curves(root) is not None:
-            lines += [f"![training curves]({CURVES_FILE})", "", f"Drawn from metrics.jsonl; overlay runs with "
+            lines += [f"![training curves]({self.run.curves.name})", "", f"Drawn from metrics.jsonl; overlay runs with "
                       f"`smoltrain plot {root} OTHER_RUN --output curves.html`."]
         else:
             why = "matplotlib is not installed (pip install 'smoltrain[plot]')" if not has_matplotlib() else \
                 "nothing was logged"
-            lines += [f"No {CURVES_FILE}: {why}. `smoltrain plot {root} --output curves.html` draws them without it."]
+            lines += [f"No {self.run.curves.name}: {why}. `smoltrain plot {root} --output curves.html` draws them "
+                      "without it."]
         lines += [
             "",
             "## Next",
