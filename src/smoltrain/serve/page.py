@@ -19,8 +19,10 @@ Errors come back as the OpenAI-style body the rest of the server uses, with a 4x
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, JSONResponse
@@ -39,26 +41,59 @@ def _error(status: int, message: str, param: str | None = None, code: str | None
                         status_code=status)
 
 
-def read_metrics_after(path: Path, after: int) -> dict[str, Any]:
-    """Complete rows of a metrics.jsonl after its first ``after`` lines: ``{"rows", "next", "reset"}``.
+class MetricsTail:
+    """Rows of a growing metrics.jsonl after its first ``after`` lines, reading only what was appended since the
+    last call (the page polls every two seconds; a long run's file is megabytes).
 
-    A line without its newline is being written (the trainer writes one row a line): it is left for the next
-    call. A line that does not parse (cut short by a kill) counts as a line but gives no row."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        text = ""
-    lines = text.split("\n")[:-1]  # the last piece has no newline: empty, or a row still being written
-    reset = after > len(lines)
-    rows = []
-    for line in lines[0 if reset else after:]:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return {"rows": rows, "next": len(lines), "reset": reset}
+    It remembers where each complete line starts. A line without its newline is being written (the trainer
+    writes one row a line): it waits for the next call. A file that shrank or was replaced (a resumed run
+    truncates rows written after its last checkpoint) is read again from the start. A line that does not parse
+    (cut short by a kill) counts as a line but gives no row."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file the offsets are of
+        self._starts: list[int] = [0]  # byte offset of each complete line, then of the first incomplete one
+        self._lock = threading.Lock()  # FastAPI answers plain-def routes from a thread pool
+
+    def _index(self, file: BinaryIO, size: int) -> None:
+        """Extend the line starts over the bytes appended since the last call."""
+        file.seek(self._starts[-1])
+        data = file.read(size - self._starts[-1])
+        base = self._starts[-1]
+        end = data.find(b"\n")
+        while end >= 0:
+            self._starts.append(base + end + 1)
+            end = data.find(b"\n", end + 1)
+
+    def read(self, after: int) -> dict[str, Any]:
+        """``{"rows": the rows of lines after the first ``after``, "next": the complete lines, "reset": whether
+        ``after`` was past the end, so the rows are the whole file}``."""
+        with self._lock:
+            try:
+                file = self.path.open("rb")
+            except FileNotFoundError:
+                self._identity, self._starts = None, [0]
+                return {"rows": [], "next": 0, "reset": after > 0}
+            with file:
+                stat = os.fstat(file.fileno())
+                if (stat.st_dev, stat.st_ino) != self._identity or stat.st_size < self._starts[-1]:
+                    self._identity, self._starts = (stat.st_dev, stat.st_ino), [0]
+                self._index(file, stat.st_size)
+                lines = len(self._starts) - 1
+                reset = after > lines
+                first = 0 if reset else after
+                file.seek(self._starts[first])
+                data = file.read(self._starts[-1] - self._starts[first])
+        rows = []
+        for line in data.decode("utf-8", errors="replace").split("\n")[:-1]:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+        return {"rows": rows, "next": lines, "reset": reset}
 
 
 def _css(rgb: tuple[int, int, int]) -> str:
@@ -99,9 +134,11 @@ def page_router(run: ServedRun) -> APIRouter:
     def run_facts() -> dict[str, Any]:
         return {**run.info(), "family": run.family, "name": run.name, "kind": run.kind}
 
+    tail = MetricsTail(run.metrics_path)
+
     @router.get("/api/metrics")
     def metrics(after: int = Query(0, ge=0, description="lines already read")) -> dict[str, Any]:
-        return read_metrics_after(run.metrics_path, after)
+        return tail.read(after)
 
     @router.get("/api/examples")
     def examples(count: int = Query(8, ge=1, le=MAX_EXAMPLES)) -> Any:
