@@ -159,6 +159,9 @@ def test_chat_streams_a_reply(browser, lm_server, tmp_path) -> None:
     assert browser.find_element(By.ID, "view-chat").is_displayed()  # an LM run opens on the chat
     assert not browser.find_element(By.CSS_SELECTOR, '#tabs button[data-view="solver"]').is_displayed()
     browser.find_element(By.ID, "system-prompt").send_keys("Be brief.")
+    browser.execute_script("const t = document.getElementById('temperature'); t.value = '0.2';"
+                           "t.dispatchEvent(new Event('input'));")
+    assert browser.find_element(By.ID, "temperature-value").text == "0.2"
     browser.find_element(By.ID, "chat-input").send_keys("the cat")
     browser.find_element(By.ID, "chat-send").click()
     reply = _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, ".message.assistant[data-finish]"),
@@ -205,7 +208,7 @@ def test_sudoku_is_solved_and_stepped(browser, trm_server, trm_run, tmp_path) ->
     browser.find_element(By.ID, "step-last").click()
     assert browser.find_element(By.ID, "step-label").text.startswith(f"step {total} / {total}")
     browser.find_element(By.ID, "step-first").click()
-    browser.find_element(By.ID, "step-next").click()
+    assert browser.find_element(By.ID, "step-label").text.startswith(f"step 1 / {total}")
     _screenshot(browser, tmp_path, "solver")
     assert _console_errors(browser) == []
 

@@ -64,7 +64,7 @@ const SmolPlot = (() => {
     if (y1 === y0) { const pad = Math.abs(y0) * 0.1 || 1; y0 -= pad; y1 += pad; }
     const yPad = (y1 - y0) * 0.05; y0 -= yPad; y1 += yPad;
     // the legend below the axes flows in rows as wide as the chart; its height sets the bottom margin
-    const left = 58, right = 14, top = 28;
+    const left = 58, right = 24, top = 28;  // room on the right for the last x tick's label
     const legend = [];
     let lx = left, row = 0;
     for (const s of usable) {
