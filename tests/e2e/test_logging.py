@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
+
 import pytest
 
 from smoltrain.families import load_config
@@ -76,3 +85,26 @@ def test_the_bar_shows_throughput_and_the_latest_eval():
     assert text == "loss=0.5123 | accuracy=0.75 | 56.8k tokens/s | eval@5: accuracy=0.5"
     assert bar_postfix({"step": 1, "loss": 2.0, "samples_per_s": 80.5}, None) == "loss=2 | 80.5 samples/s"
     assert len(bar_postfix({"step": 1, **{f"m{i}_accuracy": 0.5 for i in range(40)}}, None)) == 110
+
+
+def test_on_a_terminal_the_bar_shows_eta_rate_and_the_latest_eval(tmp_path):
+    """A training under a pseudo-terminal, 200 columns wide, draws tqdm's bar with the postfix."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))  # a pty starts 0 columns wide
+    args = ["-m", "smoltrain", "train", "toy", *toy_overrides(tmp_path, max_steps=60, log_every=10, eval_every=30)]
+    proc = subprocess.Popen([sys.executable, *args], stdout=follower, stderr=follower, env=os.environ.copy())
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert proc.wait(timeout=120) == 0
+    bars = [line for line in output.decode(errors="replace").replace("\r", "\n").split("\n") if "60/60" in line]
+    assert bars, output[-2000:]
+    assert re.search(r"\[\d\d:\d\d<\d\d:\d\d", bars[-1])  # elapsed<remaining: tqdm's ETA
+    assert "samples/s" in bars[-1] and "eval@30: loss=" in bars[-1] and "loss=" in bars[-1]

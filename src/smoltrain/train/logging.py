@@ -128,9 +128,8 @@ class MetricsLogger:
             print(message, flush=True)
 
     def advance(self, step: int) -> None:
-        if self._bar is not None:
-            self._bar.n = step
-            self._bar.refresh()
+        if self._bar is not None:  # update() redraws at most every mininterval (0.1 s), not on every step
+            self._bar.update(step - self._bar.n)
 
     def _show(self, row: dict[str, Any], prefix: str) -> None:
         shown = {k: v for k, v in row.items() if k not in ("step", "elapsed_s", "split")}
