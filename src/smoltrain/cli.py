@@ -336,6 +336,18 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     return run_demo(run_dir=ns.run_dir or "runs/demo", minutes=ns.minutes)
 
 
+def cmd_serve(ns: argparse.Namespace) -> int:
+    import importlib.util
+
+    missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"smoltrain serve needs {' and '.join(missing)}: pip install 'smoltrain[serve]'")
+    from smoltrain.serve.app import serve
+
+    serve(ns.run_dir, host=ns.host, port=ns.port, api_key=ns.api_key, device=ns.device)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="smoltrain", description="Train tiny models from scratch.")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -396,6 +408,15 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--example", type=COUNT, default=None, metavar="N",
                        help="test example N of the run's own dataset (any kind, ARC included)")
     sub.add_argument("--render", default=None, metavar="DIR", help="draw the ACT trace as PNGs and DIR/index.html")
+    sub.add_argument("--device", default="auto")
+
+    sub = verb("serve", cmd_serve, "Serve a run: an OpenAI-compatible API (LM runs), puzzle solving (TRM runs) "
+                                   "and the playground page.")
+    sub.add_argument("run_dir")
+    sub.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
+    sub.add_argument("--port", type=_number(int, 0, 65535), default=8000, help="0 = any free port (8000)")
+    sub.add_argument("--api-key", default=None, metavar="KEY",
+                     help="require Authorization: Bearer KEY on every request (default: $SMOLTRAIN_API_KEY)")
     sub.add_argument("--device", default="auto")
 
     imports = verbs.add_parser("import", help="Convert checkpoints of other code bases into run directories.",

@@ -112,6 +112,7 @@ class Engine:
         self._wake = threading.Condition()
         self._closed = False
         self.largest_batch = 0  # the most sequences one decoding step has run (the tests and the benchmark read it)
+        self.cancelled = 0  # sequences that left the batch because their client went away
         self._thread = threading.Thread(target=self._loop, name="smoltrain-serve-engine", daemon=True)
         self._thread.start()
 
@@ -152,13 +153,15 @@ class Engine:
             try:
                 with torch.inference_mode():
                     for seq in joining:
-                        if not seq.cancelled:
+                        if seq.cancelled:
+                            self.cancelled += 1
+                        else:
                             self._join(seq)
                     if self._active:
                         self._step()
             except Exception as err:  # noqa: BLE001 - report to every client instead of dying silently
                 message = f"decoding failed: {type(err).__name__}: {err}"
-                for seq in self._active + joining:
+                for seq in dict.fromkeys(self._active + joining):
                     if not seq.cancelled:
                         seq.emit(Failed(message))
                 with self._wake:
@@ -195,6 +198,7 @@ class Engine:
         next_tokens: list[int] = []
         for row, seq in enumerate(self._active):
             if seq.cancelled:
+                self.cancelled += 1
                 continue
             s = seq.sampling
             token = int(sample_next_token(self._logits[row:row + 1], s.temperature, None, s.top_p, seq.generator))

@@ -15,6 +15,8 @@ from smoltrain.apps.generate import LMRun, load_lm
 from smoltrain.apps.solve import read_test_examples, run_kind
 from smoltrain.data.puzzles import PuzzleKind
 from smoltrain.errors import SmoltrainError
+from smoltrain.families import family_class
+from smoltrain.families.trm import TRMFamily
 from smoltrain.models.lm import LMForCausalLM
 from smoltrain.models.trm import TRMConfig
 from smoltrain.runs.loading import LoadedRun, load
@@ -116,12 +118,12 @@ def load_served_run(run_dir: str | Path, device: str = "auto") -> ServedRun:
         lm = load_lm(root, device=device)
         assert isinstance(lm.run.model, LMForCausalLM)
         return ServedRun(root, "lm", name, lm.run, lm=lm)
+    if not issubclass(family_class(cfg.arch.name), TRMFamily):
+        raise SmoltrainError(f"smoltrain serve knows LM runs (arch=lm) and TRM-family runs (trm, hrm, trm_singlez); "
+                             f"{root} is arch {cfg.arch.name}")
     paths = [*cfg.data_paths, *cfg.data_paths_test]
     have_data = bool(paths) and all(Path(p).is_dir() for p in paths)  # test examples need the dataset
     loaded = load(root, device=device, need_data=have_data)
     served = ServedRun(root, "trm", name, loaded)
-    if served.trm_config is None:
-        raise SmoltrainError(f"smoltrain serve knows LM runs (arch=lm) and TRM-family runs (trm, hrm, trm_singlez); "
-                             f"{root} is arch {cfg.arch.name}")
     served.puzzle_kind = run_kind(loaded)
     return served
