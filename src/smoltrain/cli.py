@@ -125,7 +125,7 @@ def cmd_info(ns: argparse.Namespace) -> int:
     if "steps" not in facts:  # the data is here: one real micro-batch through forward and backward
         from smoltrain.train.profile import cost_facts, measure_step
 
-        facts.update(cost_facts(measure_step(family, model, resolve_precision(cfg.precision, pick_device("cpu")))))
+        facts.update(cost_facts(measure_step(cfg, resolve_precision(cfg.precision, pick_device("cpu")))))
     else:
         facts["flops_per_step"] = "unknown (counted on a micro-batch of the dataset, which is not built yet)"
     if ns.show_config:

@@ -3,8 +3,9 @@ of parameters, gradients, optimizer state and activations, and where the paramet
 
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on a forward and backward of one real
 micro-batch of the run's data (through the family's own ``train_step``, so TRM's recursion and the LM's loss are
-what a training step runs): matrix products and attention only, the way FLOPs are quoted; elementwise ops,
-norms and embedding lookups are not counted. Activation memory is what autograd saves for the backward pass in
+what a training step runs; measured on one and two rows and extrapolated, see :func:`measure_step`): matrix
+products and attention only, the way FLOPs are quoted; elementwise ops, norms and embedding lookups are not
+counted. Activation memory is what autograd saves for the backward pass in
 that forward (each tensor storage once), under the run's precision."""
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from smoltrain.config import TrainConfig
+from smoltrain.families import build_family
 from smoltrain.families.base import Family
 from smoltrain.runtime.device import DTYPES
+from smoltrain.runtime.distributed import DistEnv
 
 ADAM_STATE_PER_PARAM = 2  # first and second moments, fp32: AdamW and AdamATan2 alike
 
@@ -44,8 +48,8 @@ def _autocast(family: Family, precision: str) -> contextlib.AbstractContextManag
     return torch.autocast("cpu", dtype=DTYPES[precision])
 
 
-def measure_step(family: Family, model: nn.Module, precision: str = "fp32") -> StepCost:
-    """Count one training step of ``family``'s ``model`` on a micro-batch of its data (CPU)."""
+def _count(family: Family, model: nn.Module, precision: str) -> tuple[int, int]:
+    """(FLOPs, bytes of activations saved for backward) of a forward and backward of one micro-batch."""
     batch = next(family.train_stream())
     micro = {k: v[: family.micro_batch_size] for k, v in batch.items()}
     saved: dict[int, int] = {}
@@ -63,23 +67,40 @@ def measure_step(family: Family, model: nn.Module, precision: str = "fp32") -> S
             out = family.train_step(model, micro, None)
         out.loss.backward()
     model.zero_grad(set_to_none=True)
-    per_micro = int(counter.get_total_flops())
-    cfg = family.cfg
-    steps = cfg.global_batch_size // family.micro_batch_size
+    return int(counter.get_total_flops()), sum(saved.values())
+
+
+def measure_step(cfg: TrainConfig, precision: str = "fp32") -> StepCost:
+    """Count one training step of the (resolved) ``cfg`` on its data, on the CPU.
+
+    A GPU recipe's micro-batch would take minutes through a CPU, so the step is run on micro-batches of one and
+    two rows and extrapolated to the real one: both counts are affine in the rows (matrix products and saved
+    activations per row, plus what does not depend on the batch, such as rotary tables)."""
+    cpu = torch.device("cpu")
+    real = build_family(cfg, DistEnv(), cpu)
+    rows = real.micro_batch_size
+    counts = {}
+    for size in sorted({1, min(2, rows)}):
+        family = build_family(cfg.model_copy(update={"global_batch_size": size, "grad_accum_steps": 1}), DistEnv(), cpu)
+        counts[size] = _count(family, family.build_model(), precision)
+    (flops_1, act_1), (flops_2, act_2) = counts[1], counts[min(2, rows)]
+    per_micro = flops_1 + (flops_2 - flops_1) * (rows - 1)
+    activations = act_1 + (act_2 - act_1) * (rows - 1)
     seq_len = getattr(cfg.arch, "seq_len", None) or 1
-    params = [p for p in {id(p): p for p in model.parameters()}.values()]
+    model = real.build_model()
+    params = list({id(p): p for p in model.parameters()}.values())
     trainable = sum(p.numel() for p in params if p.requires_grad)
     return StepCost(
         flops_per_micro_batch=per_micro,
-        flops_per_step=per_micro * steps,
-        flops_per_sample=per_micro / family.micro_batch_size,
-        flops_per_token=per_micro / family.micro_batch_size / seq_len,
-        activation_bytes=sum(saved.values()),
+        flops_per_step=per_micro * (cfg.global_batch_size // rows),
+        flops_per_sample=per_micro / rows,
+        flops_per_token=per_micro / rows / seq_len,
+        activation_bytes=activations,
         parameter_bytes=sum(p.numel() * p.element_size() for p in params),
         gradient_bytes=sum(p.numel() * p.element_size() for p in params if p.requires_grad),
         optimizer_bytes=ADAM_STATE_PER_PARAM * 4 * trainable,
         precision=precision,
-        micro_batch_size=family.micro_batch_size,
+        micro_batch_size=rows,
     )
 
 
