@@ -8,7 +8,7 @@ import torch
 
 from smoltrain.families import build_family, load_config
 from smoltrain.runtime.distributed import DistEnv
-from smoltrain.train.profile import measure_step, parameter_table
+from smoltrain.train.profile import count_micro_batch, measure_step, parameter_table
 
 
 def _toy(tmp_path, *overrides: str):
@@ -46,3 +46,12 @@ def test_parameter_table_adds_repeated_blocks_and_sums_to_the_model(tmp_path) ->
     assert sum(table.values()) == sum(p.numel() for p in model.parameters())
     assert table["layers"] == 3 * (32 * 32 + 32)  # the three residual layers, one row
     assert list(table)[0] == "embed_positions"  # in the order the model defines them
+
+
+def test_extrapolating_from_one_and_two_rows_equals_counting_the_batch(tmp_path) -> None:
+    cfg = _toy(tmp_path, "global_batch_size=5")
+    family = build_family(cfg, DistEnv(), torch.device("cpu"))
+    direct_flops, direct_activations = count_micro_batch(family, family.build_model(), "fp32")
+    cost = measure_step(cfg)
+    assert cost.flops_per_micro_batch == direct_flops
+    assert cost.activation_bytes == direct_activations  # the toy saves per-row tensors only: exactly affine

@@ -48,7 +48,7 @@ def _autocast(family: Family, precision: str) -> contextlib.AbstractContextManag
     return torch.autocast("cpu", dtype=DTYPES[precision])
 
 
-def _count(family: Family, model: nn.Module, precision: str) -> tuple[int, int]:
+def count_micro_batch(family: Family, model: nn.Module, precision: str) -> tuple[int, int]:
     """(FLOPs, bytes of activations saved for backward) of a forward and backward of one micro-batch."""
     batch = next(family.train_stream())
     micro = {k: v[: family.micro_batch_size] for k, v in batch.items()}
@@ -82,7 +82,7 @@ def measure_step(cfg: TrainConfig, precision: str = "fp32") -> StepCost:
     counts = {}
     for size in sorted({1, min(2, rows)}):
         family = build_family(cfg.model_copy(update={"global_batch_size": size, "grad_accum_steps": 1}), DistEnv(), cpu)
-        counts[size] = _count(family, family.build_model(), precision)
+        counts[size] = count_micro_batch(family, family.build_model(), precision)
     (flops_1, act_1), (flops_2, act_2) = counts[1], counts[min(2, rows)]
     per_micro = flops_1 + (flops_2 - flops_1) * (rows - 1)
     activations = act_1 + (act_2 - act_1) * (rows - 1)
