@@ -144,8 +144,10 @@ def _png(series: list[Series], x: str, title: str) -> bytes:
 def _html(series: list[Series], x: str, title: str) -> str:
     plotter = resources.files("smoltrain").joinpath("serve/static/plot.js").read_text(encoding="utf-8")
     metrics = list(dict.fromkeys(s.metric for s in series))
+    runs = list(dict.fromkeys(s.run for s in series))  # one colour per run, as in the PNG: splits differ by dashes
     charts = [{"metric": m, "series": [{"name": s.label, "points": list(zip(s.xs, s.ys, strict=True)),
-                                        "dashed": s.split != "train", "dots": s.split != "train"}
+                                        "run": runs.index(s.run), "dashed": s.split != "train",
+                                        "dots": s.split != "train"}
                                        for s in series if s.metric == m]} for m in metrics]
     data = json.dumps({"x": x, "charts": charts}).replace("</", "<\\/")  # no "</script>" inside the script
     canvases = "\n".join(f'<canvas class="chart" id="chart-{i}"></canvas>' for i in range(len(charts)))
@@ -164,7 +166,8 @@ def _html(series: list[Series], x: str, title: str) -> str:
 <script>
 const DATA = {data};
 function draw() {{
-  DATA.charts.forEach((chart, i) => SmolPlot.drawChart(document.getElementById("chart-" + i), chart.series,
+  DATA.charts.forEach((chart, i) => SmolPlot.drawChart(document.getElementById("chart-" + i),
+    chart.series.map((s) => ({{...s, colour: SmolPlot.PALETTE[s.run % SmolPlot.PALETTE.length]}})),
     {{title: chart.metric, xLabel: DATA.x === "time" ? "wall time" : "step", xIsTime: DATA.x === "time"}}));
 }}
 draw();

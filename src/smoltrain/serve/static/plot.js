@@ -23,10 +23,11 @@ const SmolPlot = (() => {
     return String(+v.toPrecision(4));
   }
 
-  function timeLabel(seconds) {
-    if (seconds < 120) return label(seconds) + " s";
-    if (seconds < 7200) return label(seconds / 60) + " min";
-    return label(seconds / 3600) + " h";
+  // The unit a time axis spanning `seconds` is labelled in, so its round ticks are round in that unit.
+  function timeUnit(seconds) {
+    if (seconds < 180) return [1, "s"];
+    if (seconds < 3 * 3600) return [60, "min"];
+    return [3600, "h"];
   }
 
   // series: [{name, points: [[x, y], ...], dashed}]; options: {title, xLabel, logY, xIsTime}.
@@ -86,9 +87,11 @@ const SmolPlot = (() => {
       ctx.fillText(logY ? label(Math.pow(10, t)) : label(t), left - 6, py(t));
     }
     ctx.textAlign = "center"; ctx.textBaseline = "top";
-    for (const t of ticks(x0, x1, Math.max(2, Math.floor(plotW / 90)))) {
+    const [scale, unit] = options.xIsTime ? timeUnit(x1) : [1, ""];
+    for (const u of ticks(x0 / scale, x1 / scale, Math.max(2, Math.floor(plotW / 90)))) {
+      const t = u * scale;
       ctx.beginPath(); ctx.moveTo(px(t), top); ctx.lineTo(px(t), top + plotH); ctx.stroke();
-      ctx.fillText(options.xIsTime ? timeLabel(t) : label(t), px(t), top + plotH + 5);
+      ctx.fillText(label(u) + (unit ? " " + unit : ""), px(t), top + plotH + 5);
     }
     ctx.strokeStyle = "#9ca3af";
     ctx.strokeRect(left, top, plotW, plotH);
@@ -113,7 +116,8 @@ const SmolPlot = (() => {
         }
       }
       const [lx, lrow] = legend[i], ly = top + plotH + 48 + 16 * lrow;
-      ctx.fillRect(lx, ly - 1, 14, 3);
+      if (s.dashed) { ctx.fillRect(lx, ly - 1, 5, 3); ctx.fillRect(lx + 9, ly - 1, 5, 3); }  // as its line
+      else ctx.fillRect(lx, ly - 1, 14, 3);
       ctx.fillStyle = "#1d2330"; ctx.textAlign = "left"; ctx.textBaseline = "middle";
       ctx.fillText(s.name, lx + 18, ly);
     });
