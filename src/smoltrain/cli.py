@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -132,19 +131,12 @@ def cmd_info(ns: argparse.Namespace) -> int:
         print(config_to_yaml(cfg))
     for key, value in facts.items():
         print(f"{key}: {value:,}" if isinstance(value, int) else f"{key}: {value}")
-    from smoltrain.train.profile import parameter_table, plot_parameters
+    from smoltrain.train.profile import parameter_lines, parameter_table, plot_parameters
 
     table = parameter_table(model)
-    total = sum(n for _, n in table) or 1
-    width = max(len(name) for name, _ in table)
-    print("parameters by module:")
-    for name, count in table:
-        print(f"  {name:<{width}}  {count:>12,}  {100 * count / total:5.1f}%")
+    print("\n".join(["parameters by module:", *parameter_lines(table)]))
     if ns.plot:
-        if importlib.util.find_spec("matplotlib") is None:
-            raise ConfigError("--plot needs matplotlib: pip install 'smoltrain[plot]'")
-        plot_parameters(table, pathlib.Path(ns.plot), f"{cfg.arch.name}: {total:,} parameters")
-        print(f"wrote {ns.plot}")
+        print(f"wrote {plot_parameters(table, pathlib.Path(ns.plot), cfg.arch.name)}")
     return 0
 
 

@@ -20,8 +20,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from smoltrain.config import TrainConfig
+from smoltrain.errors import ConfigError
 from smoltrain.families import build_family
 from smoltrain.families.base import Family
+from smoltrain.fileio import atomic_write_bytes, writing
+from smoltrain.runs.curves import has_matplotlib
 from smoltrain.runtime.device import DTYPES
 from smoltrain.runtime.distributed import DistEnv
 
@@ -155,15 +158,23 @@ def cost_facts(cost: StepCost) -> dict[str, Any]:
     }
 
 
-def plot_parameters(table: list[tuple[str, int]], output: Path, title: str) -> None:
-    """A horizontal bar chart of ``table`` (``smoltrain info --plot``); needs matplotlib."""
+def parameter_lines(table: list[tuple[str, int]]) -> list[str]:
+    """``table`` as aligned lines: name, count, share of the model."""
+    total = sum(n for _, n in table) or 1
+    width = max((len(name) for name, _ in table), default=0)
+    return [f"  {name:<{width}}  {count:>12,}  {100 * count / total:5.1f}%" for name, count in table]
+
+
+def plot_parameters(table: list[tuple[str, int]], output: Path, arch: str) -> Path:
+    """A horizontal bar chart of ``table`` (``smoltrain info --plot``) written to ``output``; needs matplotlib."""
+    if not has_matplotlib():
+        raise ConfigError("--plot needs matplotlib: pip install 'smoltrain[plot]'")
     import io
 
     from matplotlib.figure import Figure
 
-    from smoltrain.fileio import atomic_write_bytes, writing
-
     total = sum(n for _, n in table) or 1
+    title = f"{arch}: {total:,} parameters"
     figure = Figure(figsize=(8, 0.6 + 0.32 * len(table)), layout="constrained")
     ax = figure.subplots()
     names = [name for name, _ in table][::-1]
@@ -180,3 +191,4 @@ def plot_parameters(table: list[tuple[str, int]], output: Path, title: str) -> N
     with writing(output):
         output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(output, out.getvalue())
+    return output
