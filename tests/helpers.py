@@ -85,3 +85,46 @@ WORDS = (
 def make_sentences(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))).capitalize() + "." for _ in range(n)]
+
+
+def write_tokenizer(target: Path) -> None:
+    """A 64-token word-level tokenizer with the MiniMind special tokens at ids 0, 1, 2."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {tok: i for i, tok in enumerate(specials + [f"w{i}" for i in range(61)])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(specials)
+    target.mkdir(parents=True)
+    tok.save(str(target / "tokenizer.json"))
+    names = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+             "unk_token": "<|endoftext|>"}
+    (target / "special_tokens_map.json").write_text(json.dumps(names))
+    (target / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", **names}))
+
+
+def make_lm_run(run_dir: Path, *extra: str, seed: int = 0, weight_scale: float = 1.0) -> None:
+    """An untrained LM run written by hand (config.yaml, one seeded checkpoint, the 64-token tokenizer of
+    `write_tokenizer`): enough for everything but quality. ``weight_scale`` > 1 makes the logits peaked, so
+    greedy decoding has no near-ties that fp32 rounding could flip."""
+    import torch
+
+    from smoltrain.config import config_to_yaml
+    from smoltrain.families import load_config
+    from smoltrain.models.lm import LMForCausalLM
+    from smoltrain.runs.checkpoint import save_checkpoint
+
+    cfg = load_config(None, [
+        "arch=lm", "arch.vocab_size=64", "arch.hidden_size=32", "arch.num_hidden_layers=2",
+        "arch.num_attention_heads=4", "arch.num_key_value_heads=2", "data_paths=[]", f"run_dir={run_dir}", *extra,
+    ])
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+    torch.manual_seed(seed)
+    model = LMForCausalLM(cfg.arch.to_model_config())
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(weight_scale)
+    save_checkpoint(run_dir / "checkpoints", 1, model.state_dict(), None, {"step": 1}, keep=1)
+    write_tokenizer(run_dir / "tokenizer")

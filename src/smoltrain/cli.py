@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import pathlib
 import sys
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
@@ -105,13 +106,14 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 def cmd_info(ns: argparse.Namespace) -> int:
     from smoltrain.config import config_to_yaml
     from smoltrain.families import build_family, load_config
-    from smoltrain.runtime.device import pick_device
+    from smoltrain.runtime.device import pick_device, resolve_precision
     from smoltrain.runtime.distributed import DistEnv
 
     recipe, overrides = _split_recipe(ns.args)
     family = build_family(load_config(recipe, overrides), DistEnv(), pick_device("cpu"))
     cfg = family.cfg  # resolved: what a run of it would write to config.yaml
-    facts = family.describe(family.build_model())
+    model = family.build_model()
+    facts = family.describe(model)
     try:
         steps_per_epoch = family.steps_per_epoch()
     except SmoltrainError as err:  # a model can be described from declared shapes alone; steps need data
@@ -119,10 +121,32 @@ def cmd_info(ns: argparse.Namespace) -> int:
     else:
         facts["steps_per_epoch"] = round(steps_per_epoch, 3)
         facts["total_steps"] = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
+    if "steps" not in facts:  # the data is here: one real micro-batch through forward and backward
+        from smoltrain.train.profile import cost_facts, measure_step
+
+        facts.update(cost_facts(measure_step(cfg, resolve_precision(cfg.precision, pick_device("cpu")))))
+    else:
+        facts["flops_per_step"] = "unknown (counted on a micro-batch of the dataset, which is not built yet)"
     if ns.show_config:
         print(config_to_yaml(cfg))
     for key, value in facts.items():
         print(f"{key}: {value:,}" if isinstance(value, int) else f"{key}: {value}")
+    from smoltrain.train.profile import parameter_lines, parameter_table, plot_parameters
+
+    table = parameter_table(model)
+    print("\n".join(["parameters by module:", *parameter_lines(table)]))
+    if ns.plot:
+        print(f"wrote {plot_parameters(table, pathlib.Path(ns.plot), cfg.arch.name)}")
+    return 0
+
+
+def cmd_plot(ns: argparse.Namespace) -> int:
+    from smoltrain.runs.curves import plot_curves
+
+    metrics = [m for group in ns.metric for m in group.split(",") if m] if ns.metric else None
+    output, series = plot_curves(ns.run_dirs, ns.output, metrics=metrics, x=ns.x, title=ns.title)
+    drawn = sorted({s.metric for s in series})
+    print(f"wrote {output}: {len(series)} curves of {', '.join(drawn)} from {len(ns.run_dirs)} run(s)")
     return 0
 
 
@@ -396,6 +420,18 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     return run_demo(run_dir=ns.run_dir or "runs/demo", minutes=ns.minutes)
 
 
+def cmd_serve(ns: argparse.Namespace) -> int:
+    import importlib.util
+
+    missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"smoltrain serve needs {' and '.join(missing)}: pip install 'smoltrain[serve]'")
+    from smoltrain.serve.app import serve
+
+    serve(ns.run_dir, host=ns.host, port=ns.port, api_key=ns.api_key, device=ns.device)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="smoltrain", description="Train tiny models from scratch.")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -420,6 +456,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = verb("info", cmd_info, "Show a recipe's parameter count, steps and resolved config.")
     sub.add_argument("args", nargs="*", metavar="[RECIPE] key=value")
     sub.add_argument("--show-config", action="store_true", help="print the resolved config as YAML")
+    sub.add_argument("--plot", default=None, metavar="FILE.png", help="draw the parameters by module (matplotlib)")
+
+    sub = verb("plot", cmd_plot, "Draw the training and evaluation curves of runs, overlaid (.png or .html).")
+    sub.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    sub.add_argument("--metric", action="append", default=None, metavar="NAME[,NAME]",
+                     help="metrics to draw, one chart each (default: loss and accuracy or bits_per_byte)")
+    sub.add_argument("--x", choices=("step", "time"), default="step", help="x axis: optimizer step or wall time")
+    sub.add_argument("--output", required=True, metavar="FILE.png|FILE.html",
+                     help=".png needs matplotlib (the plot extra); .html is one self-contained page")
+    sub.add_argument("--title", default="")
 
     for name, handler, text in (("generate", cmd_generate, "Continue a prompt with an LM run, streaming tokens."),
                                 ("chat", cmd_chat, "Chat with an LM run (the tokenizer's chat template, else "
@@ -462,6 +508,15 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--example", type=COUNT, default=None, metavar="N",
                        help="test example N of the run's own dataset (any kind, ARC included)")
     sub.add_argument("--render", default=None, metavar="DIR", help="draw the ACT trace as PNGs and DIR/index.html")
+    sub.add_argument("--device", default="auto")
+
+    sub = verb("serve", cmd_serve, "Serve a run: an OpenAI-compatible API (LM runs), puzzle solving (TRM runs) "
+                                   "and the playground page.")
+    sub.add_argument("run_dir")
+    sub.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
+    sub.add_argument("--port", type=_number(int, 0, 65535), default=8000, help="0 = any free port (8000)")
+    sub.add_argument("--api-key", default=None, metavar="KEY",
+                     help="require Authorization: Bearer KEY on every request (default: $SMOLTRAIN_API_KEY)")
     sub.add_argument("--device", default="auto")
 
     imports = verbs.add_parser("import", help="Convert checkpoints of other code bases into run directories.",

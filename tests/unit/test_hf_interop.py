@@ -20,6 +20,7 @@ from smoltrain.fileio import umask
 from smoltrain.interop.hf import export_hf, import_hf
 from smoltrain.models.lm import LMForCausalLM
 from smoltrain.runs.checkpoint import save_checkpoint
+from tests.helpers import write_tokenizer
 
 transformers = pytest.importorskip("transformers", reason="transformers (dev extra) is needed for the HF parity tests")
 
@@ -42,23 +43,6 @@ def make_run(run_dir: Path, *extra: str, seed: int = 0, tokenizer: bool = False)
     if tokenizer:
         write_tokenizer(run_dir / "tokenizer")
     return model.eval()
-
-
-def write_tokenizer(target: Path) -> None:
-    """A 64-token word-level tokenizer with the MiniMind special tokens at ids 0, 1, 2."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    vocab = {tok: i for i, tok in enumerate(specials + [f"w{i}" for i in range(61)])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.add_special_tokens(specials)
-    target.mkdir(parents=True)
-    tok.save(str(target / "tokenizer.json"))
-    names = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
-             "unk_token": "<|endoftext|>"}
-    (target / "special_tokens_map.json").write_text(json.dumps(names))
-    (target / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", **names}))
 
 
 @pytest.mark.parametrize(("qk_norm", "tied"), [(True, True), (True, False), (False, True), (False, False)])

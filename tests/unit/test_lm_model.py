@@ -280,6 +280,28 @@ def test_cached_forward_matches_full_forward() -> None:
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+def test_left_padded_rows_with_positions_and_mask_compute_as_if_alone() -> None:
+    """What the server's batched decoding relies on: a row left-padded by p, given its own positions and a mask
+    that hides the pads, gets the logits it gets unpadded (prefill on the padded batch, then one cached step)."""
+    torch.manual_seed(0)
+    model = LMForCausalLM(tiny()).eval()
+    short, long = torch.randint(0, 61, (1, 4)), torch.randint(0, 61, (1, 7))
+    pad = long.shape[1] - short.shape[1]
+    ids = torch.cat((torch.cat((torch.zeros(1, pad, dtype=torch.long), short), dim=1), long))
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[0, :pad] = False
+    positions = torch.stack((torch.arange(7) - pad, torch.arange(7)))
+    out = model(ids, use_cache=True, position_ids=positions, attention_mask=mask)
+    nxt = torch.tensor([[5], [9]])
+    step = model(nxt, past_key_values=out.past_key_values, use_cache=True, position_ids=positions[:, -1:] + 1,
+                 attention_mask=torch.cat((mask, torch.ones(2, 1, dtype=torch.bool)), dim=1))
+    for row, (alone, token) in enumerate(((short, 5), (long, 9))):
+        full = model(torch.cat((alone, torch.tensor([[token]])), dim=1)).logits[0]
+        # Same ops on the same values; only the padded reduction lengths differ: fp32 rounding, far below 1e-5.
+        torch.testing.assert_close(out.logits[row, -alone.shape[1]:], full[:-1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(step.logits[row, -1], full[-1], atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("qk_norm", [True, False])
 def test_greedy_generation_with_cache_equals_recomputation(qk_norm: bool) -> None:
     torch.manual_seed(0)

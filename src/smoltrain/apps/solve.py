@@ -14,7 +14,7 @@ puzzle identifier 0, as every Sudoku and maze dataset gives its puzzles.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ import torch
 from smoltrain.apps.render import PuzzleTrace, render_traces
 from smoltrain.data.puzzles import PuzzleDataset, PuzzleKind, Verdict, detect_kind, load_identifiers
 from smoltrain.errors import ConfigError, DataError, SmoltrainError
-from smoltrain.models.trm import TRMConfig, act_inference
+from smoltrain.models.trm import TRMConfig, act_trace
 from smoltrain.runs.loading import LoadedRun, load
 from smoltrain.runs.run_dir import RunDir
 
@@ -46,6 +46,7 @@ class PuzzleSolution:
     kind: PuzzleKind
     trace: PuzzleTrace
     verdict: Verdict
+    q_halt: list[float] = field(default_factory=list)  # halting probability after each ACT step
 
     @property
     def correct(self) -> bool | None:
@@ -88,15 +89,25 @@ def run_kind(run: LoadedRun, root: Path | None = None) -> PuzzleKind:
 
 def predict_steps(run: LoadedRun, inputs: np.ndarray, identifiers: np.ndarray) -> list[np.ndarray]:
     """The predicted tokens ``[B, seq_len]`` after each of the run's ACT steps, for a batch of inputs."""
+    return predict_trace(run, inputs, identifiers)[0]
+
+
+def predict_trace(run: LoadedRun, inputs: np.ndarray, identifiers: np.ndarray,
+                  max_steps: int | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The predicted tokens ``[B, seq_len]`` and the halting probability ``[B]`` (sigmoid of the q-halt
+    logit) after each ACT step (all ``halt_max_steps`` of them, or the first ``max_steps``)."""
     batch = {
         "inputs": torch.from_numpy(np.asarray(inputs, dtype=np.int32)).to(run.device),
         "puzzle_identifiers": torch.from_numpy(np.asarray(identifiers, dtype=np.int32)).to(run.device),
     }
     with torch.inference_mode():
-        return [logits.argmax(dim=-1).cpu().numpy().astype(np.int64) for logits in act_inference(run.model, batch)]
+        outputs = act_trace(run.model, batch, max_steps)
+        tokens = [out["logits"].argmax(dim=-1).cpu().numpy().astype(np.int64) for out in outputs]
+        halting = [torch.sigmoid(out["q_halt_logits"].float()).cpu().numpy() for out in outputs]
+    return tokens, halting
 
 
-def _test_examples(run: LoadedRun, indices: list[int], clip: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+def read_test_examples(run: LoadedRun, indices: list[int], clip: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                                                             list[int], list[str]]:
     """(inputs, labels, identifiers, indices, identifier names) of test examples ``indices`` of the run's data.
 
@@ -134,7 +145,7 @@ def trace_test_examples(run: LoadedRun, indices: Iterable[int], clip: bool = Fal
                         batch_size: int = 64) -> tuple[list[PuzzleTrace], list[int]]:
     """The ACT traces of test examples ``indices`` of the run's dataset, and the indices drawn."""
     kind = run_kind(run)
-    inputs, labels, identifiers, kept, names = _test_examples(run, list(indices), clip)
+    inputs, labels, identifiers, kept, names = read_test_examples(run, list(indices), clip)
     traces = []
     for start in range(0, len(kept), batch_size):
         stop = start + batch_size
@@ -149,12 +160,15 @@ def trace_test_examples(run: LoadedRun, indices: Iterable[int], clip: bool = Fal
 
 
 def solve_puzzle(run_dir_or_loaded: str | Path | LoadedRun, puzzle_text: str | None = None, example: int | None = None,
-                 device: str = "auto") -> PuzzleSolution:
-    """One puzzle through a TRM-family run for its ``halt_max_steps`` ACT steps, checked.
+                 device: str = "auto", max_steps: int | None = None) -> PuzzleSolution:
+    """One puzzle through a TRM-family run for its ``halt_max_steps`` ACT steps (or the first ``max_steps``),
+    checked.
 
     Either ``puzzle_text`` (a puzzle of the kind the run was trained on, in the form that kind's ``parse``
     reads) or ``example``, the index of a test example of the run's own dataset (any kind).
     """
+    if max_steps is not None and max_steps < 1:
+        raise ConfigError(f"max_steps must be at least 1, got {max_steps}")
     if (puzzle_text is None) == (example is None):
         raise ConfigError("give either a puzzle (--puzzle / --puzzle-file) or --example N, not both or neither")
     if isinstance(run_dir_or_loaded, LoadedRun):
@@ -175,14 +189,16 @@ def solve_puzzle(run_dir_or_loaded: str | Path | LoadedRun, puzzle_text: str | N
         config = _trm_config(run)
         inputs = kind.parse(puzzle_text)
         kind.check_typed(inputs, config.seq_len, config.vocab_size)
-        steps = [step[0] for step in predict_steps(run, inputs[None], np.array([BLANK_ID]))]
-        trace = PuzzleTrace(kind.name, inputs, None, steps)
+        target, identifiers, title = None, np.array([BLANK_ID]), ""
     else:
         assert example is not None
-        (trace,), _ = trace_test_examples(run, [example])
+        all_inputs, labels, identifiers, _, names = read_test_examples(run, [example], clip=False)
+        inputs, target, title = all_inputs[0], labels[0], kind.title(example, names[0])
+    tokens, halting = predict_trace(run, inputs[None], identifiers, max_steps)
+    trace = PuzzleTrace(kind.name, inputs, target, [step[0] for step in tokens], title)
     verdict = kind.verdict(trace.inputs, trace.target, trace.steps[-1])
     trace.summary = verdict.line
-    return PuzzleSolution(kind, trace, verdict)
+    return PuzzleSolution(kind, trace, verdict, [float(h[0]) for h in halting])
 
 
 def render_examples(run: LoadedRun | str | Path, out_dir: str | Path, count: int = 8, device: str = "auto",

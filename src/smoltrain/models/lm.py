@@ -20,9 +20,10 @@ Conventions:
   RoPE and before the GQA head expansion; new tokens are concatenated on the sequence dimension and their
   RoPE positions start at the cached length.
 * Padding: training rows are right-padded, and the causal mask alone keeps real tokens from seeing pads
-  (MiniMind's convention). Batched generation left-pads the prompts and passes ``attention_mask`` (1 = real
-  token, 0 = pad): pads are masked as keys and each row's RoPE positions count its real tokens only, so a
-  row's tokens get the same positions and attend to the same keys as when it runs alone.
+  (MiniMind's convention). Batched generation and serving left-pad the prompts and pass ``attention_mask``
+  ``[B, S]`` (1 = real token, 0 = pad; optionally ``position_ids`` ``[B, T]``): pads are masked as keys and each
+  row's RoPE positions count its real tokens only, so a row's tokens get the same positions and attend to the
+  same keys as when it runs alone.
 
 Shapes: ``B`` batch, ``T`` new tokens, ``S`` cached + new tokens, ``D`` hidden size, ``H`` query heads,
 ``K`` key/value heads, ``d`` head dim, ``E`` experts.
@@ -174,7 +175,9 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` ``[B, heads, T, d]`` by ``cos``/``sin`` ``[T, d]`` (or ``[B, 1, T, d]``, per row)."""
+    """Rotate ``x`` ``[B, heads, T, d]`` by ``cos``/``sin`` ``[T, d]`` (shared) or ``[B, T, d]`` (per row)."""
+    if cos.dim() == 3:
+        cos, sin = cos[:, None], sin[:, None]  # broadcast over the heads
     return x * cos + rotate_half(x) * sin
 
 
@@ -375,33 +378,37 @@ class LMModel(nn.Module):
 
     def forward(
         self, input_ids: torch.Tensor, past_key_values: KVCache | None = None, use_cache: bool = False,
-        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, KVCache | None, torch.Tensor | None]:
         """Returns (final hidden states ``[B, T, D]``, new cache or None, summed MoE aux loss or None).
 
-        ``attention_mask`` ``[B, S]`` (cached + new tokens; 1 = real, 0 = pad) is for left-padded batches."""
+        ``attention_mask`` ``[B, S]`` (cached + new tokens; 1 = real, 0 = pad) is for left-padded batches;
+        ``position_ids`` ``[B, T]`` gives each row's RoPE positions (default: the cached length onwards, or with
+        a mask, the number of real tokens before each token).
+        """
         if past_key_values is not None and len(past_key_values) != len(self.layers):
             raise ValueError(f"past_key_values has {len(past_key_values)} layers, model has {len(self.layers)}")
         past_len = past_key_values[0][0].shape[2] if past_key_values else 0
         seq = input_ids.shape[1]
         key_mask: torch.Tensor | None = None
+        positions = position_ids
         if attention_mask is None:
-            positions = torch.arange(past_len, past_len + seq, device=input_ids.device)
-            cos_sin = rope_cos_sin(positions, self.config.resolved_head_dim, self.config.rope_theta)
+            if positions is None:
+                positions = torch.arange(past_len, past_len + seq, device=input_ids.device)
         else:
             if attention_mask.shape != (input_ids.shape[0], past_len + seq):
                 want = [input_ids.shape[0], past_len + seq]
                 raise ValueError(f"attention_mask must be [batch, cached + new tokens] = {want}")
             real = attention_mask.bool()
-            # A token's position is the number of real tokens before it: a row's first real token sits at 0.
-            positions = (real.long().cumsum(-1) - 1).clamp(min=0)[:, past_len:]
-            cos, sin = rope_cos_sin(positions, self.config.resolved_head_dim, self.config.rope_theta)
-            cos_sin = (cos[:, None], sin[:, None])  # [B, 1, T, d]: broadcast over heads
+            if positions is None:
+                # A token's position is the number of real tokens before it: a row's first real token sits at 0.
+                positions = (real.long().cumsum(-1) - 1).clamp(min=0)[:, past_len:]
             keys = torch.arange(past_len + seq, device=input_ids.device)
             queries = keys[past_len:, None]
             # Causal and not a pad; every query also sees itself, so a pad's own row is never all-masked (NaN).
             key_mask = ((keys[None, :] <= queries) & real[:, None, :]) | (keys[None, :] == queries)
             key_mask = key_mask[:, None]  # [B, 1, T, S]
+        cos_sin = rope_cos_sin(positions, self.config.resolved_head_dim, self.config.rope_theta)
 
         h = self.dropout(self.embed_tokens(input_ids))
         presents: KVCache = []
@@ -505,6 +512,7 @@ class LMForCausalLM(nn.Module):
         use_cache: bool = False,
         logits_to_keep: int = 0,
         targets: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> LMOutput:
         """``input_ids`` ``[B, T]``; the loss comes from one of
@@ -515,15 +523,15 @@ class LMForCausalLM(nn.Module):
           the convention of the packed training windows: every position has a target.
 
         ``-100`` is ignored in both. ``logits_to_keep > 0`` applies ``lm_head`` to the last positions only
-        (generation); it must be 0 when a loss is asked for. ``attention_mask`` ``[B, cached + T]`` (1 = real,
-        0 = pad) serves left-padded batches (see ``LMModel.forward``).
+        (generation); it must be 0 when a loss is asked for. ``position_ids`` and ``attention_mask`` serve
+        left-padded batches of rows of different lengths (see ``LMModel.forward``).
         """
         if labels is not None and targets is not None:
             raise ValueError("give labels (unshifted) or targets (shifted), not both")
         if labels is not None:
             # Shift the labels instead of the logits: the same loss without copying [B, T-1, V] logits.
             targets = F.pad(labels[:, 1:], (0, 1), value=-100)
-        hidden, presents, aux_loss = self.model(input_ids, past_key_values, use_cache, attention_mask)
+        hidden, presents, aux_loss = self.model(input_ids, past_key_values, use_cache, position_ids, attention_mask)
         if logits_to_keep > 0:
             if targets is not None:
                 raise ValueError("logits_to_keep must be 0 when labels or targets are given")

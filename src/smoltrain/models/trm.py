@@ -49,6 +49,7 @@ __all__ = [
     "TRMInnerCarry",
     "TRMReasoningModule",
     "act_inference",
+    "act_trace",
     "carry_from_state",
     "carry_to_state",
 ]
@@ -543,15 +544,23 @@ def act_inference(model_or_loss_head: nn.Module, batch: Mapping[str, torch.Tenso
     runs in eval mode (restored afterwards), where every sample takes exactly ``halt_max_steps`` steps, so
     the list has ``halt_max_steps`` entries; the last one is the final prediction.
     """
+    return [outputs["logits"] for outputs in act_trace(model_or_loss_head, batch)]
+
+
+def act_trace(model_or_loss_head: nn.Module, batch: Mapping[str, torch.Tensor],
+              max_steps: int | None = None) -> list[dict[str, torch.Tensor]]:
+    """The outputs (``logits``, ``q_halt_logits`` ``[B]``, ``q_continue_logits``) of every ACT step, as
+    :func:`act_inference` runs them; ``max_steps`` stops earlier than ``halt_max_steps``."""
     model = getattr(model_or_loss_head, "model", model_or_loss_head)
     was_training = model.training
     model.eval()
     try:
         carry = model.initial_carry(batch)
-        all_logits = []
-        for _ in range(model.config.halt_max_steps):
+        steps = model.config.halt_max_steps if max_steps is None else min(max_steps, model.config.halt_max_steps)
+        all_outputs = []
+        for _ in range(steps):
             carry, outputs = model(carry, batch)
-            all_logits.append(outputs["logits"])
-        return all_logits
+            all_outputs.append(outputs)
+        return all_outputs
     finally:
         model.train(was_training)

@@ -147,6 +147,11 @@ class RunDir:
         return self.root / "metrics.jsonl"
 
     @property
+    def curves(self) -> Path:
+        """The picture of the run's curves, drawn from metrics.jsonl when a training ends (runs/curves.py)."""
+        return self.root / "curves.png"
+
+    @property
     def error_log(self) -> Path:
         return self.root / "errors.log"
 
@@ -189,7 +194,7 @@ class RunDir:
     def layout_entries(self) -> list[Path]:
         """The files and folders of the layout above that exist, ``.lock`` aside (it is never deleted: another
         process may hold a lock on it); what a caller that owns the whole directory (the demo) clears."""
-        named = [self.config, self.readme, self.metrics, self.tensorboard, self.wandb, self.tokenizer,
+        named = [self.config, self.readme, self.metrics, self.curves, self.tensorboard, self.wandb, self.tokenizer,
                  self.checkpoints, self.eval_root, self.reference_config]
         predictions = sorted(self.root.glob("step_*_all_preds.*")) if self.root.is_dir() else []
         return [path for path in named if path.exists()] + predictions

@@ -65,6 +65,7 @@ class MetricsLogger:
         self._bar = None
         self._wandb = None
         self._tb = None
+        self._last_eval: dict[str, Any] | None = None
         if not enabled:
             return
         with writing(run.metrics):
@@ -127,17 +128,21 @@ class MetricsLogger:
             print(message, flush=True)
 
     def advance(self, step: int) -> None:
-        if self._bar is not None:
-            self._bar.n = step
-            self._bar.refresh()
+        if self._bar is not None:  # update() redraws at most every mininterval (0.1 s), not on every step
+            self._bar.update(step - self._bar.n)
 
     def _show(self, row: dict[str, Any], prefix: str) -> None:
         shown = {k: v for k, v in row.items() if k not in ("step", "elapsed_s", "split")}
         text = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
-        if self._bar is not None and prefix == "train":
-            self._bar.set_postfix_str(text[:120], refresh=False)
-        else:
+        if self._bar is None:
             self.event(f"[{prefix} step {row['step']}] {text}")
+            return
+        if prefix == "train":  # the bar itself shows the steps, elapsed time and the ETA
+            self._bar.set_postfix_str(bar_postfix(row, self._last_eval), refresh=False)
+            return
+        if prefix == "eval":
+            self._last_eval = row
+        self.event(f"[{prefix} step {row['step']}] {text}")
 
     def close(self) -> None:
         if self._bar is not None:
@@ -149,6 +154,25 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
         self.enabled = False
+
+
+def _number(value: float) -> str:
+    return f"{value / 1000:.1f}k" if abs(value) >= 10_000 else f"{value:.4g}"
+
+
+def bar_postfix(row: dict[str, Any], last_eval: dict[str, Any] | None, width: int = 110) -> str:
+    """What the progress bar shows after its ETA: the train row's loss and accuracy, its throughput (tokens/s
+    when the family counts tokens, else samples/s) and the latest evaluation, cut to ``width`` characters."""
+    parts = [f"{k}={row[k]:.4g}" for k in row if isinstance(row[k], float) and (k == "loss" or k.endswith("accuracy"))]
+    rate = "tokens_per_s" if "tokens_per_s" in row else "samples_per_s"
+    if isinstance(row.get(rate), (int, float)):
+        parts.append(f"{_number(row[rate])} {rate.split('_')[0]}/s")
+    if last_eval is not None:
+        scores = [f"{k}={v:.4g}" for k, v in last_eval.items()
+                  if isinstance(v, float) and k not in ("step", "elapsed_s", "count", "tokens")]
+        parts.append(f"eval@{last_eval['step']}: " + " ".join(scores))
+    text = " | ".join(parts)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _wandb_credentials() -> bool:

@@ -28,6 +28,7 @@ from smoltrain.errors import ConfigError, SmoltrainError
 from smoltrain.families import family_class, resolve
 from smoltrain.families.base import Batch
 from smoltrain.runs import checkpoint as ckpt
+from smoltrain.runs.curves import has_matplotlib, write_run_curves
 from smoltrain.runs.run_dir import RunDir
 from smoltrain.runtime.device import DTYPES, device_type, pick_device, resolve_precision
 from smoltrain.runtime.distributed import (
@@ -93,6 +94,36 @@ def _split_batch(batch: Batch, parts: int) -> list[Batch]:
     return [{k: chunks[k][i] for k in batch} for i in range(parts)]
 
 
+class _LogWindow:
+    """Sums over the optimizer steps since the last logged row (finite steps only); metric sums stay on the device
+    until the row is written."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.loss = 0.0
+        self.grad_norm = 0.0
+        self.metric_sums: dict[str, torch.Tensor] = {}
+
+    def add(self, loss: float, grad_norm: float, metric_sums: dict[str, torch.Tensor]) -> None:
+        self.steps += 1
+        self.loss += loss
+        self.grad_norm += grad_norm
+        for key, value in metric_sums.items():
+            self.metric_sums[key] = self.metric_sums[key] + value if key in self.metric_sums else value.clone()
+
+    def state_dict(self) -> dict[str, Any]:
+        """For checkpoints: a resumed run logs the same rows as one that never stopped."""
+        return {"steps": self.steps, "loss": self.loss, "grad_norm": self.grad_norm, "metric_sums": self.metric_sums}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None, device: torch.device) -> _LogWindow:
+        window = cls()
+        if state:  # checkpoints written before windows were logged have none: an empty window
+            window.steps, window.loss, window.grad_norm = state["steps"], state["loss"], state["grad_norm"]
+            window.metric_sums = {k: v.to(device) for k, v in state["metric_sums"].items()}
+        return window
+
+
 class Trainer:
     """Builds everything from a config, then :meth:`fit` trains, evaluates and checkpoints."""
 
@@ -141,6 +172,8 @@ class Trainer:
         self.stop_signal: str | None = None
         self.last_eval: dict[str, float] = {}
         self.last_eval_step = self.last_checkpoint_step = -1
+        self.window = _LogWindow()  # what the steps since the last logged row add up to
+        self.started = time.perf_counter()  # of this session; `fit` restarts it
         self.start_events: list[str] = []  # lines about how training starts, logged when fit begins
         # The checkpoint a run on a frozen base (LoRA) started from: its checkpoints then hold only what trains.
         self.base_pointer: dict[str, Any] | None = None
@@ -202,7 +235,7 @@ class Trainer:
             self.logger.event(f"resumed from {self.resumed_from} at step {self.step}")
         previous = self._install_signal_handlers()
         window_start, window_steps = time.perf_counter(), 0
-        started = time.perf_counter()
+        started = self.started = time.perf_counter()
         stopped_by = None
         try:
             while self.step < self.total_steps:
@@ -213,6 +246,8 @@ class Trainer:
                 if result is not None:  # a logging step
                     elapsed = time.perf_counter() - window_start
                     result["samples_per_s"] = self.cfg.global_batch_size * window_steps / max(elapsed, 1e-9)
+                    if "tokens_per_step" in result:  # LM runs: the rate that compares across batch shapes
+                        result["tokens_per_s"] = result["tokens_per_step"] * window_steps / max(elapsed, 1e-9)
                     result["elapsed_s"] = time.perf_counter() - started
                     self.logger.log({"step": self.step, **result})
                     window_start, window_steps = time.perf_counter(), 0
@@ -294,6 +329,7 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update(self.model)
             self.nonfinite_run = 0
+            self.window.add(loss_value, norm_value, metric_sums)
         else:
             self.nonfinite_run += 1
             self.logger.log({"step": self.step + 1, "skipped": True, "loss": loss_value, "grad_norm": norm_value},
@@ -310,11 +346,20 @@ class Trainer:
 
         if (self.step + 1) % cfg.log_every and self.step + 1 != self.total_steps:
             return None
-        values = {"loss": loss_value, "lr": cfg.lr * factor, "grad_norm": norm_value}
-        if metric_sums:
-            names = sorted(metric_sums)
-            stacked = all_reduce_sum(torch.stack([metric_sums[k].float() for k in names]))
-            values.update(self.family.reduce_metrics(dict(zip(names, stacked.tolist(), strict=True))))
+        # The row is the mean over the steps since the last row (its finite ones), not this step alone: a TRM step
+        # where no sequence halts has no accuracy of its own, and one-step snapshots of it read as zeros.
+        window, self.window = self.window, _LogWindow()
+        if not window.steps:  # every step of the window was skipped: what this one saw
+            window.add(loss_value, norm_value, metric_sums)
+        steps = window.steps
+        values = {"loss": window.loss / steps, "lr": cfg.lr * factor, "grad_norm": window.grad_norm / steps}
+        if window.metric_sums:
+            names = sorted(window.metric_sums)
+            stacked = all_reduce_sum(torch.stack([window.metric_sums[k].float() for k in names]))
+            # Per-step means of the sums, so the family's reduction (a ratio of sums, or a sum per batch) is the
+            # window's: accuracy = all correct / all halted over the window, tokens_per_step its mean.
+            sums = {name: value / steps for name, value in zip(names, stacked.tolist(), strict=True)}
+            values.update(self.family.reduce_metrics(sums))
         return values
 
     def evaluate(self) -> dict[str, float]:
@@ -338,6 +383,7 @@ class Trainer:
             "rng": rng_state(),
             "data": self.stream.state_dict(),
             "carries": [self.family.carry_state(c) if c is not None else {} for c in self.carries],
+            "log_window": self.window.state_dict(),  # this rank's: metric sums are reduced when a row is written
         })
         ranks = gather_objects(per_rank, self.dist)
         if self.dist.is_main:
@@ -386,7 +432,9 @@ class Trainer:
         metrics = self.evaluate()
         if metrics:
             self.last_eval = metrics
-            self.logger.log({"step": self.step, **metrics}, prefix="eval")
+            # elapsed_s as train rows have it, so evaluations plot against wall time too
+            self.logger.log({"step": self.step, **metrics, "elapsed_s": time.perf_counter() - self.started},
+                            prefix="eval")
         return True
 
     def _checkpoint_due(self, evaluated: bool) -> bool:
@@ -518,6 +566,7 @@ class Trainer:
             for c in mine["carries"]
         ]
         set_rng_state(mine["rng"])
+        self.window = _LogWindow.from_state(mine.get("log_window"), self.device)
 
     def _stop_requests(self, started: float) -> tuple[str | None, bool]:
         """(the signal that stops the run or None, whether the time budget ran out); the same on every rank."""
@@ -578,6 +627,16 @@ class Trainer:
         if summary["eval"]:
             lines += ["", "## Last evaluation", ""]
             lines += [f"- {k}: {v:.4f}" for k, v in summary["eval"].items()]
+        lines += ["", "## Curves", ""]
+        # metrics.jsonl is line-buffered: every row is in the file already
+        if write_run_curves(root) is not None:
+            lines += [f"![training curves]({self.run.curves.name})", "", f"Drawn from metrics.jsonl; overlay runs with "
+                      f"`smoltrain plot {root} OTHER_RUN --output curves.html`."]
+        else:
+            why = "matplotlib is not installed (pip install 'smoltrain[plot]')" if not has_matplotlib() else \
+                "nothing was logged"
+            lines += [f"No {self.run.curves.name}: {why}. `smoltrain plot {root} --output curves.html` draws them "
+                      "without it."]
         lines += [
             "",
             "## Next",

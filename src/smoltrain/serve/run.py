@@ -1,0 +1,129 @@
+"""The run a server serves: an LM run (chat and completions) or a TRM-family run (puzzle solving).
+
+:func:`load_served_run` loads it once; the endpoints and the playground page ask the :class:`ServedRun`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from smoltrain.apps.generate import LMRun, load_lm
+from smoltrain.apps.solve import read_test_examples, run_kind
+from smoltrain.data.puzzles import PuzzleKind
+from smoltrain.errors import SmoltrainError
+from smoltrain.families import family_class
+from smoltrain.families.trm import TRMFamily
+from smoltrain.models.lm import LMForCausalLM
+from smoltrain.models.trm import TRMConfig
+from smoltrain.runs.loading import LoadedRun, load
+from smoltrain.runs.run_dir import RunDir
+
+Family = Literal["lm", "trm"]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+@dataclass
+class ServedRun:
+    """A loaded run and what the server needs to know about it."""
+
+    run_dir: Path
+    family: Family
+    name: str  # the model id of the OpenAI API: the run directory's name
+    loaded: LoadedRun
+    lm: LMRun | None = None  # LM runs: model and tokenizer
+    puzzle_kind: PuzzleKind | None = None  # TRM runs
+
+    @property
+    def kind(self) -> str | None:
+        """The puzzle kind of a TRM run (sudoku, maze, arc); None for an LM run."""
+        return self.puzzle_kind.name if self.puzzle_kind is not None else None
+
+    @property
+    def context(self) -> int | None:
+        """The most tokens (prompt + completion) an LM request may use: the context the run trained on."""
+        if self.family != "lm":
+            return None
+        return int(self.loaded.config.arch.seq_len)  # type: ignore[attr-defined]
+
+    @property
+    def trm_config(self) -> TRMConfig | None:
+        config = getattr(getattr(self.loaded.model, "model", self.loaded.model), "config", None)
+        return config if isinstance(config, TRMConfig) else None
+
+    @property
+    def metrics_path(self) -> Path:
+        return RunDir(self.run_dir).metrics
+
+    def info(self) -> dict[str, Any]:
+        """What the page shows about the run: architecture, size, checkpoint, the family's facts."""
+        model = self.loaded.model
+        facts: dict[str, Any] = {
+            "name": self.name,
+            "family": self.family,
+            "arch": self.loaded.config.arch.name,
+            "parameters": sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()),
+            "checkpoint": str(self.loaded.checkpoint),
+            "run_dir": str(self.run_dir),
+        }
+        facts["facts"] = _jsonable(self.loaded.family.describe(model))
+        if self.family == "lm":
+            facts["context"] = self.context
+        trm = self.trm_config
+        if trm is not None:
+            facts.update(kind=self.kind, seq_len=trm.seq_len, vocab_size=trm.vocab_size,
+                         halt_max_steps=trm.halt_max_steps)
+        return facts
+
+    def test_examples(self, count: int = 8) -> list[dict[str, Any]]:
+        """The first ``count`` test puzzles of a TRM run's dataset (none without one on this machine):
+        ``{"index", "puzzle" (the kind's text), "grid" (as /v1/solve's steps)}``."""
+        kind = self.puzzle_kind
+        paths = self.loaded.config.data_paths_test or self.loaded.config.data_paths
+        if kind is None or not paths or not Path(paths[0]).is_dir():
+            return []
+        inputs, _, _, indices, _ = read_test_examples(self.loaded, list(range(count)), clip=True)
+        return [{"index": i, "puzzle": kind.format(row), "grid": grid_values(kind, row)}
+                for i, row in zip(indices, inputs, strict=True)]
+
+
+def grid_values(kind: PuzzleKind, tokens: np.ndarray) -> list[list[int]]:
+    """A grid as /v1/solve returns it: the kind's decoded values when they are numbers (Sudoku digits, ARC
+    colours), else the cell tokens (maze, whose legend the response gives)."""
+    cells = np.asarray(kind.cells(tokens))
+    values = np.asarray(kind.decode(tokens))
+    if values.dtype.kind in "iu" and values.size == cells.size:
+        cells = values.reshape(cells.shape)
+    return cells.astype(np.int64).tolist()
+
+
+def load_served_run(run_dir: str | Path, device: str = "auto") -> ServedRun:
+    """Load an LM or TRM-family run for serving; a SmoltrainError for anything else."""
+    root = Path(run_dir)
+    cfg = RunDir(root).load_config()
+    name = root.resolve().name
+    if cfg.arch.name == "lm":
+        lm = load_lm(root, device=device)
+        assert isinstance(lm.run.model, LMForCausalLM)
+        return ServedRun(root, "lm", name, lm.run, lm=lm)
+    if not issubclass(family_class(cfg.arch.name), TRMFamily):
+        raise SmoltrainError(f"smoltrain serve knows LM runs (arch=lm) and TRM-family runs (trm, hrm, trm_singlez); "
+                             f"{root} is arch {cfg.arch.name}")
+    paths = [*cfg.data_paths, *cfg.data_paths_test]
+    have_data = bool(paths) and all(Path(p).is_dir() for p in paths)  # test examples need the dataset
+    loaded = load(root, device=device, need_data=have_data)
+    served = ServedRun(root, "trm", name, loaded)
+    served.puzzle_kind = run_kind(loaded)
+    return served
