@@ -273,7 +273,11 @@ def test_an_api_key_refuses_requests_without_it(lm_run: Path, monkeypatch: pytes
 
 
 def test_solve_returns_every_act_step(trm_run: Path) -> None:
-    with running(create_app(trm_run, device="cpu", api_key="")) as url:
+    app = create_app(trm_run, device="cpu", api_key="")
+    info = app.state.run.info()
+    assert (info["family"], info["kind"], info["seq_len"], info["name"]) == ("trm", "sudoku", 16, "sudoku-run")
+    assert info["parameters"] > 0 and app.state.run.test_examples() == []  # no dataset on this machine
+    with running(app) as url:
         puzzle = "1...\n..3.\n.4..\n...2"
         response = httpx.post(url + "/v1/solve", json={"puzzle": puzzle}, timeout=60)
         assert response.status_code == 200, response.text
@@ -291,8 +295,8 @@ def test_solve_returns_every_act_step(trm_run: Path) -> None:
         one = httpx.post(url + "/v1/solve", json={"puzzle": puzzle, "max_steps": 1}, timeout=60).json()
         assert len(one["steps"]) == 1 and one["steps"][0] == steps[0]
 
-        for bad, words in ((puzzle + "1", "cells"), ("1..x\n..3.\n.4..\n...2", "x"), ({"puzzle": puzzle,
-                                                                                      "example": 0}, "either")):
+        for bad, words in ((puzzle + "1", "cells"), ("1..x\n..3.\n.4..\n...2", "x"),
+                           ({"puzzle": puzzle, "example": 0}, "either"), ({"example": 0}, "no dataset")):
             payload = bad if isinstance(bad, dict) else {"puzzle": bad}
             response = httpx.post(url + "/v1/solve", json=payload, timeout=60)
             assert response.status_code == 400, response.text
