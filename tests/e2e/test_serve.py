@@ -121,6 +121,11 @@ def test_text_completions_and_stop_sequences(client: openai.OpenAI) -> None:
     cut = client.completions.create(model="tiny-lm", prompt="w1 w2 w3", max_tokens=12, temperature=0, stop=[stop])
     assert cut.choices[0].finish_reason == "stop"
     assert cut.choices[0].text == text[:text.index(stop)] and stop not in cut.choices[0].text
+    # Streamed, a stop string's first characters are held back until it is clear whether it completes.
+    pieces = list(client.completions.create(model="tiny-lm", prompt="w1 w2 w3", max_tokens=12, temperature=0,
+                                            stop=[stop], stream=True))
+    assert "".join(c.choices[0].text for c in pieces) == cut.choices[0].text
+    assert pieces[-1].choices[0].finish_reason == "stop"
     echoed = client.completions.create(model="tiny-lm", prompt=["w1 w2 w3", "w7"], max_tokens=12, temperature=0,
                                        echo=True)
     assert [c.index for c in echoed.choices] == [0, 1] and echoed.choices[0].text == "w1 w2 w3" + text
