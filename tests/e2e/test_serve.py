@@ -121,6 +121,11 @@ def test_text_completions_and_stop_sequences(client: openai.OpenAI) -> None:
     cut = client.completions.create(model="tiny-lm", prompt="w1 w2 w3", max_tokens=12, temperature=0, stop=[stop])
     assert cut.choices[0].finish_reason == "stop"
     assert cut.choices[0].text == text[:text.index(stop)] and stop not in cut.choices[0].text
+    # Streamed, a stop string's first characters are held back until it is clear whether it completes.
+    pieces = list(client.completions.create(model="tiny-lm", prompt="w1 w2 w3", max_tokens=12, temperature=0,
+                                            stop=[stop], stream=True))
+    assert "".join(c.choices[0].text for c in pieces) == cut.choices[0].text
+    assert pieces[-1].choices[0].finish_reason == "stop"
     echoed = client.completions.create(model="tiny-lm", prompt=["w1 w2 w3", "w7"], max_tokens=12, temperature=0,
                                        echo=True)
     assert [c.index for c in echoed.choices] == [0, 1] and echoed.choices[0].text == "w1 w2 w3" + text
@@ -273,7 +278,11 @@ def test_an_api_key_refuses_requests_without_it(lm_run: Path, monkeypatch: pytes
 
 
 def test_solve_returns_every_act_step(trm_run: Path) -> None:
-    with running(create_app(trm_run, device="cpu", api_key="")) as url:
+    app = create_app(trm_run, device="cpu", api_key="")
+    info = app.state.run.info()
+    assert (info["family"], info["kind"], info["seq_len"], info["name"]) == ("trm", "sudoku", 16, "sudoku-run")
+    assert info["parameters"] > 0 and app.state.run.test_examples() == []  # no dataset on this machine
+    with running(app) as url:
         puzzle = "1...\n..3.\n.4..\n...2"
         response = httpx.post(url + "/v1/solve", json={"puzzle": puzzle}, timeout=60)
         assert response.status_code == 200, response.text
@@ -291,8 +300,8 @@ def test_solve_returns_every_act_step(trm_run: Path) -> None:
         one = httpx.post(url + "/v1/solve", json={"puzzle": puzzle, "max_steps": 1}, timeout=60).json()
         assert len(one["steps"]) == 1 and one["steps"][0] == steps[0]
 
-        for bad, words in ((puzzle + "1", "cells"), ("1..x\n..3.\n.4..\n...2", "x"), ({"puzzle": puzzle,
-                                                                                      "example": 0}, "either")):
+        for bad, words in ((puzzle + "1", "cells"), ("1..x\n..3.\n.4..\n...2", "x"),
+                           ({"puzzle": puzzle, "example": 0}, "either"), ({"example": 0}, "no dataset")):
             payload = bad if isinstance(bad, dict) else {"puzzle": bad}
             response = httpx.post(url + "/v1/solve", json=payload, timeout=60)
             assert response.status_code == 400, response.text

@@ -20,6 +20,7 @@ from smoltrain.models.lm import (
     minimind_intermediate_size,
     rope_cos_sin,
     sample_next_token,
+    sample_per_row,
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -336,6 +337,27 @@ def test_generate_eos_sampling_and_mode() -> None:
     out = model.generate(prompt, 6, temperature=0.0, eos_token_id=eos)
     assert (out[0, 4:] == eos).all()
     assert torch.equal(model.generate(prompt[:1], 6, temperature=0.0, eos_token_id=eos), out[:1, :5])
+
+
+def test_sample_per_row_draws_each_rows_distribution() -> None:
+    """Row settings apply per row: greedy rows are argmax, sampled rows follow softmax(logits / T) and a row's
+    nucleus keeps exactly the tokens sample_next_token keeps."""
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0]])
+    n = 20000
+    rows = logits.expand(n, -1)
+    generator = torch.Generator().manual_seed(0)
+    uniform = torch.rand(n, generator=generator)
+    drawn = sample_per_row(rows, torch.full((n,), 0.7), torch.ones(n), uniform)
+    counts = torch.bincount(drawn, minlength=5).float() / n
+    want = (logits[0] / 0.7).softmax(-1)
+    # Binomial standard error at n = 20000 is <= 0.0036; 5 of them leave no room for a wrong distribution.
+    assert torch.all((counts - want).abs() < 5 * (want * (1 - want) / n).sqrt() + 1e-9), (counts, want)
+    nucleus = sample_per_row(rows, torch.ones(n), torch.full((n,), 0.8), uniform)
+    kept = {int(sample_next_token(logits, 1.0, top_p=0.8, generator=generator)) for _ in range(2000)}
+    assert set(nucleus.tolist()) == kept
+    greedy_logits = torch.randn(3, 7)
+    out = sample_per_row(greedy_logits, torch.tensor([0.0, 1.0, 0.0]), torch.ones(3), torch.rand(3))
+    assert out[0] == greedy_logits[0].argmax() and out[2] == greedy_logits[2].argmax()
 
 
 def test_sample_next_token_filters() -> None:

@@ -56,6 +56,7 @@ __all__ = [
     "minimind_intermediate_size",
     "rope_cos_sin",
     "sample_next_token",
+    "sample_per_row",
 ]
 
 INIT_STD = 0.02  # HF `initializer_range` default for Llama/Qwen3
@@ -469,6 +470,30 @@ def sample_next_token(
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def sample_per_row(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
+                   uniform: torch.Tensor) -> torch.Tensor:
+    """``sample_next_token`` for a batch whose rows each have their own settings, in one pass: row b of
+    ``logits`` ``[B, V]`` is argmax when ``temperature[b] == 0``, else a draw from its temperature-scaled
+    distribution cut to the nucleus ``top_p[b]`` (same rule as ``sample_next_token``; 1 keeps every token),
+    made by inverting the cumulative distribution at ``uniform[b]`` in [0, 1) (so each row's randomness can
+    come from its own generator). ``temperature``, ``top_p`` and ``uniform`` are ``[B]``. Returns ``[B]``."""
+    greedy = logits.argmax(dim=-1)
+    if bool((temperature == 0).all()):
+        return greedy
+    scaled = logits.float() / temperature.clamp(min=1e-6)[:, None]
+    nucleus = bool((top_p < 1.0).any())
+    if nucleus:  # the nucleus needs the tokens in order of probability; sorting is the slow part, so only then
+        scaled, order = scaled.sort(dim=-1, descending=True)
+    probs = scaled.softmax(dim=-1)
+    if nucleus:
+        probs = probs.masked_fill((probs.cumsum(dim=-1) - probs) >= top_p[:, None], 0.0)
+    cumulative = probs.cumsum(dim=-1)
+    pick = torch.searchsorted(cumulative, (uniform * cumulative[:, -1])[:, None], right=True)
+    pick = pick.clamp(max=logits.shape[-1] - 1)
+    drawn = (order.gather(1, pick) if nucleus else pick)[:, 0]
+    return torch.where(temperature == 0, greedy, drawn)
 
 
 class LMForCausalLM(nn.Module):

@@ -229,15 +229,21 @@ async def _respond(choices: _Choices, req: SamplingFields, obj: str, make_choice
         completion = 0
         for i in range(len(choices.sequences)):
             yield _sse({**head, "choices": [make_chunk(i, prefix(i), None, True)]})
+        pending = ""  # events that arrived together go out in one write: fewer sends when the loop is behind
         async for index, event in choices.events():
             if isinstance(event, Delta):
-                yield _sse({**head, "choices": [make_chunk(index, event.text, None, False)]})
+                pending += _sse({**head, "choices": [make_chunk(index, event.text, None, False)]})
             elif isinstance(event, Finished):
                 completion += event.completion_tokens
-                yield _sse({**head, "choices": [make_chunk(index, None, event.reason, False)]})
+                pending += _sse({**head, "choices": [make_chunk(index, None, event.reason, False)]})
             elif isinstance(event, Failed):
-                yield _sse(error_body(event.message, "server_error"))
+                pending += _sse(error_body(event.message, "server_error"))
                 break
+            if choices.queue.empty():
+                yield pending
+                pending = ""
+        if pending:
+            yield pending
         if req.stream_options is not None and req.stream_options.include_usage:
             yield _sse({**head, "choices": [], "usage": _usage(choices.prompt_tokens, completion)})
         yield _sse("[DONE]")

@@ -5,7 +5,8 @@ slot of the batch: it is prefilled alone (its prompt, no padding, exactly as ``g
 and its KV cache is then joined to the batch, left-padded to the longest row. Every decoding step runs the
 model once on one new token per slot, with each row's own RoPE position and a mask that hides its pads,
 so a row computes what it would compute alone (greedy output equals single-request output). Each sequence
-has its own sampling settings, random generator and stop conditions; a finished or cancelled sequence
+has its own sampling settings, random generator (one uniform draw per token, for ``sample_per_row``) and stop
+conditions; a finished or cancelled sequence
 leaves the batch at the next step and the columns every remaining row pads are dropped.
 
 Events go back through the callback each sequence was submitted with, from the engine thread: the server
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from smoltrain.data.tokenizer import decode
-from smoltrain.models.lm import KVCache, LMForCausalLM, sample_next_token
+from smoltrain.models.lm import KVCache, LMForCausalLM, sample_per_row
 
 FinishReason = Literal["stop", "length"]
 
@@ -196,12 +197,14 @@ class Engine:
         self.largest_batch = max(self.largest_batch, len(self._active))
         keep: list[int] = []
         next_tokens: list[int] = []
-        for row, seq in enumerate(self._active):
+        settings = [(seq.sampling.temperature, seq.sampling.top_p or 1.0) for seq in self._active]
+        uniform = torch.cat([torch.rand(1, generator=seq.generator, device=self.device) for seq in self._active])
+        chosen = sample_per_row(self._logits, torch.tensor([t for t, _ in settings], device=self.device),
+                                torch.tensor([p for _, p in settings], device=self.device), uniform).tolist()
+        for row, (seq, token) in enumerate(zip(self._active, chosen, strict=True)):
             if seq.cancelled:
                 self.cancelled += 1
                 continue
-            s = seq.sampling
-            token = int(sample_next_token(self._logits[row:row + 1], s.temperature, None, s.top_p, seq.generator))
             if self._advance(seq, token):
                 keep.append(row)
                 next_tokens.append(token)
