@@ -9,6 +9,7 @@ import math
 import os
 import pathlib
 import sys
+import warnings
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
@@ -679,8 +680,16 @@ def _one_line(err: BaseException) -> str:
     return "; ".join(" ".join(part.split()) for part in parts if part.strip())
 
 
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  line: str | None = None) -> str:
+    """A warning as the user reads it: one line, without the source line Python's default format adds."""
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
+    if not _debug():
+        warnings.formatwarning = _warning_line  # type: ignore[assignment]
     try:
         return ns.handler(ns)
     except SmoltrainError as err:

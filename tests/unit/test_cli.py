@@ -192,3 +192,36 @@ def test_demo_lm_with_a_missing_corpus_is_one_line_and_touches_nothing(capsys, t
     assert err == (f"error: --corpus {tmp_path / 'missing.txt'} is not a file: give a plain-text file (.txt), or "
                    "leave --corpus out for the Shakespeare download\n")
     assert not run_dir.exists()
+
+
+def test_warnings_print_as_one_line_under_the_cli(monkeypatch):
+    """A warning the CLI shows (e.g. ARC data without a task list) prints as one `warning:` line, not Python's
+    two-line format with the source line."""
+    import warnings
+
+    from smoltrain import cli
+
+    python_format = warnings.formatwarning
+    monkeypatch.setattr(warnings, "formatwarning", python_format)  # put back after the test
+    monkeypatch.delenv("SMOLTRAIN_DEBUG", raising=False)
+    monkeypatch.setattr(cli, "build_parser", lambda: _WarningParser())
+    with pytest.warns(UserWarning, match="nothing to score"):
+        assert cli.main([]) == 0
+    # pytest records warnings instead of printing them, so check the format the CLI installed for printing.
+    shown = warnings.formatwarning("nothing to score here", UserWarning, "/x/families/trm.py", 201, "warn(...)")
+    assert shown == "warning: nothing to score here\n"
+    assert python_format("nothing to score here", UserWarning, "/x/families/trm.py", 201, "warn(...)").count("\n") == 2
+
+
+class _WarningParser:
+    """Stands in for the CLI's parser: one verb whose handler warns."""
+
+    def parse_args(self, argv):
+        import argparse
+        import warnings
+
+        def handler(ns):
+            warnings.warn("nothing to score here", UserWarning, stacklevel=1)
+            return 0
+
+        return argparse.Namespace(handler=handler)
