@@ -21,11 +21,12 @@ pytest.importorskip("uvicorn", reason="uvicorn (serve extra) runs the server")
 from safetensors.torch import save_file  # noqa: E402
 
 from smoltrain.apps.generate import load_lm, stream_text  # noqa: E402
+from smoltrain.cli import build_parser  # noqa: E402
 from smoltrain.errors import ConfigError  # noqa: E402
 from smoltrain.interop.hf import PEFT_CONFIG, PEFT_PREFIX, PEFT_WEIGHTS  # noqa: E402
 from smoltrain.models.lora import adapter_state_dict, apply_lora, remove_lora  # noqa: E402
 from smoltrain.serve.app import create_app  # noqa: E402
-from tests.e2e.test_serve import running  # noqa: E402
+from tests.e2e.test_serve import running, trm_run  # noqa: E402, F401 (trm_run: a fixture)
 from tests.helpers import make_lm_run  # noqa: E402
 
 PROMPTS = ["w1 w2 w3", "w7", "w4 w9 w11 w12", "w30 w31"]
@@ -109,3 +110,13 @@ def test_two_adapters_with_one_name_are_refused_in_one_line(runs: tuple[Path, Pa
     with pytest.raises(ConfigError, match="model id 'attn-adapter'.*taken by") as err:
         create_app(base, device="cpu", api_key="", adapters=[attention, twin])
     assert "\n" not in str(err.value)
+
+
+def test_the_serve_verb_takes_repeated_adapters() -> None:
+    ns = build_parser().parse_args(["serve", "runs/lm", "--adapter", "runs/a", "--adapter", "peft/b"])
+    assert ns.adapter == ["runs/a", "peft/b"]
+
+
+def test_adapters_on_a_trm_run_are_refused_in_one_line(trm_run: Path, runs: tuple[Path, Path, Path]) -> None:
+    with pytest.raises(ConfigError, match="language model.*without --adapter"):
+        create_app(trm_run, device="cpu", api_key="", adapters=[runs[1]])

@@ -2,9 +2,10 @@
 
 LM runs answer ``GET /v1/models``, ``POST /v1/chat/completions`` and ``POST /v1/completions`` as the OpenAI
 API does (streaming with server-sent events ending in ``data: [DONE]``); their requests are decoded together by
-the batching :class:`~smoltrain.serve.engine.Engine`. TRM-family runs answer ``POST /v1/solve``. Every error
-is an OpenAI-style body ``{"error": {"message", "type", "param", "code"}}``: a request the server cannot
-serve is a 4xx naming what to change, never a 500.
+the batching :class:`~smoltrain.serve.engine.Engine`. With ``adapters`` (``--adapter``), each LoRA adapter is
+one more model id on the one loaded base; the engine decodes each batch with one of them. TRM-family runs
+answer ``POST /v1/solve``. Every error is an OpenAI-style body ``{"error": {"message", "type", "param",
+"code"}}``: a request the server cannot serve is a 4xx naming what to change, never a 500.
 
 With an API key (``--api-key`` or ``SMOLTRAIN_API_KEY``) every request needs ``Authorization: Bearer KEY``,
 except the page's shell (``/`` and ``/static/``), which holds no model output and lets a browser ask for the key.
