@@ -27,7 +27,7 @@ from smoltrain.interop.hf import PEFT_CONFIG, PEFT_PREFIX, PEFT_WEIGHTS  # noqa:
 from smoltrain.models.lora import adapter_state_dict, apply_lora, remove_lora  # noqa: E402
 from smoltrain.serve.app import create_app  # noqa: E402
 from tests.e2e.test_serve import running, trm_run  # noqa: E402, F401 (trm_run: a fixture)
-from tests.helpers import make_lm_run  # noqa: E402
+from tests.helpers import make_lm_run, run_python  # noqa: E402
 
 PROMPTS = ["w1 w2 w3", "w7", "w4 w9 w11 w12", "w30 w31"]
 MAX_TOKENS = 16
@@ -69,6 +69,11 @@ def test_each_adapter_is_served_as_its_own_model(runs: tuple[Path, Path, Path]) 
     base, attention, mlp = runs
     expected = {"tiny-lm": generated(base, None), "attn-adapter": generated(base, attention),
                 "mlp-adapter": generated(base, mlp)}
+    # generated() is what the verb prints: checked once through the CLI itself (a subprocess: slow, so once).
+    proc = run_python(["-m", "smoltrain", "generate", str(base), "--adapter", str(attention), "--prompt", PROMPTS[0],
+                       "--temperature", "0", "--max-new-tokens", str(MAX_TOKENS), "--device", "cpu"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == PROMPTS[0] + expected["attn-adapter"][0] + "\n"
     # The adapters change the greedy output (else this test could not tell them apart from the base).
     assert expected["attn-adapter"] != expected["tiny-lm"] and expected["mlp-adapter"] != expected["tiny-lm"]
     app = create_app(base, device="cpu", api_key="", adapters=[attention, mlp])
