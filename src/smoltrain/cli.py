@@ -429,7 +429,7 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         raise ConfigError(f"smoltrain serve needs {' and '.join(missing)}: pip install 'smoltrain[serve]'")
     from smoltrain.serve.app import serve
 
-    serve(ns.run_dir, host=ns.host, port=ns.port, api_key=ns.api_key, device=ns.device)
+    serve(ns.run_dir, host=ns.host, port=ns.port, api_key=ns.api_key, adapters=ns.adapter or (), device=ns.device)
     return 0
 
 
@@ -518,6 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--port", type=_number(int, 0, 65535), default=8000, help="0 = any free port (8000)")
     sub.add_argument("--api-key", default=None, metavar="KEY",
                      help="require Authorization: Bearer KEY on every request (default: $SMOLTRAIN_API_KEY)")
+    sub.add_argument("--adapter", action="append", default=None, metavar="DIR",
+                     help="LM runs: also serve these LoRA adapters (a LoRA run or PEFT adapter directory; "
+                          "repeatable) on the one loaded base, each as the model id of its directory's name")
     sub.add_argument("--device", default="auto")
 
     imports = verbs.add_parser("import", help="Convert checkpoints of other code bases into run directories.",

@@ -31,8 +31,9 @@ class LMRun:
     def model(self) -> LMForCausalLM:
         return self.run.model  # type: ignore[return-value]
 
-    def use_adapter(self, adapter: str | Path | None) -> None:
-        """Put the LoRA adapters of ``adapter`` (a LoRA run directory or a PEFT adapter directory) on the loaded
+    def use_adapter(self, adapter: str | Path | Adapter | None) -> None:
+        """Put the LoRA adapters of ``adapter`` (a LoRA run directory or a PEFT adapter directory, or an
+        :class:`Adapter` already read from one: a server switching often reads each once) on the loaded
         model in place of any it has, without reading the base again; ``None`` takes them off (the base model:
         for a LoRA run loaded here, the model it adapts).
 
@@ -43,7 +44,7 @@ class LMRun:
         self.adapter = None
         if adapter is None:
             return
-        found = read_adapter(adapter)
+        found = adapter if isinstance(adapter, Adapter) else read_adapter(adapter)
         if found.base_files is not None:
             loaded = ckpt.base_files(self.run.checkpoint)
             if loaded != found.base_files:

@@ -2,9 +2,10 @@
 
 LM runs answer ``GET /v1/models``, ``POST /v1/chat/completions`` and ``POST /v1/completions`` as the OpenAI
 API does (streaming with server-sent events ending in ``data: [DONE]``); their requests are decoded together by
-the batching :class:`~smoltrain.serve.engine.Engine`. TRM-family runs answer ``POST /v1/solve``. Every error
-is an OpenAI-style body ``{"error": {"message", "type", "param", "code"}}``: a request the server cannot
-serve is a 4xx naming what to change, never a 500.
+the batching :class:`~smoltrain.serve.engine.Engine`. With ``adapters`` (``--adapter``), each LoRA adapter is
+one more model id on the one loaded base; the engine decodes each batch with one of them. TRM-family runs
+answer ``POST /v1/solve``. Every error is an OpenAI-style body ``{"error": {"message", "type", "param",
+"code"}}``: a request the server cannot serve is a 4xx naming what to change, never a 500.
 
 With an API key (``--api-key`` or ``SMOLTRAIN_API_KEY``) every request needs ``Authorization: Bearer KEY``,
 except the page's shell (``/`` and ``/static/``), which holds no model output and lets a browser ask for the key.
@@ -33,7 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from smoltrain.apps.solve import PuzzleSolution, solve_puzzle
 from smoltrain.data.tokenizer import apply_chat_template, encode, eos_id
-from smoltrain.errors import ConfigError, SmoltrainError
+from smoltrain.errors import SmoltrainError
 from smoltrain.serve.engine import Delta, Engine, Event, Failed, Finished, Sampling
 from smoltrain.serve.page import page_router
 from smoltrain.serve.run import ServedRun, grid_values, load_served_run
@@ -121,10 +122,15 @@ def _install_error_handlers(app: FastAPI) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _check_model(run: ServedRun, model: str | None) -> None:
-    if model is not None and model != run.name:
-        raise ServeError(404, f"the model {model!r} does not exist: this server serves {run.name!r} "
-                              "(GET /v1/models lists it)", param="model", code="model_not_found")
+def _check_model(run: ServedRun, model: str | None) -> str | None:
+    """The adapter a request's ``model`` names (None: the run itself); an unknown id is a 404 listing the ids."""
+    if model is None or model == run.name:
+        return None
+    if model in run.adapters:
+        return model
+    ids = ", ".join(map(repr, run.model_ids))
+    raise ServeError(404, f"the model {model!r} does not exist: this server serves {ids} "
+                          "(GET /v1/models lists them)", param="model", code="model_not_found")
 
 
 def _need_family(run: ServedRun, family: str) -> None:
@@ -159,7 +165,8 @@ def _prompt_ids(run: ServedRun, text: str, max_tokens: int | None, param: str) -
 class _Choices:
     """The sequences of one request, their events in one asyncio queue, and cancellation on the way out."""
 
-    def __init__(self, engine: Engine, prompts: Sequence[tuple[list[int], int]], req: SamplingFields) -> None:
+    def __init__(self, engine: Engine, prompts: Sequence[tuple[list[int], int]], req: SamplingFields,
+                 adapter: str | None = None) -> None:
         loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
         self.sequences = []
@@ -169,7 +176,7 @@ class _Choices:
                 index = p * req.n + j
                 sampling = Sampling(max_tokens, req.temperature, req.top_p if req.top_p < 1.0 else None, req.stops,
                                     None if req.seed is None else req.seed + j)
-                self.sequences.append(engine.submit(ids, sampling, self._emitter(loop, index)))
+                self.sequences.append(engine.submit(ids, sampling, self._emitter(loop, index), adapter))
 
     def _emitter(self, loop: asyncio.AbstractEventLoop, index: int) -> Callable[[Event], None]:
         def emit(event: Event) -> None:
@@ -255,30 +262,34 @@ async def _respond(choices: _Choices, req: SamplingFields, obj: str, make_choice
 def _lm_routes(app: FastAPI, run: ServedRun, engine: Engine | None) -> None:
     created = int(time.time())
 
-    def lm_engine(model: str) -> Engine:
-        _check_model(run, model)
+    def lm_engine(model: str) -> tuple[Engine, str | None]:
+        """The engine and the adapter (None: the run itself) of a request for ``model``."""
+        adapter = _check_model(run, model)
         _need_family(run, "lm")
         assert engine is not None
-        return engine
+        return engine, adapter
+
+    def card(model_id: str) -> dict[str, Any]:
+        facts = {"id": model_id, "object": "model", "created": created, "owned_by": "smoltrain", "family": run.family}
+        if model_id in run.adapters:  # an adapter on the run: OpenAI's field for a fine-tune's base
+            facts["parent"] = run.name
+        return facts
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": run.name, "object": "model", "created": created,
-                                            "owned_by": "smoltrain", "family": run.family}]}
+        return {"object": "list", "data": [card(model_id) for model_id in run.model_ids]}
 
     @app.get("/v1/models/{model_id}")
     async def model(model_id: str) -> dict[str, Any]:
-        _check_model(run, model_id)
-        return {"id": run.name, "object": "model", "created": created, "owned_by": "smoltrain",
-                "family": run.family}
+        return card(_check_model(run, model_id) or run.name)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest) -> Any:
-        eng = lm_engine(req.model)
+        eng, adapter = lm_engine(req.model)
         prompt = apply_chat_template([{"role": m.role, "content": m.text} for m in req.messages],
                                      add_generation_prompt=True)
         wanted = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        choices = _Choices(eng, [_prompt_ids(run, prompt, wanted, "messages")], req)
+        choices = _Choices(eng, [_prompt_ids(run, prompt, wanted, "messages")], req, adapter)
 
         def choice(i: int, text: str, reason: str) -> dict:
             return {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
@@ -292,11 +303,11 @@ def _lm_routes(app: FastAPI, run: ServedRun, engine: Engine | None) -> None:
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest) -> Any:
-        eng = lm_engine(req.model)
+        eng, adapter = lm_engine(req.model)
         prompts = req.prompts
         if not prompts:
             raise ServeError(400, "prompt is an empty list: give at least one prompt", param="prompt")
-        choices = _Choices(eng, [_prompt_ids(run, p, req.max_tokens, "prompt") for p in prompts], req)
+        choices = _Choices(eng, [_prompt_ids(run, p, req.max_tokens, "prompt") for p in prompts], req, adapter)
 
         def echoed(i: int) -> str:
             return prompts[i // req.n] if req.echo else ""
@@ -377,16 +388,16 @@ def _trm_routes(app: FastAPI, run: ServedRun) -> None:
 
 def create_app(run_dir: str | Path, *, api_key: str | None = None, adapters: Iterable[str | Path] = (),
                device: str = "auto", max_batch: int = 32) -> FastAPI:
-    """The server of one run. ``api_key`` None reads ``SMOLTRAIN_API_KEY`` (unset or empty: no key needed)."""
-    if list(adapters):
-        raise ConfigError("serving LoRA adapters is not supported yet: merge the adapter into a run and serve that")
-    run = load_served_run(run_dir, device=device)
+    """The server of one run. ``api_key`` None reads ``SMOLTRAIN_API_KEY`` (unset or empty: no key needed).
+    ``adapters`` (LoRA run or PEFT adapter directories) are served on the one loaded base, each as a model id of
+    its own (its directory's name)."""
+    run = load_served_run(run_dir, device=device, adapters=adapters)
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     engine: Engine | None = None
     if run.family == "lm":
         assert run.lm is not None
         engine = Engine(run.lm.model, run.lm.tokenizer, eos_id(run.lm.tokenizer), run.loaded.device,
-                        max_batch=max_batch)
+                        max_batch=max_batch, use_adapter=run.use_model if run.adapters else None)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -413,6 +424,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *, api
 
     app = create_app(run_dir, api_key=api_key, adapters=adapters, device=device)
     run: ServedRun = app.state.run
-    print(f"serving {run.name} ({run.family}{', ' + run.kind if run.kind else ''}) on http://{host}:{port} "
+    served = run.name + "".join(f", {model_id}" for model_id in run.adapters)
+    print(f"serving {served} ({run.family}{', ' + run.kind if run.kind else ''}) on http://{host}:{port} "
              f"(page: /, API: /v1){' with an API key' if api_key or os.environ.get(API_KEY_ENV) else ''}")
     uvicorn.run(app, host=host, port=port, log_level="warning")

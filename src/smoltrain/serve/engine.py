@@ -9,6 +9,12 @@ has its own sampling settings, random generator (one uniform draw per token, for
 conditions; a finished or cancelled sequence
 leaves the batch at the next step and the columns every remaining row pads are dropped.
 
+With LoRA adapters served (``smoltrain serve --adapter``), each sequence names the adapter it decodes with
+(None: the base). A batch decodes with one adapter: waiting sequences join it in arrival order while they ask
+for the batch's adapter; the first that asks for another one stops the joining, the batch drains, and the
+engine switches adapters (``use_adapter``) before that sequence's batch starts. So no request waits behind
+later ones, and every row runs exactly the model `smoltrain generate --adapter` runs.
+
 Events go back through the callback each sequence was submitted with, from the engine thread: the server
 turns them into asyncio queue items. A callback must not block.
 """
@@ -78,6 +84,7 @@ class Sequence:
     sent: str = ""  # text already emitted
     cancelled: bool = False
     generator: torch.Generator | None = None
+    adapter: str | None = None  # the adapter's model id; None: the base
 
     def cancel(self) -> None:
         """Free the slot at the next step (a client that went away); no more events are sent."""
@@ -99,12 +106,14 @@ class Engine:
     """The decoding loop over a batch of slots. ``submit`` from any thread; ``close`` stops the thread."""
 
     def __init__(self, model: LMForCausalLM, tokenizer: Tokenizer, eos_id: int | None, device: torch.device,
-                 max_batch: int = 32) -> None:
+                 max_batch: int = 32, use_adapter: Callable[[str | None], None] | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.eos_id = eos_id
         self.device = device
         self.max_batch = max_batch
+        self._use_adapter = use_adapter  # puts an adapter (by model id; None: the base) on ``model``
+        self._adapter: str | None = None  # the adapter on the model now
         self._pending: list[Sequence] = []
         self._active: list[Sequence] = []
         self._cache: KVCache = []
@@ -119,8 +128,11 @@ class Engine:
 
     # -- the public face ------------------------------------------------------------------------------
 
-    def submit(self, prompt_ids: list[int], sampling: Sampling, emit: Callable[[Event], None]) -> Sequence:
-        seq = Sequence(list(prompt_ids), sampling, emit)
+    def submit(self, prompt_ids: list[int], sampling: Sampling, emit: Callable[[Event], None],
+               adapter: str | None = None) -> Sequence:
+        if adapter is not None and self._use_adapter is None:
+            raise ValueError("this engine serves no adapters")
+        seq = Sequence(list(prompt_ids), sampling, emit, adapter=adapter)
         seed = sampling.seed if sampling.seed is not None else secrets.randbits(63)
         seq.generator = torch.Generator(device=self.device).manual_seed(seed)
         with self._wake:
@@ -149,10 +161,13 @@ class Engine:
                     self._wake.wait()
                 if self._closed:
                     return
-                free = self.max_batch - len(self._active)
-                joining, self._pending = self._pending[:free], self._pending[free:]
+                joining = self._joining()
             try:
                 with torch.inference_mode():
+                    if joining and joining[0].adapter != self._adapter:  # only ever with an empty batch
+                        assert not self._active and self._use_adapter is not None
+                        self._use_adapter(joining[0].adapter)
+                        self._adapter = joining[0].adapter
                     for seq in joining:
                         if seq.cancelled:
                             self.cancelled += 1
@@ -168,6 +183,17 @@ class Engine:
                 with self._wake:
                     self._active = []
                 self._cache, self._pads = [], self._pads[:0]
+
+    def _joining(self) -> list[Sequence]:
+        """Take the waiting sequences that join the batch now (the lock held): in arrival order, while they ask
+        for the adapter of the batch (of the first waiting one when the batch is empty), up to the free slots."""
+        wanted = self._active[0].adapter if self._active else (self._pending[0].adapter if self._pending else None)
+        count = 0
+        free = self.max_batch - len(self._active)
+        while count < min(free, len(self._pending)) and self._pending[count].adapter == wanted:
+            count += 1
+        joining, self._pending = self._pending[:count], self._pending[count:]
+        return joining
 
     def _join(self, seq: Sequence) -> None:
         """Prefill ``seq`` alone and add its cache and logits to the batch."""

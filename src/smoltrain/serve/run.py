@@ -5,21 +5,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from smoltrain.apps.generate import LMRun, load_lm
+from smoltrain.apps.generate import LMRun, load_lm, read_adapter
 from smoltrain.apps.solve import read_test_examples, run_kind
 from smoltrain.data.puzzles import PuzzleKind
-from smoltrain.errors import SmoltrainError
+from smoltrain.errors import ConfigError, SmoltrainError
 from smoltrain.families import family_class
 from smoltrain.families.trm import TRMFamily
 from smoltrain.models.lm import LMForCausalLM
+from smoltrain.models.lora import LoRALinear, adapter_state_dict
 from smoltrain.models.trm import TRMConfig
-from smoltrain.runs.loading import LoadedRun, load
+from smoltrain.runs.loading import Adapter, LoadedRun, load
 from smoltrain.runs.run_dir import RunDir
 
 Family = Literal["lm", "trm"]
@@ -45,6 +47,20 @@ class ServedRun:
     loaded: LoadedRun
     lm: LMRun | None = None  # LM runs: model and tokenizer
     puzzle_kind: PuzzleKind | None = None  # TRM runs
+    adapters: dict[str, Adapter] = field(default_factory=dict)  # LM runs: served adapters by model id
+    own_adapter: Adapter | None = None  # a LoRA run's own adapters: what the base model id serves
+
+    @property
+    def model_ids(self) -> list[str]:
+        """The ids /v1/models lists: the run's, then each adapter's."""
+        return [self.name, *self.adapters]
+
+    def use_model(self, model_id: str | None) -> None:
+        """Put the adapter of ``model_id`` on the loaded model (None or the run's own id: the run as loaded).
+        Called by the engine between batches."""
+        assert self.lm is not None
+        self.lm.use_adapter(self.adapters[model_id] if model_id is not None and model_id != self.name
+                            else self.own_adapter)
 
     @property
     def kind(self) -> str | None:
@@ -109,15 +125,49 @@ def grid_values(kind: PuzzleKind, tokens: np.ndarray) -> list[list[int]]:
     return cells.astype(np.int64).tolist()
 
 
-def load_served_run(run_dir: str | Path, device: str = "auto") -> ServedRun:
-    """Load an LM or TRM-family run for serving; a SmoltrainError for anything else."""
+def _own_adapter(lm: LMRun) -> Adapter | None:
+    """The adapters a LoRA run was loaded with (to put back when its own model id is asked for); None if none."""
+    layers = [m for m in lm.model.modules() if isinstance(m, LoRALinear)]
+    if not layers:
+        return None
+    weights = {k: v.detach().clone() for k, v in adapter_state_dict(lm.model).items()}
+    return Adapter(weights=weights, rank=layers[0].rank, alpha=layers[0].alpha, source=lm.run.run_dir.root)
+
+
+def _served_adapters(run: ServedRun, paths: Iterable[str | Path]) -> dict[str, Adapter]:
+    """Each ``--adapter`` read once and tried on the loaded model (a misfit is one line at startup, not a failed
+    request later), by its model id: the directory's name."""
+    adapters: dict[str, Adapter] = {}
+    for path in paths:
+        found = read_adapter(path)
+        model_id = Path(path).resolve().name
+        if model_id in adapters or model_id == run.name:
+            other = adapters[model_id].source if model_id in adapters else run.run_dir
+            raise ConfigError(f"--adapter {path}: its model id {model_id!r} (the directory's name) is taken by "
+                              f"{other}; serve a copy under another directory name")
+        assert run.lm is not None
+        run.lm.use_adapter(found)
+        adapters[model_id] = found
+    return adapters
+
+
+def load_served_run(run_dir: str | Path, device: str = "auto", adapters: Iterable[str | Path] = ()) -> ServedRun:
+    """Load an LM or TRM-family run for serving, with the LoRA ``adapters`` of an LM run; a SmoltrainError for
+    anything else."""
     root = Path(run_dir)
     cfg = RunDir(root).load_config()
     name = root.resolve().name
+    adapters = list(adapters)
     if cfg.arch.name == "lm":
         lm = load_lm(root, device=device)
         assert isinstance(lm.run.model, LMForCausalLM)
-        return ServedRun(root, "lm", name, lm.run, lm=lm)
+        served = ServedRun(root, "lm", name, lm.run, lm=lm, own_adapter=_own_adapter(lm))
+        served.adapters = _served_adapters(served, adapters)
+        served.use_model(None)
+        return served
+    if adapters:
+        raise ConfigError(f"--adapter puts LoRA adapters on a language model; {root} is a {cfg.arch.name} run: "
+                          "serve it without --adapter")
     if not issubclass(family_class(cfg.arch.name), TRMFamily):
         raise SmoltrainError(f"smoltrain serve knows LM runs (arch=lm) and TRM-family runs (trm, hrm, trm_singlez); "
                              f"{root} is arch {cfg.arch.name}")
