@@ -14,7 +14,7 @@ from smoltrain.train.logging import read_metrics
 from smoltrain.train.trainer import Trainer
 from tests.e2e.test_lm_training import check_resume_after_sigkill_is_bitwise_exact
 from tests.e2e.test_trm_training import TINY_TRM, sudoku4  # noqa: F401
-from tests.helpers import toy_overrides
+from tests.helpers import run_python, toy_overrides
 from tests.unit.test_lm_training import text_data  # noqa: F401
 
 
@@ -30,6 +30,9 @@ def test_keep_best_survives_pruning(tmp_path):
     assert record["metric"] == "loss" and record["step"] == best["step"] and record["value"] == best["loss"]
     kept = {p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")}
     assert kept == {ckpt.step_dir_name(best["step"]), ckpt.step_dir_name(24)}  # the newest 1, and the best
+    proc = run_python(["-m", "smoltrain", "eval", str(tmp_path), "--checkpoint", "best", "--device", "cpu"])
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["loss"] == pytest.approx(best["loss"], rel=1e-5)  # the same eval, another process
 
 
 def test_keep_best_with_an_unknown_metric_lists_the_metrics(tmp_path):
