@@ -448,7 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = verb("eval", cmd_eval, "Evaluate a run directory's newest (or a given) checkpoint.")
     sub.add_argument("run_dir")
     sub.add_argument("overrides", nargs="*", metavar="key=value")
-    sub.add_argument("--checkpoint", default=None, help="a checkpoint directory (default: the newest)")
+    sub.add_argument("--checkpoint", default=None,
+                     help="a checkpoint directory, or best (keep_best's, from RUN/best.json; default: the newest)")
     sub.add_argument("--device", default="auto")
     sub.add_argument("--render", default=None, metavar="DIR",
                      help="also draw the ACT traces of the first test examples as PNGs and DIR/index.html")

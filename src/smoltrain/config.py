@@ -93,7 +93,9 @@ class TrainConfig(StrictModel):
     # "auto": the reference's default, the ARC voting evaluator with its defaults when the test data is ARC (and
     # nothing extra on other kinds); [] turns it off; [{name: arc, ...}] sets its options.
     evaluators: str | list[Any] = "auto"
-    eval_max_examples: int | None = Field(None, ge=1)  # evaluate on the first N test examples only; null: all
+    # Evaluate on N test examples drawn at random (seeded by `seed`: the same N at every evaluation of a run); the
+    # final evaluation, when training ends, scores the whole test split. null: every evaluation scores all.
+    eval_max_examples: int | None = Field(None, ge=1)
 
     # --- optimisation (reference names) ---
     global_batch_size: int = Field(32, gt=0)
@@ -106,7 +108,12 @@ class TrainConfig(StrictModel):
     beta2: float = Field(0.95, ge=0, lt=1)
     puzzle_emb_lr: float = Field(1e-2, ge=0)
     puzzle_emb_weight_decay: float = Field(0.1, ge=0)
-    optimizer: Literal["adam_atan2", "adamw"] = "adam_atan2"
+    # adam_atan2 (the reference's), adamw (torch's, fused where it can be), or muon: torch.optim.Muon on the hidden
+    # 2-D weight matrices at `muon_lr` / `muon_weight_decay`, AdamW (at `lr`, `weight_decay`) on the rest:
+    # embeddings, output heads, norms, biases. TRM's puzzle embedding keeps its sparse sign-SGD with any of them.
+    optimizer: Literal["adam_atan2", "adamw", "muon"] = "adam_atan2"
+    muon_lr: float = Field(0.02, ge=0)  # the sic recipe's
+    muon_weight_decay: float = Field(0.005, ge=0)
     grad_clip: float | None = Field(None, gt=0)
     grad_accum_steps: int = Field(1, gt=0)
     max_steps: int | None = Field(None, gt=0)
@@ -135,12 +142,20 @@ class TrainConfig(StrictModel):
     checkpoint_every: int | None = Field(None, gt=0)  # in optimizer steps
     checkpoint_every_eval: bool = False
     keep_checkpoints: int = Field(3, gt=0)
+    # Also keep the checkpoint with the best value of this eval metric (recorded in RUN/best.json), whatever
+    # keep_checkpoints prunes: METRIC is maximised, -METRIC minimised; names ending in loss, perplexity or
+    # bits_per_byte are minimised when written bare too (keep_best=loss is keep_best=-loss), +METRIC forces max.
+    keep_best: str | None = None
     resume: str = "auto"  # "auto" | "none" | path to a checkpoint directory
 
     # --- machine ---
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    compile: bool = False
+    # torch.compile the training step: true, false, or auto (see train/compile.py: on for CUDA, and on CPU for
+    # models of at least COMPILE_AUTO_MIN_PARAMETERS parameters, where it was measured to pay).
+    compile: bool | Literal["auto"] = False
+    # torch.compile's mode; reduce-overhead (CUDA graphs) is for CUDA: on a CPU it falls back to default, with a note.
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     num_threads: int | None = Field(None, gt=0)
     dist_timeout_minutes: float = Field(5.0, gt=0)  # torchrun: a rank silent this long in a collective ends the job
 

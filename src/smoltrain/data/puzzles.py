@@ -859,14 +859,16 @@ class PuzzleDataset:
 
     # -- test -----------------------------------------------------------------------------------
 
-    def iter_test(self) -> Iterator[EvalBatch]:
-        """Every example once, in order, in global windows; this rank's slice padded to local size."""
-        total = self.num_examples
+    def iter_test(self, examples: np.ndarray | None = None) -> Iterator[EvalBatch]:
+        """Every example once (or the examples ``examples`` names, in their order), in global windows; this
+        rank's slice padded to local size."""
+        order = np.arange(self.num_examples, dtype=np.int64) if examples is None else np.asarray(examples, np.int64)
+        total = len(order)
         for start in range(0, total, self.global_batch_size):
             end = min(total, start + self.global_batch_size)
             lo = start + self.rank * self.local_batch_size
             hi = min(start + (self.rank + 1) * self.local_batch_size, end)
-            rows = np.arange(lo, max(lo, hi), dtype=np.int64)
+            rows = order[lo:max(lo, hi)]
             # The puzzle of a row is the last puzzle starting at or before it (skips empty puzzles).
             puzzles = np.searchsorted(self.puzzle_indices, rows, side="right") - 1
             yield EvalBatch(self._collate(rows, puzzles), int(rows.shape[0]), end - start)

@@ -201,14 +201,15 @@ class ResumableRows:
             )
         self.epoch, self.batch = epoch, batch
 
-    def iter_eval(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
-        """Every row of this split once, in order; rank r takes rows [r*bs, (r+1)*bs) of each
-        chunk of ``batch_size * world_size`` rows (the last chunk may be short or empty)."""
+    def iter_eval(self, batch_size: int, rows: np.ndarray | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        """Every row of this split once (or the rows ``rows`` names, in their order); rank r takes rows
+        [r*bs, (r+1)*bs) of each chunk of ``batch_size * world_size`` rows (the last chunk may be short or empty)."""
         if batch_size < 1:
             raise ConfigError(f"eval batch_size={batch_size} must be >= 1")
+        order = np.arange(self.num_windows) if rows is None else np.asarray(rows, dtype=np.int64)
         chunk = batch_size * self.world_size
-        for start in range(0, self.num_windows, chunk):
+        for start in range(0, len(order), chunk):
             lo = start + self.rank * batch_size
-            hi = min(lo + batch_size, self.num_windows)
+            hi = min(lo + batch_size, len(order))
             if lo < hi:
-                yield self._windows(np.arange(lo, hi))
+                yield self._windows(order[lo:hi])

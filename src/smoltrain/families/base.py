@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
 from smoltrain.errors import ConfigError
+from smoltrain.optim import AdamATan2, build_adamw, build_muon, split_hidden_matrices
 
 if TYPE_CHECKING:
     from smoltrain.config import ArchConfig, TrainConfig
@@ -32,6 +34,34 @@ class OptimizerSpec:
 
     optimizer: torch.optim.Optimizer
     base_lr: float
+
+
+def build_weight_optimizers(model: nn.Module, cfg: TrainConfig, outside: tuple[str, ...]) -> list[OptimizerSpec]:
+    """The optimizers of ``model``'s trainable parameters that ``cfg.optimizer`` names: one AdamATan2 or AdamW over
+    all of them, or for ``muon`` torch's Muon on the hidden weight matrices (``optim.split_hidden_matrices``; the
+    names in ``outside`` are the family's embeddings and heads) at ``muon_lr`` and AdamW on the rest at ``lr``.
+    Each is built at lr 0: the trainer sets every step's LR from the spec's base LR."""
+    betas = (cfg.beta1, cfg.beta2)
+    params = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapters only
+    if cfg.optimizer == "adam_atan2":
+        return [OptimizerSpec(AdamATan2(params, lr=0.0, betas=betas, weight_decay=cfg.weight_decay), cfg.lr)]
+    if cfg.optimizer == "adamw":
+        return [OptimizerSpec(build_adamw(params, 0.0, betas, cfg.weight_decay), cfg.lr)]
+    if cfg.optimizer != "muon":
+        raise ConfigError(f"optimizer={cfg.optimizer}: unknown; choose from adam_atan2, adamw, muon")
+    matrices, rest = split_hidden_matrices(model.named_parameters(), outside)
+    specs = [OptimizerSpec(build_muon(matrices, 0.0, cfg.muon_weight_decay), cfg.muon_lr)] if matrices else []
+    if rest:
+        specs.append(OptimizerSpec(build_adamw(rest, 0.0, betas, cfg.weight_decay), cfg.lr))
+    return specs
+
+
+def eval_subset(total: int, limit: int | None, seed: int) -> np.ndarray | None:
+    """The ``limit`` of ``total`` test examples an evaluation scores, drawn at random from ``seed`` alone, so every
+    evaluation of a run scores the same ones (sorted, so the data is read in order); None: all of them."""
+    if limit is None or limit >= total:
+        return None
+    return np.sort(np.random.default_rng([seed, 0x5EED]).choice(total, size=limit, replace=False))
 
 
 @dataclass
@@ -126,8 +156,9 @@ class Family(ABC):
     def train_step(self, model: nn.Module, batch: Batch, carry: Any) -> StepOutput: ...
 
     def evaluate(self, model: nn.Module, outputs_path: Path | None = None,
-                 report_dir: Path | None = None) -> dict[str, float]:
-        """Metrics on the held-out data; the model is in eval mode and holds the EMA weights if any.
+                 report_dir: Path | None = None, whole: bool = False) -> dict[str, float]:
+        """Metrics on the held-out data; the model is in eval mode and holds the EMA weights if any. The data is
+        the ``eval_max_examples`` subset (:func:`eval_subset`), or all of it with ``whole`` (the final evaluation).
 
         With ``outputs_path`` (the run sets ``eval_save_outputs``) the family also saves the tensors named
         there for every evaluated example to that file. Files an evaluation produces for people (such as

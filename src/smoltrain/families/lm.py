@@ -28,10 +28,18 @@ from smoltrain.data.text import (
     read_metadata,
 )
 from smoltrain.errors import ConfigError, DataError
-from smoltrain.families.base import Batch, Family, OptimizerSpec, StepOutput, TrainStream
+from smoltrain.families.base import (
+    Batch,
+    Family,
+    OptimizerSpec,
+    StepOutput,
+    TrainStream,
+    build_weight_optimizers,
+    eval_subset,
+)
 from smoltrain.models.lm import LMConfig, LMForCausalLM
 from smoltrain.models.lora import apply_lora
-from smoltrain.optim import AdamATan2
+from smoltrain.optim import AdamATan2, build_adamw
 
 DATA_KEYS = ("seq_len", "packing")  # arch keys that describe the training rows, not the network
 
@@ -83,14 +91,16 @@ class LMArchConfig(ArchConfig):
 
 def build_lm_optimizer(model: nn.Module, name: str, lr: float, betas: tuple[float, float],
                        weight_decay: float) -> torch.optim.Optimizer:
-    """The LM's optimizer over all trainable parameters (one group, as MiniMind). AdamW runs torch's fused kernel
-    where it has one (CPU and CUDA): one pass over each tensor instead of the ~10 elementwise kernels
-    per parameter of the default CPU loop, the same update up to float rounding."""
+    """One AdamW (fused where it can be) or AdamATan2 over all trainable parameters (one group, as MiniMind); what
+    the throughput bench times. Training builds its optimizers with ``build_weight_optimizers``."""
     params = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapters only
     if name == "adamw":
-        fused = all(p.device.type in ("cpu", "cuda") for p in params)
-        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None)
+        return build_adamw(params, lr, betas, weight_decay)
     return AdamATan2(params, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+# Parameters that optimizer=muon leaves to AdamW besides the non-2-D ones: the token embedding and the (tied) head.
+MUON_OUTSIDE = ("embed_tokens", "lm_head")
 
 
 DEFAULT_VOCAB_SIZE = 6400  # MiniMind's tokenizer; only to describe a model whose dataset is not built yet
@@ -158,9 +168,7 @@ class LMFamily(Family):
         return model
 
     def build_optimizers(self, model: nn.Module) -> list[OptimizerSpec]:
-        cfg = self.cfg
-        opt = build_lm_optimizer(model, cfg.optimizer, cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay)
-        return [OptimizerSpec(opt, cfg.lr)]
+        return build_weight_optimizers(model, self.cfg, outside=MUON_OUTSIDE)
 
     def _windows(self, split: str) -> TokenWindows:
         if not self.cfg.data_paths:
@@ -197,18 +205,17 @@ class LMFamily(Family):
         return StepOutput(loss=loss, metrics=metrics)
 
     def evaluate(self, model: nn.Module, outputs_path: Path | None = None,
-                 report_dir: Path | None = None) -> dict[str, float]:
-        """Validation loss (nats per token), perplexity and bits per byte over the val split."""
+                 report_dir: Path | None = None, whole: bool = False) -> dict[str, float]:
+        """Validation loss (nats per token), perplexity and bits per byte over the val split (its
+        ``eval_max_examples`` rows drawn at random, unless ``whole``)."""
         from smoltrain.runtime.distributed import all_reduce_sum
 
         if not self.cfg.data_paths:
             return {}
         windows = self._windows("val")
         total = torch.zeros(2, dtype=torch.float64)  # summed token loss, tokens
-        limit = self.cfg.eval_max_examples
-        for i, batch in enumerate(windows.iter_eval(self.local_batch_size)):  # this rank's slice of each chunk
-            if limit is not None and i * self.cfg.global_batch_size >= limit:
-                break
+        rows = None if whole else eval_subset(windows.num_windows, self.cfg.eval_max_examples, self.cfg.seed)
+        for batch in windows.iter_eval(self.local_batch_size, rows):  # this rank's slice of each chunk
             ids, targets = batch["input_ids"].to(self.device), batch["targets"].to(self.device)
             out = model(ids, targets=targets)
             tokens = (targets != -100).sum().item()

@@ -128,7 +128,7 @@ class ToyFamily(Family):
         return torch.from_numpy(inputs), torch.from_numpy(labels)
 
     def evaluate(self, model: nn.Module, outputs_path: Path | None = None,
-                 report_dir: Path | None = None) -> dict[str, float]:
+                 report_dir: Path | None = None, whole: bool = False) -> dict[str, float]:
         inputs, labels = self.eval_examples()
         logits = model(inputs.to(self.device))
         ce, accuracy, exact = sequence_scores(logits, labels.to(self.device))

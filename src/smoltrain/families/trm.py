@@ -30,11 +30,19 @@ from smoltrain.errors import ConfigError
 from smoltrain.eval import Evaluator, evaluators_for
 from smoltrain.eval.arc import arc_evaluator_options, votable
 from smoltrain.eval.base import EvalRows, SavedOutputs
-from smoltrain.families.base import Batch, Family, OptimizerSpec, StepOutput, TrainStream
+from smoltrain.families.base import (
+    Batch,
+    Family,
+    OptimizerSpec,
+    StepOutput,
+    TrainStream,
+    build_weight_optimizers,
+    eval_subset,
+)
 from smoltrain.models.hrm import HRM, HRMConfig, TRMSingleZ, TRMSingleZConfig
 from smoltrain.models.trm import TRM, TRMCarry, TRMConfig, carry_from_state, carry_to_state
 from smoltrain.models.trm_loss import ACTLossHead
-from smoltrain.optim import AdamATan2, SparseSignSGD
+from smoltrain.optim import SparseSignSGD
 from smoltrain.runtime.device import resolve_precision
 
 # A run may declare the data shape in its arch config, so its model builds without the dataset (loading,
@@ -47,6 +55,9 @@ PRECISION_TO_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 LOSS_HEADS: dict[str, type[ACTLossHead]] = {"ACTLossHead": ACTLossHead}
 NEEDS_DATA = ("arch={name} needs data: set data_paths=[DIR] (build one with `smoltrain data sudoku`), or declare "
               "arch.seq_len, arch.vocab_size and arch.num_puzzle_identifiers to build the model without it")
+
+# Parameters that optimizer=muon leaves to AdamW besides the non-2-D ones: the token embedding and the two heads.
+MUON_OUTSIDE = ("embed_tokens", "lm_head", "q_head")
 
 
 class LossConfig(StrictModel):
@@ -228,10 +239,7 @@ class TRMFamily(Family):
         cfg = self.cfg
         specs = []
         if not cfg.freeze_weights:
-            specs.append(OptimizerSpec(
-                AdamATan2(model.parameters(), lr=0.0, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay),
-                cfg.lr,
-            ))
+            specs += build_weight_optimizers(model, cfg, outside=MUON_OUTSIDE)
         puzzle_emb = model.model.puzzle_emb  # type: ignore[union-attr]
         if puzzle_emb is not None:
             specs.append(OptimizerSpec(
@@ -325,11 +333,12 @@ class TRMFamily(Family):
         return self.run_evaluators
 
     def evaluate(self, model: nn.Module, outputs_path: Path | None = None,
-                 report_dir: Path | None = None) -> dict[str, float]:
-        """Reference evaluation: a fresh carry per test batch, ``halt_max_steps`` ACT steps, then the last step's
-        rows go to the evaluators (`smoltrain.eval.evaluators_for`): the reference metrics summed over the test
-        set (all ranks) and divided by the number of scored sequences; mazes add ``valid_optimal_path``; the
-        ARC evaluator (``evaluators=auto`` on ARC data, or ``[{name: arc}]``) adds ``ARC/pass@k`` and writes
+                 report_dir: Path | None = None, whole: bool = False) -> dict[str, float]:
+        """Reference evaluation (on the ``eval_max_examples`` subset unless ``whole``): a fresh carry per test
+        batch, ``halt_max_steps`` ACT steps, then the last step's rows go to the evaluators
+        (`smoltrain.eval.evaluators_for`): the reference metrics summed over the test set (all ranks) and divided
+        by the number of scored sequences; mazes add ``valid_optimal_path``; the ARC evaluator (``evaluators=auto``
+        on ARC data, or ``[{name: arc}]``) adds ``ARC/pass@k`` and writes
         ``submission.json`` and ``arc_scores.json`` to ``report_dir`` when one is given.
 
         With ``outputs_path``, the ``eval_save_outputs`` keys (batch fields such as ``inputs``, ``labels``,
@@ -344,18 +353,10 @@ class TRMFamily(Family):
         return_keys = tuple(sorted({key for evaluator in evaluators for key in evaluator.output_keys}))
         for evaluator in evaluators:
             evaluator.begin()
-        limit = self.cfg.eval_max_examples
-        seen = 0
+        subset = None if whole else eval_subset(dataset.num_examples, self.cfg.eval_max_examples, self.cfg.seed)
         steps = model.model.config.halt_max_steps  # type: ignore[union-attr]
-        for item in dataset.iter_test():
-            if limit is not None and seen >= limit:
-                break
+        for item in dataset.iter_test(subset):
             batch = {k: v.to(self.device) for k, v in item.batch.items()}
-            if limit is not None and seen + item.global_num_real > limit:
-                # Score only the first `limit` examples: drop the labels of the rows past it.
-                keep = limit - seen - self.dist.rank * self.local_batch_size
-                batch["labels"][max(0, keep):] = -100
-            seen += item.global_num_real
             carry = model.initial_carry(batch)  # type: ignore[operator]
             for _ in range(steps):
                 step = model(carry, batch, return_keys=return_keys)

@@ -106,8 +106,10 @@ def save_checkpoint(
     ema_state: dict[str, torch.Tensor] | None,
     trainer_state: dict[str, Any],
     keep: int,
+    protect: Path | None = None,
 ) -> Path:
-    """Write checkpoint ``step`` under ``root`` atomically and prune to the newest ``keep``."""
+    """Write checkpoint ``step`` under ``root`` atomically and prune to the newest ``keep``, besides ``protect``
+    (the best checkpoint of ``keep_best``), which is never deleted."""
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".step_*.tmp*"):
         shutil.rmtree(stale, ignore_errors=True)
@@ -133,7 +135,7 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _prune(root, final, keep)
+    _prune(root, final, keep, protect)
     return final
 
 
@@ -219,14 +221,16 @@ def verifies(path: Path) -> bool:
     return _read_manifest(path) is not None  # one without a manifest is not known to be ours
 
 
-def _prune(root: Path, just_written: Path, keep: int) -> None:
+def _prune(root: Path, just_written: Path, keep: int, protect: Path | None = None) -> None:
     """Keep the newest ``keep`` checkpoints that verify (``just_written`` does: its hashes were just taken);
     delete older ones that verify. A directory that does not verify is neither counted nor deleted: it may be
     what a person wants to look at, or not ours at all, and a damaged one must not take the place of an intact
     one. Verifying re-reads the kept checkpoints and the one leaving, once per save: a fraction of what writing
-    them cost (hashing runs at about 1 GB/s)."""
+    them cost (hashing runs at about 1 GB/s). ``protect`` is kept and not counted."""
     kept = 0
     for path in reversed(list_checkpoints(root)):
+        if protect is not None and path == protect:
+            continue
         if path == just_written:
             kept += 1
         elif verifies(path):

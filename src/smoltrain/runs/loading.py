@@ -85,6 +85,12 @@ def load(run_dir: str | Path, checkpoint: str | Path | None = None, device: str 
     cfg = run.load_config(overrides)
     if not need_data and family_class(cfg.arch.name).declares_data_shape(cfg):
         cfg = run.load_config([*(overrides or []), *NO_DATA])
+    if str(checkpoint) == "best":  # keep_best's: what best.json names
+        record = run.read_best()
+        if record is None:
+            raise SmoltrainError(f"{run.root} has no best.json: --checkpoint best needs a run trained with "
+                                 "keep_best=METRIC; pass a checkpoint directory or leave --checkpoint out")
+        checkpoint = run.step_dir(record["step"])
     if checkpoint is None:  # the newest that verifies: a damaged or empty step directory is skipped
         found = run.newest_loadable(fix="train the run again (smoltrain train) or copy an intact checkpoint in")
         if found is None:

@@ -14,6 +14,7 @@ A run directory, as the trainer and the importers (``smoltrain import hf|minimin
       tokenizer/                     an LM run's tokenizer (tokenizer.json, tokenizer_config.json, ...)
       checkpoints/step_00001234/     one checkpoint; its files: smoltrain.runs.checkpoint
       eval/step_00001234/            files an evaluation writes for people (ARC's submission.json)
+      best.json                      with keep_best: the checkpoint with the best eval metric (kept)
       step_1234_all_preds.0          evaluation outputs of rank 0, with eval_save_outputs (the reference's name)
       reference_all_config.yaml      an imported TRM run only: the reference's own config
 
@@ -28,6 +29,7 @@ config: :meth:`RunDir.check_continues` allows changes to :data:`RESUMABLE_CHANGE
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,10 +56,10 @@ RESUMABLE_CHANGES: tuple[str, ...] = (
     "max_steps", "max_minutes", "epochs",
     "eval_every", "eval_interval", "min_eval_interval", "eval_max_examples", "eval_save_outputs", "evaluators",
     "data_paths_test",
-    "checkpoint_every", "checkpoint_every_eval", "keep_checkpoints", "resume", "load_checkpoint",
+    "checkpoint_every", "checkpoint_every_eval", "keep_checkpoints", "keep_best", "resume", "load_checkpoint",
     "run_dir", "checkpoint_path", "run_name", "project_name",
     "log_every", "max_nonfinite_steps", "wandb", "tensorboard",
-    "device", "precision", "compile", "num_threads", "dist_timeout_minutes",
+    "device", "precision", "compile", "compile_mode", "num_threads", "dist_timeout_minutes",
 )
 SHOWN_CHANGES = 5  # keys named in the refusal; the rest are counted
 
@@ -195,7 +197,7 @@ class RunDir:
         """The files and folders of the layout above that exist, ``.lock`` aside (it is never deleted: another
         process may hold a lock on it); what a caller that owns the whole directory (the demo) clears."""
         named = [self.config, self.readme, self.metrics, self.curves, self.tensorboard, self.wandb, self.tokenizer,
-                 self.checkpoints, self.eval_root, self.reference_config]
+                 self.checkpoints, self.eval_root, self.reference_config, self.best]
         predictions = sorted(self.root.glob("step_*_all_preds.*")) if self.root.is_dir() else []
         return [path for path in named if path.exists()] + predictions
 
@@ -289,9 +291,31 @@ class RunDir:
         return ckpt.newest_loadable(self.checkpoints, fix, with_base)
 
     def save_checkpoint(self, step: int, model_state: dict[str, torch.Tensor],
-                        ema_state: dict[str, torch.Tensor] | None, trainer_state: dict[str, Any], keep: int) -> Path:
+                        ema_state: dict[str, torch.Tensor] | None, trainer_state: dict[str, Any], keep: int,
+                        protect_step: int | None = None) -> Path:
+        """Write checkpoint ``step``; pruning keeps the newest ``keep`` and the one of ``protect_step`` (the best)."""
+        protect = self.step_dir(protect_step) if protect_step is not None else None
         with writing(self.step_dir(step)):  # a full disk mid-run ends it with one line; the checkpoint is not left half
-            return ckpt.save_checkpoint(self.checkpoints, step, model_state, ema_state, trainer_state, keep)
+            return ckpt.save_checkpoint(self.checkpoints, step, model_state, ema_state, trainer_state, keep, protect)
+
+    @property
+    def best(self) -> Path:
+        """``best.json``: the checkpoint with the best value of the ``keep_best`` metric (metric, step, value,
+        checkpoint), which pruning keeps."""
+        return self.root / "best.json"
+
+    def read_best(self) -> dict[str, Any] | None:
+        """The recorded best checkpoint, or None when there is none (or the record is unreadable: it is rebuilt)."""
+        try:
+            record = json.loads(self.best.read_text())
+        except (OSError, ValueError):
+            return None
+        ok = isinstance(record, dict) and isinstance(record.get("step"), int) and isinstance(record.get("value"), float)
+        return record if ok else None
+
+    def write_best(self, metric: str, step: int, value: float) -> None:
+        record = {"metric": metric, "step": step, "value": value, "checkpoint": str(self.step_dir(step))}
+        atomic_write_text(self.best, json.dumps(record, indent=2) + "\n")
 
     def save_weights_only(self, step: int, model_state: dict[str, torch.Tensor], origin: dict[str, Any]) -> Path:
         with writing(self.step_dir(step)):

@@ -39,12 +39,28 @@ from smoltrain.runtime.distributed import (
     gather_objects,
     init_distributed,
 )
+from smoltrain.train.compile import resolve_compile, resolve_compile_mode
 from smoltrain.train.logging import MetricsLogger, truncate_metrics
 from smoltrain.train.schedule import EMA, warmup_cosine_factor
 
 
 class TrainingDiverged(SmoltrainError):
     """Too many non-finite steps in a row."""
+
+
+# Eval metrics where lower is better: `keep_best=NAME` minimises them (the rest are maximised unless written -NAME).
+LOWER_IS_BETTER_SUFFIXES = ("loss", "perplexity", "bits_per_byte")
+
+
+def best_rule(spec: str) -> tuple[str, bool]:
+    """``keep_best``'s metric and whether larger is better: ``-NAME`` minimises, ``+NAME`` maximises, a bare name
+    is minimised when it ends in one of LOWER_IS_BETTER_SUFFIXES and maximised otherwise."""
+    sign, name = (spec[0], spec[1:]) if spec[:1] in "+-" else ("", spec)
+    if not name:
+        raise ConfigError(f"keep_best={spec!r} names no metric: write keep_best=exact_accuracy or keep_best=-loss")
+    if sign:
+        return name, sign == "+"
+    return name, not name.endswith(LOWER_IS_BETTER_SUFFIXES)
 
 
 def seed_everything(seed: int) -> None:
@@ -156,7 +172,6 @@ class Trainer:
             broadcast_module(self.model)
         seed_everything(cfg.seed + self.dist.rank)
 
-        self.step_model = torch.compile(self.model) if cfg.compile else self.model
         self.optimizers = self.family.build_optimizers(self.model)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.ema = EMA(self.model, cfg.ema_rate) if cfg.ema else None
@@ -164,6 +179,18 @@ class Trainer:
         self.steps_per_epoch = self.family.steps_per_epoch()
         self.total_steps = cfg.max_steps or max(1, int(cfg.epochs * self.steps_per_epoch))
         self.eval_every = cfg.eval_every_steps(self.steps_per_epoch)
+        self.start_events: list[str] = []  # lines about how training starts, logged when fit begins
+        parameters = sum(p.numel() for p in self.model.parameters())
+        self.compiled = resolve_compile(cfg.compile, self.device, parameters, self.total_steps)
+        self.step_model = self.model
+        if self.compiled:
+            mode, note = resolve_compile_mode(cfg.compile_mode, self.device)
+            self.step_model = torch.compile(self.model, mode=mode)
+            if note:
+                self.start_events.append(note)
+        self.best_metric, self.best_maximise = best_rule(cfg.keep_best) if cfg.keep_best else (None, True)
+        self.best: dict[str, Any] | None = None  # best.json's record (metric, step, value)
+        self.best_pending = False  # an evaluation beat the best: its checkpoint is to be saved
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.step = 0
         self.evals_done = 0
@@ -174,7 +201,6 @@ class Trainer:
         self.last_eval_step = self.last_checkpoint_step = -1
         self.window = _LogWindow()  # what the steps since the last logged row add up to
         self.started = time.perf_counter()  # of this session; `fit` restarts it
-        self.start_events: list[str] = []  # lines about how training starts, logged when fit begins
         # The checkpoint a run on a frozen base (LoRA) started from: its checkpoints then hold only what trains.
         self.base_pointer: dict[str, Any] | None = None
 
@@ -183,6 +209,9 @@ class Trainer:
         self.run_lock = self.run.lock() if self.dist.is_main else None
         try:
             self.resumed_from = self._start()
+            record = self.run.read_best() if cfg.keep_best and self.resumed_from is not None else None
+            if record is not None and record.get("metric") == self.best_metric and record["step"] <= self.step:
+                self.best = record  # a resumed run goes on beating its own best
             self.logger = MetricsLogger(
                 self.run,
                 enabled=self.dist.is_main,
@@ -238,9 +267,17 @@ class Trainer:
         started = self.started = time.perf_counter()
         stopped_by = None
         try:
+            first_step = self.compiled
             while self.step < self.total_steps:
                 batch = next(self.stream)
+                step_started = time.perf_counter()
                 result = self.train_step(batch)
+                if first_step:  # compilation happens in the first call: say what it cost
+                    first_step = False
+                    took = time.perf_counter() - step_started
+                    self.logger.event(f"compile: the first training step took {took:.1f} s "
+                                      f"(compilation included; compile={self.cfg.compile}, "
+                                      f"compile_mode={self.cfg.compile_mode})")
                 self.step += 1
                 window_steps += 1
                 if result is not None:  # a logging step
@@ -261,11 +298,12 @@ class Trainer:
                 if out_of_time:  # a planned end: the final evaluation still runs
                     self.logger.event(f"time budget of {self.cfg.max_minutes:g} min reached at step {self.step}")
                     break
-                evaluated = self._eval_due() and self._run_eval()
-                if self._checkpoint_due(evaluated):
+                # The evaluation at the last step is the final one: it scores the whole test split.
+                evaluated = self._eval_due() and self._run_eval(whole=self.step >= self.total_steps)
+                if self._checkpoint_due(evaluated) or self.best_pending:
                     self.save_checkpoint()
             if not stopped_by and self.last_eval_step != self.step:
-                self._run_eval()  # the final evaluation, unless this step already had one
+                self._run_eval(whole=True)  # the final evaluation, unless this step already had one
             if self.last_checkpoint_step != self.step:
                 self.save_checkpoint()
             if stopped_by:
@@ -362,8 +400,9 @@ class Trainer:
             values.update(self.family.reduce_metrics(sums))
         return values
 
-    def evaluate(self) -> dict[str, float]:
-        """Evaluate with the EMA weights when EMA is on."""
+    def evaluate(self, whole: bool = False) -> dict[str, float]:
+        """Evaluate with the EMA weights when EMA is on; ``whole``: every test example, whatever
+        ``eval_max_examples`` says (the final evaluation)."""
         self.model.eval()
         if self.ema is not None:
             self.ema.swap_into(self.model)
@@ -371,7 +410,8 @@ class Trainer:
             with torch.inference_mode(), self._autocast():
                 outputs = self.run.predictions(self.step, self.dist.rank) if self.cfg.eval_save_outputs else None
                 # Files an evaluation writes for people (ARC's submission.json) go next to the checkpoints.
-                return self.family.evaluate(self.model, outputs, self.run.eval_dir(self.run.step_dir(self.step)))
+                return self.family.evaluate(self.model, outputs, self.run.eval_dir(self.run.step_dir(self.step)),
+                                            whole=whole)
         finally:
             if self.ema is not None:
                 self.ema.swap_into(self.model)
@@ -402,7 +442,14 @@ class Trainer:
                 **({"base": self.base_pointer, "lora": {"rank": self.cfg.lora.rank, "alpha": self.cfg.lora.alpha}}
                    if self.base_pointer is not None else {}),
             }
-            self.run.save_checkpoint(self.step, model_state, ema_state, trainer_state, keep=self.cfg.keep_checkpoints)
+            best_step = self.best["step"] if self.best is not None else None
+            if self.best_pending:
+                best_step = self.step
+            self.run.save_checkpoint(self.step, model_state, ema_state, trainer_state, keep=self.cfg.keep_checkpoints,
+                                     protect_step=best_step)
+            if self.best_pending and self.best is not None:  # recorded once its checkpoint is there
+                self.run.write_best(self.best["metric"], self.step, self.best["value"])
+        self.best_pending = False
         barrier(self.dist)
 
     # ------------------------------------------------------------------------------------------
@@ -424,18 +471,38 @@ class Trainer:
     def _eval_due(self) -> bool:
         return self.eval_every is not None and self.step % self.eval_every == 0
 
-    def _run_eval(self) -> bool:
+    def _run_eval(self, whole: bool = False) -> bool:
         self.last_eval_step = self.step
         self.evals_done += 1
         if self.evals_done <= self.cfg.min_eval_interval:
             return False
-        metrics = self.evaluate()
+        metrics = self.evaluate(whole)
         if metrics:
+            self._track_best(metrics)
             self.last_eval = metrics
             # elapsed_s as train rows have it, so evaluations plot against wall time too
             self.logger.log({"step": self.step, **metrics, "elapsed_s": time.perf_counter() - self.started},
                             prefix="eval")
         return True
+
+    def _track_best(self, metrics: dict[str, float]) -> None:
+        """With ``keep_best``: whether this evaluation beat the best so far (then its checkpoint is saved and kept,
+        and best.json names it). A metric the evaluation does not report is the user's mistake."""
+        name = self.best_metric
+        if name is None:
+            return
+        if name not in metrics:
+            raise ConfigError(f"keep_best={self.cfg.keep_best}: the evaluation reports no metric {name!r}; it has "
+                              f"{', '.join(sorted(metrics))} (prefix - to minimise one, as keep_best=-loss)")
+        value = float(metrics[name])
+        if not math.isfinite(value):
+            return
+        if self.best is not None:
+            better = value > self.best["value"] if self.best_maximise else value < self.best["value"]
+            if not better:
+                return
+        self.best = {"metric": name, "step": self.step, "value": value}
+        self.best_pending = True
 
     def _checkpoint_due(self, evaluated: bool) -> bool:
         every = self.cfg.checkpoint_every
