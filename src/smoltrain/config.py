@@ -94,6 +94,10 @@ class TrainConfig(StrictModel):
     # nothing extra on other kinds); [] turns it off; [{name: arc, ...}] sets its options.
     evaluators: str | list[Any] = "auto"
     eval_max_examples: int | None = Field(None, ge=1)  # evaluate on the first N test examples only; null: all
+    # Test-time voting (TRM): K augmented views of each test puzzle, answers mapped back and voted; 1 = off.
+    eval_augmentations: int = Field(1, ge=1)
+    # Halt-first ensemble: answer at the first ACT step whose sigmoid(q_halt) passes this in some view.
+    eval_halt_threshold: float = Field(0.5, gt=0, lt=1)
 
     # --- optimisation (reference names) ---
     global_batch_size: int = Field(32, gt=0)
