@@ -35,3 +35,17 @@ def test_eval_augmentations_off_adds_nothing(sudoku4, tmp_path):
     cfg = load_config(None, [*TINY, "max_steps=2", f"data_paths=[{sudoku4}]", f"run_dir={tmp_path}"])
     metrics = Trainer(cfg).fit()["eval"]
     assert "exact_accuracy" in metrics and not any("@" in k or k.startswith("halt_first") for k in metrics)
+
+
+def test_maze_votes_over_dihedral_views_with_valid_paths(tmp_path):
+    root = tmp_path / "maze"
+    from smoltrain.data.maze import build_maze_dataset
+
+    build_maze_dataset(root, "generate", size=6, num_train=64, num_test=16, seed=0)
+    cfg = load_config(None, [*TINY, "max_steps=4", f"data_paths=[{root}]", f"run_dir={tmp_path / 'run'}",
+                             "eval_augmentations=8"])
+    metrics = Trainer(cfg).fit()["eval"]
+    for key in ("valid_optimal_path@1", "valid_optimal_path@8", "halt_first/valid_optimal_path",
+                "exact_accuracy@8"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["valid_optimal_path@1"] == pytest.approx(metrics["valid_optimal_path"], abs=1e-9)
