@@ -1,5 +1,8 @@
-export PYTHONPATH=/work/wt-vote16/src OMP_NUM_THREADS=1
-cd /tmp/vote16b
+# Test-time voting on 6x6 Sudoku: accuracy at 1 view and at 8 (bench/RESULTS.md). Usage, from the repository root:
+#   PYTHONPATH=src bash bench/test_time_voting.sh [WORK_DIR]
+export OMP_NUM_THREADS=1
+export PYTHONPATH="$(pwd)/src${PYTHONPATH:+:$PYTHONPATH}"
+mkdir -p "${1:-/tmp/voting-bench}" && cd "${1:-/tmp/voting-bench}"
 python - <<'PY'
 import time, json
 from smoltrain.data.sudoku import build_sudoku_dataset
