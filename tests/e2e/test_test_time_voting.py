@@ -49,3 +49,15 @@ def test_maze_votes_over_dihedral_views_with_valid_paths(tmp_path):
                 "exact_accuracy@8"):
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["valid_optimal_path@1"] == pytest.approx(metrics["valid_optimal_path"], abs=1e-9)
+
+
+def test_too_many_maze_views_stop_before_training(tmp_path):
+    from smoltrain.data.maze import build_maze_dataset
+    from smoltrain.errors import ConfigError
+
+    root = tmp_path / "maze"
+    build_maze_dataset(root, "generate", size=6, num_train=16, num_test=4, seed=0)
+    cfg = load_config(None, [*TINY, f"data_paths=[{root}]", f"run_dir={tmp_path / 'run'}", "eval_augmentations=9"])
+    with pytest.raises(ConfigError, match="at most 8"):
+        Trainer(cfg).fit()
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -206,6 +206,11 @@ class TRMFamily(Family):
         self.test_views: list = []  # eval_augmentations: the kind's views (TokenView), drawn with the evaluators
         if self.arc_options is not None and (cfg.data_paths_test or cfg.data_paths):
             self._check_arc_data()
+        test_paths = cfg.data_paths_test or cfg.data_paths
+        if cfg.eval_augmentations > 1 and test_paths:  # a kind without views says so before training, not after
+            meta = load_combined_metadata(test_paths, "test")
+            detect_kind(test_paths[0]).test_views(meta.seq_len, meta.vocab_size, cfg.eval_augmentations,
+                                                  np.random.default_rng(0))
         unknown = sorted(set(cfg.eval_save_outputs) - set(SAVABLE_OUTPUTS))
         if unknown:
             raise ConfigError(f"eval_save_outputs: unknown {unknown}; choose from {', '.join(SAVABLE_OUTPUTS)}")
