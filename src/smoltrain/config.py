@@ -96,6 +96,10 @@ class TrainConfig(StrictModel):
     # Evaluate on N test examples drawn at random (seeded by `seed`: the same N at every evaluation of a run); the
     # final evaluation, when training ends, scores the whole test split. null: every evaluation scores all.
     eval_max_examples: int | None = Field(None, ge=1)
+    # Test-time voting (TRM): K augmented views of each test puzzle, answers mapped back and voted; 1 = off.
+    eval_augmentations: int = Field(1, ge=1)
+    # Halt-first ensemble: answer at the first ACT step whose sigmoid(q_halt) passes this in some view.
+    eval_halt_threshold: float = Field(0.5, gt=0, lt=1)
 
     # --- optimisation (reference names) ---
     global_batch_size: int = Field(32, gt=0)

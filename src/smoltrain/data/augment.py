@@ -29,6 +29,9 @@ __all__ = [
     "random_colour_permutation",
     "sudoku_shuffle",
     "sudoku_shuffle_batch",
+    "TokenView",
+    "dihedral_view",
+    "sudoku_views",
 ]
 
 # DIHEDRAL_INVERSE[k] undoes transform k: rotations by 90 and 270 degrees undo each other, every
@@ -197,3 +200,75 @@ def sudoku_shuffle(
     """
     boards, solutions = sudoku_shuffle_batch(board, solution, n, box_rows, box_cols, rng, 1)
     return boards[0], solutions[0]
+
+
+class TokenView:
+    """One test-time view of a flat token grid: ``view[i] = token_map[original[source[i]]]`` (a cell permutation
+    and a token relabelling), and its exact inverse. Every Sudoku symmetry and every dihedral transform is one.
+    Works on ``[B, L]`` numpy arrays and torch tensors alike; negative values (ignored labels) pass unchanged."""
+
+    def __init__(self, source: np.ndarray, token_map: np.ndarray) -> None:
+        self.source = np.asarray(source, dtype=np.int64)
+        self.token_map = np.asarray(token_map, dtype=np.int64)
+        self.inverse_source = np.argsort(self.source)
+        self.inverse_map = inverse_colour_permutation(self.token_map)
+
+    def key(self) -> bytes:
+        return self.source.tobytes() + self.token_map.tobytes()
+
+    @staticmethod
+    def _relabel(x, table: np.ndarray):  # type: ignore[no-untyped-def]
+        if isinstance(x, np.ndarray):
+            mapped = table[np.clip(x, 0, None)]
+            return np.where(x < 0, x, mapped).astype(x.dtype, copy=False)
+        import torch
+
+        t = torch.as_tensor(table, device=x.device, dtype=x.dtype)
+        return torch.where(x < 0, x, t[x.clamp_min(0).long()])
+
+    def apply(self, x):  # type: ignore[no-untyped-def]
+        """The view of ``x`` ``[..., L]``."""
+        return self._relabel(x[..., self.source], self.token_map)
+
+    def invert(self, x):  # type: ignore[no-untyped-def]
+        """The original of the view ``x`` (``invert(apply(x)) == x``)."""
+        return self._relabel(x, self.inverse_map)[..., self.inverse_source]
+
+
+def dihedral_view(n: int, k: int, vocab_size: int) -> TokenView:
+    """Dihedral transform ``k`` of an n x n grid as a `TokenView` (tokens kept)."""
+    source = np.ascontiguousarray(dihedral_transform(np.arange(n * n).reshape(n, n), k)).reshape(-1)
+    return TokenView(source, np.arange(vocab_size))
+
+
+def sudoku_views(n: int, box_rows: int, box_cols: int, rng: np.random.Generator, count: int,
+                 token_offset: int = 1) -> list[TokenView]:
+    """``count`` distinct Sudoku symmetries as `TokenView` s, the identity first; tokens are digits + ``token_offset``
+    (0 PAD and ``token_offset`` blank stay). Drawn like `sudoku_shuffle_batch` (digits, bands, rows, stacks,
+    columns, transpose when boxes are square); a view equal to an earlier one is redrawn (up to 100 times)."""
+    cells = np.arange(n * n)
+    identity_map = np.arange(n + 1 + token_offset)
+    views = [TokenView(cells, identity_map)]
+    seen = {views[0].key()}
+    tries = 0
+    while len(views) < count and tries < 100 * count:
+        tries += 1
+        view = _one_sudoku_view(n, box_rows, box_cols, rng, token_offset)
+        if view.key() not in seen:
+            seen.add(view.key())
+            views.append(view)
+    return views
+
+
+def _one_sudoku_view(n: int, box_rows: int, box_cols: int, rng: np.random.Generator, token_offset: int) -> TokenView:
+    num_bands, num_stacks = n // box_rows, n // box_cols
+    digits = rng.permutation(n) + 1
+    transpose = box_rows == box_cols and bool(rng.random() < 0.5)
+    bands = rng.permutation(num_bands)
+    rows = np.concatenate([b * box_rows + rng.permutation(box_rows) for b in bands])
+    stacks = rng.permutation(num_stacks)
+    cols = np.concatenate([s * box_cols + rng.permutation(box_cols) for s in stacks])
+    source = (cols[None, :] * n + rows[:, None]) if transpose else (rows[:, None] * n + cols[None, :])
+    token_map = np.arange(n + 1 + token_offset)
+    token_map[1 + token_offset:] = digits + token_offset
+    return TokenView(source.reshape(-1), token_map)

@@ -43,7 +43,7 @@ import numpy as np
 from numba import njit
 from tqdm import tqdm
 
-from smoltrain.data.augment import dihedral_transform
+from smoltrain.data.augment import dihedral_transform, dihedral_view
 from smoltrain.data.build import PuzzleBuilder
 from smoltrain.data.puzzle_source import (
     CSV_COLUMNS,
@@ -59,7 +59,7 @@ from smoltrain.data.puzzle_source import (
     write_puzzle_csv,
 )
 from smoltrain.data.puzzles import DrawingHints, PathMarks, PuzzleKind, Verdict
-from smoltrain.errors import DataError
+from smoltrain.errors import ConfigError, DataError
 
 __all__ = [
     "CHARSET",
@@ -845,6 +845,12 @@ class MazeKind(PuzzleKind):
     def claims_shape(self, vocab_size: int, seq_len: int) -> bool:
         # A 4x4 Sudoku has 6 tokens and 16 cells too; a foreign 4x4 maze needs its build_info.json.
         return vocab_size == VOCAB_SIZE and seq_len != 16 and math.isqrt(seq_len) ** 2 == seq_len
+
+    def test_views(self, seq_len: int, vocab_size: int, count: int, rng: np.random.Generator) -> list:
+        if count > 8:
+            raise ConfigError(f"eval_augmentations={count}: a maze has 8 dihedral views; set eval_augmentations "
+                              "to at most 8")
+        return [dihedral_view(self.side(seq_len), k, vocab_size) for k in range(count)]
 
     def encode(self, grid: np.ndarray) -> np.ndarray:
         return encode_maze("".join(np.asarray(grid).reshape(-1).tolist())).astype(np.int64)

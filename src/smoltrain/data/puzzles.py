@@ -393,6 +393,12 @@ class PuzzleKind(ABC):
         """The heading of test example ``index`` whose puzzle identifier is called ``name``."""
         return f"test example {index}"
 
+    def test_views(self, seq_len: int, vocab_size: int, count: int, rng: np.random.Generator) -> list:
+        """``count`` distinct views (`smoltrain.data.augment.TokenView`, the identity first) that test-time voting
+        (``eval_augmentations``) runs; a ConfigError for a kind that has none."""
+        raise ConfigError(f"eval_augmentations={count}: {self.name} puzzles have no test-time views; set "
+                          "eval_augmentations=1")
+
     @abstractmethod
     def encode(self, grid: np.ndarray) -> np.ndarray:
         """A user's grid (the kind's own values, as `decode` gives them) as tokens."""

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from smoltrain.data.augment import sudoku_shuffle_batch
+from smoltrain.data.augment import sudoku_shuffle_batch, sudoku_views
 from smoltrain.data.build import PuzzleBuilder
 from smoltrain.data.puzzle_source import (
     CSV_COLUMNS,
@@ -670,6 +670,10 @@ class SudokuKind(PuzzleKind):
     def boxes(self, n: int) -> tuple[int, int]:
         """Box rows x columns; a size without boxes we know is one n x n box (drawn with thin lines only)."""
         return box_shape(n) if n in (4, 6, 8, 9) else (n, n)
+
+    def test_views(self, seq_len: int, vocab_size: int, count: int, rng: np.random.Generator) -> list:
+        n = self.side(seq_len)
+        return sudoku_views(n, *box_shape(n), rng, count, token_offset=1)
 
     def encode(self, grid: np.ndarray) -> np.ndarray:
         return _encode(np.asarray(grid).reshape(-1)).astype(np.int64)

@@ -10,10 +10,11 @@ from typing import Any
 from smoltrain.data.puzzles import PuzzleKind
 from smoltrain.eval.arc import ARCEvaluator
 from smoltrain.eval.base import EvalRows, Evaluator, ExactAccuracy, SavedOutputs, UnknownAnswers
-from smoltrain.eval.maze import MazePaths
+from smoltrain.eval.maze import MazePaths, valid_optimal_paths
+from smoltrain.eval.voting import RowScore, ViewVoting, exact_rows
 
 __all__ = ["ACCURACY_BY_KIND", "ARCEvaluator", "EvalRows", "Evaluator", "ExactAccuracy", "MazePaths", "SavedOutputs",
-           "UnknownAnswers", "evaluators_for"]
+           "UnknownAnswers", "ViewVoting", "evaluators_for", "voting_scores"]
 
 # The accuracy evaluator of a kind whose right answers are not only the labelled ones; others get ExactAccuracy.
 ACCURACY_BY_KIND: dict[str, type[ExactAccuracy]] = {"maze": MazePaths}
@@ -31,3 +32,11 @@ def evaluators_for(kind: PuzzleKind, roots: Sequence[str | Path], arc_options: M
     if arc_options is not None:
         evaluators.append(ARCEvaluator(roots, **arc_options))
     return evaluators
+
+
+def voting_scores(kind: PuzzleKind) -> dict[str, RowScore]:
+    """What test-time voting scores per row on ``kind``: exact match, and for mazes a valid shortest path."""
+    scores: dict[str, RowScore] = {"exact_accuracy": exact_rows}
+    if kind.name == "maze":
+        scores["valid_optimal_path"] = lambda inputs, labels, preds: valid_optimal_paths(inputs, preds)
+    return scores

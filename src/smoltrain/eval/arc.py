@@ -84,6 +84,7 @@ from smoltrain.data.augment import inverse_colour_permutation, parse_arc_name
 from smoltrain.data.puzzles import load_identifiers
 from smoltrain.errors import ConfigError, DataError
 from smoltrain.eval.base import EvalRows, Evaluator
+from smoltrain.eval.voting import Candidate, rank_candidates
 from smoltrain.fileio import atomic_write_text, read_json
 
 __all__ = [
@@ -241,11 +242,7 @@ def _load_test_puzzles(path: Path, root: Path) -> dict[str, _TestTask]:
 # The evaluator
 
 
-@dataclass
-class _Candidate:
-    key: bytes
-    votes: int
-    mean_q: float
+_Candidate = Candidate  # the ranking and its candidates live in smoltrain.eval.voting
 
 
 class ARCEvaluator(Evaluator):
@@ -409,10 +406,7 @@ class ARCEvaluator(Evaluator):
         return rank == 0, gathered or []
 
     def _ranked(self, votes: dict[bytes, list[float]]) -> list[_Candidate]:
-        candidates = [_Candidate(key, len(qs), math.fsum(qs) / len(qs)) for key, qs in votes.items()]
-        candidates.sort(key=lambda c: c.key)  # final tie-break: the key, independent of the row order
-        candidates.sort(key=lambda c: (c.votes, c.mean_q), reverse=True)  # stable: keeps the key order on ties
-        return candidates
+        return rank_candidates(votes)  # the one ranking of votes, shared with test-time voting on every kind
 
     def result(self, output_dir: str | os.PathLike[str] | None = None) -> dict[str, float] | None:
         """Score the votes of this evaluation (of all evaluations with `pool_evaluations`).

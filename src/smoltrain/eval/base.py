@@ -42,6 +42,8 @@ class EvalRows:
     outputs: Mapping[str, torch.Tensor]  # the model outputs the evaluators asked for (their output_keys)
     metrics: Mapping[str, torch.Tensor]  # the loss head's sums over the batch
     num_real: int
+    # With eval_augmentations: one `smoltrain.eval.voting.ViewTrace` per view (view 0 the puzzle as it is).
+    views: Sequence = ()
     _scored: np.ndarray | None = field(default=None, repr=False)
 
     def real(self, key: str) -> torch.Tensor:

@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from pydantic import Field, ValidationError
 from torch import nn
@@ -27,9 +28,10 @@ from torch import nn
 from smoltrain.config import ArchConfig, StrictModel, TrainConfig
 from smoltrain.data.puzzles import PuzzleDataset, detect_kind, has_test_solutions, load_combined_metadata
 from smoltrain.errors import ConfigError
-from smoltrain.eval import Evaluator, evaluators_for
+from smoltrain.eval import Evaluator, ViewVoting, evaluators_for, voting_scores
 from smoltrain.eval.arc import arc_evaluator_options, votable
 from smoltrain.eval.base import EvalRows, SavedOutputs
+from smoltrain.eval.voting import ViewTrace
 from smoltrain.families.base import (
     Batch,
     Family,
@@ -50,6 +52,7 @@ from smoltrain.runtime.device import resolve_precision
 DATA_SHAPE = ("seq_len", "vocab_size", "num_puzzle_identifiers")
 # What `eval_save_outputs` may name: batch fields, then model outputs.
 SAVABLE_OUTPUTS = ("inputs", "labels", "puzzle_identifiers", "logits", "preds", "q_halt_logits", "q_continue_logits")
+VIEWS_STREAM = 0x7E57  # seeds the test-time views apart from every other random stream of a run
 PRECISION_TO_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # `arch.loss.name` -> the loss head: the reference's "<module>@<Class>" is read by its class part.
 LOSS_HEADS: dict[str, type[ACTLossHead]] = {"ACTLossHead": ACTLossHead}
@@ -211,8 +214,14 @@ class TRMFamily(Family):
                              "or families.build_family")
         self.arc_options = arc_evaluator_options(cfg.evaluators, arc_data=self._test_data_is_arc())
         self.run_evaluators: list[Evaluator] | None = None  # chosen at the first evaluation (see _evaluators)
+        self.test_views: list = []  # eval_augmentations: the kind's views (TokenView), drawn with the evaluators
         if self.arc_options is not None and (cfg.data_paths_test or cfg.data_paths):
             self._check_arc_data()
+        test_paths = cfg.data_paths_test or cfg.data_paths
+        if cfg.eval_augmentations > 1 and test_paths:  # a kind without views says so before training, not after
+            meta = load_combined_metadata(test_paths, "test")
+            detect_kind(test_paths[0]).test_views(meta.seq_len, meta.vocab_size, cfg.eval_augmentations,
+                                                  np.random.default_rng(0))
         unknown = sorted(set(cfg.eval_save_outputs) - set(SAVABLE_OUTPUTS))
         if unknown:
             raise ConfigError(f"eval_save_outputs: unknown {unknown}; choose from {', '.join(SAVABLE_OUTPUTS)}")
@@ -330,6 +339,16 @@ class TRMFamily(Family):
                 raise ConfigError(f"the test datasets are of different kinds ({found}): evaluate one kind at a time")
             solutions = all(has_test_solutions(root) for root in roots)  # else the labels are dummies
             self.run_evaluators = evaluators_for(kinds[roots[0]], roots, self.arc_options, solutions=solutions)
+            self.test_views: list = []
+            if self.cfg.eval_augmentations > 1:
+                kind, meta = kinds[roots[0]], load_combined_metadata(roots, "test")
+                # One seeded set of views per run (its own stream: the train sampler uses Philox(seed + pass)).
+                rng = np.random.default_rng([self.cfg.seed, VIEWS_STREAM])
+                self.test_views = kind.test_views(meta.seq_len, meta.vocab_size, self.cfg.eval_augmentations, rng)
+                if len(self.test_views) < self.cfg.eval_augmentations:
+                    raise ConfigError(f"eval_augmentations={self.cfg.eval_augmentations}: these {kind} puzzles have "
+                                      f"only {len(self.test_views)} distinct views; lower eval_augmentations")
+                self.run_evaluators.append(ViewVoting(voting_scores(kind), len(self.test_views)))
         return self.run_evaluators
 
     def evaluate(self, model: nn.Module, outputs_path: Path | None = None,
@@ -358,10 +377,23 @@ class TRMFamily(Family):
         for item in dataset.iter_test(subset):
             batch = {k: v.to(self.device) for k, v in item.batch.items()}
             carry = model.initial_carry(batch)  # type: ignore[operator]
+            traces = [ViewTrace(view, self.cfg.eval_halt_threshold) for view in self.test_views]
+            trace_keys = tuple(sorted({*return_keys, "preds", "q_halt_logits"})) if traces else return_keys
             for _ in range(steps):
-                step = model(carry, batch, return_keys=return_keys)
+                step = model(carry, batch, return_keys=trace_keys)
                 carry = step.carry
-            rows = EvalRows(batch, step.outputs, step.metrics, item.num_real)
+                if traces:
+                    traces[0].record(step.outputs["preds"], step.outputs["q_halt_logits"])
+            first = step
+            for trace in traces[1:]:  # the other views of the batch, each with a fresh carry; view 0 is `batch`
+                view_batch = {**batch, "inputs": trace.view.apply(batch["inputs"]),
+                              "labels": trace.view.apply(batch["labels"])}
+                carry = model.initial_carry(view_batch)  # type: ignore[operator]
+                for _ in range(steps):
+                    step = model(carry, view_batch, return_keys=trace_keys)
+                    carry = step.carry
+                    trace.record(step.outputs["preds"], step.outputs["q_halt_logits"])
+            rows = EvalRows(batch, first.outputs, first.metrics, item.num_real, views=traces)
             for evaluator in evaluators:
                 evaluator.add(rows)
         metrics: dict[str, float] = {}
