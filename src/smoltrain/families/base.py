@@ -75,6 +75,9 @@ class Family(ABC):
     # that cast by hand (TRM keeps fp32 master weights and casts activations itself) set False.
     uses_autocast: ClassVar[bool] = True
 
+    # The training stages (``stage=``) the family trains; the others are refused with one line.
+    stages: ClassVar[tuple[str, ...]] = ("pretrain",)
+
     # Arch keys whose values come from the dataset (``resolve`` fills them); a saved run records them.
     data_shape_keys: ClassVar[tuple[str, ...]] = ()
 

@@ -19,7 +19,7 @@ import torch
 from pydantic import Field, ValidationError
 from torch import nn
 
-from smoltrain.config import ArchConfig, TrainConfig
+from smoltrain.config import STAGES, ArchConfig, TrainConfig
 from smoltrain.data.text import DocumentRows, TokenWindows, read_metadata
 from smoltrain.errors import ConfigError, DataError
 from smoltrain.families.base import Batch, Family, OptimizerSpec, StepOutput, TrainStream
@@ -105,6 +105,7 @@ def _read_text_metadata(data_paths: list[str]) -> dict[str, Any] | None:
 class LMFamily(Family):
     config_class = LMArchConfig
     data_shape_keys = ("vocab_size",)
+    stages = STAGES
 
     @classmethod
     def resolve(cls, cfg: TrainConfig) -> TrainConfig:
