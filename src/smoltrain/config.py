@@ -67,6 +67,21 @@ class DistillConfig(StrictModel):
     temperature: float = Field(1.0, gt=0, description="softens both distributions in the KL term")
 
 
+class LoRAConfig(StrictModel):
+    """Low-rank adapters (``smoltrain.models.lora``): with ``rank`` > 0 only the adapters train, on the frozen
+    weights of ``init_from``, and checkpoints hold only the adapters. ``targets`` names linear layers by their last
+    name (the LM's: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj) or is ``all-linear``."""
+
+    rank: int = Field(0, ge=0)  # 0: no adapters (the whole model trains)
+    alpha: float = Field(16.0, gt=0)  # the update is scaled by alpha / rank, as in PEFT
+    dropout: float = Field(0.0, ge=0, lt=1)  # on the adapters' input only
+    targets: list[str] | Literal["all-linear"] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+
 class WandbConfig(StrictModel):
     mode: Literal["disabled", "online", "offline"] = "disabled"
     project: str | None = None
@@ -80,6 +95,7 @@ REFERENCE_ALIASES: dict[str, str] = {
     "checkpoint_path": "run_dir",
     "project_name": "wandb.project",
     "eval_interval": "eval_every",
+    "load_checkpoint": "init_from",
 }
 CONVERTED_ALIASES = ("eval_interval",)  # not the same unit: `setting` does not substitute them
 
@@ -114,6 +130,7 @@ class TrainConfig(StrictModel):
     ema: bool = False
     ema_rate: float = Field(0.999, ge=0, le=1)
     freeze_weights: bool = False
+    lora: LoRAConfig = Field(default_factory=LoRAConfig)
     seed: int = Field(0, ge=0)
 
     # --- training stage (LM): what the loss is and which rows it reads ---
@@ -134,7 +151,10 @@ class TrainConfig(StrictModel):
     run_name: str | None = None
     run_dir: str | None = None
     checkpoint_path: str | None = None  # reference name; used as run_dir when run_dir is unset
-    load_checkpoint: str | None = None  # initialise the weights from a checkpoint (not a resume)
+    # Start from another run's weights (its newest verified checkpoint; the EMA weights when it used EMA) with a
+    # fresh optimizer, schedule and run directory; a run directory or one of its step directories.
+    init_from: str | None = None
+    load_checkpoint: str | None = None  # reference name; used as init_from when init_from is unset
     checkpoint_every: int | None = Field(None, gt=0)  # in optimizer steps
     checkpoint_every_eval: bool = False
     keep_checkpoints: int = Field(3, gt=0)

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from smoltrain.errors import ConfigError
+
 if TYPE_CHECKING:
     from smoltrain.config import ArchConfig, TrainConfig
     from smoltrain.runtime.distributed import DistEnv
@@ -83,6 +85,11 @@ class Family(ABC):
 
     # Arch keys whose values come from the dataset (``resolve`` fills them); a saved run records them.
     data_shape_keys: ClassVar[tuple[str, ...]] = ()
+    # Arch keys that may differ between a run and the run it starts from (``init_from``): they do not shape the
+    # network's weights, or the family adapts the weights to them (``adapt_loaded_weights``).
+    arch_keys_free_on_init: ClassVar[tuple[str, ...]] = ()
+    # Whether the family's model takes low-rank adapters (``lora.rank`` > 0; built by ``build_model``).
+    supports_lora: ClassVar[bool] = False
 
     @classmethod
     def declares_data_shape(cls, cfg: TrainConfig) -> bool:
@@ -98,6 +105,9 @@ class Family(ABC):
         return cfg
 
     def __init__(self, cfg: TrainConfig, dist: DistEnv, device: torch.device) -> None:
+        if cfg.lora.enabled and not self.supports_lora:
+            raise ConfigError(f"lora.rank > 0 is for LM runs (arch.name=lm), not arch.name={cfg.arch.name}: "
+                              "set lora.rank=0")
         self.cfg = cfg
         self.dist = dist
         self.device = device
@@ -168,4 +178,8 @@ class Family(ABC):
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         """Facts for the run summary and `smoltrain info` (parameter count by default)."""
-        return {"parameters": sum(p.numel() for p in model.parameters())}
+        facts = {"parameters": sum(p.numel() for p in model.parameters())}
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if trainable != facts["parameters"]:  # LoRA (or a frozen part): what the optimizer sees
+            facts["trainable_parameters"] = trainable
+        return facts

@@ -32,6 +32,7 @@ from smoltrain.families.base import INITIAL_WEIGHTS, Batch, Family, OptimizerSpe
 from smoltrain.families.lm_stages import DPO_METRICS, distill_step, dpo_eval_sums, dpo_step
 from smoltrain.fileio import read_json
 from smoltrain.models.lm import LMConfig, LMForCausalLM
+from smoltrain.models.lora import apply_lora
 from smoltrain.optim import AdamATan2
 
 DATA_KEYS = ("seq_len", "packing")  # arch keys that describe the training rows, not the network
@@ -84,10 +85,10 @@ class LMArchConfig(ArchConfig):
 
 def build_lm_optimizer(model: nn.Module, name: str, lr: float, betas: tuple[float, float],
                        weight_decay: float) -> torch.optim.Optimizer:
-    """The LM's optimizer over all parameters (one group, as MiniMind). AdamW runs torch's fused kernel
+    """The LM's optimizer over all trainable parameters (one group, as MiniMind). AdamW runs torch's fused kernel
     where it has one (CPU and CUDA): one pass over each tensor instead of the ~10 elementwise kernels
     per parameter of the default CPU loop, the same update up to float rounding."""
-    params = list(model.parameters())
+    params = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapters only
     if name == "adamw":
         fused = all(p.device.type in ("cpu", "cuda") for p in params)
         return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None)
@@ -139,6 +140,9 @@ class LMFamily(Family):
     config_class = LMArchConfig
     data_shape_keys = ("vocab_size",)
     stages = STAGES
+    # Fine-tuning may train on other rows (seq_len, packing) and with another dropout than pretraining did.
+    arch_keys_free_on_init = (*DATA_KEYS, "dropout")
+    supports_lora = True
 
     @classmethod
     def resolve(cls, cfg: TrainConfig) -> TrainConfig:
@@ -178,7 +182,11 @@ class LMFamily(Family):
 
     def build_model(self) -> nn.Module:
         arch = self.arch.model_copy(update={"vocab_size": DEFAULT_VOCAB_SIZE}) if self.vocab_assumed else self.arch
-        return LMForCausalLM(arch.to_model_config())
+        model = LMForCausalLM(arch.to_model_config())
+        lora = self.cfg.lora
+        if lora.enabled:  # adapters on the frozen model; its weights come from init_from (the trainer, the loader)
+            apply_lora(model, lora.rank, lora.alpha, lora.dropout, lora.targets)
+        return model
 
     def build_optimizers(self, model: nn.Module) -> list[OptimizerSpec]:
         cfg = self.cfg

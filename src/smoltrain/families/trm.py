@@ -163,6 +163,7 @@ class PuzzleStream(TrainStream):
 class TRMFamily(Family):
     config_class = TRMArchConfig
     data_shape_keys = DATA_SHAPE
+    arch_keys_free_on_init = DATA_SHAPE  # the puzzle-embedding table is refitted; other shapes are checked
     model_class: type[TRM] = TRM
     uses_autocast = False  # TRM keeps fp32 master weights and casts activations itself
 

@@ -22,6 +22,15 @@ to its final name, so a directory named ``step_*`` is always complete; a crash m
 A *weights-only* checkpoint (:func:`save_weights_only`, how an imported run starts) has the same files but
 a trainer state of just its step and where the weights came from: training from it starts at that step with
 fresh optimizer, EMA, data and RNG state. :func:`holds_training_state` tells the two kinds apart.
+
+A checkpoint of a run on a frozen base (LoRA: ``lora.rank`` > 0) holds only the weights that train (the
+adapters) and, in its trainer state, ``"base"``: a pointer to the checkpoint it started from (``init_from``),
+``{"checkpoint": absolute path, "files": {file name: sha256}}`` (its model and EMA files), and ``"lora":
+{"rank": r, "alpha": a}`` (what merging its adapters needs). :func:`load_checkpoint` reads the base through the
+pointer, checks those hashes, and returns the whole model's state (base + adapters, unmerged), so every reader
+(resume, evaluation, generation, export) sees a complete model; a base that moved or changed is one
+:class:`BaseWeightsError` line. :func:`plain_weights` folds the adapters in: how another run starts from a LoRA
+run (``init_from``), or stacks new adapters on it.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from torch import nn
 
 from smoltrain.errors import SmoltrainError
 from smoltrain.fileio import fsync_dir, fsync_file, set_default_permissions, write_json_synced
+from smoltrain.models.lora import merge_adapter_weights
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 MODEL_FILE, EMA_FILE, STATE_FILE = "model.safetensors", "ema.safetensors", "trainer_state.pt"
@@ -60,6 +70,10 @@ class CheckpointError(SmoltrainError):
     def __init__(self, problem: str, fix: str) -> None:
         super().__init__(f"{problem}; {fix}")
         self.problem = problem
+
+
+class BaseWeightsError(SmoltrainError):
+    """The base checkpoint an adapter checkpoint points at is missing or is not the one it was trained on."""
 
 
 def step_dir_name(step: int) -> str:
@@ -266,7 +280,45 @@ def load_checkpoint(path: Path) -> Contents:
     if not isinstance(trainer_state, dict):
         raise CheckpointError(f"{path / STATE_FILE} holds a {type(trainer_state).__name__}, not a trainer state",
                               _fix(path))
+    if "base" in trainer_state:  # only the adapters are here: the frozen base comes from where the run started
+        model_state = {**load_base(trainer_state["base"], path), **model_state}
     return model_state, ema_state, trainer_state
+
+
+WEIGHT_FILES = (MODEL_FILE, EMA_FILE)
+
+
+def base_pointer(checkpoint: Path) -> dict[str, Any]:
+    """What an adapter checkpoint records of its base ``checkpoint`` (a verified one): its absolute path and
+    the sha256 of its weight files, as its manifest lists them."""
+    checkpoint = Path(checkpoint)
+    files = _read_manifest(checkpoint) or {}
+    return {"checkpoint": str(checkpoint.resolve()),
+            "files": {name: files[name]["sha256"] for name in WEIGHT_FILES if name in files}}
+
+
+def load_base(pointer: dict[str, Any], adapter: Path) -> dict[str, torch.Tensor]:
+    """The weights (the EMA ones when the base run had EMA) of the base checkpoint ``pointer`` names, after
+    checking that they are the ones the adapter checkpoint ``adapter`` was trained on."""
+    base = Path(pointer["checkpoint"])
+    fix = f"put that checkpoint back at {base} (the adapters of {adapter} were trained on it), or train again"
+    if not base.is_dir():
+        raise BaseWeightsError(f"{adapter} holds adapters only, and its base checkpoint {base} is gone; {fix}")
+    files = _read_manifest(base) or {}
+    changed = [name for name, sha in pointer["files"].items() if files.get(name, {}).get("sha256") != sha]
+    if changed:
+        raise BaseWeightsError(f"the base checkpoint {base} of {adapter} is not the one its adapters were trained "
+                               f"on ({', '.join(changed)} differ); {fix}")
+    return plain_weights(*load_checkpoint(base))
+
+
+def plain_weights(model_state: dict[str, torch.Tensor], ema_state: dict[str, torch.Tensor] | None,
+                  trainer_state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights to start another run from: :func:`weights_to_use`, with a LoRA checkpoint's adapters folded
+    into their base weights (``W + alpha / rank * B @ A``), so they load into a model without adapters."""
+    weights = weights_to_use(model_state, ema_state)
+    lora = trainer_state.get("lora")
+    return merge_adapter_weights(weights, lora["alpha"] / lora["rank"]) if lora else weights
 
 
 def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:

@@ -142,6 +142,8 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self.last_eval_step = self.last_checkpoint_step = -1
         self.start_events: list[str] = []  # lines about how training starts, logged when fit begins
+        # The checkpoint a run on a frozen base (LoRA) started from: its checkpoints then hold only what trains.
+        self.base_pointer: dict[str, Any] | None = None
 
         # Rank 0 writes the run directory, so it owns it (before reading a checkpoint) until `fit` ends: a second
         # training there would resume this one's checkpoints, prune them and truncate its metrics.
@@ -339,6 +341,10 @@ class Trainer:
         })
         ranks = gather_objects(per_rank, self.dist)
         if self.dist.is_main:
+            model_state, ema_state = self.model.state_dict(), self.ema.state_dict() if self.ema else None
+            if self.base_pointer is not None:  # adapters only, and where the frozen base is
+                trains = {name for name, p in self.model.named_parameters() if p.requires_grad}
+                model_state = {k: v for k, v in model_state.items() if k in trains}
             trainer_state = {
                 "step": self.step,
                 "evals_done": self.evals_done,
@@ -347,14 +353,10 @@ class Trainer:
                 "optimizers": [_to_cpu(spec.optimizer.state_dict()) for spec in self.optimizers],
                 "scaler": self.scaler.state_dict() if self.scaler else {},
                 "ranks": ranks,
+                **({"base": self.base_pointer, "lora": {"rank": self.cfg.lora.rank, "alpha": self.cfg.lora.alpha}}
+                   if self.base_pointer is not None else {}),
             }
-            self.run.save_checkpoint(
-                self.step,
-                self.model.state_dict(),
-                self.ema.state_dict() if self.ema else None,
-                trainer_state,
-                keep=self.cfg.keep_checkpoints,
-            )
+            self.run.save_checkpoint(self.step, model_state, ema_state, trainer_state, keep=self.cfg.keep_checkpoints)
         barrier(self.dist)
 
     # ------------------------------------------------------------------------------------------
@@ -395,8 +397,9 @@ class Trainer:
         """Where training starts; returns the run's own checkpoint it continues from, if any.
 
         ``resume`` picks one of the run's checkpoints (``auto``: the newest that loads). A checkpoint with
-        training state continues bit for bit; a weights-only one (an imported run's) and ``load_checkpoint``
-        (weights from elsewhere, when there is nothing to resume) start from weights alone.
+        training state continues bit for bit; a weights-only one (an imported run's) and ``init_from`` (another
+        run's weights, when there is nothing to resume; the reference's ``load_checkpoint``) start from weights
+        alone.
         """
         this_config = f"the config given (arch.name={self.cfg.arch.name})"
         found = self._checkpoint_to_resume()
@@ -405,33 +408,67 @@ class Trainer:
             resumed_from, (model_state, ema_state, state) = found
             ckpt.check_weights(self.model, ckpt.weights_to_use(model_state, ema_state), resumed_from, this_config,
                                fix=f"use a new run_dir, or the run's own config (smoltrain train {self.run.config})")
+            self.base_pointer = state.get("base")
             if ckpt.holds_training_state(state):
                 self.run.check_continues(self.cfg)  # the run goes on bit for bit: only with its own config
                 self._restore(resumed_from, model_state, ema_state, state)
             else:
                 self._start_from_weights(model_state, ema_state, state.get("step", 0))
-        elif self.cfg.load_checkpoint:
-            path = Path(self.cfg.load_checkpoint)
-            if not path.exists():
-                raise SmoltrainError(f"load_checkpoint={path} does not exist")
-            source = RunDir(path)
-            if source.checkpoints.is_dir():  # a run directory: its newest intact checkpoint
-                found = source.newest_loadable(fix="pass load_checkpoint=RUN/checkpoints/step_N of an intact one")
-                if found is None:
-                    raise SmoltrainError(f"load_checkpoint={path}: that run has no checkpoint yet")
-                path, (model_state, ema_state, _) = found
-            else:
-                model_state, ema_state, _ = ckpt.load_checkpoint(path)
-            # Another dataset may have another number of puzzle ids: the family adapts what the reference adapts.
-            model_state, note = self.family.adapt_loaded_weights(self.model, model_state, path)
-            if note:
-                self.start_events.append(note)
-            ckpt.check_weights(self.model, ckpt.weights_to_use(model_state, ema_state), path, this_config,
-                               fix="load_checkpoint= takes a checkpoint of the same architecture and sizes")
-            self._start_from_weights(model_state, ema_state, step=0)
+        elif self.cfg.setting("init_from"):
+            self._init_from(Path(self.cfg.setting("init_from")), this_config)
+        if self.cfg.lora.enabled and self.base_pointer is None:
+            raise ConfigError("lora.rank > 0 trains adapters on a pretrained model: add init_from=RUN_DIR (the run "
+                              "to adapt), or set lora.rank=0 to train the whole model")
         if self.dist.is_main:  # rows past the start were written by a run that died after it
             truncate_metrics(self.run.metrics, self.step)
         return resumed_from
+
+    def _init_from(self, path: Path, this_config: str) -> None:
+        """Start from the weights of another run (its newest checkpoint that verifies) or of one of its step
+        directories: fresh optimizer, schedule, data and RNG state, at step 0. The EMA weights when that run
+        used EMA (what evaluating it measures). A LoRA run keeps a pointer to this checkpoint as its base."""
+        key = "init_from" if self.cfg.init_from else "load_checkpoint"
+        if not path.exists():
+            raise SmoltrainError(f"{key}={path} does not exist: give a run directory or one of its "
+                                 "checkpoints/step_N directories")
+        source = RunDir(path)
+        if source.checkpoints.is_dir():  # a run directory: its newest intact checkpoint
+            found = source.newest_loadable(fix=f"pass {key}=RUN/checkpoints/step_N of an intact one")
+            if found is None:
+                raise SmoltrainError(f"{key}={path}: that run has no checkpoint yet; train it first")
+            path, (model_state, ema_state, state) = found
+        else:
+            model_state, ema_state, state = ckpt.load_checkpoint(path)
+            source = RunDir(path.parent.parent)  # RUN/checkpoints/step_N: its run, when it has a config
+        if "lora" in state:  # a LoRA run: start from its adapters folded into its base
+            model_state, ema_state = ckpt.plain_weights(model_state, ema_state, state), None
+        self._check_same_arch(source, key)
+        if self.cfg.lora.enabled:  # the adapters keep their fresh init (B = 0: the model starts equal to its base)
+            trains = {name for name, p in self.model.named_parameters() if p.requires_grad}
+            model_state = {**{k: v for k, v in self.model.state_dict().items() if k in trains}, **model_state}
+        # Another dataset may have another number of puzzle ids: the family adapts what the reference adapts.
+        model_state, note = self.family.adapt_loaded_weights(self.model, model_state, path)
+        if note:
+            self.start_events.append(note)
+        ckpt.check_weights(self.model, ckpt.weights_to_use(model_state, ema_state), path, this_config,
+                           fix=f"{key}= takes a checkpoint of the same architecture and sizes")
+        self._start_from_weights(model_state, ema_state, step=0)
+        self.start_events.append(f"weights from {path} ({key}); new optimizer and schedule")
+        if self.cfg.lora.enabled:
+            self.base_pointer = ckpt.base_pointer(path)
+
+    def _check_same_arch(self, source: RunDir, key: str) -> None:
+        """One line naming the arch keys where the source run's network differs from this config's (keys that
+        do not shape the network, such as the LM's seq_len, may differ)."""
+        if not source.config.is_file():
+            return  # a bare checkpoint: only its shapes can be checked
+        free = self.family.arch_keys_free_on_init
+        theirs, ours = (cfg.arch.model_dump(mode="json") for cfg in (source.load_config(), self.cfg))
+        differ = [f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in sorted(theirs.keys() | ours.keys())
+                  if k not in free and theirs.get(k) != ours.get(k)]
+        if differ:
+            raise ConfigError(f"{key}={source.root} is a run of another architecture ({'; '.join(differ)}): "
+                              f"set those arch keys as the source run has them (its {source.config})")
 
     def _checkpoint_to_resume(self) -> tuple[Path, tuple] | None:
         choice = self.cfg.resume
