@@ -199,7 +199,7 @@ def cmd_tokenizer_train(ns: argparse.Namespace) -> int:
     from smoltrain.data.tokenizer import train_tokenizer
 
     out = train_tokenizer([Path(p) for p in ns.input], ns.vocab_size, Path(ns.output),
-                          min_frequency=ns.min_frequency, skip_bad_lines=ns.skip_bad_lines)
+                          min_frequency=ns.min_frequency, skip_bad_lines=ns.skip_bad_lines, overwrite=ns.overwrite)
     print(f"wrote tokenizer to {out}")
     return 0
 
@@ -214,6 +214,32 @@ def cmd_data_text(ns: argparse.Namespace) -> int:
     splits = info["splits"]
     print(f"wrote {ns.output_dir}: {splits['train']['tokens']:,} train tokens, {splits['val']['tokens']:,} val "
           f"tokens ({info['skipped_lines']} bad lines skipped)")
+    return 0
+
+
+def cmd_data_chat(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from smoltrain.data.chat import build_dpo_dataset, build_sft_dataset
+
+    build = build_sft_dataset if ns.kind == "sft" else build_dpo_dataset
+    info = build(ns.input, Path(ns.tokenizer), Path(ns.output_dir), max_length=ns.max_length,
+                 val_fraction=ns.val_fraction, seed=ns.seed, skip_bad_lines=ns.skip_bad_lines)
+    splits = info["splits"]
+    unit = "conversations" if ns.kind == "sft" else "pairs"
+    print(f"wrote {ns.output_dir}: {splits['train']['documents']:,} train / {splits['val']['documents']:,} val "
+          f"{unit}, {splits['train']['supervised_tokens']:,} supervised train tokens ({info['skipped_lines']} bad "
+          f"lines skipped, {info['dropped_no_target']} with no answer within --max-length dropped)")
+    return 0
+
+
+def cmd_data_instructions(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from smoltrain.data.instructions import write_instructions
+
+    info = write_instructions(Path(ns.output), kind=ns.kind, count=ns.count, seed=ns.seed, split=ns.split)
+    print(f"wrote {info['count']} {ns.kind.upper()} {ns.split} lines to {ns.output}")
     return 0
 
 
@@ -453,15 +479,40 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--skip-bad-lines", action="store_true", help="skip and count malformed jsonl lines")
     sub.add_argument("--workers", type=int, default=None)
 
+    for kind, text in (("sft", "MiniMind SFT jsonl ({\"conversations\": [...]}) to token + assistant-mask shards."),
+                       ("dpo", "MiniMind DPO jsonl ({\"chosen\": [...], \"rejected\": [...]}) to paired shards.")):
+        sub = kinds.add_parser(kind, help=text, description=text)
+        sub.set_defaults(handler=cmd_data_chat, kind=kind)
+        sub.add_argument("--input", nargs="+", required=True, help=".jsonl files")
+        sub.add_argument("--tokenizer", required=True, help="a directory written by `smoltrain tokenizer train`")
+        sub.add_argument("--output-dir", required=True)
+        sub.add_argument("--max-length", type=POSITIVE_INT, default=1024,
+                         help="tokens kept per conversation (longer ones are truncated; 1024, MiniMind's default)")
+        sub.add_argument("--val-fraction", type=float, default=0.01, help="share of records held out (0.01)")
+        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--skip-bad-lines", action="store_true", help="skip and count malformed lines")
+
+    text = "Write a small offline instruction set (arithmetic, word reversal, capitals) as SFT or DPO jsonl."
+    sub = kinds.add_parser("instructions", help=text, description=text)
+    sub.set_defaults(handler=cmd_data_instructions)
+    sub.add_argument("--output", required=True, help="the .jsonl file to write")
+    sub.add_argument("--kind", choices=("sft", "dpo"), default="sft")
+    sub.add_argument("--split", choices=("train", "heldout"), default="train",
+                     help="heldout: prompts never generated for train (exact answers, for evaluation)")
+    sub.add_argument("--count", type=POSITIVE_INT, default=2000)
+    sub.add_argument("--seed", type=int, default=0)
+
     tok = verbs.add_parser("tokenizer", help="Train tokenizers.", description="Train tokenizers.")
     tok_verbs = tok.add_subparsers(dest="action", required=True)
     sub = tok_verbs.add_parser("train", help="Byte-level BPE with ChatML special tokens (loads in transformers).")
     sub.set_defaults(handler=cmd_tokenizer_train)
-    sub.add_argument("--input", nargs="+", required=True, help=".txt / .jsonl files or directories")
+    sub.add_argument("--input", nargs="+", required=True,
+                     help=".txt / .jsonl (text, or SFT/DPO chat: every turn's content) files or directories")
     sub.add_argument("--vocab-size", type=int, default=6400)
     sub.add_argument("--output", required=True)
     sub.add_argument("--min-frequency", type=int, default=2)
     sub.add_argument("--skip-bad-lines", action="store_true")
+    sub.add_argument("--overwrite", action="store_true", help="replace an existing tokenizer directory")
 
     sub = verb("demo", cmd_demo, "Build data, train on the CPU for a few minutes and show the results.")
     sub.add_argument("which", nargs="?", choices=("trm", "lm"), default="trm",

@@ -12,7 +12,8 @@ from smoltrain.cli import main
 from tests.helpers import toy_overrides
 
 VERBS = [["train"], ["eval"], ["info"], ["demo"], ["solve"], ["generate"], ["chat"], ["export"], ["data", "sudoku"],
-         ["data", "text"], ["tokenizer", "train"], ["import", "trm"], ["import", "hf"], ["import", "minimind"]]
+         ["data", "text"], ["data", "sft"], ["data", "dpo"], ["data", "instructions"], ["tokenizer", "train"],
+         ["import", "trm"], ["import", "hf"], ["import", "minimind"]]
 
 
 @pytest.mark.parametrize("verb", VERBS, ids=" ".join)

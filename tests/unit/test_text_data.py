@@ -15,7 +15,10 @@ from smoltrain.data.text import (
     TokenWindows,
     bits_per_byte,
     build_text_dataset,
+    check_dataset_tokenizer,
+    dataset_tokenizer_dir,
     iter_documents,
+    open_documents,
     open_tokens,
     unigram_entropy,
 )
@@ -105,7 +108,7 @@ def test_build_is_deterministic_and_replaces(dataset: Path, corpus: dict[str, Pa
     assert (out / "val.bin").read_bytes() != (dataset / "val.bin").read_bytes()
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("x")
-    with pytest.raises(DataError, match="not a text dataset"):
+    with pytest.raises(DataError, match="not a dataset"):
         build_text_dataset(*args, tmp_path / "other")
 
 
@@ -213,7 +216,7 @@ def test_unigram_entropy_known_distribution(tmp_path: Path) -> None:
     root.mkdir()
     np.array([0, 0, 1, 1, 1, 1, 2, 2], dtype=np.uint16).tofile(root / "train.bin")
     np.array([0, 1], dtype=np.uint16).tofile(root / "val.bin")
-    meta = {"format": "smoltrain-text-v1", "vocab_size": 4, "dtype": "uint16"}
+    meta = {"format": "smoltrain-text-v2", "vocab_size": 4, "dtype": "uint16"}
     (root / "metadata.json").write_text(json.dumps(meta))
     # p = (1/4, 1/2, 1/4, 0): val [0, 1] -> (ln 4 + ln 2) / 2.
     assert unigram_entropy(root, "val", alpha=0.0) == pytest.approx((math.log(4) + math.log(2)) / 2)
@@ -290,14 +293,97 @@ def test_document_rows_eval_counts_real_tokens(dataset: Path) -> None:
         next(DocumentRows(dataset, "val", seq_len=8, global_batch_size=10_000))
 
 
-def test_document_rows_need_special_ids(dataset: Path, tmp_path: Path) -> None:
+def test_old_format_is_refused_with_the_rebuild_verb(dataset: Path, tmp_path: Path) -> None:
     old = tmp_path / "old"
     old.mkdir()
     meta = json.loads((dataset / "metadata.json").read_text())
-    del meta["bos_id"], meta["pad_id"]
+    meta["format"] = "smoltrain-text-v1"
     (old / "metadata.json").write_text(json.dumps(meta))
     for split in ("train", "val"):
         (old / f"{split}.bin").write_bytes((dataset / f"{split}.bin").read_bytes())
-    assert TokenWindows(old, seq_len=8, global_batch_size=2).num_windows > 0  # packed rows do not need them
-    with pytest.raises(DataError, match="rebuild it"):
-        DocumentRows(old, seq_len=8, global_batch_size=2)
+    for rows in (TokenWindows, DocumentRows):
+        with pytest.raises(DataError, match="rebuild with smoltrain data text"):
+            rows(old, seq_len=8, global_batch_size=2)
+
+
+def test_one_document_per_row_on_chat_bearing_pretrain_text(corpus: dict[str, Path], tmp_path: Path) -> None:
+    # MiniMind's pretrain_hq.jsonl lines hold several chat segments, each ending in <|im_end|> (= EOS): the rows
+    # must follow the lines, not the EOS tokens.
+    lines = [f"<|im_start|>user {i} a<|im_end|><|im_start|>assistant {i} b<|im_end|>tail {i}" for i in range(6)]
+    src = tmp_path / "hq.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in lines))
+    out = tmp_path / "hq"
+    meta = build_text_dataset([str(src)], corpus["tok"], out, val_fraction=0.0)
+    assert meta["splits"]["train"]["documents"] == 6
+    tok = load_tokenizer(corpus["tok"])
+    rows = DocumentRows(out, "train", seq_len=64, global_batch_size=6)
+    assert rows.num_windows == 6
+    batch = next(rows)
+    texts = set()
+    for ids, targets in zip(batch["input_ids"].tolist(), batch["targets"].tolist(), strict=True):
+        real = [ids[0]] + [t for t in targets if t != -100]
+        assert real[0] == BOS and real[-1] == EOS
+        texts.add(decode(tok, real[1:-1]))
+    assert texts == set(lines)  # each row is one whole line, its inner EOS tokens kept
+
+
+def test_a_single_document_gets_a_val_split(corpus: dict[str, Path], tmp_path: Path) -> None:
+    text = "\n".join(f"line {i} of the only paragraph" for i in range(50))
+    src = tmp_path / "input.txt"
+    src.write_text(text)  # no blank line: one document, nanoGPT's input.txt habit
+    out = tmp_path / "one"
+    meta = build_text_dataset([str(src)], corpus["tok"], out, val_fraction=0.1)
+    assert meta["val_split"] == "tail of the single document"
+    tok = load_tokenizer(corpus["tok"])
+    train = decode(tok, [t for t in np.asarray(open_tokens(out, "train")).tolist() if t != EOS])
+    val = decode(tok, [t for t in np.asarray(open_tokens(out, "val")).tolist() if t != EOS])
+    assert train + val == text  # nothing lost, nothing repeated
+    assert val.startswith("line 45 ") and train.endswith("\n")  # the last 10% of the lines, cut at a line start
+    one_line = tmp_path / "line.txt"
+    one_line.write_text("x")
+    with pytest.raises(DataError, match="too short to split"):
+        build_text_dataset([str(one_line)], corpus["tok"], tmp_path / "short", val_fraction=0.1)
+    assert build_text_dataset([str(one_line)], corpus["tok"], tmp_path / "short", val_fraction=0.0)["documents"] == 1
+
+
+def test_dataset_is_self_contained_and_refuses_a_changed_tokenizer(dataset: Path, corpus: dict[str, Path],
+                                                                    tmp_path: Path) -> None:
+    meta = json.loads((dataset / "metadata.json").read_text())
+    assert meta["tokenizer"]["path"] == "tokenizer"  # relative: the dataset can move
+    assert (dataset / "tokenizer" / "tokenizer.json").read_bytes() == (corpus["tok"] / "tokenizer.json").read_bytes()
+    moved = tmp_path / "moved"
+    build_text_dataset([str(corpus["jsonl"])], corpus["tok"], tmp_path / "ds", val_fraction=0.1)
+    (tmp_path / "ds").rename(moved)
+    assert check_dataset_tokenizer(moved) == moved / "tokenizer"
+    assert dataset_tokenizer_dir(moved) == moved / "tokenizer"
+    other = train_tokenizer([corpus["txt"]], vocab_size=300, output=tmp_path / "tok2")
+    (moved / "tokenizer" / "tokenizer.json").write_bytes((other / "tokenizer.json").read_bytes())
+    with pytest.raises(DataError, match="is not the tokenizer .* was built with") as err:
+        check_dataset_tokenizer(moved)
+    assert "\n" not in str(err.value)
+    (moved / "tokenizer" / "tokenizer.json").unlink()
+    with pytest.raises(DataError, match="lost its tokenizer copy"):
+        check_dataset_tokenizer(moved)
+
+
+def test_document_index_matches_eos_positions_on_plain_text(dataset: Path) -> None:
+    for split in ("train", "val"):
+        idx = open_documents(dataset, split)
+        tokens = np.asarray(open_tokens(dataset, split))
+        assert idx[0] == 0 and idx[-1] == len(tokens)
+        assert np.array_equal(idx[1:] - 1, np.flatnonzero(tokens == EOS))  # no EOS inside plain-text documents
+
+
+def test_chat_lines_given_to_data_text_name_the_verb(corpus: dict[str, Path], tmp_path: Path) -> None:
+    for line, verb in (({"conversations": [{"role": "user", "content": "hi"}]}, "data sft"),
+                       ({"chosen": [], "rejected": []}, "data dpo")):
+        src = tmp_path / "chat.jsonl"
+        src.write_text(json.dumps(line) + "\n")
+        with pytest.raises(DataError, match=f"use `smoltrain {verb}`"):
+            build_text_dataset([str(src)], corpus["tok"], tmp_path / "x", skip_bad_lines=True)
+    mixed = tmp_path / "mixed.jsonl"  # a stray chat line among text lines is a bad line like any other
+    mixed.write_text(json.dumps({"text": "a b"}) + "\n" + json.dumps({"conversations": []}) + "\n")
+    with pytest.raises(DataError, match=r"mixed.jsonl:2: line holds SFT chat data.*smoltrain data sft"):
+        build_text_dataset([str(mixed)], corpus["tok"], tmp_path / "x", val_fraction=0.0)
+    assert build_text_dataset([str(mixed)], corpus["tok"], tmp_path / "x", val_fraction=0.0,
+                              skip_bad_lines=True)["skipped_lines"] == 1

@@ -135,3 +135,33 @@ def test_a_failed_write_leaves_no_half_tokenizer(tmp_path: Path, monkeypatch: py
     with pytest.raises(OutputError, match=rf"cannot write {tmp_path / 't'}/tokenizer\.json: No space left on device"):
         train_tokenizer([corpus], vocab_size=300, output=tmp_path / "t")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]  # the two files written before are gone too
+
+
+def test_reads_chat_jsonl_turn_contents(tmp_path: Path) -> None:
+    # MiniMind trains its tokenizer on its SFT file: every turn's content counts, the JSON keys do not.
+    words = ["zyqxa", "vomplu"]
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text("".join(json.dumps({"conversations": [{"role": "user", "content": f"{words[0]} {i}"},
+                                                          {"role": "assistant", "content": f"{words[1]} {i}"}]}) + "\n"
+                           for i in range(50)))
+    dpo = tmp_path / "dpo.jsonl"
+    dpo.write_text(20 * (json.dumps({"chosen": [{"role": "assistant", "content": "qqwwrt"}],
+                                     "rejected": [{"role": "assistant", "content": "qqwwrt"}]}) + "\n"))
+    out = train_tokenizer([sft, dpo], vocab_size=300, output=tmp_path / "tok", min_frequency=1)
+    vocab = load_tokenizer(out).get_vocab()
+    assert {"zyqxa", "vomplu", "qqwwrt"} <= set(vocab)  # each learnt as one token from the turns' contents
+    assert "conversations" not in vocab and "assistant" not in vocab
+
+
+def test_refuses_to_overwrite_without_the_flag(tmp_path: Path) -> None:
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n\n".join(make_sentences(50)) + "\n")
+    out = train_tokenizer([corpus], vocab_size=300, output=tmp_path / "t")
+    before = (out / "tokenizer.json").read_bytes()
+    with pytest.raises(DataError, match="already exists: choose another --output, or pass --overwrite"):
+        train_tokenizer([corpus], vocab_size=280, output=out)
+    assert (out / "tokenizer.json").read_bytes() == before
+    train_tokenizer([corpus], vocab_size=280, output=out, overwrite=True)
+    assert load_tokenizer(out).get_vocab_size() == 280
+    (tmp_path / "empty").mkdir()  # an empty directory is no tokenizer to lose
+    train_tokenizer([corpus], vocab_size=300, output=tmp_path / "empty")

@@ -140,7 +140,7 @@ def run_lm_demo(run_dir: str = "runs/demo-lm", minutes: float | None = None, cor
     prepare_demo_dir(path)
     text = Path(corpus) if corpus else shakespeare_corpus()
     print(f"1/4 Corpus: {text} ({text.stat().st_size / 1e6:.1f} MB)")
-    train_tokenizer([text], 2048, path / "tokenizer-src")
+    train_tokenizer([text], 2048, path / "tokenizer-src", overwrite=True)  # the demo directory is the demo's own
     info = build_text_dataset([str(text)], path / "tokenizer-src", path / "data", val_fraction=0.02)
     tokens = info["splits"]["train"]["tokens"]
     print(f"2/4 Byte-level BPE with 2,048 tokens; {tokens:,} training tokens")

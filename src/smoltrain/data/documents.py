@@ -16,6 +16,36 @@ from smoltrain.errors import DataError
 
 _SUFFIXES = (".txt", ".jsonl", ".parquet")
 _PARAGRAPH_BREAK = re.compile(r"\r?\n(?:[ \t]*\r?\n)+")
+# The kinds of MiniMind jsonl line, and the verb that builds a dataset of each.
+KIND_VERBS = {"text": "data text", "sft": "data sft", "dpo": "data dpo"}
+
+
+def line_kind(obj: Any) -> str | None:
+    """Which MiniMind file a parsed jsonl line belongs to: "text" (pretraining), "sft" (conversations), "dpo"
+    (chosen/rejected), or None (none of them)."""
+    if not isinstance(obj, dict):
+        return None
+    if "conversations" in obj:
+        return "sft"
+    if "chosen" in obj or "rejected" in obj:
+        return "dpo"
+    if "text" in obj:
+        return "text"
+    return None
+
+
+def chat_turn_texts(obj: dict[str, Any]) -> Iterator[str]:
+    """The contents of every turn of an SFT or DPO line (what a tokenizer trains on), skipping non-strings."""
+    for key in ("conversations", "chosen", "rejected"):
+        messages = obj.get(key)
+        if not isinstance(messages, list):
+            continue
+        for message in messages:
+            if isinstance(message, dict):
+                for field in ("content", "reasoning_content", "tools", "tool_calls"):
+                    value = message.get(field)
+                    if isinstance(value, str) and value:
+                        yield value
 
 
 class Skips:
@@ -55,13 +85,14 @@ def _expand(inputs: list[str]) -> list[str]:
     return files
 
 
-def _iter_jsonl(path: Path, skip_bad_lines: bool, skips: Skips) -> Iterator[str]:
+def _iter_jsonl(path: Path, skip_bad_lines: bool, skips: Skips, chat: bool = False) -> Iterator[str]:
+    first = True
     with open(path, "rb") as handle:
         for lineno, raw in enumerate(handle, 1):
             if not raw.strip():
                 continue
             problem: str | None = None
-            text: Any = None
+            texts: list[str] = []
             try:
                 obj = json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError:
@@ -69,12 +100,21 @@ def _iter_jsonl(path: Path, skip_bad_lines: bool, skips: Skips) -> Iterator[str]
             except json.JSONDecodeError as exc:
                 problem = f"is not valid JSON ({exc.msg})"
             else:
-                if not isinstance(obj, dict) or "text" not in obj:
+                kind = line_kind(obj)
+                if kind in ("sft", "dpo") and chat:
+                    texts = list(chat_turn_texts(obj))
+                elif kind in ("sft", "dpo"):
+                    problem = (f"holds {kind.upper()} chat data, not pretraining text: "
+                               f"use `smoltrain {KIND_VERBS[kind]}`")
+                    if first:  # a whole file of the wrong kind: one line, whatever skip_bad_lines says
+                        raise DataError(f"{path} {problem}")
+                elif kind is None:
                     problem = "has no 'text' field"
+                elif not isinstance(obj["text"], str):
+                    problem = f"has a non-string 'text' ({type(obj['text']).__name__})"
                 else:
-                    text = obj["text"]
-                    if not isinstance(text, str):
-                        problem = f"has a non-string 'text' ({type(text).__name__})"
+                    texts = [obj["text"]]
+            first = False
             if problem is not None:
                 where = f"{path}:{lineno}"
                 if skip_bad_lines:
@@ -84,8 +124,7 @@ def _iter_jsonl(path: Path, skip_bad_lines: bool, skips: Skips) -> Iterator[str]
                     f"{where}: line {problem}; each line must be a JSON object with a string 'text' field "
                     "(fix the line or pass skip_bad_lines / --skip-bad-lines)"
                 )
-            if text:
-                yield text
+            yield from (text for text in texts if text)
 
 
 def _iter_txt(path: Path) -> Iterator[str]:
@@ -135,8 +174,11 @@ def _string_texts(texts: Iterator[Any], source: str, fix: str, skip_bad_lines: b
             yield text
 
 
-def iter_documents(inputs: list[str], skip_bad_lines: bool = False, skips: Skips | None = None) -> Iterator[str]:
-    """Yield the documents of `inputs` in order (see the module docstring for the formats)."""
+def iter_documents(inputs: list[str], skip_bad_lines: bool = False, skips: Skips | None = None,
+                   chat: bool = False) -> Iterator[str]:
+    """Yield the documents of `inputs` in order (see the module docstring for the formats). With `chat`, SFT and
+    DPO jsonl lines give the contents of every turn (for the tokenizer); without, they are refused with the verb
+    that builds them."""
     skips = skips if skips is not None else Skips()
     for item in _expand(inputs):
         if item.startswith("hf:"):
@@ -144,7 +186,7 @@ def iter_documents(inputs: list[str], skip_bad_lines: bool = False, skips: Skips
             continue
         path = Path(item)
         if path.suffix == ".jsonl":
-            yield from _iter_jsonl(path, skip_bad_lines, skips)
+            yield from _iter_jsonl(path, skip_bad_lines, skips, chat)
         elif path.suffix == ".txt":
             yield from _iter_txt(path)
         else:

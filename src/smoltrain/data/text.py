@@ -17,8 +17,11 @@ Inputs (`smoltrain.data.documents.iter_documents`):
 Layout written by `build_text_dataset` (one directory, replaced atomically)::
 
     train.bin, val.bin   flat token ids, EOS after every document; uint16 when ids fit, else uint32
-    metadata.json        vocab_size, dtype, eos_id, bos_id, pad_id, tokenizer path + sha256, per-split
-                         tokens, documents and UTF-8 bytes (for bits per byte), skipped lines, seed
+    train.idx, val.idx   int64 document start offsets, n + 1 entries, the last = the split's tokens
+    tokenizer/           a copy of the tokenizer (the dataset is self-contained, see data/shards.py)
+    metadata.json        format smoltrain-text-v2, vocab_size, dtype, eos_id, bos_id, pad_id, tokenizer
+                         {path: "tokenizer", sha256}, per-split tokens, documents and UTF-8 bytes (for bits
+                         per byte), skipped lines, seed
 
 Training rows (one ``[B, T + 1]`` token block gives ``input_ids`` = its first T columns and ``targets`` =
 its last T, the next token of each position, ``-100`` where nothing is to be predicted):
@@ -27,20 +30,19 @@ its last T, the next token of each position, ``-100`` where nothing is to be pre
   documents, no padding waste; attention crosses document boundaries (EOS separates them).
 * `DocumentRows` (``packing=False``): MiniMind's pretraining rows, one document per row,
   ``[BOS] + document[: T - 1] + [EOS]`` right-padded with PAD; pad targets are -100. Document
-  boundaries are the EOS positions of the shard.
+  boundaries come from the ``.idx`` files (EOS also ends chat turns inside a pretraining document).
 
 Documents are assigned to train/val by a seeded random choice of exactly
 ``max(1, round(n * val_fraction))`` documents, so the whole text is held in memory while it is
-tokenized (fine for the tens-of-MB corpora this project trains on CPU).
+tokenized (fine for the tens-of-MB corpora this project trains on CPU). A single document (one .txt
+without blank lines, nanoGPT's input.txt habit) is split instead: its last `val_fraction`, from a line
+start, is the val split.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import math
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -48,44 +50,43 @@ import numpy as np
 import torch
 
 from smoltrain.data.documents import Skips, iter_documents
+from smoltrain.data.shards import (
+    ResumableRows,
+    atomic_dataset_dir,
+    check_dataset_tokenizer,
+    check_output_dir,
+    copy_tokenizer,
+    dataset_tokenizer_dir,
+    document_index,
+    open_array,
+    open_index,
+    token_dtype,
+)
 from smoltrain.data.tokenizer import BOS_TOKEN, PAD_TOKEN, eos_id, load_tokenizer, special_token_id, tokenizer_file
 from smoltrain.errors import ConfigError, DataError
-from smoltrain.fileio import atomic_directory, check_output_path, read_json, write_json_synced
+from smoltrain.fileio import read_json, write_json_synced
 
-FORMAT = "smoltrain-text-v1"
+__all__ = ["FORMAT", "build_text_dataset", "iter_documents", "read_metadata", "open_tokens", "open_documents",
+           "TokenWindows", "DocumentRows", "check_dataset_tokenizer", "dataset_tokenizer_dir", "token_dtype",
+           "unigram_entropy", "bits_per_byte"]
+
+FORMAT = "smoltrain-text-v2"
+OLD_FORMATS = ("smoltrain-text-v1",)  # no document index, tokenizer by absolute path
 SPLITS = ("train", "val")
 _ENCODE_CHUNK = 2048  # documents per encode_batch call: big enough to keep every core busy
 
 
-def token_dtype(vocab_size: int) -> np.dtype:
-    # uint16 halves the disk and page-cache footprint; ids up to 65535 fit.
-    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
-
-
-def _check_output_dir(output_dir: Path) -> Path:
-    out = check_output_path(output_dir)
-    if out.exists():
-        if any(out.iterdir()) and not (out / "metadata.json").exists():
-            raise DataError(
-                f"{out} exists and is not a text dataset (no metadata.json); refusing to replace it: "
-                "choose another output dir or empty it first"
-            )
-    return out
-
-
-@contextlib.contextmanager
-def _atomic_dir(output_dir: Path) -> Iterator[Path]:
-    """A temporary sibling directory renamed onto `output_dir` only when the body succeeds."""
-    with atomic_directory(_check_output_dir(output_dir)) as tmp:
-        yield tmp
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _split_single_document(text: str, val_fraction: float) -> tuple[str, str] | None:
+    """(train, val) parts of one document, as nanoGPT's prepare script splits its one input.txt: the last
+    `val_fraction` of it, cut at the line start nearest that point (at a character when it is one line).
+    None when the text is too short to give both parts some text."""
+    cut = round(len(text) * (1 - val_fraction))
+    newline = [i + 1 for i, ch in enumerate(text) if ch == "\n" and text[i + 1 :].strip() and text[: i + 1].strip()]
+    if newline:
+        cut = min(newline, key=lambda i: abs(i - cut))
+    cut = min(max(cut, 1), len(text) - 1)
+    train, val = text[:cut], text[cut:]
+    return (train, val) if train.strip() and val.strip() else None
 
 
 def build_text_dataset(
@@ -111,7 +112,7 @@ def build_text_dataset(
         raise ConfigError(f"seed={seed} must be >= 0")
     if not inputs:
         raise DataError("no text inputs given: pass .jsonl/.txt/.parquet files, directories or hf:NAME")
-    out = _check_output_dir(Path(output_dir))  # fail before minutes of tokenizing
+    out = check_output_dir(Path(output_dir))  # fail before minutes of tokenizing
     tok_file = tokenizer_file(tokenizer_dir)
     tokenizer = load_tokenizer(tok_file)
     eos = eos_id(tokenizer)
@@ -126,15 +127,24 @@ def build_text_dataset(
     n = len(docs)
     if n == 0:
         raise DataError(f"no documents found in {[str(i) for i in inputs]}: check the files are not empty")
+    single_split = False
+    if val_fraction > 0 and n == 1:  # one file, one document (nanoGPT's input.txt): hold out its tail
+        parts = _split_single_document(docs[0], val_fraction)
+        if parts is None:
+            raise DataError("the only document in the inputs is too short to split off a val part: add text or "
+                            "use val_fraction=0")
+        docs, n, single_split = list(parts), 2, True
     is_val = np.zeros(n, dtype=bool)
-    if val_fraction > 0:
-        if n < 2:
-            raise DataError(f"only {n} document in the inputs: a val split needs >= 2; add text or use val_fraction=0")
+    if single_split:
+        is_val[1] = True
+    elif val_fraction > 0:
         n_val = min(n - 1, max(1, round(n * val_fraction)))
         is_val[np.random.default_rng(seed).choice(n, size=n_val, replace=False)] = True
 
     counts = {s: {"tokens": 0, "documents": 0, "bytes": 0} for s in SPLITS}
-    with _atomic_dir(out) as tmp:
+    lengths: dict[str, list[int]] = {s: [] for s in SPLITS}
+    with atomic_dataset_dir(out) as tmp:
+        tokenizer_entry = copy_tokenizer(tok_file.parent, tmp)
         handles: dict[str, BinaryIO] = {s: open(tmp / f"{s}.bin", "wb") for s in SPLITS}
         try:
             for start in range(0, n, _ENCODE_CHUNK):
@@ -151,6 +161,7 @@ def build_text_dataset(
                     ids[-1] = eos
                     parts[split].append(ids)
                     counts[split]["tokens"] += len(ids)
+                    lengths[split].append(len(ids))
                     counts[split]["documents"] += 1
                     counts[split]["bytes"] += len(text.encode("utf-8"))
                 for split in SPLITS:
@@ -162,6 +173,8 @@ def build_text_dataset(
         finally:
             for handle in handles.values():
                 handle.close()
+        for split in SPLITS:  # the document boundaries: EOS also ends chat turns inside a document
+            (tmp / f"{split}.idx").write_bytes(document_index(lengths[split]).tobytes())
         metadata: dict[str, Any] = {
             "format": FORMAT,
             "vocab_size": vocab_size,
@@ -169,13 +182,14 @@ def build_text_dataset(
             "eos_id": eos,
             "bos_id": bos,
             "pad_id": pad,
-            "tokenizer": {"path": str(tok_file.absolute()), "sha256": _sha256(tok_file)},
+            "tokenizer": tokenizer_entry,
             "splits": {
                 s: {**c, "bytes_per_token": (c["bytes"] / c["tokens"]) if c["tokens"] else None}
                 for s, c in counts.items()
             },
             "documents": n,
             "val_fraction": val_fraction,
+            "val_split": "tail of the single document" if single_split else "documents",
             "seed": seed,
             "skipped_lines": skips.count,
             "first_skipped": skips.first,
@@ -193,8 +207,13 @@ def read_metadata(path_or_dir: str | Path) -> tuple[Path, dict[str, Any]]:
     if not meta_path.is_file():
         raise DataError(f"{meta_path} not found: build the text dataset first (build_text_dataset)")
     meta = read_json(meta_path, dict, "rebuild the dataset")
+    if meta.get("format") in OLD_FORMATS:
+        raise DataError(f"{root} is a text dataset of an older smoltrain ({meta['format']}: no document index, no "
+                        "tokenizer copy): rebuild with smoltrain data text")
     if meta.get("format") != FORMAT:
-        raise DataError(f"{meta_path} is not a {FORMAT} dataset (format={meta.get('format')!r}); rebuild it")
+        hint = " (a chat dataset: train it with an SFT/DPO recipe)" \
+            if str(meta.get("format", "")).startswith("smoltrain-chat") else ""
+        raise DataError(f"{meta_path} is not a {FORMAT} dataset (format={meta.get('format')!r}){hint}; rebuild it")
     return root, meta
 
 
@@ -203,24 +222,21 @@ def open_tokens(path_or_dir: str | Path, split: str) -> np.ndarray:
     if split not in SPLITS:
         raise ConfigError(f"split={split!r} must be one of {SPLITS}")
     root, meta = read_metadata(path_or_dir)
-    path = root / f"{split}.bin"
-    if not path.is_file():
-        raise DataError(f"{path} not found: the dataset is incomplete; rebuild it")
-    dtype = np.dtype(meta["dtype"])
-    if path.stat().st_size == 0:
-        return np.zeros(0, dtype=dtype)  # np.memmap refuses empty files
-    return np.memmap(path, dtype=dtype, mode="r")
+    return open_array(root / f"{split}.bin", meta["dtype"])
 
 
-class TokenWindows:
+def open_documents(path_or_dir: str | Path, split: str) -> np.ndarray:
+    """The document start offsets of `split` (n + 1 entries, the last = its number of tokens)."""
+    root, _ = read_metadata(path_or_dir)
+    return open_index(root / f"{split}.idx", len(open_tokens(root, split)))
+
+
+class TokenWindows(ResumableRows):
     """Packed fixed-length training windows over a token shard, resumable by (epoch, batch).
 
     Window i covers tokens ``[i * seq_len, i * seq_len + seq_len + 1)``: consecutive windows share
-    one token, so every token after the first is a label exactly once per epoch. Epoch e visits the
-    windows in the order ``default_rng([seed, e]).permutation(num_windows)``, cut into global
-    batches of `global_batch_size` windows (the last incomplete one is dropped); rank r gets rows
-    ``[r * local, (r + 1) * local)`` of each global batch. The order depends only on
-    (seed, epoch, batch), so `load_state_dict` restores the exact next batch.
+    one token, so every token after the first is a label exactly once per epoch. Windows are shuffled,
+    batched, sliced per rank and resumed as `smoltrain.data.shards.ResumableRows` describes.
     """
 
     def __init__(
@@ -233,30 +249,9 @@ class TokenWindows:
         world_size: int = 1,
         seed: int = 0,
     ) -> None:
-        if seq_len < 1 or global_batch_size < 1:
-            raise ConfigError(f"seq_len={seq_len} and global_batch_size={global_batch_size} must be >= 1")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ConfigError(f"rank={rank} must be in [0, world_size={world_size})")
-        if global_batch_size % world_size:
-            raise ConfigError(
-                f"global_batch_size={global_batch_size} is not divisible by world_size={world_size}: "
-                "pick a multiple of the number of processes"
-            )
         self.tokens = open_tokens(path_or_dir, split)
-        self.metadata = read_metadata(path_or_dir)[1]
-        self.split = split
-        self.seq_len = seq_len
-        self.global_batch_size = global_batch_size
-        self.local_batch_size = global_batch_size // world_size
-        self.rank = rank
-        self.world_size = world_size
-        self.seed = seed
-        self.num_windows = self._count_rows()
-        self.batches_per_epoch = self.num_windows // global_batch_size
-        self.epoch = 0
-        self.batch = 0
-        self._perm_epoch = -1
-        self._perm = np.zeros(0, dtype=np.int64)
+        self.root, self.metadata = read_metadata(path_or_dir)
+        super().__init__(split, seq_len, global_batch_size, rank, world_size, seed)
 
     def _count_rows(self) -> int:
         return max(0, (len(self.tokens) - 1) // self.seq_len)
@@ -271,55 +266,12 @@ class TokenWindows:
         return (f"{self.split} split has {len(self.tokens)} tokens, fewer than one global batch needs ({need}): "
                 "add text, or lower seq_len / global_batch_size")
 
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_windows)
-            self._perm_epoch = epoch
-        return self._perm
-
-    def __iter__(self) -> TokenWindows:
-        return self
-
-    def __next__(self) -> dict[str, torch.Tensor]:
-        if self.batches_per_epoch == 0:
-            raise DataError(self._too_small())
-        if self.batch >= self.batches_per_epoch:
-            self.epoch += 1
-            self.batch = 0
-        start = self.batch * self.global_batch_size + self.rank * self.local_batch_size
-        indices = self._permutation(self.epoch)[start : start + self.local_batch_size]
-        self.batch += 1
-        return self._windows(indices)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batch": self.batch}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        epoch, batch = int(state["epoch"]), int(state["batch"])
-        if epoch < 0 or not 0 <= batch <= self.batches_per_epoch:
-            raise DataError(
-                f"data state {state} does not fit this dataset ({self.batches_per_epoch} batches per epoch): "
-                "resume with the same dataset, seq_len and global_batch_size"
-            )
-        self.epoch, self.batch = epoch, batch
-
-    def iter_eval(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
-        """Every window of this split once, in order; rank r takes rows [r*bs, (r+1)*bs) of each
-        chunk of ``batch_size * world_size`` windows (the last chunk may be short or empty)."""
-        if batch_size < 1:
-            raise ConfigError(f"eval batch_size={batch_size} must be >= 1")
-        chunk = batch_size * self.world_size
-        for start in range(0, self.num_windows, chunk):
-            lo = start + self.rank * batch_size
-            hi = min(lo + batch_size, self.num_windows)
-            if lo < hi:
-                yield self._windows(np.arange(lo, hi))
-
 
 class DocumentRows(TokenWindows):
     """MiniMind's pretraining rows: one document per row, padded, in the same resumable order as `TokenWindows`.
 
-    Row i is document i of the split (documents end at the shard's EOS tokens), laid out as MiniMind's
+    Row i is document i of the split (its bounds from the split's ``.idx``, not from EOS tokens: EOS also ends
+    every chat turn inside a document, as in MiniMind's pretrain_hq.jsonl), laid out as MiniMind's
     ``PretrainDataset`` does: ``[BOS] + document[: seq_len - 1] + [EOS]`` (a longer document is truncated,
     its EOS kept), right-padded with PAD to ``seq_len + 1`` tokens. ``input_ids`` are the first ``seq_len``
     tokens, ``targets`` the last ``seq_len`` with -100 at padding, so the loss and the token counts of
@@ -329,14 +281,11 @@ class DocumentRows(TokenWindows):
     """
 
     def _count_rows(self) -> int:
-        for key in ("bos_id", "pad_id"):
-            if key not in self.metadata:
-                raise DataError(f"this text dataset has no {key} in metadata.json (built by an older smoltrain): "
-                                "rebuild it with `smoltrain data text` to train with packing=false")
-        self.bos, self.pad, eos = (int(self.metadata[k]) for k in ("bos_id", "pad_id", "eos_id"))
-        self.ends = np.flatnonzero(np.asarray(self.tokens) == eos)  # index of each document's EOS
-        self.starts = np.concatenate([[0], self.ends + 1])[:-1].astype(np.int64)
-        return len(self.ends)
+        self.bos, self.pad = int(self.metadata["bos_id"]), int(self.metadata["pad_id"])
+        idx = open_index(self.root / f"{self.split}.idx", len(self.tokens))
+        self.starts = idx[:-1]
+        self.ends = idx[1:] - 1  # index of each document's final token, the EOS the builder appended
+        return len(self.starts)
 
     def _windows(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
         rows = np.full((len(indices), self.seq_len + 1), self.pad, dtype=np.int64)

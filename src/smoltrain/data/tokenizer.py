@@ -51,7 +51,8 @@ _MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # the byte alphabet plus the special tok
 
 
 def _iter_training_texts(inputs: list[Path], skip_bad_lines: bool) -> Iterator[str]:
-    yield from iter_documents([str(p) for p in inputs], skip_bad_lines=skip_bad_lines)
+    # chat jsonl (SFT/DPO) gives the contents of every turn, as MiniMind trains its tokenizer on its SFT file
+    yield from iter_documents([str(p) for p in inputs], skip_bad_lines=skip_bad_lines, chat=True)
 
 
 def train_tokenizer(
@@ -61,13 +62,16 @@ def train_tokenizer(
     min_frequency: int = 2,
     model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
     skip_bad_lines: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Train a byte-level BPE on `inputs` (.txt, .jsonl with `text`, .parquet, or directories of those).
 
     Documents are read as by `smoltrain.data.text.iter_documents` (a .txt paragraph or a jsonl line
     each); a malformed jsonl line stops with file:line unless `skip_bad_lines`.
-    Writes the three tokenizer files into the directory `output` (each file atomically) and
-    returns `output`.
+    Chat jsonl lines (MiniMind SFT ``conversations`` or DPO ``chosen``/``rejected``) give the contents of
+    every turn. Writes the three tokenizer files into the directory `output` (each file atomically) and
+    returns `output`; an existing non-empty `output` is refused unless `overwrite` (a dataset or run built
+    with the old tokenizer keeps its own copy, and refuses to train if that copy changes).
     """
     if vocab_size < _MIN_VOCAB:
         raise ConfigError(
@@ -80,6 +84,9 @@ def train_tokenizer(
         raise DataError("no tokenizer training inputs given: pass at least one .txt/.jsonl file or directory")
     output = Path(output)
     check_output_path(output)  # before minutes of training
+    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
+        raise DataError(f"{output} already exists: choose another --output, or pass --overwrite (overwrite=True) "
+                        "to replace the tokenizer in it")
 
     tokenizer = Tokenizer(models.BPE())
     # No normalizer: any normalization would break the exact byte round trip.

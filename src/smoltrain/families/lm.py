@@ -26,7 +26,13 @@ from torch import nn
 from smoltrain.config import STAGES, ArchConfig, TrainConfig
 from smoltrain.data.chat import PreferenceRows, SFTRows, read_chat_metadata
 from smoltrain.data.text import FORMAT as TEXT_FORMAT
-from smoltrain.data.text import DocumentRows, TokenWindows, read_metadata
+from smoltrain.data.text import (
+    DocumentRows,
+    TokenWindows,
+    check_dataset_tokenizer,
+    dataset_tokenizer_dir,
+    read_metadata,
+)
 from smoltrain.errors import ConfigError, DataError
 from smoltrain.families.base import INITIAL_WEIGHTS, Batch, Family, OptimizerSpec, StepOutput, TrainStream
 from smoltrain.families.lm_stages import DPO_METRICS, distill_step, dpo_eval_sums, dpo_step
@@ -167,13 +173,10 @@ class LMFamily(Family):
         self.vocab_assumed = self.arch.vocab_size is None
 
     def tokenizer_dir(self) -> Path | None:
-        """The dataset's tokenizer: the run keeps a copy, so generation and export need no dataset."""
+        """The dataset's own tokenizer copy: the run keeps a copy of it, so generation and export need no dataset."""
         if self.metadata is None:
             return None
-        if self.data_kind != "text":  # a chat dataset holds its tokenizer, at a path relative to it
-            source = Path(self.cfg.data_paths[0]) / self.metadata["tokenizer"]["path"]
-            return source if source.is_dir() else None
-        source = Path(self.metadata["tokenizer"]["path"]).parent
+        source = dataset_tokenizer_dir(self.cfg.data_paths[0])  # text and chat datasets hold their tokenizer
         return source if source.is_dir() else None
 
     @property
@@ -202,6 +205,8 @@ class LMFamily(Family):
         if not self.cfg.data_paths:
             raise ConfigError(f"this needs the run's {self.data_kind} dataset, and data_paths is empty: add "
                               "data_paths=[DIR]")
+        # A dataset whose tokenizer copy changed since it was tokenized would train on garbage ids: refuse it.
+        check_dataset_tokenizer(self.cfg.data_paths[0])
         if self.data_kind == "text":
             rows: type[TokenWindows] | type[SFTRows] = TokenWindows if self.arch.packing else DocumentRows
         else:  # one conversation (or preference pair) per row, whatever arch.packing says
