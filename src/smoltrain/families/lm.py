@@ -205,6 +205,8 @@ class LMFamily(Family):
         if not self.cfg.data_paths:
             raise ConfigError(f"this needs the run's {self.data_kind} dataset, and data_paths is empty: add "
                               "data_paths=[DIR]")
+        if self.metadata is None:
+            raise self._not_built()
         # A dataset whose tokenizer copy changed since it was tokenized would train on garbage ids: refuse it.
         check_dataset_tokenizer(self.cfg.data_paths[0])
         if self.data_kind == "text":
@@ -217,12 +219,14 @@ class LMFamily(Family):
     def train_stream(self) -> TrainStream:
         return self._windows("train")  # type: ignore[return-value]
 
+    def _not_built(self) -> DataError:
+        where = self.cfg.data_paths[0] if self.cfg.data_paths else None
+        return DataError(f"the {self.data_kind} dataset {where} is not built yet: `{DATA_VERB[self.data_kind]} ... "
+                         f"--output-dir {where}`" if where else "data_paths is empty: add data_paths=[DIR]")
+
     def steps_per_epoch(self) -> float:
         if self.metadata is None:
-            where = self.cfg.data_paths[0] if self.cfg.data_paths else None
-            verb = DATA_VERB[self.data_kind]
-            raise DataError(f"the {self.data_kind} dataset {where} is not built yet: `{verb} ... --output-dir "
-                            f"{where}`" if where else "data_paths is empty: add data_paths=[DIR]")
+            raise self._not_built()
         train = self.metadata["splits"]["train"]
         if self.data_kind != "text" or not self.arch.packing:
             return train["documents"] / self.cfg.global_batch_size
