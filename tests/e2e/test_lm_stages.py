@@ -20,7 +20,7 @@ from smoltrain.errors import ConfigError, DataError
 from smoltrain.eval.answers import exact_answers
 from smoltrain.families import load_config
 from smoltrain.runs import checkpoint as ckpt
-from smoltrain.runs.loading import load
+from smoltrain.runs.loading import evaluate, load
 from smoltrain.train.logging import read_metrics
 from smoltrain.train.trainer import Trainer
 from tests.helpers import RUNNER, run_python
@@ -126,6 +126,9 @@ def test_dpo_starts_at_log2_and_widens_the_margin(stages, tmp_path) -> None:
     assert mean(late) > mean(early) + 0.3 and mean(late) > 0.4, (mean(early), mean(late))
     assert summary["eval"]["reward_margin"] > 0.4 and summary["eval"]["reward_accuracy"] >= 0.65
     assert summary["eval"]["loss"] < 0.6
+    # `smoltrain eval` of the run rebuilds the reference from the checkpoint the run started from: same numbers.
+    again = evaluate(run, device="cpu")
+    assert again == pytest.approx(summary["eval"], rel=1e-6)
 
 
 def test_distillation_from_itself_starts_at_alpha_times_ce(stages, tmp_path) -> None:
