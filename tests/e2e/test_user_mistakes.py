@@ -117,6 +117,9 @@ ARC = ["data", "arc", "--input-file-prefix", "{tmp}/arc", "--subsets", "evaluati
 TEXT = ["data", "text", "--input", "{tmp}/corpus.txt", "--tokenizer", "{tmp}/no-tokenizer",
         "--output-dir", "{tmp}/text-out"]
 TOKENIZER = ["tokenizer", "train", "--input", "{tmp}/corpus.txt", "--output", "{tmp}/tokenizer-out"]
+SFT = ["data", "sft", "--input", "{tmp}/corpus.txt", "--tokenizer", "{tmp}/no-tokenizer",
+       "--output-dir", "{tmp}/sft-out"]
+INSTRUCTIONS = ["data", "instructions", "--output", "{tmp}/instructions.jsonl"]
 DATA_CASES: list[Case] = [
     ("sudoku size 5", ["data", "sudoku", "--output-dir", "{tmp}/sudoku-out", "--size", "5"]),
     ("sudoku zero train puzzles", [*SUDOKU, "--num-train", "0"]),
@@ -141,6 +144,13 @@ DATA_CASES: list[Case] = [
     ("text missing tokenizer", TEXT),
     ("tokenizer vocabulary below the bytes", [*TOKENIZER, "--vocab-size", "100"]),
     ("tokenizer zero min frequency", [*TOKENIZER, "--min-frequency", "0"]),
+    ("tokenizer over an existing directory", [*TOKENIZER[:-1], "{tmp}"]),
+    ("sft val fraction of 1", [*SFT, "--val-fraction", "1"]),
+    ("sft zero max length", [*SFT, "--max-length", "0"]),
+    ("sft missing tokenizer", SFT),
+    ("dpo NaN val fraction", ["data", "dpo", *SFT[2:], "--val-fraction", "nan"]),
+    ("instructions zero count", [*INSTRUCTIONS, "--count", "0"]),
+    ("instructions more held-out items than there are", [*INSTRUCTIONS, "--split", "heldout", "--count", "99999"]),
     ("import trm missing checkpoint", ["import", "trm", "--checkpoint", "{tmp}/no-step", "--output", "{tmp}/o"]),
     ("import hf missing directory", ["import", "hf", "{tmp}/no-hf", "--output", "{tmp}/o"]),
     ("import minimind missing checkpoint", ["import", "minimind", "--checkpoint", "{tmp}/no.pth",

@@ -51,3 +51,21 @@ def test_family_scores_each_position_on_the_next_token(text_data) -> None:
     logits = model(batch["input_ids"]).logits
     want = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), next_tokens.reshape(-1))
     torch.testing.assert_close(out.loss, want * batch["input_ids"].shape[0] / cfg.global_batch_size)
+
+
+def test_family_uses_the_datasets_tokenizer_copy_and_refuses_a_changed_one(text_data, tmp_path) -> None:
+    import shutil
+
+    from smoltrain.errors import DataError
+
+    data = tmp_path / "text"
+    shutil.copytree(text_data, data)
+    cfg = LMFamily.resolve(load_config("lm-pretrain-cpu", [*TINY, f"data_paths=[{data}]"]))
+    family = LMFamily(cfg, DistEnv(), torch.device("cpu"))
+    assert family.tokenizer_dir() == data / "tokenizer"  # the copy, not the directory it was built from
+    next(family.train_stream())
+    # Retrain "the" tokenizer in place: the dataset's ids no longer mean what the tokenizer says.
+    retrained = train_tokenizer([text_data.parent / "corpus.txt"], 280, tmp_path / "tok2")
+    shutil.copyfile(retrained / "tokenizer.json", data / "tokenizer" / "tokenizer.json")
+    with pytest.raises(DataError, match="is not the tokenizer .* was built with"):
+        family.train_stream()
