@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
-from smoltrain.errors import DataError, SmoltrainError
+from smoltrain.errors import ConfigError, DataError, SmoltrainError
 
 EXIT_UNEXPECTED = 1  # an exception that is not a SmoltrainError: a bug, or a user mistake not yet checked
 EXIT_USER_ERROR = 2
@@ -292,9 +292,18 @@ def cmd_export(ns: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from smoltrain.interop.hf import export_hf
+    from smoltrain.interop.hf import export_hf, export_peft
 
-    out = export_hf(Path(ns.run_dir), Path(ns.output), Path(ns.checkpoint) if ns.checkpoint else None)
+    checkpoint = Path(ns.checkpoint) if ns.checkpoint else None
+    if ns.format == "peft":
+        if ns.merge:
+            raise ConfigError("--merge folds the adapters into one model (--format hf); --format peft keeps them "
+                              "apart: drop one of the two")
+        out = export_peft(Path(ns.run_dir), Path(ns.output), checkpoint)
+        print(f"exported the adapters of {ns.run_dir} to {out} and their base to {out / 'base'}; load them with "
+              f'peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{out / "base"}"), "{out}")')
+        return 0
+    out = export_hf(Path(ns.run_dir), Path(ns.output), checkpoint, merge=ns.merge)
     architecture = json.loads((out / "config.json").read_text())["architectures"][0]
     print(f"exported {ns.run_dir} as {architecture} to {out}; load it with "
           f'transformers.AutoModelForCausalLM.from_pretrained("{out}")')
@@ -406,9 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--tokenizer", default=None, help="MiniMind's tokenizer directory, copied into the run")
     sub.add_argument("overrides", nargs="*", metavar="arch.key=value", help="shape changes, e.g. arch.vocab_size=...")
 
-    sub = verb("export", cmd_export, "Export an LM run as a Hugging Face directory (Qwen3 or Llama).")
+    sub = verb("export", cmd_export, "Export an LM run as a Hugging Face directory (Qwen3 or Llama) or a PEFT adapter.")
     sub.add_argument("run_dir")
-    sub.add_argument("--format", choices=("hf",), default="hf")
+    sub.add_argument("--format", choices=("hf", "peft"), default="hf",
+                     help="hf: a transformers folder; peft: a LoRA run's adapters with their base in OUTPUT/base")
+    sub.add_argument("--merge", action="store_true", help="hf: fold a LoRA run's adapters into the weights")
     sub.add_argument("--output", required=True)
     sub.add_argument("--checkpoint", default=None, help="a checkpoint directory (default: the newest)")
 

@@ -2,7 +2,8 @@
 
 ``export_hf`` writes a folder that ``transformers.AutoModelForCausalLM.from_pretrained(DIR)`` loads as
 ``Qwen3ForCausalLM`` (runs with ``qk_norm``) or ``LlamaForCausalLM`` (without): ``config.json``,
-``model.safetensors``, ``generation_config.json`` and the run's tokenizer files. ``import_hf`` goes the
+``model.safetensors``, ``generation_config.json`` and the run's tokenizer files; a LoRA run exports merged
+(``merge=True``), or as a PEFT adapter directory with its base beside it (``export_peft``). ``import_hf`` goes the
 other way and writes a run directory (:class:`~smoltrain.runs.RunDir`: config, a weights-only step-0
 checkpoint, tokenizer, README) that ``smoltrain.load`` and ``smoltrain train`` accept.
 
@@ -30,10 +31,11 @@ from smoltrain.errors import SmoltrainError
 from smoltrain.families import validate
 from smoltrain.fileio import atomic_directory, check_output_path, read_json, set_default_permissions
 from smoltrain.models.lm import LMConfig, LMForCausalLM
+from smoltrain.models.lora import adapter_state_dict, merge_lora, remove_lora
 from smoltrain.runs.loading import load
 from smoltrain.runs.run_dir import RunDir
 
-__all__ = ["export_hf", "import_hf"]
+__all__ = ["export_hf", "export_peft", "import_hf"]
 
 SUPPORTED_MODEL_TYPES = ("qwen3", "llama")
 _TIED_KEY, _EMBED_KEY = "lm_head.weight", "model.embed_tokens.weight"
@@ -139,42 +141,103 @@ def _hf_config(lm: LMConfig, token_ids: dict[str, int]) -> dict[str, Any]:
     return config
 
 
-def export_hf(run_dir: Path, output: Path, checkpoint: Path | None = None) -> Path:
-    """Write an ``arch=lm`` run's checkpoint (newest by default; EMA weights when present) as a local HF folder.
-
-    Returns the absolute output directory. ``output`` must not exist or be empty.
-    """
-    _check_export_output(output)  # before loading the model
-    run = RunDir(run_dir)
+def _lm_run_config(run: RunDir) -> TrainConfig:
+    """The run's config, refused unless it is a dense, trained ``arch=lm`` run (what the exports handle)."""
     cfg = run.load_config()
     if cfg.arch.name != "lm":
         raise SmoltrainError(f"only arch=lm runs export to Hugging Face format; {run.root} is arch={cfg.arch.name}")
-    arch = cfg.arch
-    if arch.use_moe:
+    if cfg.arch.use_moe:
         raise SmoltrainError("export of MoE runs is not supported yet: only dense (use_moe=false) runs export")
-    if arch.vocab_size is None:
+    if cfg.arch.vocab_size is None:
         raise SmoltrainError(f"{run.config} has no arch.vocab_size: train the run before exporting it")
-    lm = arch.to_model_config()
-    # `load` picks the newest checkpoint, overlays the EMA weights the run evaluates, and loads strictly,
-    # so a checkpoint that does not match the run's config stops here with one line, not in transformers.
-    model = load(run.root, checkpoint, device="cpu", need_data=False).model
+    return cfg
+
+
+def _write_hf(model: LMForCausalLM, run: RunDir, output: Path) -> None:
+    """``model`` (no adapters) as a transformers folder at ``output``, with the run's tokenizer."""
+    lm = model.config
     tensors = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in model.state_dict().items()}
     if lm.tie_word_embeddings:
         # transformers ties lm_head to the embedding on load and leaves it out when saving; safetensors
         # refuses two names for one storage anyway, so the embedding alone is written.
         tensors.pop(_TIED_KEY)
-
     tokenizer_dir = run.tokenizer
     token_ids = _special_token_ids(tokenizer_dir) if tokenizer_dir.is_dir() else {}
+    output.mkdir(exist_ok=True)
+    save_file(tensors, str(output / "model.safetensors"), metadata={"format": "pt"})
+    set_default_permissions(output / "model.safetensors")  # safetensors creates it 0600
+    _write_json(output / "config.json", _hf_config(lm, token_ids))
+    # Greedy by default: a tiny model sampled at temperature 1 mostly shows noise.
+    _write_json(output / "generation_config.json", {**token_ids, "do_sample": False})
+    if tokenizer_dir.is_dir():
+        _copy_tokenizer(tokenizer_dir, output)
+
+
+def export_hf(run_dir: Path, output: Path, checkpoint: Path | None = None, merge: bool = False) -> Path:
+    """Write an ``arch=lm`` run's checkpoint (newest by default; EMA weights when present) as a local HF folder.
+
+    A LoRA run (``lora.rank`` > 0) exports only with ``merge=True``: its adapters folded into the base weights
+    (``W + alpha / rank * B @ A``), a plain model whose logits are the adapted model's. Its adapters alone (on
+    their base) are :func:`export_peft`. Returns the absolute output directory; ``output`` must not exist or be
+    empty.
+    """
+    _check_export_output(output)  # before loading the model
+    run = RunDir(run_dir)
+    cfg = _lm_run_config(run)
+    if cfg.lora.enabled and not merge:
+        raise SmoltrainError(f"{run.root} is a LoRA run (adapters on a frozen base): add --merge to export one "
+                             "model with the adapters folded in, or use --format peft for the adapters and their base")
+    # `load` picks the newest checkpoint, overlays the EMA weights the run evaluates, rebuilds base + adapters
+    # and loads strictly, so a checkpoint that does not match the run's config stops here with one line.
+    model = merge_lora(load(run.root, checkpoint, device="cpu", need_data=False).model)
     with _export_dir(output) as tmp:
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        set_default_permissions(tmp / "model.safetensors")  # safetensors creates it 0600
-        _write_json(tmp / "config.json", _hf_config(lm, token_ids))
-        # Greedy by default: a tiny model sampled at temperature 1 mostly shows noise.
-        _write_json(tmp / "generation_config.json", {**token_ids, "do_sample": False})
-        if tokenizer_dir.is_dir():
-            _copy_tokenizer(tokenizer_dir, tmp)
+        _write_hf(model, run, tmp)  # type: ignore[arg-type]
     return Path(output).absolute()
+
+
+PEFT_WEIGHTS, PEFT_CONFIG, PEFT_BASE = "adapter_model.safetensors", "adapter_config.json", "base"
+
+
+def export_peft(run_dir: Path, output: Path, checkpoint: Path | None = None) -> Path:
+    """Write a LoRA run's adapters as a PEFT adapter directory, with the base they were trained on beside them.
+
+    ``output/`` holds ``adapter_config.json`` and ``adapter_model.safetensors`` (PEFT's names: keys
+    ``base_model.model.<module>.lora_A.weight``), the run's tokenizer, and ``output/base/``: the frozen base as a
+    transformers folder (:func:`export_hf` of the exact weights the adapters were trained on)::
+
+        base = AutoModelForCausalLM.from_pretrained("output/base")
+        model = PeftModel.from_pretrained(base, "output")
+
+    ``base_model_name_or_path`` in the config is that folder's absolute path, so ``AutoPeftModelForCausalLM``
+    finds it while the export stays where it was written."""
+    _check_export_output(output)
+    run = RunDir(run_dir)
+    cfg = _lm_run_config(run)
+    lora = cfg.lora
+    if not lora.enabled:
+        raise SmoltrainError(f"{run.root} has no adapters (lora.rank=0): export it with --format hf, or train "
+                             "adapters with lora.rank=R init_from=RUN")
+    model = load(run.root, checkpoint, device="cpu", need_data=False).model
+    adapters = {f"base_model.model.{key}.weight": value.detach().to(torch.float32).contiguous().clone()
+                for key, value in adapter_state_dict(model).items()}
+    targets = sorted({key.rsplit(".", 2)[-2] for key in adapter_state_dict(model)})
+    remove_lora(model)  # the base, as the adapters were trained on it
+    final = Path(output).absolute()
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(final / PEFT_BASE),
+        "r": lora.rank, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout, "target_modules": targets,
+        "bias": "none", "fan_in_fan_out": False, "init_lora_weights": True, "inference_mode": True,
+        "modules_to_save": None, "use_rslora": False, "use_dora": False, "layers_to_transform": None,
+        "rank_pattern": {}, "alpha_pattern": {}, "revision": None,
+    }
+    with _export_dir(output) as tmp:
+        save_file(adapters, str(tmp / PEFT_WEIGHTS), metadata={"format": "pt"})
+        set_default_permissions(tmp / PEFT_WEIGHTS)
+        _write_json(tmp / PEFT_CONFIG, config)
+        if run.tokenizer.is_dir():
+            _copy_tokenizer(run.tokenizer, tmp)
+        _write_hf(model, run, tmp / PEFT_BASE)  # type: ignore[arg-type]
+    return final
 
 
 # ---------------------------------------------------------------------------------------------------
