@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from smoltrain.eval.answers import exact_answers, last_answer
+from smoltrain.eval.answers import conversation_rows, exact_answers, last_answer
 from smoltrain.models.lm import LMForCausalLM
 
 EOS = 2
@@ -51,3 +51,24 @@ def test_exact_answers_greedy_decodes_and_compares() -> None:
     assert [c.exact for c in checks] == [True, False]
     assert checks[0].decoded == answer and checks[0].prompt == prompt
     assert len(exact_answers(model, [batch], eos, limit=1)) == 1
+
+
+def test_conversation_rows_are_the_rows_data_sft_writes(tmp_path) -> None:
+    import json
+
+    from smoltrain.data.chat import SFTRows, build_sft_dataset
+    from smoltrain.data.tokenizer import load_tokenizer, train_tokenizer
+
+    conversations = [[{"role": "user", "content": f"What is {a} plus {a + 1}?"},
+                      {"role": "assistant", "content": str(2 * a + 1)}] for a in range(6)]
+    source = tmp_path / "sft.jsonl"
+    source.write_text("".join(json.dumps({"conversations": c}) + "\n" for c in conversations))
+    train_tokenizer([source], 300, tmp_path / "tok")
+    build_sft_dataset([str(source)], tmp_path / "tok", tmp_path / "sft", val_fraction=0.0)
+    stored = next(SFTRows(tmp_path / "sft", "train", 64, 6).iter_eval(6))
+    made = conversation_rows(load_tokenizer(tmp_path / "tok"), conversations, 64)
+    # The dataset's order is its own: match rows by their tokens; targets must agree row for row.
+    for ids, targets in zip(made["input_ids"], made["targets"], strict=True):
+        same = [i for i in range(6) if torch.equal(stored["targets"][i], targets)]
+        end = int((targets != X).nonzero().max()) + 1  # every token up to the last supervised one is real
+        assert same and torch.equal(stored["input_ids"][same[0]][:end], ids[:end])

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
+from smoltrain.data.chat import tokenize_conversation
 from smoltrain.models.lm import LMForCausalLM
 
 IGNORE = -100
 
-__all__ = ["AnswerCheck", "exact_answers", "last_answer"]
+__all__ = ["AnswerCheck", "conversation_rows", "exact_answers", "last_answer"]
 
 
 def last_answer(input_ids: torch.Tensor, targets: torch.Tensor, eos_id: int) -> tuple[list[int], list[int]] | None:
@@ -73,3 +74,18 @@ def exact_answers(model: LMForCausalLM, batches: Iterable[Mapping[str, torch.Ten
                 decoded = decoded[:decoded.index(eos_id) + 1]
             checks.append(AnswerCheck(prompt, answer, decoded))
     return checks
+
+
+def conversation_rows(tokenizer: object, conversations: list[list[dict[str, str]]],
+                      seq_len: int) -> dict[str, torch.Tensor]:
+    """Conversations (MiniMind messages) as one batch of ``SFTRows``-style rows, tokenized as ``smoltrain data sft``
+    tokenizes them, so :func:`exact_answers` can check them in the order given (a demo's chosen questions)."""
+    ids = torch.zeros(len(conversations), seq_len, dtype=torch.int64)  # the padding id is never read
+    targets = torch.full((len(conversations), seq_len), IGNORE, dtype=torch.int64)
+    for row, messages in enumerate(conversations):
+        tokens = tokenize_conversation(tokenizer, messages, max_length=seq_len + 1)
+        n = len(tokens.ids)
+        ids[row, :n - 1] = torch.from_numpy(tokens.ids[:-1])
+        supervised = torch.from_numpy(tokens.mask[1:].astype(bool))
+        targets[row, :n - 1] = torch.where(supervised, torch.from_numpy(tokens.ids[1:]), IGNORE)
+    return {"input_ids": ids, "targets": targets}
