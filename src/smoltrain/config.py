@@ -49,6 +49,24 @@ class ArchConfig(StrictModel):
     name: str
 
 
+Stage = Literal["pretrain", "sft", "dpo", "distill"]
+STAGES: tuple[str, ...] = ("pretrain", "sft", "dpo", "distill")
+
+
+class DPOConfig(StrictModel):
+    """``stage=dpo``: direct preference optimisation against a frozen reference, the weights the run starts from."""
+
+    beta: float = Field(0.1, gt=0, description="strength of the pull towards the reference (MiniMind: 0.15)")
+
+
+class DistillConfig(StrictModel):
+    """``stage=distill``: ``alpha * CE + (1 - alpha) * T^2 * KL(teacher || student)`` over the supervised tokens."""
+
+    teacher: str | None = Field(None, description="the teacher's run directory (its newest checkpoint)")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the cross-entropy on the data's tokens")
+    temperature: float = Field(1.0, gt=0, description="softens both distributions in the KL term")
+
+
 class LoRAConfig(StrictModel):
     """Low-rank adapters (``smoltrain.models.lora``): with ``rank`` > 0 only the adapters train, on the frozen
     weights of ``init_from``, and checkpoints hold only the adapters. ``targets`` names linear layers by their last
@@ -128,11 +146,18 @@ class TrainConfig(StrictModel):
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
     seed: int = Field(0, ge=0)
 
+    # --- training stage (LM): what the loss is and which rows it reads ---
+    stage: Stage = "pretrain"  # pretrain (text) | sft (chat) | dpo (preference pairs) | distill (chat + teacher)
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+
     # --- evaluation (reference names, plus a step-based interval) ---
     eval_interval: int | None = Field(None, gt=0)  # in epochs, as in the reference
     eval_every: int | None = Field(None, gt=0)  # in optimizer steps
     min_eval_interval: int = Field(0, ge=0)  # skip the first N evaluations
     eval_save_outputs: list[str] = Field(default_factory=list)
+    # Chat stages: greedy-decode the last answer of the first N val conversations, report answer_exact (0: off).
+    eval_answer_examples: int = Field(0, ge=0)
 
     # --- run directory, checkpoints, resume ---
     project_name: str | None = None

@@ -59,14 +59,24 @@ def load_config(recipe: str | None = None, overrides: list[str] | None = None) -
     return validate(config.compose(recipe, overrides or []))
 
 
+def _supporting_stage(cfg: TrainConfig) -> type[Family]:
+    """The family class of ``cfg``, which must train ``cfg.stage``."""
+    cls = family_class(cfg.arch.name)
+    if cfg.stage not in cls.stages:
+        others = sorted(name for name in FAMILIES if cfg.stage in family_class(name).stages)
+        raise ConfigError(f"stage={cfg.stage} is not for arch={cfg.arch.name}, which trains only stage="
+                          f"{' | '.join(cls.stages)}; stage={cfg.stage} is for arch={', '.join(others)}")
+    return cls
+
+
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with what its data decides filled in, by its family's pure ``resolve``; ``cfg`` is unchanged."""
-    return family_class(cfg.arch.name).resolve(cfg)
+    return _supporting_stage(cfg).resolve(cfg)
 
 
 def build_family(cfg: TrainConfig, dist: DistEnv, device: torch.device) -> Family:
     """The family of ``cfg``, built from the resolved config (``family.cfg``)."""
-    cls = family_class(cfg.arch.name)
+    cls = _supporting_stage(cfg)
     return cls(cls.resolve(cfg), dist, device)
 
 

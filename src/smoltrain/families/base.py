@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 Batch = dict[str, torch.Tensor]
 
+# Where a frozen model comes from (`Family.frozen_models`): the weights this run starts from (``init_from``).
+INITIAL_WEIGHTS = "initial weights"
+
 
 @dataclass
 class OptimizerSpec:
@@ -107,6 +110,9 @@ class Family(ABC):
     # that cast by hand (TRM keeps fp32 master weights and casts activations itself) set False.
     uses_autocast: ClassVar[bool] = True
 
+    # The training stages (``stage=``) the family trains; the others are refused with one line.
+    stages: ClassVar[tuple[str, ...]] = ("pretrain",)
+
     # Arch keys whose values come from the dataset (``resolve`` fills them); a saved run records them.
     data_shape_keys: ClassVar[tuple[str, ...]] = ()
     # Arch keys that may differ between a run and the run it starts from (``init_from``): they do not shape the
@@ -138,6 +144,7 @@ class Family(ABC):
         # Rows of the global batch that this rank sees, and the rows of one accumulation micro-batch.
         self.local_batch_size = cfg.global_batch_size // dist.world_size
         self.micro_batch_size = self.local_batch_size // cfg.grad_accum_steps
+        self.frozen: dict[str, nn.Module] = {}
 
     @abstractmethod
     def build_model(self) -> nn.Module: ...
@@ -170,6 +177,17 @@ class Family(ABC):
         """Turn metric sums over the global batch into logged values (default: divide by ``count``)."""
         count = sums.get("count", 0.0)
         return {k: (v / count if count else 0.0) for k, v in sums.items() if k != "count"}
+
+    def frozen_models(self) -> dict[str, str]:
+        """Models a training step reads but never trains, by name: :data:`INITIAL_WEIGHTS` (a frozen copy of the
+        weights the run starts from, DPO's reference) or a run directory (a distillation teacher). The trainer
+        builds them before the first step, also on resume (they are not saved with the run's checkpoints), and
+        hands them over with :meth:`attach_frozen`. Default: none."""
+        return {}
+
+    def attach_frozen(self, models: dict[str, nn.Module]) -> None:
+        """Take the frozen models :meth:`frozen_models` named (eval mode, no gradients, on the family's device)."""
+        self.frozen = dict(models)
 
     def tokenizer_dir(self) -> Path | None:
         """The tokenizer the run's data was encoded with, which the run keeps (LM runs); None without one."""

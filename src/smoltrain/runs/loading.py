@@ -120,5 +120,14 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, device: 
     """
     run = load(run_dir, checkpoint, device, overrides)
     report = Path(report_dir) if report_dir is not None else run.run_dir.eval_dir(run.checkpoint)
+    if run.family.frozen_models():  # DPO scores against its reference: rebuilt from where the run started
+        from smoltrain.runs.frozen import build_frozen_models
+
+        pointer = ckpt.load_checkpoint(run.checkpoint)[2].get("init_from")
+
+        def initial_weights() -> dict[str, torch.Tensor]:
+            return ckpt.load_base(pointer, run.checkpoint)
+
+        run.family.attach_frozen(build_frozen_models(run.family, initial_weights if pointer else None, run.device))
     with torch.inference_mode():
         return run.family.evaluate(run.model, report_dir=report)

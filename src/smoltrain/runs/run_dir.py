@@ -55,7 +55,7 @@ __all__ = ["RESUMABLE_CHANGES", "RunDir", "RunLock"]
 RESUMABLE_CHANGES: tuple[str, ...] = (
     "max_steps", "max_minutes", "epochs",
     "eval_every", "eval_interval", "min_eval_interval", "eval_max_examples", "eval_save_outputs", "evaluators",
-    "eval_augmentations", "eval_halt_threshold",
+    "eval_augmentations", "eval_halt_threshold", "eval_answer_examples",
     "data_paths_test",
     "checkpoint_every", "checkpoint_every_eval", "keep_checkpoints", "keep_best", "resume", "load_checkpoint",
     "run_dir", "checkpoint_path", "run_name", "project_name",

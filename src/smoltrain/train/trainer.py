@@ -26,9 +26,10 @@ import torch
 from smoltrain.config import TrainConfig
 from smoltrain.errors import ConfigError, SmoltrainError
 from smoltrain.families import family_class, resolve
-from smoltrain.families.base import Batch
+from smoltrain.families.base import INITIAL_WEIGHTS, Batch
 from smoltrain.runs import checkpoint as ckpt
 from smoltrain.runs.curves import has_matplotlib, write_run_curves
+from smoltrain.runs.frozen import build_frozen_models
 from smoltrain.runs.run_dir import RunDir
 from smoltrain.runtime.device import DTYPES, device_type, pick_device, resolve_precision
 from smoltrain.runtime.distributed import (
@@ -203,6 +204,9 @@ class Trainer:
         self.started = time.perf_counter()  # of this session; `fit` restarts it
         # The checkpoint a run on a frozen base (LoRA) started from: its checkpoints then hold only what trains.
         self.base_pointer: dict[str, Any] | None = None
+        # The checkpoint any run started from (init_from), kept in each of its checkpoints: a frozen copy of those
+        # weights (DPO's reference) is rebuilt from it on resume, checked by hash, instead of being saved.
+        self.init_pointer: dict[str, Any] | None = None
 
         # Rank 0 writes the run directory, so it owns it (before reading a checkpoint) until `fit` ends: a second
         # training there would resume this one's checkpoints, prune them and truncate its metrics.
@@ -212,6 +216,7 @@ class Trainer:
             record = self.run.read_best() if cfg.keep_best and self.resumed_from is not None else None
             if record is not None and record.get("metric") == self.best_metric and record["step"] <= self.step:
                 self.best = record  # a resumed run goes on beating its own best
+            self._attach_frozen_models()
             self.logger = MetricsLogger(
                 self.run,
                 enabled=self.dist.is_main,
@@ -441,6 +446,7 @@ class Trainer:
                 "ranks": ranks,
                 **({"base": self.base_pointer, "lora": {"rank": self.cfg.lora.rank, "alpha": self.cfg.lora.alpha}}
                    if self.base_pointer is not None else {}),
+                **({"init_from": self.init_pointer} if self.init_pointer is not None else {}),
             }
             best_step = self.best["step"] if self.best is not None else None
             if self.best_pending:
@@ -524,6 +530,7 @@ class Trainer:
             ckpt.check_weights(self.model, ckpt.weights_to_use(model_state, ema_state), resumed_from, this_config,
                                fix=f"use a new run_dir, or the run's own config (smoltrain train {self.run.config})")
             self.base_pointer = state.get("base")
+            self.init_pointer = state.get("init_from", self.base_pointer)
             if ckpt.holds_training_state(state):
                 self.run.check_continues(self.cfg)  # the run goes on bit for bit: only with its own config
                 self._restore(resumed_from, model_state, ema_state, state)
@@ -569,8 +576,25 @@ class Trainer:
                            fix=f"{key}= takes a checkpoint of the same architecture and sizes")
         self._start_from_weights(model_state, ema_state, step=0)
         self.start_events.append(f"weights from {path} ({key}); new optimizer and schedule")
+        self.init_pointer = ckpt.base_pointer(path)
         if self.cfg.lora.enabled:
-            self.base_pointer = ckpt.base_pointer(path)
+            self.base_pointer = self.init_pointer
+
+    def _attach_frozen_models(self) -> None:
+        """Build the models the family's step reads but does not train (DPO's reference, a distillation teacher);
+        the same way on a fresh start and on resume: the reference from the checkpoint the run started from."""
+        if not self.family.frozen_models():
+            return
+        pointer, where = self.init_pointer, self.resumed_from or self.run.root
+
+        def initial_weights() -> dict[str, torch.Tensor]:
+            return ckpt.load_base(pointer, where)  # type: ignore[arg-type]
+
+        models = build_frozen_models(self.family, initial_weights if pointer is not None else None, self.device)
+        self.family.attach_frozen(models)
+        for name, source in self.family.frozen_models().items():
+            origin = pointer["checkpoint"] if source == INITIAL_WEIGHTS and pointer else source
+            self.start_events.append(f"frozen {name} model (not trained, not saved): {origin}")
 
     def _check_same_arch(self, source: RunDir, key: str) -> None:
         """One line naming the arch keys where the source run's network differs from this config's (keys that
