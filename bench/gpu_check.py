@@ -98,7 +98,8 @@ def train_section(args: argparse.Namespace, out: Path) -> tuple[str, dict[str, A
                      "num_threads=1"]
     else:
         info = build_sudoku_dataset(data, "generate", size=9, num_train=args.num_train, num_test=args.num_test,
-                                    num_aug=args.num_aug, min_difficulty=args.min_difficulty, seed=0)
+                                    num_aug=args.num_aug, min_difficulty=args.min_difficulty, seed=0,
+                                    workers=os.cpu_count())
         recipe = "trm-sudoku"
         overrides = [f"max_minutes={args.train_minutes}", "epochs=100000", f"eval_every={args.eval_every}",
                      f"eval_max_examples={args.num_test}", "device=cuda", "log_every=50"]
@@ -126,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-train", type=int, default=1000)
     parser.add_argument("--num-test", type=int, default=1000)
     parser.add_argument("--num-aug", type=int, default=100)
-    parser.add_argument("--min-difficulty", type=int, default=None, help="hard puzzles: solver guesses >= this")
+    parser.add_argument("--min-difficulty", type=int, default=22,
+                        help="hard puzzles: our solver's guesses >= this (22: ~0.3 CPU-s a puzzle, bench/RESULTS.md)")
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     if unknown := [s for s in sections if s not in RUNNERS]:
