@@ -1,0 +1,55 @@
+"""The bench scripts that only run now and then (a lent GPU, a long timing) are known to work: their CPU
+modes run here, at tiny shapes, and must write every section they promise."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+
+
+def test_gpu_check_dry_run_writes_every_section(tmp_path: Path) -> None:
+    out = tmp_path / "check"
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run", "--out", str(out)],
+                          capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["dry_run"] is True and set(report["sections"]) == {"trm", "lm", "train"}
+    for name, section in report["sections"].items():
+        assert section["status"] == "ok", (name, section["result"])
+        assert section["peak_memory_mb"] > 0
+    trm = report["sections"]["trm"]["result"]["results"][0]
+    assert trm["shape"] == "cpu" and {"a", "b"} <= {impl["key"] for impl in trm["impls"]}
+    assert all(impl["median"] > 0 for impl in trm["impls"])
+    lm = report["sections"]["lm"]["result"]["results"][0]
+    assert lm["shape"] == "lm-tiny-cpu" and len(lm["impls"]) == 2
+    assert report["sections"]["train"]["result"]["steps"] == 4  # the dry run's max_steps
+    table = (out / "gpu_check.md").read_text()
+    for heading in ("## trm", "## lm", "## train", "| section | status |"):
+        assert heading in table
+
+
+def test_time_to_accuracy_smoke_runs_both_sides_alternating(tmp_path: Path) -> None:
+    out = tmp_path / "tta.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "time_to_accuracy.py"), "--smoke", "--threads", "1",
+                           "--budget-s", "1", "--eval-every-s", "0.5", "--json", str(out)],
+                          capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert [pair["order"] for pair in result["pairs"]] == [["reference", "smoltrain"], ["smoltrain", "reference"]]
+    for pair in result["pairs"]:
+        for side in ("reference", "smoltrain"):
+            curve = pair[side]["curve"]
+            assert len(curve) == 2 and all(0.0 <= point["exact"] <= 1.0 for point in curve)
+            assert curve[-1]["train_s"] >= 1.0 and pair[side]["steps"] > 0
+            assert len(pair[side]["load_before"]) == 3
+    assert set(result["summary"]) >= {"reference", "smoltrain", "ratio_smoltrain_over_reference", "target"}
+    assert "Median time to 97%" in proc.stdout

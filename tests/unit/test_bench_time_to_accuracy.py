@@ -1,0 +1,55 @@
+"""bench/time_to_accuracy.py's report: the time to a target, the medians and the ratio (or its bound)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from types import ModuleType
+
+from tests.helpers import REPO
+
+
+def _bench_module(name: str) -> ModuleType:
+    """A bench script as a module (bench/ is no package; the script imports ``reference_trm`` by name)."""
+    for needed in ("reference_trm", name):
+        if needed not in sys.modules:
+            spec = importlib.util.spec_from_file_location(needed, REPO / "bench" / f"{needed}.py")
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[needed] = module  # its dataclasses look their module up while being made
+            spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _side(points: list[tuple[float, float]], budget: float = 60.0) -> dict:
+    return {"curve": [{"train_s": s, "step": 1, "exact": e} for s, e in points], "budget_s": budget, "steps": 1,
+            "load_before": [0.0, 0.0, 0.0], "load_after": [0.0, 0.0, 0.0]}
+
+
+def test_time_to_target_is_the_first_checkpoint_at_or_above_it() -> None:
+    tta = _bench_module("time_to_accuracy")
+    curve = _side([(30, 0.5), (60, 0.97), (90, 0.99)])["curve"]
+    assert tta.time_to(curve, 0.97) == 60
+    assert tta.time_to(curve, 0.995) is None
+
+
+def test_summary_medians_and_ratio() -> None:
+    tta = _bench_module("time_to_accuracy")
+    pairs = [{"order": ["reference", "smoltrain"], "reference": _side([(30, 0.5), (60, 0.98)]),
+              "smoltrain": _side([(30, 0.98)])},
+             {"order": ["smoltrain", "reference"], "reference": _side([(30, 0.5), (60, 0.6), (90, 0.99)], 90),
+              "smoltrain": _side([(30, 0.9), (60, 0.99)])}]
+    summary = tta.summarize(pairs, 0.97)
+    assert summary["reference"]["median_s"] == 75 and summary["smoltrain"]["median_s"] == 45
+    assert summary["ratio_smoltrain_over_reference"] == 45 / 75 and summary["ratio_upper_bound"] is None
+
+
+def test_reference_never_reaching_the_target_gives_an_upper_bound() -> None:
+    tta = _bench_module("time_to_accuracy")
+    pairs = [{"order": ["reference", "smoltrain"], "reference": _side([(30, 0.5), (60, 0.6)]),
+              "smoltrain": _side([(30, 0.98)])}] * 2
+    summary = tta.summarize(pairs, 0.97)
+    assert summary["ratio_smoltrain_over_reference"] is None and summary["ratio_upper_bound"] == 30 / 60
+    assert "< 0.50 (the reference did not reach" in tta.markdown(
+        {"task": "sudoku6", "target": 0.97, "eval_examples": 500, "budget_s": 60, "threads": 1, "load_start": [],
+         "checkpoints_s": [30, 60], "pairs": pairs, "summary": summary})
