@@ -10,6 +10,7 @@ their model here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from torch import nn
 from smoltrain.config import TrainConfig
 from smoltrain.errors import SmoltrainError
 from smoltrain.families import Family, build_family, family_class
+from smoltrain.families.base import INITIAL_WEIGHTS
 from smoltrain.runs import checkpoint as ckpt
 from smoltrain.runs.run_dir import RunDir
 from smoltrain.runtime.device import pick_device
@@ -121,7 +123,6 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, device: 
     run = load(run_dir, checkpoint, device, overrides)
     report = Path(report_dir) if report_dir is not None else run.run_dir.eval_dir(run.checkpoint)
     if run.family.frozen_models():  # DPO scores against its reference: rebuilt from where the run started
-        from smoltrain.runs.frozen import build_frozen_models
 
         pointer = ckpt.load_checkpoint(run.checkpoint)[2].get("init_from")
 
@@ -131,3 +132,42 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, device: 
         run.family.attach_frozen(build_frozen_models(run.family, initial_weights if pointer else None, run.device))
     with torch.inference_mode():
         return run.family.evaluate(run.model, report_dir=report)
+
+
+# --- Frozen models ---------------------------------------------------------------------------------------------
+# The frozen models a family's training step reads besides the model it trains (``Family.frozen_models``): DPO's
+# reference, a copy of the weights the run started from, and a distillation teacher, another run.
+#
+# Built by the trainer before the first step and again on resume, and by the loader for an evaluation; never saved
+# with a checkpoint (a reference can be rebuilt from the checkpoint the run started from, a teacher is its own run).
+# Building one draws random initial weights before its own are loaded: that happens with the RNG state saved and
+# restored (``torch.random.fork_rng``), so a run resumed after building its frozen models draws the same random
+# numbers as the run that never stopped.
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode (no dropout) with no parameter asking for a gradient."""
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def build_frozen_models(family: Family, initial_weights: Callable[[], dict[str, torch.Tensor]] | None,
+                        device: torch.device) -> dict[str, nn.Module]:
+    """The family's frozen models on ``device``; ``initial_weights`` gives the weights the run started from (None
+    when it started from none)."""
+    models: dict[str, nn.Module] = {}
+    for name, source in family.frozen_models().items():
+        with torch.random.fork_rng(devices=[]):  # initial weights drawn here leave the run's RNG where it was
+            if source == INITIAL_WEIGHTS:
+                if initial_weights is None:
+                    raise SmoltrainError(f"the {name} model is a copy of the weights the run started from, and it "
+                                         "started from none: add init_from=RUN_DIR")
+                model = family.build_model()
+                # Keys the start did not set (fresh LoRA adapters: B = 0, no change) keep their initial values.
+                model.load_state_dict({**model.state_dict(), **initial_weights()})
+            else:
+                if not Path(source).is_dir():
+                    raise SmoltrainError(f"the {name} run {source} does not exist: give a trained run directory")
+                model = load(source, device="cpu", need_data=False).model
+        models[name] = freeze(model.to(device))
+    return models

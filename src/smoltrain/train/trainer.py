@@ -29,7 +29,7 @@ from smoltrain.families import family_class, resolve
 from smoltrain.families.base import INITIAL_WEIGHTS, Batch
 from smoltrain.runs import checkpoint as ckpt
 from smoltrain.runs.curves import has_matplotlib, write_run_curves
-from smoltrain.runs.frozen import build_frozen_models
+from smoltrain.runs.loading import build_frozen_models
 from smoltrain.runs.run_dir import RunDir
 from smoltrain.runtime.device import DTYPES, device_type, pick_device, resolve_precision
 from smoltrain.runtime.distributed import (
