@@ -170,7 +170,7 @@ def _lm_run_config(run: RunDir) -> TrainConfig:
     return cfg
 
 
-def _write_hf(model: LMForCausalLM, run: RunDir, output: Path, tokenizer: Path | None = None) -> None:
+def _write_hf(model: LMForCausalLM, cfg: TrainConfig, run: RunDir, output: Path, tokenizer: Path | None = None) -> None:
     """``model`` (no adapters) as a transformers folder at ``output``, with the run's tokenizer (or ``tokenizer``)."""
     lm = model.config
     tensors = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in model.state_dict().items()}
@@ -182,7 +182,7 @@ def _write_hf(model: LMForCausalLM, run: RunDir, output: Path, tokenizer: Path |
     if tokenizer is not None and not (tokenizer_dir / "tokenizer.json").is_file():
         raise SmoltrainError(f"--tokenizer {tokenizer_dir} holds no tokenizer.json: pass a tokenizer directory")
     token_ids = special_token_ids(tokenizer_dir) if tokenizer_dir.is_dir() else {}
-    arch = run.load_config().arch
+    arch = cfg.arch  # the config the caller checked: its training rows go into config.json
     output.mkdir(exist_ok=True)
     save_file(tensors, str(output / "model.safetensors"), metadata={"format": "pt"})
     set_default_permissions(output / "model.safetensors")  # safetensors creates it 0600
@@ -214,7 +214,7 @@ def export_hf(run_dir: Path, output: Path, checkpoint: Path | None = None, merge
     # and loads strictly, so a checkpoint that does not match the run's config stops here with one line.
     model = merge_lora(load(run.root, checkpoint, device="cpu", need_data=False).model)
     with _export_dir(output) as tmp:
-        _write_hf(model, run, tmp, tokenizer)  # type: ignore[arg-type]
+        _write_hf(model, cfg, run, tmp, tokenizer)  # type: ignore[arg-type]
     return Path(output).absolute()
 
 
@@ -259,7 +259,7 @@ def export_peft(run_dir: Path, output: Path, checkpoint: Path | None = None) -> 
         _write_json(tmp / PEFT_CONFIG, config)
         if run.tokenizer.is_dir():
             _copy_tokenizer(run.tokenizer, tmp)
-        _write_hf(model, run, tmp / PEFT_BASE)  # type: ignore[arg-type]
+        _write_hf(model, cfg, run, tmp / PEFT_BASE)  # type: ignore[arg-type]
     return final
 
 
