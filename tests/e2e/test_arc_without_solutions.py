@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from smoltrain.apps.solve import solve_puzzle
 from smoltrain.data.arc import COLOUR_OFFSET, EOS_ID
 from smoltrain.families import load_config
 from smoltrain.train.trainer import Trainer
@@ -70,6 +71,11 @@ def test_build_train_and_submit_without_solutions(tmp_path: Path) -> None:
     proc = run_python(["-m", "smoltrain", "eval", str(run), "--device", "cpu"])
     assert proc.returncode == 0, proc.stderr
     assert "nothing to score" in proc.stderr and "pass@" not in proc.stdout and "accuracy" not in proc.stdout
+
+    # `solve --example` shows the input and the answer, but neither the dummy as a target nor a verdict on it.
+    solution = solve_puzzle(run, example=0, device="cpu")
+    assert solution.trace.target is None and solution.verdict.correct is None
+    assert "target:" not in solution.report() and solution.report().endswith("no target to compare with")
 
 
 def test_other_subsets_still_need_their_solutions(tmp_path: Path) -> None:

@@ -21,7 +21,14 @@ import numpy as np
 import torch
 
 from smoltrain.apps.render import PuzzleTrace, render_traces
-from smoltrain.data.puzzles import PuzzleDataset, PuzzleKind, Verdict, detect_kind, load_identifiers
+from smoltrain.data.puzzles import (
+    PuzzleDataset,
+    PuzzleKind,
+    Verdict,
+    detect_kind,
+    has_test_solutions,
+    load_identifiers,
+)
 from smoltrain.errors import ConfigError, DataError, SmoltrainError
 from smoltrain.models.trm import TRMConfig, act_trace
 from smoltrain.runs.loading import LoadedRun, load
@@ -107,12 +114,14 @@ def predict_trace(run: LoadedRun, inputs: np.ndarray, identifiers: np.ndarray,
     return tokens, halting
 
 
-def read_test_examples(run: LoadedRun, indices: list[int], clip: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                                            list[int], list[str]]:
+def read_test_examples(run: LoadedRun, indices: list[int], clip: bool) -> tuple[np.ndarray, np.ndarray | None,
+                                                                            np.ndarray, list[int], list[str]]:
     """(inputs, labels, identifiers, indices, identifier names) of test examples ``indices`` of the run's data.
 
-    Labels the loss ignores come back as 0 (PAD). With ``clip``, indices past the end are dropped instead of
-    being an error (rendering "the first 8" of a smaller test set).
+    Labels the loss ignores come back as 0 (PAD). Labels are None when the test split was built without its
+    solutions (an ARC hidden test set): its labels are placeholders, not targets to show or compare with.
+    With ``clip``, indices past the end are dropped instead of being an error (rendering "the first 8" of a
+    smaller test set).
     """
     root = _dataset_root(run)
     if root is None:
@@ -138,7 +147,7 @@ def read_test_examples(run: LoadedRun, indices: list[int], clip: bool) -> tuple[
     identifiers = dataset.puzzle_identifiers[puzzles]
     names = load_identifiers(root) or []
     named = [names[i] if 0 <= i < len(names) else str(i) for i in identifiers.tolist()]
-    return inputs, labels, identifiers, indices, named
+    return inputs, (labels if has_test_solutions(root) else None), identifiers, indices, named
 
 
 def trace_test_examples(run: LoadedRun, indices: Iterable[int], clip: bool = False,
@@ -153,8 +162,9 @@ def trace_test_examples(run: LoadedRun, indices: Iterable[int], clip: bool = Fal
         for row in range(min(batch_size, len(kept) - start)):
             i = start + row
             step_tokens = [step[row] for step in steps]
-            verdict = kind.verdict(inputs[i], labels[i], step_tokens[-1])
-            traces.append(PuzzleTrace(kind.name, inputs[i], labels[i], step_tokens, kind.title(kept[i], names[i]),
+            target = labels[i] if labels is not None else None
+            verdict = kind.verdict(inputs[i], target, step_tokens[-1])
+            traces.append(PuzzleTrace(kind.name, inputs[i], target, step_tokens, kind.title(kept[i], names[i]),
                                       verdict.line))
     return traces, kept
 
@@ -193,7 +203,8 @@ def solve_puzzle(run_dir_or_loaded: str | Path | LoadedRun, puzzle_text: str | N
     else:
         assert example is not None
         all_inputs, labels, identifiers, _, names = read_test_examples(run, [example], clip=False)
-        inputs, target, title = all_inputs[0], labels[0], kind.title(example, names[0])
+        target = labels[0] if labels is not None else None
+        inputs, title = all_inputs[0], kind.title(example, names[0])
     tokens, halting = predict_trace(run, inputs[None], identifiers, max_steps)
     trace = PuzzleTrace(kind.name, inputs, target, [step[0] for step in tokens], title)
     verdict = kind.verdict(trace.inputs, trace.target, trace.steps[-1])
