@@ -11,11 +11,15 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from smoltrain.data.puzzles import PuzzleDatasetMetadata, write_identifiers, write_split
 from smoltrain.train.logging import read_metrics
+
+if TYPE_CHECKING:
+    from smoltrain.models.lm import LMForCausalLM
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -104,10 +108,12 @@ def write_tokenizer(target: Path) -> None:
     (target / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", **names}))
 
 
-def make_lm_run(run_dir: Path, *extra: str, seed: int = 0, weight_scale: float = 1.0) -> None:
-    """An untrained LM run written by hand (config.yaml, one seeded checkpoint, the 64-token tokenizer of
-    `write_tokenizer`): enough for everything but quality. ``weight_scale`` > 1 makes the logits peaked, so
-    greedy decoding has no near-ties that fp32 rounding could flip."""
+def make_lm_run(run_dir: Path, *extra: str, seed: int = 0, weight_scale: float = 1.0, perturb_norms: bool = False,
+                tokenizer: bool = True, step: int = 1) -> LMForCausalLM:
+    """An untrained LM run written by hand (config.yaml, one seeded checkpoint at ``step``, and with ``tokenizer``
+    the 64-token tokenizer of `write_tokenizer`): enough for everything but quality. Returns the model (eval
+    mode). ``weight_scale`` > 1 makes the logits peaked, so greedy decoding has no near-ties that fp32 rounding
+    could flip. ``perturb_norms`` moves the norm weights off 1, so a dropped or swapped norm weight shows."""
     import torch
 
     from smoltrain.config import config_to_yaml
@@ -124,7 +130,11 @@ def make_lm_run(run_dir: Path, *extra: str, seed: int = 0, weight_scale: float =
     torch.manual_seed(seed)
     model = LMForCausalLM(cfg.arch.to_model_config())
     with torch.no_grad():
-        for param in model.parameters():
+        for name, param in model.named_parameters():
             param.mul_(weight_scale)
-    save_checkpoint(run_dir / "checkpoints", 1, model.state_dict(), None, {"step": 1}, keep=1)
-    write_tokenizer(run_dir / "tokenizer")
+            if perturb_norms and name.endswith("norm.weight"):
+                param.add_(0.1 * torch.randn_like(param))
+    save_checkpoint(run_dir / "checkpoints", step, model.state_dict(), None, {"step": step}, keep=1)
+    if tokenizer:
+        write_tokenizer(run_dir / "tokenizer")
+    return model.eval()

@@ -11,7 +11,8 @@ import pytest
 from smoltrain.apps.generate import load_lm
 from smoltrain.cli import main
 from smoltrain.errors import SmoltrainError
-from tests.unit.test_hf_interop import make_run, write_tokenizer
+from tests.helpers import write_tokenizer
+from tests.unit.test_hf_interop import make_run
 
 
 def test_a_tokenizer_larger_than_the_models_vocabulary_is_one_line(tmp_path: Path) -> None:

@@ -13,36 +13,19 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import smoltrain
-from smoltrain.config import config_to_yaml
 from smoltrain.errors import OutputError, SmoltrainError
-from smoltrain.families import load_config
 from smoltrain.fileio import umask
 from smoltrain.interop.hf import export_hf, import_hf
 from smoltrain.models.lm import LMForCausalLM
-from smoltrain.runs.checkpoint import save_checkpoint
-from tests.helpers import write_tokenizer
+from tests.helpers import make_lm_run
 
 transformers = pytest.importorskip("transformers", reason="transformers (dev extra) is needed for the HF parity tests")
 
 
 def make_run(run_dir: Path, *extra: str, seed: int = 0, tokenizer: bool = False) -> LMForCausalLM:
-    """A trained-looking run directory written by hand: config.yaml and one seeded checkpoint."""
-    cfg = load_config(None, [
-        "arch=lm", "arch.vocab_size=64", "arch.hidden_size=32", "arch.num_hidden_layers=2",
-        "arch.num_attention_heads=4", "arch.num_key_value_heads=2", "data_paths=[]", f"run_dir={run_dir}", *extra,
-    ])
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-    torch.manual_seed(seed)
-    model = LMForCausalLM(cfg.arch.to_model_config())
-    with torch.no_grad():  # norms start at 1; perturb them so a dropped or swapped norm weight shows
-        for name, param in model.named_parameters():
-            if name.endswith("norm.weight"):
-                param.add_(0.1 * torch.randn_like(param))
-    save_checkpoint(run_dir / "checkpoints", 5, model.state_dict(), None, {"step": 5}, keep=1)
-    if tokenizer:
-        write_tokenizer(run_dir / "tokenizer")
-    return model.eval()
+    """A trained-looking run directory written by hand: config.yaml and one seeded checkpoint (step 5) whose norm
+    weights are off 1, so a dropped or swapped norm weight shows in the logits."""
+    return make_lm_run(run_dir, *extra, seed=seed, perturb_norms=True, tokenizer=tokenizer, step=5)
 
 
 @pytest.mark.parametrize(("qk_norm", "tied"), [(True, True), (True, False), (False, True), (False, False)])
