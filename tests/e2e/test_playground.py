@@ -92,9 +92,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _serve(run_dir: Path) -> Iterator[str]:
+def _serve(run_dir: Path, adapters: tuple[Path, ...] = ()) -> Iterator[str]:
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(run_dir, device="cpu"), host="127.0.0.1", port=port,
+    app = create_app(run_dir, device="cpu", adapters=adapters)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -170,8 +171,30 @@ def test_chat_streams_a_reply(browser, lm_server, tmp_path) -> None:
     assert int(reply.get_attribute("data-chunks")) > 1  # it came in pieces, not as one answer
     assert reply.find_element(By.CSS_SELECTOR, ".text").text.strip()
     assert not browser.find_element(By.ID, "chat-send").get_attribute("disabled")  # ready for the next message
+    assert not browser.find_element(By.ID, "chat-model").is_displayed()  # one model served: nothing to pick
     _screenshot(browser, tmp_path, "chat")
     assert _console_errors(browser) == []
+
+
+def test_adapter_picker_sends_to_the_chosen_adapter(browser, lm_run, tmp_path) -> None:
+    from tests.e2e.test_serve_adapters import write_peft_adapter
+
+    adapter = write_peft_adapter(tmp_path / "terse-adapter", lm_run, ["q_proj", "v_proj"], seed=1)
+    for url in _serve(lm_run, adapters=(adapter,)):
+        _open(browser, url + "/#chat")
+        picker = _wait(browser, lambda d: d.find_element(By.ID, "chat-model") if d.find_element(
+            By.ID, "chat-model").is_displayed() else None, "no model picker with an adapter served")
+        options = [o.get_attribute("value") for o in picker.find_elements(By.TAG_NAME, "option")]
+        assert options == [lm_run.name, "terse-adapter"]
+        Select(picker).select_by_value("terse-adapter")
+        browser.find_element(By.ID, "chat-input").send_keys("the cat")
+        browser.find_element(By.ID, "chat-send").click()
+        reply = _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, ".message.assistant[data-finish]"),
+                      "no reply finished")
+        # The server's own chunks name the model that answered.
+        assert "terse-adapter" in reply.find_element(By.CSS_SELECTOR, ".meta").text, reply.text
+        _screenshot(browser, tmp_path, "chat-adapter")
+        assert _console_errors(browser) == []
 
 
 def test_stop_ends_a_reply(browser, lm_server) -> None:

@@ -102,6 +102,14 @@ async function readEvents(response, onChunk) {
   }
 }
 
+function showModels(ids) {
+  // The base first, then each adapter `serve --adapter` loaded; a picker only when there is a choice.
+  const select = $("#chat-model");
+  select.replaceChildren(...ids.map((id) => new Option(id, id)));
+  select.hidden = $("#chat-model-label").hidden = ids.length < 2;
+  select.onchange = () => { state.model = select.value; };
+}
+
 async function sendChat(event) {
   event.preventDefault();
   const text = $("#chat-input").value.trim();
@@ -119,7 +127,7 @@ async function sendChat(event) {
   const controller = new AbortController();
   state.abort = controller;
   setStreaming(true);
-  let reply = "", pieces = 0, finish = null;
+  let reply = "", pieces = 0, finish = null, answeredBy = null;
   const started = performance.now();
   let firstAt = null;
   $("#chat-status").textContent = "generating…";
@@ -129,6 +137,7 @@ async function sendChat(event) {
     if (!response.ok) throw new Error(await errorMessage(response));
     await readEvents(response, (chunk) => {
       if (chunk.error) throw new Error(chunk.error.message);
+      if (chunk.model) answeredBy = chunk.model;
       const choice = (chunk.choices || [])[0];
       if (!choice) return;
       const delta = (choice.delta && choice.delta.content) || "";
@@ -160,7 +169,9 @@ async function sendChat(event) {
   const firstToken = firstAt !== null ? ` · first token after ${((firstAt - started) / 1000).toFixed(2)} s` : "";
   const meta = document.createElement("span");
   meta.className = "meta";
-  meta.textContent = `${pieces} chunks${rate}${firstToken} · ${finish || "done"}`;
+  // With adapters served, say which model answered (the server's word, not the picker's).
+  const by = answeredBy && $("#chat-model").options.length > 1 ? ` · ${answeredBy}` : "";
+  meta.textContent = `${pieces} chunks${rate}${firstToken}${by} · ${finish || "done"}`;
   bubble.appendChild(meta);
   bubble.dataset.finish = finish || "done";
   bubble.dataset.chunks = String(pieces);
@@ -569,7 +580,9 @@ async function loadRun() {
     }
     try {
       const models = await getJSON("/v1/models");
-      state.model = models.data && models.data.length ? models.data[0].id : state.run.name;
+      const ids = (models.data || []).map((m) => m.id);
+      state.model = ids.length ? ids[0] : state.run.name;
+      showModels(ids);
     } catch (err) {
       state.model = state.run.name;
       $("#chat-status").textContent = "models: " + err.message;
