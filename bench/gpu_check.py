@@ -6,12 +6,14 @@ Sections (each reuses the bench script that owns the measurement; nothing is re-
 
 1. ``trm``: ``bench/trm_throughput.py --shapes paper --compile`` on CUDA in bf16: samples/s of the eager
    reference port (a), smoltrain at (a)'s shapes (b), the recipe's arch (c) and (b) under ``torch.compile``
-   (d). smoltrain has no CUDA-graphs / ``mode="reduce-overhead"`` option today, so no such row exists.
+   (d); CUDA graphs are section 4's.
 2. ``lm``: ``bench/lm_throughput.py --shapes minimind2-26m --compile`` on CUDA: tokens/s and MFU of the 26M LM
    against the eager MiniMind port.
 3. ``train``: ``trm-sudoku`` for ``--train-minutes`` of wall time on a freshly generated hard 9x9 set
    (``smoltrain data sudoku --source generate``), evaluated every ``--eval-every`` steps; the accuracy
    against wall time comes from ``trm_throughput.demo_curve`` over the run's ``metrics.jsonl``.
+4. ``cudagraphs``: ``trm-sudoku-cpu``'s small network on a generated 6x6 set for 400 steps, compiled in the
+   default mode and with CUDA graphs (``compile_mode=reduce-overhead``): steps/s of each and their last losses.
 
 Each section records its peak memory: CUDA ``max_memory_allocated`` since the section began, or on the CPU
 the process's peak RSS so far (monotonic, so an upper bound for the later sections). A section that fails is
@@ -46,7 +48,7 @@ from smoltrain.families import load_config
 from smoltrain.fileio import atomic_write_text
 from smoltrain.train.trainer import Trainer
 
-SECTIONS = ("trm", "lm", "train")
+SECTIONS = ("trm", "lm", "train", "cudagraphs")
 
 
 def peak_memory_mb(device: str) -> float:
@@ -114,7 +116,49 @@ def train_section(args: argparse.Namespace, out: Path) -> tuple[str, dict[str, A
     return text, result
 
 
-RUNNERS = {"trm": trm_section, "lm": lm_section, "train": train_section}
+def _steps_per_s(run: Path, skip: int) -> tuple[float, float]:
+    """Steps/s over the train rows of ``run``'s metrics.jsonl past step ``skip`` (compilation and warm-up are
+    before it), and the last logged training loss."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = [r for r in rows if r.get("split", "train") == "train" and "elapsed_s" in r]
+    timed = [r for r in train if r["step"] >= skip] or train[-2:]
+    first, last = timed[0], timed[-1]
+    rate = (last["step"] - first["step"]) / max(last["elapsed_s"] - first["elapsed_s"], 1e-9)
+    return rate, float(train[-1]["loss"])
+
+
+def cudagraphs_section(args: argparse.Namespace, out: Path) -> tuple[str, dict[str, Any]]:
+    """``trm-sudoku-cpu``'s small network (~100k parameters) on the GPU under ``torch.compile`` in its default
+    mode and with CUDA graphs (``compile_mode=reduce-overhead``), same seed and data: a model this small is
+    bound by kernel launches, which is where graphs pay. It also shows that training with graphs runs at all
+    with TRM's carry crossing steps (the trainer copies it out of the graphs' memory)."""
+    data = out / "sudoku6"
+    if args.dry_run:  # compiling on the CPU takes longer than the whole dry run: the plumbing runs eagerly
+        build_sudoku_dataset(data, "generate", size=6, num_train=64, num_test=16, seed=0)
+        steps, common = 6, ["compile=false", "num_threads=1", "global_batch_size=8", "log_every=1"]
+    else:
+        build_sudoku_dataset(data, "generate", size=6, num_train=2000, num_test=200, seed=0)
+        steps, common = 400, ["compile=true", "device=cuda", "log_every=10"]
+    result: dict[str, Any] = {}
+    for mode in ("default", "reduce-overhead"):
+        run = out / f"run-compile-{mode}"
+        cfg = load_config("trm-sudoku-cpu", [f"data_paths=[{data}]", f"run_dir={run}", "resume=none",
+                                             f"max_steps={steps}", "epochs=100000", f"compile_mode={mode}",
+                                             "eval_max_examples=16", *common])
+        summary = Trainer(cfg).fit()
+        rate, loss = _steps_per_s(run, skip=steps // 4)
+        result[mode] = {"steps": summary["step"], "steps_per_s": round(rate, 2), "final_train_loss": round(loss, 4)}
+    ratio = result["reduce-overhead"]["steps_per_s"] / max(result["default"]["steps_per_s"], 1e-9)
+    result["speedup"] = round(ratio, 3)
+    text = "\n".join(["| compile_mode | steps | steps/s (past the first quarter) | last train loss |",
+                      "|---|---:|---:|---:|",
+                      *(f"| {m} | {r['steps']} | {r['steps_per_s']} | {r['final_train_loss']} |"
+                        for m, r in result.items() if isinstance(r, dict)),
+                      "", f"CUDA graphs / default: {ratio:.2f}x steps/s", ""])
+    return text, result
+
+
+RUNNERS = {"trm": trm_section, "lm": lm_section, "train": train_section, "cudagraphs": cudagraphs_section}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ def test_gpu_check_dry_run_writes_every_section(tmp_path: Path) -> None:
                           capture_output=True, text=True, env=_env(), timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((out / "gpu_check.json").read_text())
-    assert report["dry_run"] is True and set(report["sections"]) == {"trm", "lm", "train"}
+    assert report["dry_run"] is True and set(report["sections"]) == {"trm", "lm", "train", "cudagraphs"}
     for name, section in report["sections"].items():
         assert section["status"] == "ok", (name, section["result"])
         assert section["peak_memory_mb"] > 0
@@ -32,8 +32,10 @@ def test_gpu_check_dry_run_writes_every_section(tmp_path: Path) -> None:
     lm = report["sections"]["lm"]["result"]["results"][0]
     assert lm["shape"] == "lm-tiny-cpu" and len(lm["impls"]) == 2
     assert report["sections"]["train"]["result"]["steps"] == 4  # the dry run's max_steps
+    graphs = report["sections"]["cudagraphs"]["result"]
+    assert {graphs[m]["steps"] for m in ("default", "reduce-overhead")} == {6} and graphs["speedup"] > 0
     table = (out / "gpu_check.md").read_text()
-    for heading in ("## trm", "## lm", "## train", "| section | status |"):
+    for heading in ("## trm", "## lm", "## train", "## cudagraphs", "| section | status |"):
         assert heading in table
 
 

@@ -135,3 +135,25 @@ def test_compile_auto_is_a_valid_setting() -> None:
     assert load_config(None, [*LM, "compile=auto"]).compile == "auto"
     with pytest.raises(ConfigError):
         load_config(None, [*LM, "compile_mode=graphs"])
+
+
+def test_cuda_graph_steps_copy_the_carry_out_of_the_graphs_memory() -> None:
+    """Under compile_mode=reduce-overhead the carry that crosses optimizer steps must not live in CUDA-graph output
+    memory, which the next replay overwrites: the trainer keeps a copy with storage of its own (checked here on the
+    CPU, where the copy is the same code; the graphs themselves need a GPU, bench/gpu_check.py runs them)."""
+    from types import SimpleNamespace
+
+    from smoltrain.train.trainer import Trainer
+
+    family = build_family(load_config(None, [*TRM, "global_batch_size=2"]), DistEnv(), torch.device("cpu"))
+    head = family.build_model()
+    batch = {"inputs": torch.randint(1, 6, (2, 16), dtype=torch.int32),
+             "labels": torch.randint(1, 6, (2, 16), dtype=torch.int32),
+             "puzzle_identifiers": torch.tensor([1, 2], dtype=torch.int32)}
+    carry = head(head.initial_carry(batch), batch).carry
+    copy = Trainer._own_carry(SimpleNamespace(family=family), carry)  # type: ignore[arg-type]
+    before, after = family.carry_state(carry), family.carry_state(copy)
+    assert before.keys() == after.keys()
+    for key in before:
+        assert torch.equal(before[key], after[key]) and before[key].data_ptr() != after[key].data_ptr(), key
+    assert Trainer._own_carry(SimpleNamespace(family=family), None) is None  # type: ignore[arg-type]

@@ -184,9 +184,13 @@ class Trainer:
         parameters = sum(p.numel() for p in self.model.parameters())
         self.compiled = resolve_compile(cfg.compile, self.device, parameters, self.total_steps)
         self.step_model = self.model
+        self.cudagraphs = False
         if self.compiled:
             mode, note = resolve_compile_mode(cfg.compile_mode, self.device)
             self.step_model = torch.compile(self.model, mode=mode)
+            # CUDA graphs replay into the same output memory: each micro-batch is marked as a new iteration and
+            # the carry that crosses steps is copied out of that memory (see compute_gradients).
+            self.cudagraphs = mode == "reduce-overhead"
             if note:
                 self.start_events.append(note)
         self.best_metric, self.best_maximise = best_rule(cfg.keep_best) if cfg.keep_best else (None, True)
@@ -332,14 +336,22 @@ class Trainer:
         metric_sums: dict[str, torch.Tensor] = {}
         for i, micro in enumerate(micro_batches):
             micro = {k: v.to(self.device, non_blocking=True) for k, v in micro.items()}
+            if self.cudagraphs:
+                torch.compiler.cudagraph_mark_step_begin()
             with self._autocast():
                 out = self.family.train_step(self.step_model, micro, self.carries[i])
-            self.carries[i] = out.carry
+            self.carries[i] = self._own_carry(out.carry) if self.cudagraphs else out.carry
             (self.scaler.scale(out.loss) if self.scaler else out.loss).backward()
             loss_sum += out.loss.detach().float()
             for k, v in out.metrics.items():
                 metric_sums[k] = metric_sums[k] + v.detach() if k in metric_sums else v.detach().clone()
         return loss_sum, metric_sums
+
+    def _own_carry(self, carry: Any) -> Any:
+        """A copy of ``carry`` in memory of its own: a CUDA-graph replay overwrites its outputs on the next one."""
+        if carry is None:
+            return None
+        return self.family.load_carry({k: v.clone() for k, v in self.family.carry_state(carry).items()})
 
     def train_step(self, batch: Batch) -> dict[str, float] | None:
         """One optimizer step on this rank's share of the global batch.
