@@ -46,6 +46,12 @@ def test_rope_scaling_exports_to_transformers_and_back(tmp_path: Path, name: str
     config = json.loads((out / "config.json").read_text())
     assert config["rope_scaling"]["rope_type"] == config["rope_parameters"]["rope_type"] == name.split("-")[0]
     _hf_logits_match(out, ours, 40)  # past the trained 16: dynamic's base has grown, yarn's ramp matters
+    # Decoding with a cache past the trained length: dynamic's base grows step by step on both sides.
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    prompt = torch.randint(0, 64, (1, 4), generator=torch.Generator().manual_seed(2))
+    hf_gen = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=24, min_new_tokens=24,
+                         do_sample=False, pad_token_id=0)
+    assert torch.equal(ours.generate(prompt, max_new_tokens=24, temperature=0), hf_gen)
 
     run2 = import_hf(out, tmp_path / "imported")
     assert smoltrain.load(run2, device="cpu").config.arch.rope_scaling == ours.config.rope_scaling
