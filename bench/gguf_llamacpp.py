@@ -1,10 +1,12 @@
 """llama.cpp against smoltrain on an exported GGUF: the same tokens, logits and greedy continuations.
 
-    python bench/gguf_llamacpp.py [--run RUN_DIR] [--steps 150] [--new-tokens 24] [--json OUT]
+    python bench/gguf_llamacpp.py [--run RUN_DIR] [--steps 150] [--new-tokens 24] [--json OUT] [--override KEY=VALUE]
 
 Without ``--run`` it trains two tiny runs on a synthetic corpus first (a byte-level BPE of 400 tokens, 2 layers
 of 64, ``--steps`` CPU steps: enough that greedy decoding follows the corpus instead of near-tied noise), one
-with QK-norm (exported as llama.cpp's ``qwen3``) and one without (``llama``, q/k rows reordered). For each run
+with QK-norm (exported as llama.cpp's ``qwen3``) and one without (``llama``, q/k rows reordered); ``--override``
+adds config overrides to both (e.g. ``"arch.rope_scaling={rope_type: yarn, factor: 4.0,
+original_max_position_embeddings: 16}"`` to check the RoPE scaling GGUF export writes). For each run
 it exports ``--format gguf``, loads the file with ``llama-cpp-python`` (llama.cpp's own tokenizer and CPU
 kernels) and checks, for a few prompts:
 
@@ -48,7 +50,7 @@ def _corpus(path: Path) -> None:
     path.write_text("\n\n".join(docs) + "\n")
 
 
-def train_tiny_runs(root: Path, steps: int) -> list[Path]:
+def train_tiny_runs(root: Path, steps: int, overrides: tuple[str, ...] = ()) -> list[Path]:
     from smoltrain.data.text import build_text_dataset
     from smoltrain.data.tokenizer import train_tokenizer
     from smoltrain.families import load_config
@@ -64,6 +66,7 @@ def train_tiny_runs(root: Path, steps: int) -> list[Path]:
             f"data_paths=[{root / 'text'}]", f"run_dir={run}", f"max_steps={steps}", "arch.hidden_size=64",
             "arch.num_attention_heads=4", "arch.num_key_value_heads=2", "arch.seq_len=64", f"arch.qk_norm={qk_norm}",
             "global_batch_size=16", "lr_warmup_steps=10", "num_threads=1", "log_every=1000", "eval_max_examples=16",
+            *overrides,
         ])
         Trainer(cfg).fit()
         runs.append(run)
@@ -116,6 +119,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=150, help="training steps of each tiny run")
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--json", default=None, help="also write the report here")
+    parser.add_argument("--override", action="append", default=[], help="a config override for the tiny runs")
     args = parser.parse_args()
     try:
         import llama_cpp  # noqa: F401
@@ -129,7 +133,7 @@ def main() -> int:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="gguf_bench_") as tmp:
         root = Path(tmp)
-        runs = [Path(args.run)] if args.run else train_tiny_runs(root, args.steps)
+        runs = [Path(args.run)] if args.run else train_tiny_runs(root, args.steps, tuple(args.override))
         reports = [check_run(run, root, args.new_tokens) for run in runs]
     ok = True
     for report in reports:

@@ -46,7 +46,7 @@ from smoltrain.families.base import (
 )
 from smoltrain.families.lm_stages import DPO_METRICS, distill_step, dpo_eval_sums, dpo_step
 from smoltrain.fileio import read_json
-from smoltrain.models.lm import LMConfig, LMForCausalLM
+from smoltrain.models.lm import LMConfig, LMForCausalLM, RopeScaling
 from smoltrain.models.lora import apply_lora
 from smoltrain.optim import AdamATan2, build_adamw
 
@@ -81,6 +81,15 @@ class LMArchConfig(ArchConfig):
     n_shared_experts: int = Field(0, ge=0, description="experts applied to every token (MiniMind-2 uses 1)")
     aux_loss_alpha: float = Field(5e-4, ge=0, description="MiniMind-3's router_aux_loss_coef; MiniMind-2 used 0.01")
     norm_topk_prob: bool = Field(True, description="renormalise the top-k router probabilities to sum to 1")
+
+    # Positional encoding and attention options (issue 17); see models.lm.LMConfig and RopeScaling.
+    rope_scaling: RopeScaling | None = Field(None, description="HF's rope_scaling: {rope_type: linear|dynamic|yarn, "
+                                                               "factor: F, ...}; None: RoPE as trained")
+    xpos: bool = Field(False, description="XPos: RoPE with a per-dimension decay of q.k with distance")
+    xpos_scale_base: float = Field(512.0, gt=0, description="XPos's B: pair i decays as zeta_i^(distance / B)")
+    sliding_window: int | None = Field(None, ge=1, description="attend to the newest N tokens only; None: all")
+    attention: Literal["sdpa", "math"] = Field("sdpa", description="sdpa: torch's fused kernels (flash on GPU); "
+                                                                   "math: softmax(QK^T / sqrt(d) + mask) V spelled out")
 
     vocab_size: int | None = Field(None, ge=1, description="None: from the dataset's metadata.json")
     seq_len: int = Field(256, ge=1, description="training context (tokens per window)")

@@ -14,7 +14,10 @@ Which architecture:
   same angles, and q·k is a sum over pairs, so the attention scores are the same (``llama_rope_rows``).
 
 Tied embeddings write no ``output`` tensor: llama.cpp then uses ``token_embd`` for the head. Mixture-of-experts
-runs are refused (no mapping to llama.cpp's expert tensors yet). Needs the ``gguf`` package (``pip install
+runs are refused (no mapping to llama.cpp's expert tensors yet). RoPE scaling goes into llama.cpp's
+``rope.scaling.*`` keys where its formula is ours (linear; yarn with the paper's betas and attention factor, the
+keys llama.cpp's own converter writes); dynamic NTK, XPos and sliding-window runs are refused (llama.cpp's
+``llama`` / ``qwen3`` do not compute them). Needs the ``gguf`` package (``pip install
 'smoltrain[gguf]'``).
 """
 
@@ -34,7 +37,7 @@ from smoltrain.models.lm import LMConfig
 from smoltrain.runs.loading import load
 from smoltrain.runs.run_dir import RunDir
 
-__all__ = ["export_gguf", "gguf_architecture", "gguf_tensor_name", "llama_rope_rows"]
+__all__ = ["check_gguf_expressible", "export_gguf", "gguf_architecture", "gguf_tensor_name", "llama_rope_rows"]
 
 # Qwen2's pre-tokenizer split (llama.cpp's "qwen2" pre-tokenizer); a byte-level BPE without a Split uses
 # GPT-2's built-in regex (llama.cpp's "gpt-2").
@@ -64,6 +67,26 @@ def _gguf() -> Any:
         raise SmoltrainError("GGUF export needs the gguf package: pip install 'smoltrain[gguf]' (or pip install "
                              "gguf)") from None
     return gguf
+
+
+def check_gguf_expressible(lm: LMConfig | Any) -> None:
+    """Refuse, in one line, what llama.cpp's ``llama`` / ``qwen3`` would compute differently (``lm``: an ``LMConfig``
+    or the run's ``arch``)."""
+    scaling = lm.rope_scaling
+    if lm.xpos:
+        raise SmoltrainError("XPos (arch.xpos=true) has no counterpart in llama.cpp: this run cannot go into GGUF")
+    if lm.sliding_window is not None:
+        raise SmoltrainError("llama.cpp's llama / qwen3 attend over the whole context: a run with "
+                             "arch.sliding_window cannot go into GGUF")
+    if scaling is None:
+        return
+    if scaling.rope_type == "dynamic":
+        raise SmoltrainError("llama.cpp has no dynamic NTK RoPE scaling: a run with rope_scaling.rope_type=dynamic "
+                             "cannot go into GGUF (linear and yarn can)")
+    if scaling.rope_type == "yarn" and (scaling.beta_fast, scaling.beta_slow, scaling.attention_factor,
+                                        scaling.truncate) != (32.0, 1.0, None, True):
+        raise SmoltrainError("GGUF export writes yarn with the paper's beta_fast=32, beta_slow=1, the default "
+                             "attention_factor and truncate=true only (llama.cpp's defaults)")
 
 
 def gguf_architecture(lm: LMConfig) -> str:
@@ -171,6 +194,13 @@ def _write(writer: Any, lm: LMConfig, tensors: dict[str, torch.Tensor], tok: dic
     writer.add_key_length(lm.resolved_head_dim)
     writer.add_value_length(lm.resolved_head_dim)
     writer.add_rope_freq_base(float(lm.rope_theta))
+    if lm.rope_scaling is not None:  # linear or yarn (check_gguf_expressible)
+        scaling = lm.rope_scaling
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR if scaling.rope_type == "linear"
+                                     else gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(float(scaling.factor))
+        if scaling.rope_type == "yarn":
+            writer.add_rope_scaling_orig_ctx_len(scaling.original_max_position_embeddings or lm.max_position_embeddings)
     writer.add_layer_norm_rms_eps(float(lm.rms_norm_eps))
     writer.add_vocab_size(lm.vocab_size)
     if arch == "llama":
@@ -221,6 +251,7 @@ def export_gguf(run_dir: Path, output: Path, checkpoint: Path | None = None,
     if cfg.arch.use_moe:  # type: ignore[attr-defined]
         raise SmoltrainError("GGUF export of MoE runs is not supported: its expert tensors are not mapped to "
                              "llama.cpp's yet; only dense (use_moe=false) runs export")
+    check_gguf_expressible(cfg.arch)
     vocab_size = cfg.arch.vocab_size or 0  # type: ignore[attr-defined]
     tok = _tokenizer_fields(Path(tokenizer) if tokenizer else run.tokenizer, vocab_size)  # before loading weights
     model = load(run.root, checkpoint, device="cpu", need_data=False).model

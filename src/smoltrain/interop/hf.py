@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
@@ -31,12 +32,12 @@ from smoltrain.data.tokenizer import TOKENIZER_FILES, load_tokenizer
 from smoltrain.errors import SmoltrainError
 from smoltrain.families import validate
 from smoltrain.fileio import atomic_directory, check_output_path, read_json, set_default_permissions
-from smoltrain.models.lm import LMConfig, LMForCausalLM
+from smoltrain.models.lm import LMConfig, LMForCausalLM, RopeScaling
 from smoltrain.models.lora import adapter_state_dict, merge_lora, remove_lora
 from smoltrain.runs.loading import Adapter, load
 from smoltrain.runs.run_dir import RunDir
 
-__all__ = ["export_hf", "export_peft", "import_hf", "read_peft_adapter"]
+__all__ = ["check_hf_expressible", "export_hf", "export_peft", "hf_rope_scaling", "import_hf", "read_peft_adapter"]
 
 SUPPORTED_MODEL_TYPES = ("qwen3", "llama")
 # An imported run trains as a pretrained LM does (AdamW, warmup then cosine, clipping): the keys of this
@@ -105,9 +106,35 @@ def special_token_ids(tokenizer_dir: Path) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------------
 
 
+def hf_rope_scaling(scaling: RopeScaling, max_position_embeddings: int) -> dict[str, Any]:
+    """Our ``RopeScaling`` as HF's ``rope_scaling`` dict (without ``rope_theta``): the keys its formula reads."""
+    hf: dict[str, Any] = {"rope_type": scaling.rope_type, "factor": scaling.factor}
+    if scaling.rope_type == "yarn":
+        hf.update({
+            "original_max_position_embeddings": scaling.original_max_position_embeddings or max_position_embeddings,
+            "beta_fast": scaling.beta_fast, "beta_slow": scaling.beta_slow, "truncate": scaling.truncate,
+        })
+        if scaling.attention_factor is not None:
+            hf["attention_factor"] = scaling.attention_factor
+    return hf
+
+
+def check_hf_expressible(lm: LMConfig | Any) -> None:
+    """Refuse, in one line, the positional and attention options a Qwen3 / Llama ``config.json`` cannot say
+    (``lm``: an ``LMConfig`` or the run's ``arch``). RoPE scaling maps to ``rope_scaling``; a sliding window to
+    Qwen3's ``use_sliding_window`` on every layer; ``attention`` is numerics only."""
+    if lm.xpos:
+        raise SmoltrainError("XPos (arch.xpos=true) has no counterpart in Hugging Face's Qwen3 / Llama: this run "
+                             "cannot be exported to transformers")
+    if lm.sliding_window is not None and not lm.qk_norm:
+        raise SmoltrainError("HF Llama has no sliding-window attention: a run with arch.sliding_window exports only "
+                             "as Qwen3 (arch.qk_norm=true)")
+
+
 def _hf_config(lm: LMConfig, token_ids: dict[str, int]) -> dict[str, Any]:
     qwen3 = lm.qk_norm
     rope_theta = float(lm.rope_theta)
+    scaling = hf_rope_scaling(lm.rope_scaling, lm.max_position_embeddings) if lm.rope_scaling else None
     config: dict[str, Any] = {
         "architectures": ["Qwen3ForCausalLM" if qwen3 else "LlamaForCausalLM"],
         "model_type": "qwen3" if qwen3 else "llama",
@@ -121,7 +148,8 @@ def _hf_config(lm: LMConfig, token_ids: dict[str, int]) -> dict[str, Any]:
         "max_position_embeddings": lm.max_position_embeddings,
         # transformers < 5 reads rope_theta, >= 5 rope_parameters; writing both keeps either working.
         "rope_theta": rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": rope_theta},
+        "rope_parameters": {"rope_theta": rope_theta, **(scaling or {"rope_type": "default"})},
+        "rope_scaling": scaling,
         "rms_norm_eps": lm.rms_norm_eps,
         "tie_word_embeddings": lm.tie_word_embeddings,
         "hidden_act": lm.hidden_act,
@@ -136,12 +164,13 @@ def _hf_config(lm: LMConfig, token_ids: dict[str, int]) -> dict[str, Any]:
         "eos_token_id": token_ids.get("eos_token_id"),
         "pad_token_id": token_ids.get("pad_token_id"),
     }
-    if qwen3:  # Qwen3 has optional sliding-window layers; ours attend over the whole context
+    if qwen3:  # Qwen3's sliding window applies from layer max_window_layers on; ours to all layers or none
+        window = lm.sliding_window
         config.update({
-            "use_sliding_window": False,
-            "sliding_window": None,
-            "max_window_layers": lm.num_hidden_layers,
-            "layer_types": ["full_attention"] * lm.num_hidden_layers,
+            "use_sliding_window": window is not None,
+            "sliding_window": window,
+            "max_window_layers": 0 if window is not None else lm.num_hidden_layers,
+            "layer_types": ["sliding_attention" if window is not None else "full_attention"] * lm.num_hidden_layers,
         })
     else:
         config.update({"mlp_bias": False, "pretraining_tp": 1})
@@ -167,6 +196,7 @@ def _lm_run_config(run: RunDir) -> TrainConfig:
         raise SmoltrainError("export of MoE runs is not supported yet: only dense (use_moe=false) runs export")
     if cfg.arch.vocab_size is None:
         raise SmoltrainError(f"{run.config} has no arch.vocab_size: train the run before exporting it")
+    check_hf_expressible(cfg.arch)
     return cfg
 
 
@@ -327,16 +357,16 @@ def _lm_fields(config: dict[str, Any], path: Path) -> dict[str, Any]:
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise SmoltrainError(f"{path}: model_type {model_type!r} is not supported; "
                              f"import handles {' and '.join(SUPPORTED_MODEL_TYPES)}")
-    for flag in ("attention_bias", "mlp_bias", "use_sliding_window"):
+    for flag in ("attention_bias", "mlp_bias"):
         if config.get(flag):
             raise SmoltrainError(f"{path}: {flag}=true is not supported by smoltrain's decoder")
     if config.get("hidden_act", "silu") != "silu":
         raise SmoltrainError(f"{path}: hidden_act {config['hidden_act']!r} is not supported (only silu)")
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
-    if rope_type != "default":
-        raise SmoltrainError(f"{path}: RoPE scaling {rope_type!r} is not supported (only default RoPE)")
-    rope_theta = (rope.get("rope_theta") if isinstance(rope, dict) else None) or config.get("rope_theta") or 10000.0
+    rope = rope if isinstance(rope, dict) else {}
+    rope_theta = rope.get("rope_theta") or config.get("rope_theta") or 10000.0
+    max_position_embeddings = config.get("max_position_embeddings", 2048)
+    rope_scaling = _rope_scaling_fields(rope, max_position_embeddings, path)
     for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
         if not isinstance(config.get(key), int):
             raise SmoltrainError(f"{path}: {key} must be an integer, got {config.get(key)!r}")
@@ -349,13 +379,76 @@ def _lm_fields(config: dict[str, Any], path: Path) -> dict[str, Any]:
         "num_attention_heads": heads,
         "num_key_value_heads": config.get("num_key_value_heads") or heads,  # HF: None means multi-head
         "head_dim": config.get("head_dim") or config["hidden_size"] // heads,
-        "max_position_embeddings": config.get("max_position_embeddings", 2048),
+        "max_position_embeddings": max_position_embeddings,
         "rope_theta": float(rope_theta),
+        "rope_scaling": rope_scaling,
+        "sliding_window": _sliding_window(config, model_type, path),
         "rms_norm_eps": config.get("rms_norm_eps", 1e-6),
         "qk_norm": model_type == "qwen3",  # Qwen3 normalises q and k per head; Llama does not
         # Qwen3Config and LlamaConfig both default to untied when the key is absent.
         "tie_word_embeddings": bool(config.get("tie_word_embeddings", False)),
     }
+
+
+# HF rope_scaling keys each type's formula reads (beyond rope_type and factor); the rest are refused, not ignored.
+HF_ROPE_KEYS = {"linear": (), "dynamic": (),
+                "yarn": ("original_max_position_embeddings", "beta_fast", "beta_slow", "attention_factor", "truncate")}
+
+
+def _rope_scaling_fields(rope: dict[str, Any], max_position_embeddings: int, path: Path) -> dict[str, Any] | None:
+    """Our ``rope_scaling`` for an HF ``rope_parameters`` / ``rope_scaling`` dict; refuses what we do not compute."""
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type == "default":
+        return None
+    if rope_type not in HF_ROPE_KEYS:
+        raise SmoltrainError(f"{path}: RoPE scaling {rope_type!r} is not supported (smoltrain computes linear, "
+                             "dynamic and yarn)")
+    ignored = {"rope_type", "type", "rope_theta", "factor"}
+    if rope_type in ("linear", "dynamic"):
+        # transformers reads only the factor for these (dynamic grows from max_position_embeddings).
+        ignored |= {"original_max_position_embeddings"}
+    unsupported = sorted(set(rope) - ignored - set(HF_ROPE_KEYS[rope_type]))
+    if rope.get("partial_rotary_factor", 1.0) == 1.0:
+        unsupported = [key for key in unsupported if key != "partial_rotary_factor"]
+    if unsupported:
+        raise SmoltrainError(f"{path}: rope_scaling key {unsupported[0]!r} ({rope_type}) is not supported by "
+                             "smoltrain's RoPE")
+    factor = rope.get("factor")
+    original = rope.get("original_max_position_embeddings") or max_position_embeddings
+    if factor is None and rope_type == "yarn":  # transformers' rule: the ratio of the two lengths
+        factor = max_position_embeddings / original
+    fields = {"rope_type": rope_type, "factor": factor}
+    if rope_type == "yarn":
+        fields["original_max_position_embeddings"] = original
+        # transformers' `or` defaults: None (or 0) means the paper's values.
+        fields["beta_fast"] = rope.get("beta_fast") or 32.0
+        fields["beta_slow"] = rope.get("beta_slow") or 1.0
+        fields["truncate"] = rope.get("truncate", True)
+        fields["attention_factor"] = rope.get("attention_factor")
+    try:
+        return RopeScaling.model_validate(fields).model_dump()
+    except ValidationError as err:
+        raise SmoltrainError(f"{path}: rope_scaling {rope} is not valid: {err.errors()[0]['msg']}") from None
+
+
+def _sliding_window(config: dict[str, Any], model_type: str, path: Path) -> int | None:
+    """The window of a Qwen3 whose every layer slides (None when none does); other layouts are refused."""
+    if not config.get("use_sliding_window"):
+        return None  # transformers then attends over everything, whatever layer_types says
+    window = config.get("sliding_window")
+    if model_type != "qwen3":
+        raise SmoltrainError(f"{path}: use_sliding_window=true is not supported for {model_type}")
+    if window is None:
+        return None
+    layers = config.get("num_hidden_layers")
+    types = config.get("layer_types") or [
+        "sliding_attention" if i >= config.get("max_window_layers", 28) else "full_attention" for i in range(layers)]
+    if set(types) == {"full_attention"}:
+        return None
+    if set(types) != {"sliding_attention"} or not isinstance(window, int) or window < 1:
+        raise SmoltrainError(f"{path}: sliding-window attention on some layers only (layer_types / "
+                             "max_window_layers) is not supported: smoltrain's window applies to every layer")
+    return window
 
 
 def _weight_files(directory: Path) -> list[Path]:

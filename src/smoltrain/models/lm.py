@@ -18,7 +18,9 @@ Conventions:
   and HF do; ``targets`` are (the packed training windows' convention). ``-100`` is ignored.
 * KV cache: a list with one ``(k, v)`` per layer, each ``[batch, kv_heads, seq, head_dim]``, stored after
   RoPE and before the GQA head expansion; new tokens are concatenated on the sequence dimension and their
-  RoPE positions start at the cached length.
+  RoPE positions start at the cached length. With ``sliding_window`` the decoding loops keep only the newest
+  ``sliding_window - 1`` columns (``keep_window``; older keys are never attended again) and pass ``position_ids``,
+  since the cached length then no longer is the position.
 * Padding: training rows are right-padded, and the causal mask alone keeps real tokens from seeing pads
   (MiniMind's convention). Batched generation and serving left-pad the prompts and pass ``attention_mask``
   ``[B, S]`` (1 = real token, 0 = pad; optionally ``position_ids`` ``[B, T]``): pads are masked as keys and each
@@ -38,7 +40,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 __all__ = [
@@ -52,14 +54,21 @@ __all__ = [
     "LMMoE",
     "LMOutput",
     "RMSNorm",
+    "RopeScaling",
     "apply_repetition_penalty",
+    "keep_window",
     "minimind_intermediate_size",
     "rope_cos_sin",
+    "rope_frequencies",
     "sample_next_token",
     "sample_per_row",
+    "xpos_scale",
 ]
 
 INIT_STD = 0.02  # HF `initializer_range` default for Llama/Qwen3
+XPOS_GAMMA = 0.4  # XPos's zeta_i = (2i / d + gamma) / (1 + gamma) (Sun et al. 2022, as torchscale)
+XPOS_ZETA_MIN = XPOS_GAMMA / (1 + XPOS_GAMMA)  # zeta of the fastest-rotating pair, the strongest decay
+XPOS_MAX_EXPONENT = 80.0  # e^80 ~ 5.5e34: leaves 4 orders of magnitude below fp32's largest value for q and k
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -72,6 +81,44 @@ KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 def minimind_intermediate_size(hidden_size: int) -> int:
     """MiniMind-3's SwiGLU width rule ``ceil(hidden * pi / 64) * 64`` (2432 @768, 1664 @512, 448 @128)."""
     return math.ceil(hidden_size * math.pi / 64) * 64
+
+
+class RopeScaling(BaseModel):
+    """RoPE for contexts longer than trained: Hugging Face's ``rope_scaling`` dict, with its keys and formulas
+    (``transformers.modeling_rope_utils``), so it maps both ways onto a Qwen3 / Llama ``config.json``.
+
+    * ``linear`` (position interpolation): every frequency divided by ``factor``; positions up to ``factor`` times
+      the trained length fall on angles the model saw. Needs fine-tuning at the longer length to work well.
+    * ``dynamic`` (dynamic NTK-aware): nothing changes while a sequence fits in ``max_position_embeddings`` (the
+      trained length, as in HF); past it the base grows to ``theta * (factor * L / max_pos - (factor - 1)) **
+      (d / (d - 2))``, ``L`` the sequence's largest position + 1, so the lowest frequency interpolates and the
+      highest keep their angles. Works without fine-tuning.
+    * ``yarn`` (Peng et al. 2023): frequencies with wavelengths longer than ``original_max_position_embeddings /
+      beta_slow`` rotations interpolate (``/ factor``), those above ``beta_fast`` rotations keep their value, a linear
+      ramp between; cos and sin are multiplied by ``attention_factor`` (default ``0.1 ln(factor) + 1``: a temperature
+      on the scores). ``truncate`` rounds the ramp's ends to whole dimensions (HF's default).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    rope_type: Literal["linear", "dynamic", "yarn"]
+    factor: float = Field(ge=1.0)
+    # yarn: the trained context (None: max_position_embeddings)
+    original_max_position_embeddings: int | None = Field(None, ge=1)
+    beta_fast: float = Field(32.0, gt=0)
+    beta_slow: float = Field(1.0, gt=0)
+    attention_factor: float | None = Field(None, gt=0, description="yarn: None means 0.1 * ln(factor) + 1")
+    truncate: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> RopeScaling:
+        yarn_only = ("original_max_position_embeddings", "beta_fast", "beta_slow", "attention_factor", "truncate")
+        # Compared with the defaults rather than asked whether set: a config written back (model_dump) sets them all.
+        given = [key for key in yarn_only if getattr(self, key) != type(self).model_fields[key].default]
+        if self.rope_type != "yarn" and given:
+            # HF ignores them for linear and dynamic (dynamic grows from max_position_embeddings): refuse, not ignore.
+            raise ValueError(f"rope_scaling.{given[0]} applies to rope_type yarn only, not {self.rope_type}")
+        return self
 
 
 class LMConfig(BaseModel):
@@ -108,6 +155,14 @@ class LMConfig(BaseModel):
     aux_loss_alpha: float = 5e-4  # MiniMind-3's router_aux_loss_coef; MiniMind-2 used 0.01
     norm_topk_prob: bool = True  # renormalise the top-k router probabilities to sum to 1 (as HF Qwen3-MoE)
 
+    # Positional encoding and attention options (issue 17). All off by default: RoPE as trained, full causal
+    # attention through SDPA.
+    rope_scaling: RopeScaling | None = None  # longer contexts than trained: linear / dynamic (NTK) / yarn, as HF
+    xpos: bool = False  # XPos (Sun et al. 2022): RoPE times a per-dimension decay of q.k with distance
+    xpos_scale_base: float = 512.0  # XPos's B: the decay of pair i over distance m - n is zeta_i^((m - n) / B)
+    sliding_window: int | None = None  # attend to the newest `sliding_window` tokens (itself included) only
+    attention: Literal["sdpa", "math"] = "sdpa"  # sdpa: torch's fused kernels (flash on GPU); math: spelled out
+
     @model_validator(mode="after")
     def _check(self) -> LMConfig:
         if self.head_dim is None and self.hidden_size % self.num_attention_heads:
@@ -120,6 +175,20 @@ class LMConfig(BaseModel):
             raise ValueError("num_experts_per_tok must be in [1, num_experts]")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError("sliding_window must be >= 1 (or None for full attention)")
+        if self.rope_scaling is not None and self.rope_scaling.rope_type == "dynamic" and self.resolved_head_dim <= 2:
+            raise ValueError("dynamic RoPE scaling needs head_dim > 2 (its base grows as L^(d / (d - 2)))")
+        if self.xpos:
+            if self.xpos_scale_base <= 0:
+                raise ValueError("xpos_scale_base must be > 0")
+            # One forward scales q and k by zeta^(+-t/B) for t up to half its length (see LMAttention): over
+            # max_position_embeddings tokens that must stay well inside fp32/bf16's range (e^88).
+            exponent = self.max_position_embeddings / 2 / self.xpos_scale_base * math.log(1 / XPOS_ZETA_MIN)
+            if exponent > XPOS_MAX_EXPONENT:
+                raise ValueError(f"xpos: max_position_embeddings / xpos_scale_base is too large for fp32 "
+                                 f"(zeta^(t/B) reaches e^{exponent:.0f}); raise xpos_scale_base or lower "
+                                 "max_position_embeddings")
         return self
 
     @property
@@ -153,20 +222,82 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
+def rope_frequencies(
+    head_dim: int, theta: float, scaling: RopeScaling | None = None, max_position_embeddings: int = 32768,
+    seq_len: torch.Tensor | None = None, device: torch.device | None = None,
+) -> tuple[torch.Tensor, float]:
+    """RoPE's inverse frequencies ``[d/2]`` and the factor on cos/sin (1 but for yarn), with ``scaling``'s formula
+    (``RopeScaling``; the same numbers as transformers' ``ROPE_INIT_FUNCTIONS``, in fp32 as there).
+
+    ``dynamic`` depends on the sequence: ``seq_len`` (largest position + 1, ``[]`` or ``[B]`` for per-row positions)
+    gives ``[d/2]`` or ``[B, d/2]``. HF keeps the largest length seen so far; computing it per call (and per row)
+    gives the same numbers for one growing sequence, and rows of a batch that do not depend on each other.
+    """
+    exponents = torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim
+    if scaling is None:
+        return 1.0 / (theta ** exponents), 1.0
+    factor = scaling.factor
+    if scaling.rope_type == "linear":
+        return 1.0 / (theta ** exponents) / factor, 1.0
+    if scaling.rope_type == "dynamic":
+        length = torch.as_tensor(max_position_embeddings if seq_len is None else seq_len, device=device)
+        length = length.clamp(min=max_position_embeddings).float()
+        base = theta * (factor * length / max_position_embeddings - (factor - 1)) ** (head_dim / (head_dim - 2))
+        return 1.0 / (base[..., None] ** exponents), 1.0
+    # yarn. Pair i makes original / wavelength_i rotations over the trained context; the ramp runs from the pair
+    # making beta_fast rotations (kept: extrapolated) to the one making beta_slow (interpolated: divided by factor).
+    original = scaling.original_max_position_embeddings or max_position_embeddings
+
+    def pair_of(rotations: float) -> float:  # the (fractional) pair index making `rotations` turns
+        return head_dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = pair_of(scaling.beta_fast), pair_of(scaling.beta_slow)
+    if scaling.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    if low == high:
+        high += 0.001  # HF's guard against a zero-width ramp
+    ramp = ((torch.arange(head_dim // 2, device=device, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    wavelengths = theta ** exponents
+    inv_freq = (1.0 / (factor * wavelengths)) * ramp + (1.0 / wavelengths) * (1 - ramp)
+    attention_factor = scaling.attention_factor
+    if attention_factor is None:
+        attention_factor = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+    return inv_freq, attention_factor
+
+
 def rope_cos_sin(
-    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype = torch.float32
+    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype = torch.float32,
+    scaling: RopeScaling | None = None, max_position_embeddings: int = 32768,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(cos, sin)`` of shape ``[*positions.shape, head_dim]`` in rotate-half layout (``positions`` ``[T]``, or
     ``[B, T]`` for per-row positions of a left-padded batch).
 
-    Dimension pair ``(i, i + d/2)`` rotates by ``pos * theta^(-2i/d)``. Computed on the fly in fp32 rather
+    Dimension pair ``(i, i + d/2)`` rotates by ``pos * theta^(-2i/d)`` (the frequencies ``scaling`` changes:
+    ``rope_frequencies``; yarn also scales cos and sin). Computed on the fly in fp32 rather
     than kept as buffers: it is tiny (``S x d``), never lost by meta-device init or cast to bf16 by
     ``model.to(dtype)``, and has no maximum length.
     """
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
-    freqs = positions.float()[..., None] * inv_freq
+    seq_len = positions.amax(-1) + 1 if scaling is not None and scaling.rope_type == "dynamic" else None
+    inv_freq, attention_factor = rope_frequencies(head_dim, theta, scaling, max_position_embeddings, seq_len,
+                                                  positions.device)
+    freqs = positions.float()[..., None] * inv_freq.unsqueeze(-2)  # [T, d/2], or [B, T, d/2] with a per-row inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)  # both halves of a head share the frequencies
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    cos, sin = emb.cos(), emb.sin()
+    if attention_factor != 1.0:
+        cos, sin = cos * attention_factor, sin * attention_factor
+    return cos.to(dtype), sin.to(dtype)
+
+
+def xpos_scale(distance: torch.Tensor, head_dim: int, scale_base: float) -> torch.Tensor:
+    """XPos's factor ``zeta_i^(distance / scale_base)``, ``[*distance.shape, head_dim]`` in rotate-half layout (pair
+    ``(i, i + d/2)`` shares ``zeta_i = (2i / d + 0.4) / 1.4``, from 0.29 for the fastest pair to ~1 for the slowest).
+    q times ``xpos_scale(m)`` dotted with k times ``xpos_scale(-n)`` decays as ``zeta_i^((m - n) / B)``: distant
+    keys count less, most in the fast-rotating pairs, whose scores vary most with distance (Sun et al. 2022)."""
+    zeta = (torch.arange(0, head_dim, 2, device=distance.device, dtype=torch.float32) / head_dim + XPOS_GAMMA) / (
+        1 + XPOS_GAMMA)
+    scale = zeta ** (distance.float()[..., None] / scale_base)
+    return torch.cat((scale, scale), dim=-1)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -196,6 +327,8 @@ class LMAttention(nn.Module):
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.resolved_head_dim
         self.dropout = config.dropout
+        self.xpos_scale_base = config.xpos_scale_base if config.xpos else None
+        self.attention = config.attention
         d = self.head_dim
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * d, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * d, bias=False)
@@ -231,6 +364,15 @@ class LMAttention(nn.Module):
             k = torch.cat((past_key_value[0], k), dim=2)
             v = torch.cat((past_key_value[1], v), dim=2)
         present = (k, v)
+        if self.xpos_scale_base is not None:
+            # XPos decays q.k by zeta^((m - n) / B). Distances are counted in cache columns, which are positions
+            # apart for every row (a row's tokens are contiguous, pads before them), from the middle of the new
+            # queries: the factors then stay within zeta^(+-T/2B) for T new tokens at any absolute position (keys
+            # far behind only shrink), and the cache keeps keys without the factor.
+            middle = past_len + (seq - 1) / 2
+            columns = torch.arange(past_len + seq, device=x.device, dtype=torch.float32) - middle
+            q = q * xpos_scale(columns[past_len:], self.head_dim, self.xpos_scale_base).to(q.dtype)
+            k = k * xpos_scale(-columns, self.head_dim, self.xpos_scale_base).to(k.dtype)
 
         # SDPA's is_causal aligns the mask top-left, which is right only when queries and keys start at
         # the same position (no cache) or there is one query (decoding: it sees everything). Chunked
@@ -243,7 +385,9 @@ class LMAttention(nn.Module):
             q_pos = torch.arange(seq, device=x.device)[:, None] + past_len
             mask = torch.arange(past_len + seq, device=x.device)[None, :] <= q_pos  # True = attend
         dropout_p = self.dropout if self.training else 0.0
-        if _SDPA_HAS_GQA:
+        if self.attention == "math":
+            out = math_attention(q, k, v, mask, is_causal, dropout_p)
+        elif _SDPA_HAS_GQA:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
                 enable_gqa=self.num_kv_heads != self.num_heads,
@@ -256,6 +400,24 @@ class LMAttention(nn.Module):
             )
         out = out.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim)
         return self.resid_dropout(self.o_proj(out)), present
+
+
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
+                   dropout_p: float = 0.0) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d) + mask) v`` written out (``attention=math``): what SDPA computes, as a reference
+    and for when a fused kernel is not wanted. ``q`` ``[B, H, T, d]``, ``k``/``v`` ``[B, K, S, d]`` (GQA: each kv head
+    serves ``H / K`` query heads); ``mask`` True = attend, or ``is_causal`` for the top-left causal mask.
+    The softmax runs in fp32 (as HF's eager attention), the products in the inputs' dtype."""
+    rep = q.shape[1] // k.shape[1]
+    if rep > 1:
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # [B, H, T, S]
+    if is_causal:
+        mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = F.dropout(scores.float().softmax(dim=-1), p=dropout_p).to(q.dtype)
+    return probs @ v
 
 
 class LMMLP(nn.Module):
@@ -409,7 +571,17 @@ class LMModel(nn.Module):
             # Causal and not a pad; every query also sees itself, so a pad's own row is never all-masked (NaN).
             key_mask = ((keys[None, :] <= queries) & real[:, None, :]) | (keys[None, :] == queries)
             key_mask = key_mask[:, None]  # [B, 1, T, S]
-        cos_sin = rope_cos_sin(positions, self.config.resolved_head_dim, self.config.rope_theta)
+        window = self.config.sliding_window
+        if window is not None and past_len + seq > window:  # otherwise every key is in the window: causal alone
+            # Cache columns stand for consecutive positions of each row, so "older than the window" is counted in
+            # columns; the same rule as HF's sliding window (key n seen from query m when m - window < n <= m).
+            keys = torch.arange(past_len + seq, device=input_ids.device)
+            queries = keys[past_len:, None]
+            in_window = ((keys[None, :] <= queries) & (keys[None, :] > queries - window))[None, None]
+            key_mask = in_window if key_mask is None else key_mask & in_window
+        cos_sin = rope_cos_sin(positions, self.config.resolved_head_dim, self.config.rope_theta,
+                               scaling=self.config.rope_scaling,
+                               max_position_embeddings=self.config.max_position_embeddings)
 
         h = self.dropout(self.embed_tokens(input_ids))
         presents: KVCache = []
@@ -421,6 +593,15 @@ class LMModel(nn.Module):
             if layer_aux is not None:
                 aux_loss = layer_aux if aux_loss is None else aux_loss + layer_aux
         return self.norm(h), (presents if use_cache else None), aux_loss
+
+
+def keep_window(cache: KVCache, window: int | None) -> KVCache:
+    """``cache`` without the columns no later token attends to under a sliding window of ``window`` tokens: the
+    newest ``window - 1`` stay (the next token sees them and itself). Unchanged for ``window=None``."""
+    if window is None or not cache or cache[0][0].shape[2] < window:
+        return cache
+    start = cache[0][0].shape[2] - (window - 1)
+    return [(k[:, :, start:], v[:, :, start:]) for k, v in cache]
 
 
 @dataclass
@@ -605,6 +786,7 @@ class LMForCausalLM(nn.Module):
             raise ValueError("repetition_penalty must be > 0")
         was_training = self.training
         self.eval()
+        window = self.config.sliding_window
         try:
             mask = attention_mask
             out = self(input_ids, use_cache=True, logits_to_keep=1, attention_mask=mask)
@@ -613,6 +795,10 @@ class LMForCausalLM(nn.Module):
             real = mask.long() if mask is not None else torch.ones_like(input_ids)
             counts = torch.zeros(input_ids.shape[0], self.config.vocab_size, dtype=torch.long, device=input_ids.device)
             seen = counts.scatter_add_(1, input_ids, real) > 0
+            # Each row's next RoPE position (its real tokens so far), given explicitly: a sliding window's cache
+            # keeps only its newest columns, so the cached length is not the position.
+            next_position = real.sum(dim=1)
+            cache = keep_window(out.past_key_values or [], window)
             for step in range(max_new_tokens):
                 logits = apply_repetition_penalty(out.logits[:, -1].float(), seen, repetition_penalty)
                 next_token = sample_next_token(logits, temperature, top_k, top_p, generator)
@@ -623,10 +809,13 @@ class LMForCausalLM(nn.Module):
                 if step == max_new_tokens - 1 or bool(finished.all()):
                     break
                 seen[torch.arange(len(next_token), device=seen.device), next_token] = True
-                if mask is not None:
-                    mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-                out = self(next_token[:, None], past_key_values=out.past_key_values, use_cache=True,
-                           attention_mask=mask)
+                if mask is not None:  # the columns the cache kept, and the new token's
+                    mask = torch.cat([mask[:, mask.shape[1] - cache[0][0].shape[2]:], torch.ones_like(mask[:, :1])],
+                                     dim=1)
+                out = self(next_token[:, None], past_key_values=cache, use_cache=True, attention_mask=mask,
+                           position_ids=next_position[:, None])
+                next_position = next_position + 1
+                cache = keep_window(out.past_key_values or [], window)
         finally:
             self.train(was_training)
 

@@ -4,7 +4,9 @@ One background thread owns the model. Each choice of a request (``n`` choices = 
 slot of the batch: it is prefilled alone (its prompt, no padding, exactly as ``generate_stream`` does),
 and its KV cache is then joined to the batch, left-padded to the longest row. Every decoding step runs the
 model once on one new token per slot, with each row's own RoPE position and a mask that hides its pads,
-so a row computes what it would compute alone (greedy output equals single-request output). Each sequence
+so a row computes what it would compute alone (greedy output equals single-request output). With a sliding
+window (``arch.sliding_window``) the cache keeps only the newest ``window - 1`` columns (``keep_window``), so each
+row's position is counted apart from the cache's width. Each sequence
 has its own sampling settings, random generator (one uniform draw per token, for ``sample_per_row``) and stop
 conditions; a finished or cancelled sequence
 leaves the batch at the next step and the columns every remaining row pads are dropped.
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from smoltrain.data.tokenizer import decode
-from smoltrain.models.lm import KVCache, LMForCausalLM, sample_per_row
+from smoltrain.models.lm import KVCache, LMForCausalLM, keep_window, sample_per_row
 
 FinishReason = Literal["stop", "length"]
 
@@ -118,6 +120,8 @@ class Engine:
         self._active: list[Sequence] = []
         self._cache: KVCache = []
         self._pads = torch.zeros(0, dtype=torch.long, device=device)  # left pads of each row of the cache
+        self._positions = torch.zeros(0, dtype=torch.long, device=device)  # each row's next RoPE position
+        self._window = model.config.sliding_window
         self._logits = torch.zeros(0, device=device)  # [B, V]: each row's next-token logits
         self._wake = threading.Condition()
         self._closed = False
@@ -182,7 +186,7 @@ class Engine:
                         seq.emit(Failed(message))
                 with self._wake:
                     self._active = []
-                self._cache, self._pads = [], self._pads[:0]
+                self._cache, self._pads, self._positions = [], self._pads[:0], self._positions[:0]
 
     def _joining(self) -> list[Sequence]:
         """Take the waiting sequences that join the batch now (the lock held): in arrival order, while they ask
@@ -201,19 +205,22 @@ class Engine:
         out = self.model(ids, use_cache=True, logits_to_keep=1)
         assert out.past_key_values is not None
         logits = out.logits[:, -1]
+        cache = keep_window(out.past_key_values, self._window)
+        position = torch.tensor([ids.shape[1]], device=self.device)
         if not self._active:
-            self._cache, self._pads, self._logits = out.past_key_values, torch.zeros(1, dtype=torch.long,
-                                                                                     device=self.device), logits
+            self._cache, self._pads, self._logits = cache, torch.zeros(1, dtype=torch.long, device=self.device), logits
+            self._positions = position
         else:
-            width, length = self._cache[0][0].shape[2], ids.shape[1]
+            width, length = self._cache[0][0].shape[2], cache[0][0].shape[2]
             target = max(width, length)
             grow, pad_new = target - width, target - length
             self._cache = [
                 (torch.cat((F.pad(k, (0, 0, grow, 0)), F.pad(nk, (0, 0, pad_new, 0)))),
                  torch.cat((F.pad(v, (0, 0, grow, 0)), F.pad(nv, (0, 0, pad_new, 0)))))
-                for (k, v), (nk, nv) in zip(self._cache, out.past_key_values, strict=True)
+                for (k, v), (nk, nv) in zip(self._cache, cache, strict=True)
             ]
             self._pads = torch.cat((self._pads + grow, torch.tensor([pad_new], device=self.device)))
+            self._positions = torch.cat((self._positions, position))
             self._logits = torch.cat((self._logits, logits))
         with self._wake:
             self._active.append(seq)
@@ -238,6 +245,7 @@ class Engine:
             index = torch.tensor(keep, dtype=torch.long, device=self.device)
             self._cache = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self._cache]
             self._pads = self._pads.index_select(0, index)
+            self._positions = self._positions.index_select(0, index)
             with self._wake:
                 self._active = [self._active[i] for i in keep]
             if keep:  # drop the columns that are padding in every remaining row
@@ -249,14 +257,15 @@ class Engine:
             self._cache = []
             return
         width = self._cache[0][0].shape[2]
-        positions = (width - self._pads)[:, None]  # each row's own next position: its real cached length
         columns = torch.arange(width + 1, device=self.device)
         mask = columns[None, :] >= self._pads[:, None]
         ids = torch.tensor(next_tokens, device=self.device)[:, None]
-        out = self.model(ids, past_key_values=self._cache, use_cache=True, position_ids=positions,
+        out = self.model(ids, past_key_values=self._cache, use_cache=True, position_ids=self._positions[:, None],
                          attention_mask=mask)
         assert out.past_key_values is not None
-        self._cache, self._logits = out.past_key_values, out.logits[:, -1]
+        self._cache, self._logits = keep_window(out.past_key_values, self._window), out.logits[:, -1]
+        self._positions = self._positions + 1
+        self._pads = (self._pads - (width + 1 - self._cache[0][0].shape[2])).clamp(min=0)  # pads the window let go
 
     def _advance(self, seq: Sequence, token: int) -> bool:
         """Add ``token`` to ``seq`` and emit what it adds; False when the sequence has finished."""
