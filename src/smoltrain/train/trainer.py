@@ -31,9 +31,10 @@ from smoltrain.runs import checkpoint as ckpt
 from smoltrain.runs.curves import has_matplotlib, write_run_curves
 from smoltrain.runs.loading import build_frozen_models
 from smoltrain.runs.run_dir import RunDir
-from smoltrain.runtime.device import DTYPES, device_type, pick_device, resolve_precision
 from smoltrain.runtime import fsdp
+from smoltrain.runtime.device import DTYPES, device_type, pick_device, resolve_precision
 from smoltrain.runtime.distributed import (
+    DistEnv,
     all_reduce_grads,
     all_reduce_sum,
     barrier,
@@ -93,6 +94,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_ranks_start_alike(step: int, env: DistEnv) -> None:
+    """Every rank reads the checkpoint it resumes from itself: a node that does not see rank 0's run_dir (no shared
+    filesystem) would start over while the others resume, a silent mix of two trainings. One line instead."""
+    steps = gather_objects(step, env)
+    if any(other != steps[0] for other in steps):
+        rank = next(r for r, other in enumerate(steps) if other != steps[0])
+        raise SmoltrainError(f"rank {rank} starts at step {steps[rank]} and rank 0 at step {steps[0]}: every rank "
+                             "reads the run's checkpoints, so run_dir must be on a filesystem that every node mounts "
+                             "at the same path")
 
 
 def _to_cpu(tree: Any) -> Any:
@@ -220,6 +232,7 @@ class Trainer:
         self.run_lock = self.run.lock() if self.dist.is_main else None
         try:
             self.resumed_from = self._start()
+            check_ranks_start_alike(self.step, self.dist)
             record = self.run.read_best() if cfg.keep_best and self.resumed_from is not None else None
             if record is not None and record.get("metric") == self.best_metric and record["step"] <= self.step:
                 self.best = record  # a resumed run goes on beating its own best
