@@ -105,10 +105,6 @@ def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer
         set_optimizer_state_dict(model, optimizer, named, options=_SCATTER)
 
 
-def is_sharded(tensor: torch.Tensor) -> bool:
-    return isinstance(tensor, DTensor)
-
-
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """The whole of a sharded tensor (a collective), or the tensor itself when it is not sharded."""
     if isinstance(tensor, DTensor):

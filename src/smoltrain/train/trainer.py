@@ -505,7 +505,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.strategy != "fsdp":
             return False
-        refusal = None
+        refusal: str | None = None
         if self.family.fsdp_units(self.model) is None:
             refusal = f"shards LM runs (arch=lm), not arch.name={cfg.arch.name}"
         elif cfg.optimizer == "muon":
@@ -523,6 +523,8 @@ class Trainer:
         """(model, EMA, optimizer states) in the plain format, on the CPU where it matters: what rank 0 saves.
         Sharded: gathered from every rank (each must call this), complete on rank 0 only."""
         if not self.sharded:
+            if not self.dist.is_main:  # each rank holds all of it: rank 0's copy is saved, nothing to gather
+                return {}, None, []
             return (self.model.state_dict(), self.ema.state_dict() if self.ema else None,
                     [_to_cpu(spec.optimizer.state_dict()) for spec in self.optimizers])
         model_state = fsdp.full_model_state(self.model)
