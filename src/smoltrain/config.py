@@ -188,6 +188,12 @@ class TrainConfig(StrictModel):
     num_threads: int | None = Field(None, gt=0)
     dist_timeout_minutes: float = Field(5.0, gt=0)  # torchrun: a rank silent this long in a collective ends the job
 
+    # --- data parallelism under torchrun (runtime/distributed.py, runtime/fsdp.py) ---
+    # ddp: every rank holds the whole model and optimizer, gradients are all-reduced by hand. fsdp: FSDP2 shards
+    # weights, gradients and optimizer state over the ranks (LM runs; for models that outgrow one device under ddp).
+    # Checkpoints are the same either way; with one process fsdp trains as plain (nothing to shard).
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+
     # --- logging and safety ---
     log_every: int = Field(10, gt=0)
     max_nonfinite_steps: int = Field(5, gt=0)  # stop after this many non-finite steps in a row

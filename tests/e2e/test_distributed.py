@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
+from smoltrain.errors import SmoltrainError
 from smoltrain.runtime.distributed import RankLost, all_reduce_sum, init_distributed
 from tests.helpers import REPO, run_python, toy_overrides
 
@@ -56,6 +57,31 @@ def test_a_frozen_rank_ends_its_peer_with_one_line_within_the_timeout() -> None:
     assert "dist_timeout_minutes" in message
     assert TIMEOUT_S * 0.9 <= waited < FROZEN_S  # it gave up at the timeout, not when the frozen rank came back
     assert time.monotonic() - started < 60
+
+
+def _start_worker(rank: int, port: int, queue: mp.SimpleQueue) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    from smoltrain.train.trainer import check_ranks_start_alike
+
+    env = init_distributed("cpu", timeout_minutes=1)
+    check_ranks_start_alike(40, env)  # both at step 40: no complaint
+    try:
+        check_ranks_start_alike(40 if rank == 0 else 0, env)  # rank 1 saw no checkpoint (no shared run_dir)
+        queue.put((rank, "no error"))
+    except SmoltrainError as err:
+        queue.put((rank, str(err)))
+    os._exit(0)
+
+
+def test_ranks_that_would_start_from_different_steps_stop_with_one_line() -> None:
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    mp.start_processes(_start_worker, args=(_free_port(), queue), nprocs=2, start_method="spawn")
+    messages = dict(queue.get() for _ in range(2))
+    assert messages[0] == messages[1]  # every rank stops, with the same line
+    assert messages[0].startswith("rank 1 starts at step 0 and rank 0 at step 40: ") and "\n" not in messages[0]
+    assert "filesystem that every node mounts" in messages[0]
 
 
 def test_torchrun_prints_the_summary_once(tmp_path: Path) -> None:

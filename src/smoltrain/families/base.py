@@ -207,6 +207,11 @@ class Family(ABC):
         nothing did. Whatever still does not fit is reported by the caller. Default: unchanged."""
         return state, None
 
+    def fsdp_units(self, model: nn.Module) -> list[nn.Module] | None:
+        """The blocks ``strategy=fsdp`` shards one by one (each gathered only while it runs), before the rest of
+        ``model``; None (the default): the family is not sharded, and ``strategy=fsdp`` is refused."""
+        return None
+
     def describe(self, model: nn.Module) -> dict[str, Any]:
         """Facts for the run summary and `smoltrain info` (parameter count by default)."""
         facts = {"parameters": sum(p.numel() for p in model.parameters())}

@@ -214,6 +214,9 @@ class LMFamily(Family):
     def build_optimizers(self, model: nn.Module) -> list[OptimizerSpec]:
         return build_weight_optimizers(model, self.cfg, outside=MUON_OUTSIDE)
 
+    def fsdp_units(self, model: nn.Module) -> list[nn.Module] | None:
+        return list(model.model.layers)  # type: ignore[union-attr]  # the decoder layers; the root keeps the rest
+
     @property
     def data_kind(self) -> str:
         """``text``, ``sft`` or ``dpo``: the kind of dataset the run's stage trains on."""

@@ -60,7 +60,7 @@ RESUMABLE_CHANGES: tuple[str, ...] = (
     "checkpoint_every", "checkpoint_every_eval", "keep_checkpoints", "keep_best", "resume", "load_checkpoint",
     "run_dir", "checkpoint_path", "run_name", "project_name",
     "log_every", "max_nonfinite_steps", "wandb", "tensorboard",
-    "device", "precision", "compile", "compile_mode", "num_threads", "dist_timeout_minutes",
+    "device", "precision", "compile", "compile_mode", "num_threads", "dist_timeout_minutes", "strategy",
 )
 SHOWN_CHANGES = 5  # keys named in the refusal; the rest are counted
 

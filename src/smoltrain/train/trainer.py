@@ -31,8 +31,10 @@ from smoltrain.runs import checkpoint as ckpt
 from smoltrain.runs.curves import has_matplotlib, write_run_curves
 from smoltrain.runs.loading import build_frozen_models
 from smoltrain.runs.run_dir import RunDir
+from smoltrain.runtime import fsdp
 from smoltrain.runtime.device import DTYPES, device_type, pick_device, resolve_precision
 from smoltrain.runtime.distributed import (
+    DistEnv,
     all_reduce_grads,
     all_reduce_sum,
     barrier,
@@ -92,6 +94,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_ranks_start_alike(step: int, env: DistEnv) -> None:
+    """Every rank reads the checkpoint it resumes from itself: a node that does not see rank 0's run_dir (no shared
+    filesystem) would start over while the others resume, a silent mix of two trainings. One line instead."""
+    steps = gather_objects(step, env)
+    if any(other != steps[0] for other in steps):
+        rank = next(r for r, other in enumerate(steps) if other != steps[0])
+        raise SmoltrainError(f"rank {rank} starts at step {steps[rank]} and rank 0 at step {steps[0]}: every rank "
+                             "reads the run's checkpoints, so run_dir must be on a filesystem that every node mounts "
+                             "at the same path")
 
 
 def _to_cpu(tree: Any) -> Any:
@@ -172,6 +185,12 @@ class Trainer:
         if self.dist.enabled:
             broadcast_module(self.model)
         seed_everything(cfg.seed + self.dist.rank)
+        # strategy=fsdp: weights sharded before the optimizers are built, so they hold (and step) only this rank's
+        # shards. With one process there is nothing to shard: the run trains as plain.
+        self.sharded = self._check_fsdp() and self.dist.enabled
+        if self.sharded:
+            fsdp.shard_model(self.model, self.family.fsdp_units(self.model) or [],
+                             None if self.precision == "fp32" else DTYPES[self.precision])
 
         self.optimizers = self.family.build_optimizers(self.model)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -217,6 +236,7 @@ class Trainer:
         self.run_lock = self.run.lock() if self.dist.is_main else None
         try:
             self.resumed_from = self._start()
+            check_ranks_start_alike(self.step, self.dist)
             record = self.run.read_best() if cfg.keep_best and self.resumed_from is not None else None
             if record is not None and record.get("metric") == self.best_metric and record["step"] <= self.step:
                 self.best = record  # a resumed run goes on beating its own best
@@ -361,7 +381,8 @@ class Trainer:
         cfg = self.cfg
         loss_sum, metric_sums = self.compute_gradients(batch)
         if self.dist.enabled:
-            all_reduce_grads(self.trainable)
+            if not self.sharded:  # fsdp reduce-scattered the gradients in the backward already
+                all_reduce_grads(self.trainable)
             all_reduce_sum(loss_sum)
         if self.scaler is not None:
             for spec in self.optimizers:
@@ -424,7 +445,9 @@ class Trainer:
         if self.ema is not None:
             self.ema.swap_into(self.model)
         try:
-            with torch.inference_mode(), self._autocast():
+            # fsdp: the whole model gathered for the evaluation, so ranks may run different numbers of forwards.
+            with fsdp.unsharded(self.model) if self.sharded else contextlib.nullcontext(), torch.inference_mode(), \
+                    self._autocast():
                 outputs = self.run.predictions(self.step, self.dist.rank) if self.cfg.eval_save_outputs else None
                 # Files an evaluation writes for people (ARC's submission.json) go next to the checkpoints.
                 return self.family.evaluate(self.model, outputs, self.run.eval_dir(self.run.step_dir(self.step)),
@@ -443,8 +466,9 @@ class Trainer:
             "log_window": self.window.state_dict(),  # this rank's: metric sums are reduced when a row is written
         })
         ranks = gather_objects(per_rank, self.dist)
+        # The plain (full) states, as one process writes them: gathered from the shards on every rank (collectives).
+        model_state, ema_state, optimizer_states = self._full_states()
         if self.dist.is_main:
-            model_state, ema_state = self.model.state_dict(), self.ema.state_dict() if self.ema else None
             if self.base_pointer is not None:  # adapters only, and where the frozen base is
                 trains = {name for name, p in self.model.named_parameters() if p.requires_grad}
                 model_state = {k: v for k, v in model_state.items() if k in trains}
@@ -453,7 +477,7 @@ class Trainer:
                 "evals_done": self.evals_done,
                 "nonfinite_run": self.nonfinite_run,
                 "world_size": self.dist.world_size,
-                "optimizers": [_to_cpu(spec.optimizer.state_dict()) for spec in self.optimizers],
+                "optimizers": optimizer_states,
                 "scaler": self.scaler.state_dict() if self.scaler else {},
                 "ranks": ranks,
                 **({"base": self.base_pointer, "lora": {"rank": self.cfg.lora.rank, "alpha": self.cfg.lora.alpha}}
@@ -482,9 +506,50 @@ class Trainer:
         grads = [p.grad for p in self.trainable if p.grad is not None]
         if not grads:
             return torch.zeros((), device=self.device)
-        if self.cfg.grad_clip is not None:
-            return torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.grad_clip, foreach=True)
+        if self.cfg.grad_clip is not None:  # over sharded gradients: the norm of the whole, reduced over the ranks
+            return fsdp.full_tensor(torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.grad_clip, foreach=True))
+        if self.sharded:
+            return fsdp.full_tensor(torch.nn.utils.get_total_norm(grads, foreach=True))
         return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+    def _check_fsdp(self) -> bool:
+        """Whether ``strategy=fsdp`` is asked for, refusing with one line what it does not shard correctly."""
+        cfg = self.cfg
+        if cfg.strategy != "fsdp":
+            return False
+        refusal: str | None = None
+        if self.family.fsdp_units(self.model) is None:
+            refusal = f"shards LM runs (arch=lm), not arch.name={cfg.arch.name}"
+        elif cfg.optimizer == "muon":
+            refusal = "cannot run optimizer=muon (it orthogonalises whole matrices; fsdp splits them over the " \
+                      "ranks): use optimizer=adamw or adam_atan2"
+        elif cfg.lora.enabled:
+            refusal = "does not shard LoRA runs (a frozen base with adapters): set lora.rank=0"
+        elif self.precision == "fp16":
+            refusal = "has no fp16 loss scaling here: use precision=bf16 or precision=fp32"
+        if refusal:
+            raise ConfigError(f"strategy=fsdp {refusal}, or use strategy=ddp")
+        return True
+
+    def _full_states(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, list[dict[str, Any]]]:
+        """(model, EMA, optimizer states) in the plain format, on the CPU where it matters: what rank 0 saves.
+        Sharded: gathered from every rank (each must call this), complete on rank 0 only."""
+        if not self.sharded:
+            if not self.dist.is_main:  # each rank holds all of it: rank 0's copy is saved, nothing to gather
+                return {}, None, []
+            return (self.model.state_dict(), self.ema.state_dict() if self.ema else None,
+                    [_to_cpu(spec.optimizer.state_dict()) for spec in self.optimizers])
+        model_state = fsdp.full_model_state(self.model)
+        ema_state = {k: fsdp.full_tensor(v).cpu() for k, v in self.ema.state_dict().items()} if self.ema else None
+        return model_state, ema_state, [fsdp.full_optimizer_state(self.model, spec.optimizer)
+                                        for spec in self.optimizers]
+
+    def _load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """A plain (full) state dict into the model, sharded or not."""
+        if self.sharded:
+            fsdp.load_full_model_state(self.model, state)
+        else:
+            self.model.load_state_dict(state)
 
     def _eval_due(self) -> bool:
         return self.eval_every is not None and self.step % self.eval_every == 0
@@ -637,7 +702,7 @@ class Trainer:
     def _start_from_weights(self, model_state: dict[str, torch.Tensor], ema_state: dict[str, torch.Tensor] | None,
                             step: int) -> None:
         """Fresh optimizer, EMA, data and RNG state from the given weights (EMA ones when present)."""
-        self.model.load_state_dict(ckpt.weights_to_use(model_state, ema_state))
+        self._load_weights(ckpt.weights_to_use(model_state, ema_state))
         if self.ema is not None:
             self.ema = EMA(self.model, self.cfg.ema_rate)
         self.step = step
@@ -650,13 +715,18 @@ class Trainer:
                 f"{path} was written by {state.get('world_size')} processes; resume it with the same number "
                 f"(now {self.dist.world_size}) or start a new run_dir"
             )
-        self.model.load_state_dict(model_state)
+        self._load_weights(model_state)
         if self.ema is not None:
             if ema_state is None:
                 raise SmoltrainError(f"{path} has no EMA weights but ema=True; resume with ema=False")
-            self.ema.load_state_dict({k: v.to(self.device) for k, v in ema_state.items()})
+            shadow = self.ema.state_dict()  # sharded like the weights under fsdp: this rank's shards of the saved
+            self.ema.load_state_dict({k: fsdp.shard_like(v, shadow[k]) if k in shadow else v.to(self.device)
+                                      for k, v in ema_state.items()})
         for spec, opt_state in zip(self.optimizers, state["optimizers"], strict=True):
-            spec.optimizer.load_state_dict(opt_state)
+            if self.sharded:
+                fsdp.load_full_optimizer_state(self.model, spec.optimizer, opt_state)
+            else:
+                spec.optimizer.load_state_dict(opt_state)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step = state["step"]
