@@ -10,7 +10,10 @@ Module names are those of Hugging Face, so a state dict maps 1:1 by name onto ``
 ``model.layers.N.{input,post_attention}_layernorm``, ``model.layers.N.mlp.{gate,up,down}_proj``,
 ``model.norm``, ``lm_head``. MoE layers use ``mlp.gate`` (router), ``mlp.experts.E.{gate,up,down}_proj``
 and ``mlp.shared_experts.S.{gate,up,down}_proj`` (MiniMind naming; HF Qwen3-MoE uses the same names
-for the router and, before transformers 5, the experts).
+for the router and, before transformers 5, the experts). The residual options (DeepNorm, LayerScale, DropPath,
+parallel residual; ``LMDecoderLayer``) are off by default and change the block, and some of these names, away
+from what transformers computes; activation checkpointing (``set_activation_checkpointing``) changes nothing but
+memory and time.
 
 Conventions:
 
