@@ -37,7 +37,9 @@ TRM_KEYS = ["name", "loss", "puzzle_emb_ndim", "H_cycles", "L_cycles", "H_layers
 LM_KEYS = ["name", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
            "intermediate_size", "max_position_embeddings", "rope_theta", "rms_norm_eps", "qk_norm",
            "tie_word_embeddings", "dropout", "hidden_act", "use_moe", "num_experts", "num_experts_per_tok",
-           "n_shared_experts", "aux_loss_alpha", "norm_topk_prob", "vocab_size", "seq_len", "packing"]
+           "n_shared_experts", "aux_loss_alpha", "norm_topk_prob",
+           "deepnorm", "layer_scale_init", "drop_path_rate", "parallel_residual",  # residual options (issue 17)
+           "vocab_size", "seq_len", "packing"]
 
 
 TOY_KEYS = ["name", "task", "seq_len", "vocab_size", "hidden_size", "num_layers", "dropout", "eval_examples",
