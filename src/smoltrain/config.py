@@ -186,6 +186,9 @@ class TrainConfig(StrictModel):
     # torch.compile's mode; reduce-overhead (CUDA graphs) is for CUDA: on a CPU it falls back to default, with a note.
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     num_threads: int | None = Field(None, gt=0)
+    # Activation checkpointing (issue 17): recompute each LM decoder layer (TRM: each recursion step's call of the
+    # network) in backward instead of keeping its activations: less memory for one more forward of those parts.
+    activation_checkpointing: bool = False
     dist_timeout_minutes: float = Field(5.0, gt=0)  # torchrun: a rank silent this long in a collective ends the job
 
     # --- data parallelism under torchrun (runtime/distributed.py, runtime/fsdp.py) ---

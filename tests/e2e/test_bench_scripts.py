@@ -55,3 +55,17 @@ def test_time_to_accuracy_smoke_runs_both_sides_alternating(tmp_path: Path) -> N
             assert len(pair[side]["load_before"]) == 3
     assert set(result["summary"]) >= {"reference", "smoltrain", "ratio_smoltrain_over_reference", "target"}
     assert "Median time to 97%" in proc.stdout
+
+
+def test_activation_checkpointing_smoke_measures_both_settings(tmp_path: Path) -> None:
+    out = tmp_path / "ac.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "activation_checkpointing.py"), "--smoke",
+                           "--json", str(out)], capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert set(result["cases"]) == {"lm", "trm"} and len(result["load_before"]) == 3
+    for case in result["cases"].values():
+        saved = case["saved_activation_bytes"]
+        assert 0 < saved["on"] < saved["off"]  # checkpointing keeps only each layer's (recursion step's) input
+        assert all(case["wall_s_per_step"][key] > 0 for key in ("off", "on"))
+    assert "| case | saved activations off -> on" in proc.stdout

@@ -39,6 +39,7 @@ LM_KEYS = ["name", "hidden_size", "num_hidden_layers", "num_attention_heads", "n
            "tie_word_embeddings", "dropout", "hidden_act", "use_moe", "num_experts", "num_experts_per_tok",
            "n_shared_experts", "aux_loss_alpha", "norm_topk_prob",
            "rope_scaling", "xpos", "xpos_scale_base", "sliding_window", "attention",
+           "deepnorm", "layer_scale_init", "drop_path_rate", "parallel_residual",  # residual options (issue 17)
            "vocab_size", "seq_len", "packing"]
 
 

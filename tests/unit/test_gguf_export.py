@@ -161,3 +161,14 @@ def test_pre_tokenizer_names_follow_llama_cpp(tmp_path: Path) -> None:
     assert _pre_tokenizer(qwen2, tmp_path) == "qwen2"
     with pytest.raises(SmoltrainError, match="no llama.cpp counterpart"):
         _pre_tokenizer({"type": "Whitespace"}, tmp_path)
+
+
+def test_gguf_export_refuses_residual_options_llama_cpp_cannot_compute(tmp_path: Path, bpe_dir: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    make_run(tmp_path / "deep", "arch.deepnorm=true", "arch.vocab_size=304")
+    (tmp_path / "deep" / "tokenizer").mkdir()
+    (tmp_path / "deep" / "tokenizer" / "tokenizer.json").write_bytes((bpe_dir / "tokenizer.json").read_bytes())
+    assert main(["export", str(tmp_path / "deep"), "--format", "gguf", "--output", str(tmp_path / "d.gguf")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "export to GGUF cannot represent deepnorm=True" in err
+    assert not (tmp_path / "d.gguf").exists()

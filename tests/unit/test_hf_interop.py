@@ -225,3 +225,20 @@ def test_export_and_import_on_a_full_or_read_only_disk_leave_nothing(tmp_path: P
         with pytest.raises(OutputError, match=rf"^cannot write {output}: {os.strerror(code)}; "):
             write(output)
         assert sorted(tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("option", ["arch.deepnorm=true", "arch.layer_scale_init=0.1", "arch.parallel_residual=true"])
+def test_export_refuses_residual_options_transformers_cannot_compute(tmp_path: Path, option: str) -> None:
+    make_run(tmp_path / "run", option)
+    key = option.removeprefix("arch.").split("=")[0]
+    with pytest.raises(SmoltrainError, match=rf"^export to Hugging Face format cannot represent {key}="):
+        export_hf(tmp_path / "run", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
+def test_a_drop_path_run_exports_as_the_plain_model(tmp_path: Path) -> None:
+    ours = make_run(tmp_path / "run", "arch.drop_path_rate=0.3")  # DropPath is the identity in eval
+    hf = transformers.AutoModelForCausalLM.from_pretrained(export_hf(tmp_path / "run", tmp_path / "hf")).eval()
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # as test_export_matches_transformers: the same math in another op order, fp32
+        torch.testing.assert_close(hf(ids).logits, ours(ids).logits, atol=1e-4, rtol=0)

@@ -120,6 +120,8 @@ class Family(ABC):
     arch_keys_free_on_init: ClassVar[tuple[str, ...]] = ()
     # Whether the family's model takes low-rank adapters (``lora.rank`` > 0; built by ``build_model``).
     supports_lora: ClassVar[bool] = False
+    # Whether ``build_model`` applies ``activation_checkpointing`` (the recomputation lives in the model's forward).
+    supports_activation_checkpointing: ClassVar[bool] = False
 
     @classmethod
     def declares_data_shape(cls, cfg: TrainConfig) -> bool:
@@ -138,6 +140,9 @@ class Family(ABC):
         if cfg.lora.enabled and not self.supports_lora:
             raise ConfigError(f"lora.rank > 0 is for LM runs (arch.name=lm), not arch.name={cfg.arch.name}: "
                               "set lora.rank=0")
+        if cfg.activation_checkpointing and not self.supports_activation_checkpointing:
+            raise ConfigError(f"activation_checkpointing=true is for LM and TRM-family runs, not arch.name="
+                              f"{cfg.arch.name}: set activation_checkpointing=false")
         self.cfg = cfg
         self.dist = dist
         self.device = device

@@ -90,6 +90,14 @@ class LMArchConfig(ArchConfig):
     sliding_window: int | None = Field(None, ge=1, description="attend to the newest N tokens only; None: all")
     attention: Literal["sdpa", "math"] = Field("sdpa", description="sdpa: torch's fused kernels (flash on GPU); "
                                                                    "math: softmax(QK^T / sqrt(d) + mask) V spelled out")
+    # Residual and normalisation options (issue 17); the formulas are in models/lm.py's LMDecoderLayer.
+    deepnorm: bool = Field(False, description="DeepNet post-norm: norm(alpha * x + f(x)), alpha = (2N)^(1/4), "
+                                              "init of v/o/MLP scaled by (8N)^(-1/4)")
+    layer_scale_init: float | None = Field(None, gt=0, description="LayerScale: per-channel learnt scale of each "
+                                                                   "branch, starting at this value (null: off)")
+    drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth at the last layer, linear in depth "
+                                                               "from 0 at the first")
+    parallel_residual: bool = Field(False, description="GPT-J: x + attn(norm(x)) + mlp(norm(x)), one norm")
 
     vocab_size: int | None = Field(None, ge=1, description="None: from the dataset's metadata.json")
     seq_len: int = Field(256, ge=1, description="training context (tokens per window)")
@@ -167,8 +175,9 @@ class LMFamily(Family):
     data_shape_keys = ("vocab_size",)
     stages = STAGES
     # Fine-tuning may train on other rows (seq_len, packing) and with another dropout than pretraining did.
-    arch_keys_free_on_init = (*DATA_KEYS, "dropout")
+    arch_keys_free_on_init = (*DATA_KEYS, "dropout", "drop_path_rate")
     supports_lora = True
+    supports_activation_checkpointing = True
 
     @classmethod
     def resolve(cls, cfg: TrainConfig) -> TrainConfig:
@@ -206,6 +215,7 @@ class LMFamily(Family):
     def build_model(self) -> nn.Module:
         arch = self.arch.model_copy(update={"vocab_size": DEFAULT_VOCAB_SIZE}) if self.vocab_assumed else self.arch
         model = LMForCausalLM(arch.to_model_config())
+        model.set_activation_checkpointing(self.cfg.activation_checkpointing)
         lora = self.cfg.lora
         if lora.enabled:  # adapters on the frozen model; its weights come from init_from (the trainer, the loader)
             apply_lora(model, lora.rank, lora.alpha, lora.dropout, lora.targets)

@@ -181,6 +181,7 @@ class TRMFamily(Family):
     arch_keys_free_on_init = DATA_SHAPE  # the puzzle-embedding table is refitted; other shapes are checked
     model_class: type[TRM] = TRM
     uses_autocast = False  # TRM keeps fp32 master weights and casts activations itself
+    supports_activation_checkpointing = True
 
     @classmethod
     def resolve(cls, cfg: TrainConfig) -> TrainConfig:
@@ -242,7 +243,9 @@ class TRMFamily(Family):
         return self.arch.to_model_config(batch_size=self.micro_batch_size, forward_dtype=dtype)
 
     def build_model(self) -> nn.Module:
-        return self.arch.loss.head()(self.model_class(self.model_config()), loss_type=self.arch.loss.loss_type)
+        model = self.model_class(self.model_config())
+        model.set_activation_checkpointing(self.cfg.activation_checkpointing)
+        return self.arch.loss.head()(model, loss_type=self.arch.loss.loss_type)
 
     def build_optimizers(self, model: nn.Module) -> list[OptimizerSpec]:
         cfg = self.cfg

@@ -32,7 +32,7 @@ import torch
 
 from smoltrain.errors import SmoltrainError
 from smoltrain.fileio import check_output_path, fsync_dir, fsync_file, read_json, set_default_permissions, writing
-from smoltrain.interop.hf import special_token_ids
+from smoltrain.interop.hf import refuse_residual_options, special_token_ids
 from smoltrain.models.lm import LMConfig
 from smoltrain.runs.loading import load
 from smoltrain.runs.run_dir import RunDir
@@ -256,6 +256,7 @@ def export_gguf(run_dir: Path, output: Path, checkpoint: Path | None = None,
     tok = _tokenizer_fields(Path(tokenizer) if tokenizer else run.tokenizer, vocab_size)  # before loading weights
     model = load(run.root, checkpoint, device="cpu", need_data=False).model
     lm: LMConfig = model.config  # type: ignore[assignment]
+    refuse_residual_options(lm, "GGUF")  # llama.cpp's llama/qwen3 graphs are the pre-norm block too
     tensors = gguf_tensors(model.state_dict(), lm)
     with writing(output):
         fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")

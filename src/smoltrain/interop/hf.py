@@ -197,7 +197,17 @@ def _lm_run_config(run: RunDir) -> TrainConfig:
     if cfg.arch.vocab_size is None:
         raise SmoltrainError(f"{run.config} has no arch.vocab_size: train the run before exporting it")
     check_hf_expressible(cfg.arch)
+    refuse_residual_options(cfg.arch.to_model_config(), "Hugging Face format")
     return cfg
+
+
+def refuse_residual_options(lm: LMConfig, target: str) -> None:
+    """One line refusing an export whose network uses a residual option transformers' Qwen3/Llama (and
+    llama.cpp) cannot compute: the exported model would load and silently give other outputs."""
+    used = lm.residual_options_in_use()
+    if used:
+        raise SmoltrainError(f"export to {target} cannot represent {', '.join(used)}: transformers' Qwen3/Llama "
+                             "have pre-norm residuals without them; keep the run in smoltrain (generate, serve)")
 
 
 def _write_hf(model: LMForCausalLM, cfg: TrainConfig, run: RunDir, output: Path, tokenizer: Path | None = None) -> None:

@@ -10,7 +10,10 @@ Module names are those of Hugging Face, so a state dict maps 1:1 by name onto ``
 ``model.layers.N.{input,post_attention}_layernorm``, ``model.layers.N.mlp.{gate,up,down}_proj``,
 ``model.norm``, ``lm_head``. MoE layers use ``mlp.gate`` (router), ``mlp.experts.E.{gate,up,down}_proj``
 and ``mlp.shared_experts.S.{gate,up,down}_proj`` (MiniMind naming; HF Qwen3-MoE uses the same names
-for the router and, before transformers 5, the experts).
+for the router and, before transformers 5, the experts). The residual options (DeepNorm, LayerScale, DropPath,
+parallel residual; ``LMDecoderLayer``) are off by default and change the block, and some of these names, away
+from what transformers computes; activation checkpointing (``set_activation_checkpointing``) changes nothing but
+memory and time.
 
 Conventions:
 
@@ -42,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "KVCache",
@@ -57,6 +61,7 @@ __all__ = [
     "RopeScaling",
     "apply_repetition_penalty",
     "keep_window",
+    "drop_path",
     "minimind_intermediate_size",
     "rope_cos_sin",
     "rope_frequencies",
@@ -162,6 +167,46 @@ class LMConfig(BaseModel):
     xpos_scale_base: float = 512.0  # XPos's B: the decay of pair i over distance m - n is zeta_i^((m - n) / B)
     sliding_window: int | None = None  # attend to the newest `sliding_window` tokens (itself included) only
     attention: Literal["sdpa", "math"] = "sdpa"  # sdpa: torch's fused kernels (flash on GPU); math: spelled out
+    # Residual and normalisation options (issue 17). All off by default (the Qwen3/Llama pre-norm block); see
+    # LMDecoderLayer for the formulas. Export to HF/GGUF refuses deepnorm, layer_scale_init and parallel_residual
+    # (transformers' Qwen3/Llama compute none of them); drop_path_rate is training-only, so it exports.
+    deepnorm: bool = False  # DeepNet's post-norm x = norm(alpha * x + f(x)), alpha = (2N)^(1/4), init * (8N)^(-1/4)
+    layer_scale_init: float | None = None  # LayerScale: per-channel learnable scale of each branch, starting here
+    drop_path_rate: float = 0.0  # stochastic depth of the last layer; layer i drops at rate * i / (N - 1)
+    parallel_residual: bool = False  # GPT-J: x + attn(norm(x)) + mlp(norm(x)), one norm per layer
+
+    @model_validator(mode="after")
+    def _check_residual(self) -> LMConfig:
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError("drop_path_rate must be in [0, 1)")
+        if self.layer_scale_init is not None and not self.layer_scale_init > 0:
+            raise ValueError("layer_scale_init must be > 0 (or null for no LayerScale)")
+        if self.deepnorm and self.parallel_residual:
+            raise ValueError("deepnorm (post-norm) and parallel_residual (pre-norm) are two different blocks: "
+                             "choose one")
+        return self
+
+    @property
+    def deepnorm_alpha(self) -> float:
+        """DeepNet's residual scale for an N-layer decoder-only model, ``(2N)^(1/4)`` (1 without deepnorm)."""
+        return (2 * self.num_hidden_layers) ** 0.25 if self.deepnorm else 1.0
+
+    @property
+    def deepnorm_beta(self) -> float:
+        """DeepNet's init scale of v_proj, o_proj and the MLP for N decoder layers, ``(8N)^(-1/4)`` (1 without)."""
+        return (8 * self.num_hidden_layers) ** -0.25 if self.deepnorm else 1.0
+
+    def drop_path_rate_of(self, layer: int) -> float:
+        """Layer ``layer``'s stochastic-depth rate: linear in depth, 0 at the first layer, ``drop_path_rate`` at
+        the last (a one-layer model never drops)."""
+        return self.drop_path_rate * layer / max(self.num_hidden_layers - 1, 1)
+
+    def residual_options_in_use(self) -> list[str]:
+        """``key=value`` of each option above that changes the network transformers' Qwen3/Llama compute (for
+        export refusals); drop_path_rate is identity at inference and not listed."""
+        used = [("deepnorm", self.deepnorm), ("layer_scale_init", self.layer_scale_init),
+                ("parallel_residual", self.parallel_residual)]
+        return [f"{key}={value}" for key, value in used if value not in (False, None)]
 
     @model_validator(mode="after")
     def _check(self) -> LMConfig:
@@ -489,18 +534,68 @@ class LMMoE(nn.Module):
         return out.view(shape), aux_loss
 
 
-class LMDecoderLayer(nn.Module):
-    """Pre-norm block: ``h = x + attn(norm(x))``; ``out = h + mlp(norm(h))``."""
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth (Huang et al. 2016; timm's ``DropPath``): in training each row (sample) of ``x`` is zeroed
+    with probability ``rate`` and the kept rows scaled by ``1 / (1 - rate)``, so the expectation is ``x``; identity
+    in eval or at rate 0."""
+    if rate == 0.0 or not training:
+        return x
+    keep = 1.0 - rate
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+    return x * mask / keep
 
-    def __init__(self, config: LMConfig) -> None:
+
+class LMDecoderLayer(nn.Module):
+    """Pre-norm block: ``h = x + attn(norm(x))``; ``out = h + mlp(norm(h))``.
+
+    The residual options (issue 17, all off by default) change it so; each branch output ``f`` (attention or MLP)
+    enters the residual as ``drop_path(gamma * f)``:
+
+    * LayerScale (``layer_scale_init``): ``gamma`` is a learnt per-channel vector (``self_attn_scale``,
+      ``mlp_scale``: names HF does not use) starting at ``layer_scale_init``; without it ``gamma = 1``.
+    * DropPath (``drop_path_rate``): :func:`drop_path` at this layer's rate, ``config.drop_path_rate_of(i)``.
+    * Parallel residual: ``out = x + attn(n) + mlp(n)`` with ``n = input_layernorm(x)``: one norm, as GPT-J and
+      PaLM (GPT-NeoX normalises twice); there is no ``post_attention_layernorm``.
+    * DeepNorm (DeepNet, Wang et al. 2022): post-norm, ``h = post_attention_layernorm(alpha * x + attn(x))``,
+      ``out = post_feedforward_layernorm(alpha * h + mlp(h))`` (OLMo-2's names for norms after a branch), with
+      ``alpha = (2N)^(1/4)``; the init scale ``beta`` is applied by ``LMForCausalLM``. RMSNorm stands in for the
+      paper's LayerNorm; ``alpha`` bounds the size of each update to the residual either way.
+    """
+
+    def __init__(self, config: LMConfig, layer_idx: int = 0) -> None:
         super().__init__()
         self.self_attn = LMAttention(config)
         self.mlp: LMMLP | LMMoE = (
             LMMoE(config) if config.use_moe
             else LMMLP(config.hidden_size, config.resolved_intermediate_size, config.dropout)
         )
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.deepnorm = config.deepnorm
+        self.parallel_residual = config.parallel_residual
+        self.alpha = config.deepnorm_alpha
+        self.drop_path_rate = config.drop_path_rate_of(layer_idx)
+        if config.deepnorm:
+            self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+            self.post_feedforward_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        else:
+            self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+            if not config.parallel_residual:
+                self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn_scale: nn.Parameter | None = None
+        self.mlp_scale: nn.Parameter | None = None
+        if config.layer_scale_init is not None:
+            self.self_attn_scale = nn.Parameter(torch.full((config.hidden_size,), config.layer_scale_init))
+            self.mlp_scale = nn.Parameter(torch.full((config.hidden_size,), config.layer_scale_init))
+
+    def _branch(self, out: torch.Tensor, scale: nn.Parameter | None) -> torch.Tensor:
+        """A branch's output as the residual adds it: LayerScale, then DropPath (``out`` itself when both are off)."""
+        if scale is not None:
+            out = out * scale
+        return drop_path(out, self.drop_path_rate, self.training)
+
+    def _mlp(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if isinstance(self.mlp, LMMoE):
+            return self.mlp(x)
+        return self.mlp(x), None
 
     def forward(
         self,
@@ -509,14 +604,21 @@ class LMDecoderLayer(nn.Module):
         past_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
         key_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
-        attn_out, present = self.self_attn(self.input_layernorm(x), cos_sin, past_key_value, key_mask)
-        h = x + attn_out
-        aux_loss: torch.Tensor | None = None
-        if isinstance(self.mlp, LMMoE):
-            mlp_out, aux_loss = self.mlp(self.post_attention_layernorm(h))
-        else:
-            mlp_out = self.mlp(self.post_attention_layernorm(h))
-        return h + mlp_out, present, aux_loss
+        if self.deepnorm:
+            attn_out, present = self.self_attn(x, cos_sin, past_key_value, key_mask)
+            h = self.post_attention_layernorm(self.alpha * x + self._branch(attn_out, self.self_attn_scale))
+            mlp_out, aux_loss = self._mlp(h)
+            out = self.post_feedforward_layernorm(self.alpha * h + self._branch(mlp_out, self.mlp_scale))
+            return out, present, aux_loss
+        normed = self.input_layernorm(x)
+        attn_out, present = self.self_attn(normed, cos_sin, past_key_value, key_mask)
+        if self.parallel_residual:
+            mlp_out, aux_loss = self._mlp(normed)
+            return x + self._branch(attn_out, self.self_attn_scale) + self._branch(mlp_out, self.mlp_scale), \
+                present, aux_loss
+        h = x + self._branch(attn_out, self.self_attn_scale)
+        mlp_out, aux_loss = self._mlp(self.post_attention_layernorm(h))
+        return h + self._branch(mlp_out, self.mlp_scale), present, aux_loss
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -536,8 +638,12 @@ class LMModel(nn.Module):
         self.config = config = _as_config(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.dropout = nn.Dropout(config.dropout)
-        self.layers = nn.ModuleList(LMDecoderLayer(config) for _ in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.layers = nn.ModuleList(LMDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        # DeepNorm's post-norm layers end normalised: no final norm, as DeepNet's post-LN decoder.
+        self.norm: RMSNorm | nn.Identity = (
+            nn.Identity() if config.deepnorm else RMSNorm(config.hidden_size, config.rms_norm_eps))
+        # Recompute each layer's activations in backward instead of keeping them (`set_activation_checkpointing`).
+        self.activation_checkpointing = False
 
     def forward(
         self, input_ids: torch.Tensor, past_key_values: KVCache | None = None, use_cache: bool = False,
@@ -586,8 +692,15 @@ class LMModel(nn.Module):
         h = self.dropout(self.embed_tokens(input_ids))
         presents: KVCache = []
         aux_loss: torch.Tensor | None = None
+        checkpointing = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            h, present, layer_aux = layer(h, cos_sin, past_key_values[i] if past_key_values else None, key_mask)
+            past = past_key_values[i] if past_key_values else None
+            if checkpointing:
+                # Non-reentrant: works with inputs that need no grad, kwargs and DDP; it restores the RNG state
+                # when recomputing, so dropout and DropPath draw the same masks twice.
+                h, present, layer_aux = checkpoint(layer, h, cos_sin, past, key_mask, use_reentrant=False)
+            else:
+                h, present, layer_aux = layer(h, cos_sin, past, key_mask)
             if use_cache:
                 presents.append(present)
             if layer_aux is not None:
@@ -686,6 +799,8 @@ class LMForCausalLM(nn.Module):
         self.model = LMModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.apply(self._init_weights)
+        if config.deepnorm:
+            self._scale_deepnorm_init(config.deepnorm_beta)
         if config.tie_word_embeddings:
             # Same Parameter object: one storage, counted once by parameters(); both keys stay in the
             # state dict (as in HF), so a Qwen3/Llama state dict loads with strict=True.
@@ -698,6 +813,25 @@ class LMForCausalLM(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+    def _scale_deepnorm_init(self, beta: float) -> None:
+        # DeepNet: the value and output projections and the MLP start beta times smaller (the queries and keys
+        # do not). The paper scales a Xavier init; this scales ours (N(0, INIT_STD)), the same relative change.
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, LMAttention):
+                    weights = [module.v_proj.weight, module.o_proj.weight]
+                elif isinstance(module, LMMLP):
+                    weights = [module.gate_proj.weight, module.up_proj.weight, module.down_proj.weight]
+                else:
+                    continue
+                for weight in weights:
+                    weight.mul_(beta)
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Activation (gradient) checkpointing per decoder layer: in training with gradients on, each layer keeps
+        only its input and recomputes the rest in backward (less memory, one more forward of the layers)."""
+        self.model.activation_checkpointing = enabled
 
     def num_parameters(self, active: bool = False) -> int:
         """Unique parameters (a tied embedding counts once). ``active``: per token, i.e. MoE counts only

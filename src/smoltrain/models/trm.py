@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from smoltrain.models.trm_layers import (
     Attention,
@@ -238,13 +239,27 @@ class TRMBlock(nn.Module):
 
 
 class TRMReasoningModule(nn.Module):
-    """``f(h, injection)``: add the injection once, then run the blocks in order."""
+    """``f(h, injection)``: add the injection once, then run the blocks in order.
+
+    With ``activation_checkpointing`` (set by ``TRM.set_activation_checkpointing``) a call that builds a graph
+    (training, gradients on: the last recursion) keeps only its inputs and recomputes its blocks in backward; the
+    no-grad recursions are untouched (they keep nothing anyway).
+    """
 
     def __init__(self, layers: list[TRMBlock]) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
+        self.activation_checkpointing = False
 
     def forward(
+        self, hidden_states: torch.Tensor, injection: torch.Tensor | None, cos_sin: CosSin | None
+    ) -> torch.Tensor:
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            # Non-reentrant (as the LM's layers): no RNG is drawn inside, and it accepts a None injection.
+            return checkpoint(self._run, hidden_states, injection, cos_sin, use_reentrant=False)
+        return self._run(hidden_states, injection, cos_sin)
+
+    def _run(
         self, hidden_states: torch.Tensor, injection: torch.Tensor | None, cos_sin: CosSin | None
     ) -> torch.Tensor:
         if injection is not None:
@@ -444,6 +459,13 @@ class TRM(nn.Module):
     @property
     def puzzle_emb(self) -> CastedSparseEmbedding | None:
         return self.inner.puzzle_emb
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Activation checkpointing of each recursion step with gradient (every call of the network, ``L_level``
+        and HRM's ``H_level``, in the last recursion): its blocks are recomputed in backward instead of kept."""
+        for module in self.modules():
+            if isinstance(module, TRMReasoningModule):
+                module.activation_checkpointing = enabled
 
     def initial_carry(self, batch: Mapping[str, torch.Tensor]) -> TRMCarry:
         """All slots start halted, so the first call loads the batch into every slot."""
