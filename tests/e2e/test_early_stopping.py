@@ -119,3 +119,22 @@ def test_dpo_refuses_label_smoothing(stage, tmp_path):
                                      f"run_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="stage=dpo"):
         LMFamily(cfg, DistEnv(), torch.device("cpu"))
+
+
+def test_a_stop_at_a_subset_evaluation_scores_the_whole_split_once_more(tmp_path):
+    wholes: list[bool] = []
+    values = iter([0.5, 0.4, 0.9])  # the 0.9 is the final, whole-split evaluation: it must not undo the stop
+
+    def evaluate(*args, whole=False, **kwargs):
+        wholes.append(whole)
+        return {"exact_accuracy": next(values), "loss": 1.0}
+
+    trainer = scripted_trainer(tmp_path, values, max_steps=40, early_stop_patience=1, eval_max_examples=8)
+    trainer.family.evaluate = evaluate
+    summary = trainer.fit()
+    assert summary["stopped_by"] == "early_stopping" and summary["step"] == 4
+    assert wholes == [False, False, True] and eval_steps(tmp_path) == [2, 4, 4]
+    state = ckpt.load_checkpoint(ckpt.list_checkpoints(tmp_path / "checkpoints")[-1])[2]["early_stop"]
+    assert state["stopped_at"] == 4 and state["stale"] == 1  # saved after the final evaluation, counter untouched
+    again = scripted_trainer(tmp_path, iter([]), max_steps=40, early_stop_patience=1, eval_max_examples=8)
+    assert again.fit()["step"] == 4  # still stopped
