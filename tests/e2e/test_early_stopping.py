@@ -138,3 +138,21 @@ def test_a_stop_at_a_subset_evaluation_scores_the_whole_split_once_more(tmp_path
     assert state["stopped_at"] == 4 and state["stale"] == 1  # saved after the final evaluation, counter untouched
     again = scripted_trainer(tmp_path, iter([]), max_steps=40, early_stop_patience=1, eval_max_examples=8)
     assert again.fit()["step"] == 4  # still stopped
+
+
+def test_ranks_agree_on_an_early_stop_under_torchrun(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_dir = tmp_path / "run"
+    # lr=0: the weights never change, so exact_accuracy plateaus from the first evaluation and stops at the third.
+    done = run_python(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+                       "-m", "smoltrain", "train", "toy",
+                       *toy_overrides(run_dir, max_steps=40, eval_every=2, lr=0.0, keep_best="exact_accuracy",
+                                      early_stop_patience=2)], timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("early stopping at step 6") == 1, done.stdout  # rank 0 says it, once
+    assert eval_steps(run_dir) == [2, 4, 6]
+    assert ckpt.list_checkpoints(run_dir / "checkpoints")[-1].name == ckpt.step_dir_name(6)
