@@ -297,10 +297,12 @@ def cmd_generate(ns: argparse.Namespace) -> int:
     from smoltrain.apps.generate import generate_batch, load_lm, stream_text
 
     prompts = _prompts(ns)
-    lm = load_lm(ns.run_dir, device=ns.device, tokenizer=ns.tokenizer)
     adapters = ns.adapter or [None]
+    lm = None if ns.quantize else load_lm(ns.run_dir, device=ns.device, tokenizer=ns.tokenizer)
     for adapter in adapters:  # several: one base, loaded once, each adapter put on it in turn
-        if adapter is not None:
+        if ns.quantize:  # adapters are merged before quantizing: each gets a fresh load of the base
+            lm = load_lm(ns.run_dir, device=ns.device, adapter=adapter, tokenizer=ns.tokenizer, quantize=ns.quantize)
+        elif adapter is not None:
             lm.use_adapter(adapter)
         if len(adapters) > 1:
             print(f"--- adapter {adapter}")
@@ -322,7 +324,7 @@ def cmd_chat(ns: argparse.Namespace) -> int:
     from smoltrain.apps.chat import ChatSession, chat_training_note
     from smoltrain.apps.generate import load_lm
 
-    lm = load_lm(ns.run_dir, device=ns.device, adapter=ns.adapter, tokenizer=ns.tokenizer)
+    lm = load_lm(ns.run_dir, device=ns.device, adapter=ns.adapter, tokenizer=ns.tokenizer, quantize=ns.quantize)
     sampling = _sampling(ns)
     session = ChatSession(lm, {k: v for k, v in sampling.items() if k != "seed"}, seed=ns.seed, system=ns.system)
     warning = chat_training_note(lm)
@@ -429,7 +431,8 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         raise ConfigError(f"smoltrain serve needs {' and '.join(missing)}: pip install 'smoltrain[serve]'")
     from smoltrain.serve.app import serve
 
-    serve(ns.run_dir, host=ns.host, port=ns.port, api_key=ns.api_key, adapters=ns.adapter or (), device=ns.device)
+    serve(ns.run_dir, host=ns.host, port=ns.port, api_key=ns.api_key, adapters=ns.adapter or (), device=ns.device,
+          quantize=ns.quantize)
     return 0
 
 
@@ -500,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--device", default="auto")
         sub.add_argument("--tokenizer", default=None, metavar="DIR",
                          help="a tokenizer directory instead of the run's own copy")
+        sub.add_argument("--quantize", choices=("int8",), default=None,
+                         help="int8: dynamic int8 linear layers for CPU inference (adapters merged in first)")
 
     sub = verb("solve", cmd_solve, "Solve one puzzle (Sudoku, maze, or a test example of any kind) and check it.")
     sub.add_argument("run_dir")
@@ -523,6 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="LM runs: also serve these LoRA adapters (a LoRA run or PEFT adapter directory; "
                           "repeatable) on the one loaded base, each as the model id of its directory's name")
     sub.add_argument("--device", default="auto")
+    sub.add_argument("--quantize", choices=("int8",), default=None,
+                     help="LM runs: dynamic int8 linear layers for CPU inference (a LoRA run's own adapters merged "
+                          "in first; not with --adapter)")
 
     imports = verbs.add_parser("import", help="Convert checkpoints of other code bases into run directories.",
                                description="Convert checkpoints of other code bases into run directories.")

@@ -151,6 +151,16 @@ class TrainConfig(StrictModel):
     dpo: DPOConfig = Field(default_factory=DPOConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
 
+    # --- Label smoothing and early stopping (issue 17) ---
+    # The training loss aims at (1 - label_smoothing) on the label plus label_smoothing spread evenly over every
+    # class: (1 - e) * CE + e * mean over classes of -log p (the LM's supervised tokens, with distillation's CE term;
+    # TRM's token loss, stablemax or softmax). DPO has no cross-entropy and refuses it; evaluations score plain CE.
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # Stop training when this many evaluations in a row did not improve keep_best's metric (which it needs) by more
+    # than early_stop_min_delta over the best value so far; the stop evaluates and checkpoints as a normal end.
+    early_stop_patience: int | None = Field(None, gt=0)
+    early_stop_min_delta: float = Field(0.0, ge=0)
+
     # --- evaluation (reference names, plus a step-based interval) ---
     eval_interval: int | None = Field(None, gt=0)  # in epochs, as in the reference
     eval_every: int | None = Field(None, gt=0)  # in optimizer steps

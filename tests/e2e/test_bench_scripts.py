@@ -69,3 +69,18 @@ def test_activation_checkpointing_smoke_measures_both_settings(tmp_path: Path) -
         assert 0 < saved["on"] < saved["off"]  # checkpointing keeps only each layer's (recursion step's) input
         assert all(case["wall_s_per_step"][key] > 0 for key in ("off", "on"))
     assert "| case | saved activations off -> on" in proc.stdout
+
+
+def test_int8_inference_smoke_times_both_sides_and_measures_the_loss(tmp_path: Path) -> None:
+    out = tmp_path / "int8.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "int8_inference.py"), "--smoke", "--json", str(out)],
+                          capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert [s["shape"] for s in result["speed"]] == ["lm-tiny-cpu", "minimind2-26m"]
+    for shape in result["speed"]:
+        assert shape["fp32"]["cpu_tokens_per_s"] > 0 and shape["int8"]["cpu_tokens_per_s"] > 0
+    loss = result["loss"]
+    assert loss["fp32_loss"] > 0 and loss["int8_loss"] > 0 and 0 <= loss["identical_continuations"] <= loss["prompts"]
+    assert "int8 / fp32" in proc.stdout
+

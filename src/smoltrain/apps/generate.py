@@ -14,6 +14,7 @@ from smoltrain.errors import ConfigError, SmoltrainError
 from smoltrain.interop.hf import PEFT_CONFIG, read_peft_adapter
 from smoltrain.models.lm import LMForCausalLM
 from smoltrain.models.lora import adapter_state_dict, apply_lora, remove_lora
+from smoltrain.models.quantize import QUANTIZE_CHOICES, quantize_device, quantize_int8
 from smoltrain.runs import checkpoint as ckpt
 from smoltrain.runs.loading import Adapter, LoadedRun, load, load_adapter
 
@@ -26,6 +27,7 @@ class LMRun:
     tokenizer: Tokenizer
     tokenizer_dir: Path | None = None  # where the tokenizer came from (its tokenizer_config.json: chat template)
     adapter: Path | None = None
+    quantized: str | None = None  # "int8" once :meth:`quantize` ran (its adapters, if any, merged in)
 
     @property
     def model(self) -> LMForCausalLM:
@@ -39,6 +41,10 @@ class LMRun:
 
         A LoRA run's adapters must have been trained on the checkpoint loaded here (their sha256 pointer says
         which); a PEFT adapter must fit the model's layers and shapes. Either mismatch is one line."""
+        if self.quantized:
+            raise SmoltrainError(f"the model is quantized to {self.quantized}, with its adapters merged in before: "
+                                 "adapters cannot be switched on it; load it again (--adapter DIR puts them on "
+                                 "before quantizing), or drop --quantize")
         model = self.model
         remove_lora(model)
         self.adapter = None
@@ -67,6 +73,14 @@ class LMRun:
         model.to(self.run.device).eval()
         self.adapter = found.source
 
+    def quantize(self, scheme: str) -> None:
+        """Quantize the model for CPU inference (``int8``: ``models.quantize.quantize_int8``), the adapters on it
+        merged in first; after this, adapters cannot be switched."""
+        if scheme not in QUANTIZE_CHOICES:
+            raise SmoltrainError(f"--quantize {scheme}: choose one of {', '.join(QUANTIZE_CHOICES)}")
+        quantize_int8(self.model)
+        self.quantized = scheme
+
 
 def read_adapter(path: str | Path) -> Adapter:
     """The adapters in ``path``: a PEFT adapter directory (``adapter_config.json``) or a LoRA run directory."""
@@ -80,10 +94,11 @@ def read_adapter(path: str | Path) -> Adapter:
 
 
 def load_lm(run_dir: str | Path, device: str = "auto", adapter: str | Path | None = None,
-            tokenizer: str | Path | None = None) -> LMRun:
+            tokenizer: str | Path | None = None, quantize: str | None = None) -> LMRun:
     """A trained `arch=lm` run and the tokenizer saved with it (or the one in the directory ``tokenizer``); with
-    ``adapter``, those LoRA adapters on it (:meth:`LMRun.use_adapter`)."""
-    run = load(run_dir, device=device, need_data=False)
+    ``adapter``, those LoRA adapters on it (:meth:`LMRun.use_adapter`); with ``quantize`` (``int8``), quantized for
+    the CPU after the adapters are merged in (:meth:`LMRun.quantize`; ``device`` auto is then the CPU)."""
+    run = load(run_dir, device=quantize_device(device, quantize), need_data=False)
     if not isinstance(run.model, LMForCausalLM):
         raise SmoltrainError(f"generation needs an LM run (arch=lm); {run_dir} is arch {run.config.arch.name}")
     tokenizer_dir = Path(tokenizer) if tokenizer is not None else run.run_dir.tokenizer
@@ -95,6 +110,8 @@ def load_lm(run_dir: str | Path, device: str = "auto", adapter: str | Path | Non
     lm = LMRun(run, loaded, tokenizer_dir)
     if adapter is not None:
         lm.use_adapter(adapter)
+    if quantize is not None:
+        lm.quantize(quantize)
     return lm
 
 

@@ -200,6 +200,10 @@ class LMFamily(Family):
             raise ValueError("LMFamily needs a resolved config: LMFamily.resolve(cfg), or families.build_family")
         # No dataset (yet): describe the model at MiniMind's vocabulary (`smoltrain info`).
         self.vocab_assumed = self.arch.vocab_size is None
+        if cfg.stage == "dpo" and cfg.label_smoothing:  # its loss reads sequence log-probabilities, not a CE
+            raise ConfigError(f"label_smoothing={cfg.label_smoothing} smooths a cross-entropy, and stage=dpo trains "
+                              "on sequence log-probabilities (smoothing them would change what DPO compares): "
+                              "drop label_smoothing")
 
     def tokenizer_dir(self) -> Path | None:
         """The dataset's own tokenizer copy: the run keeps a copy of it, so generation and export need no dataset."""
@@ -301,10 +305,10 @@ class LMFamily(Family):
             return dpo_step(model, self._frozen("reference"), batch, cfg.dpo.beta, cfg.global_batch_size)
         if cfg.stage == "distill":
             return distill_step(model, self._frozen("teacher"), batch, cfg.distill.alpha, cfg.distill.temperature,
-                                cfg.global_batch_size)
+                                cfg.global_batch_size, cfg.label_smoothing)
         # pretrain and sft: the targets are -100 wherever a token is not learnt (padding; prompts in SFT)
         targets = batch["targets"]
-        out = model(batch["input_ids"], targets=targets)
+        out = model(batch["input_ids"], targets=targets, label_smoothing=cfg.label_smoothing)
         rows = batch["input_ids"].shape[0]
         share = rows / self.cfg.global_batch_size
         loss = out.loss * share

@@ -70,14 +70,14 @@ def dpo_eval_sums(model: nn.Module, reference: nn.Module, batch: Batch, beta: fl
 
 
 def distill_step(model: nn.Module, teacher: nn.Module, batch: Batch, alpha: float, temperature: float,
-                 global_batch_size: int) -> StepOutput:
+                 global_batch_size: int, label_smoothing: float = 0.0) -> StepOutput:
     """Knowledge distillation on one micro-batch of chat rows; the loss is weighted by the micro-batch's share of
     the global batch's rows, as the LM family's token-mean loss is."""
     ids, targets = batch["input_ids"], batch["targets"]
     out = model(ids)
     with torch.no_grad():
         teacher_logits = teacher(ids).logits
-    terms = distillation_loss(out.logits, teacher_logits, targets, alpha, temperature)
+    terms = distillation_loss(out.logits, teacher_logits, targets, alpha, temperature, label_smoothing)
     rows = ids.shape[0]
     share = rows / global_batch_size
     loss = terms.loss * share

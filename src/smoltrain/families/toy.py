@@ -81,9 +81,11 @@ class ToyStream(TrainStream):
         self.index = int(state["index"])
 
 
-def sequence_scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Per-sequence mean cross-entropy, token accuracy and exact match."""
-    ce = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="none").view(labels.shape)
+def sequence_scores(logits: torch.Tensor, labels: torch.Tensor,
+                    label_smoothing: float = 0.0) -> tuple[torch.Tensor, ...]:
+    """Per-sequence mean cross-entropy (label-smoothed as torch's), token accuracy and exact match."""
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="none",
+                         label_smoothing=label_smoothing).view(labels.shape)
     correct = logits.argmax(-1) == labels
     return ce.mean(1), correct.float().mean(1), correct.all(1).float()
 
@@ -117,7 +119,7 @@ class ToyFamily(Family):
 
     def train_step(self, model: nn.Module, batch: Batch, carry: Any) -> StepOutput:
         logits = model(batch["inputs"])
-        ce, accuracy, exact = sequence_scores(logits, batch["labels"])
+        ce, accuracy, exact = sequence_scores(logits, batch["labels"], self.cfg.label_smoothing)
         metrics = {"count": torch.tensor(float(len(ce))), "accuracy": accuracy.sum(), "exact_accuracy": exact.sum()}
         return StepOutput(loss=ce.sum() / self.cfg.global_batch_size, metrics=metrics)
 

@@ -285,7 +285,7 @@ class TRMFamily(Family):
     def train_step(self, model: nn.Module, batch: Batch, carry: Any) -> StepOutput:
         if carry is None:
             carry = model.initial_carry(batch)  # type: ignore[operator]
-        step = model(carry, batch)
+        step = model(carry, batch, label_smoothing=self.cfg.label_smoothing)
         return StepOutput(loss=step.loss / self.cfg.global_batch_size, metrics=step.metrics, carry=step.carry)
 
     def reduce_metrics(self, sums: dict[str, float]) -> dict[str, float]:

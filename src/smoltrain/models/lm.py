@@ -854,6 +854,7 @@ class LMForCausalLM(nn.Module):
         targets: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        label_smoothing: float = 0.0,
     ) -> LMOutput:
         """``input_ids`` ``[B, T]``; the loss comes from one of
 
@@ -864,7 +865,8 @@ class LMForCausalLM(nn.Module):
 
         ``-100`` is ignored in both. ``logits_to_keep > 0`` applies ``lm_head`` to the last positions only
         (generation); it must be 0 when a loss is asked for. ``position_ids`` and ``attention_mask`` serve
-        left-padded batches of rows of different lengths (see ``LMModel.forward``).
+        left-padded batches of rows of different lengths (see ``LMModel.forward``). ``label_smoothing`` ``e``
+        makes the loss ``(1 - e) * CE + e * mean over the vocabulary of -log p`` (torch's), over the scored tokens.
         """
         if labels is not None and targets is not None:
             raise ValueError("give labels (unshifted) or targets (shifted), not both")
@@ -883,7 +885,7 @@ class LMForCausalLM(nn.Module):
             # fp32 CE under autocast (`.float()` is free for fp32 logits). Sum / count instead of
             # reduction="mean": the same value, but 0 (not NaN) for an all-ignored batch.
             total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), flat_targets, ignore_index=-100,
-                                    reduction="sum")
+                                    reduction="sum", label_smoothing=label_smoothing)
             loss = total / (flat_targets != -100).sum().clamp(min=1)
             if aux_loss is not None:
                 loss = loss + aux_loss

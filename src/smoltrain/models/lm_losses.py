@@ -61,7 +61,7 @@ class DistillTerms:
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
-                      alpha: float, temperature: float) -> DistillTerms:
+                      alpha: float, temperature: float, label_smoothing: float = 0.0) -> DistillTerms:
     """Knowledge distillation over the supervised positions (``targets != -100``), logits ``[B, T, V]``.
 
     ``CE`` is the student's mean cross-entropy on the targets; ``KL`` the mean over positions of
@@ -69,6 +69,7 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     ``alpha * CE + (1 - alpha) * T^2 * KL`` (``T^2`` keeps the soft term's gradients on the scale of the hard
     one's, Hinton et al. 2015). A teacher with a larger vocabulary is cut to the student's first ids (a tokenizer
     extended at the end); a smaller one cannot be compared. An all-ignored batch gives 0, not NaN.
+    ``label_smoothing`` smooths the CE term's targets only (the KL term already has soft ones: the teacher's).
     """
     vocab = student_logits.shape[-1]
     if teacher_logits.shape[-1] < vocab:
@@ -79,7 +80,7 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     student = student_logits[mask].float()  # [N, V]: only the supervised positions enter either term
     teacher = teacher_logits[..., :vocab][mask].float()
     denominator = max(positions, 1)
-    ce = F.cross_entropy(student, targets[mask], reduction="sum") / denominator
+    ce = F.cross_entropy(student, targets[mask], reduction="sum", label_smoothing=label_smoothing) / denominator
     log_student = torch.log_softmax(student / temperature, dim=-1)
     log_teacher = torch.log_softmax(teacher / temperature, dim=-1)
     kl = F.kl_div(log_student, log_teacher, log_target=True, reduction="sum") / denominator

@@ -49,6 +49,7 @@ def stablemax_cross_entropy(
     ignore_index: int = IGNORE_LABEL_ID,
     valid_mask: torch.Tensor | None = None,
     compute_dtype: torch.dtype | None = None,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Per-token stablemax cross entropy ``[...]`` (0 where the label is ignored).
 
@@ -56,13 +57,20 @@ def stablemax_cross_entropy(
     float64, as MPS; fp32 is also NaN-free thanks to the guarded ``stablemax``) and returned in that dtype.
     Only the label's probability is formed: ``-(log s(x_y) - log sum s(x))``, which equals the reference's
     ``log(s / sum s)`` gather without materialising the full log-probability tensor.
+
+    ``label_smoothing`` ``e`` defines smoothing as softmax's is (torch's ``F.cross_entropy``) with stablemax's
+    probabilities ``p = s(x) / sum s(x)`` in place of softmax's: ``(1 - e) * CE + e * mean over classes of -log p``.
     """
     if valid_mask is None:
         valid_mask = labels != ignore_index
     s_x = stablemax(logits.to(compute_dtype or widest_float(logits.device)))
     safe_labels = torch.where(valid_mask, labels, 0).to(torch.long)
     label_s = s_x.gather(-1, safe_labels.unsqueeze(-1)).squeeze(-1)
-    log_prob = torch.log(label_s) - torch.log(s_x.sum(dim=-1))
+    log_sum = torch.log(s_x.sum(dim=-1))
+    log_prob = torch.log(label_s) - log_sum
+    if label_smoothing:  # a separate branch, so that 0 computes exactly what it did before smoothing existed
+        mean_log_prob = torch.log(s_x).mean(dim=-1) - log_sum
+        log_prob = (1 - label_smoothing) * log_prob + label_smoothing * mean_log_prob
     return -torch.where(valid_mask, log_prob, torch.zeros_like(log_prob))
 
 
@@ -71,8 +79,10 @@ def softmax_cross_entropy(
     labels: torch.Tensor,
     ignore_index: int = IGNORE_LABEL_ID,
     valid_mask: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """Per-token softmax cross entropy in fp32 ``[...]`` (0 where the label is ignored / not valid)."""
+    """Per-token softmax cross entropy in fp32 ``[...]`` (0 where the label is ignored / not valid);
+    ``label_smoothing`` as torch's."""
     if valid_mask is not None:
         labels = torch.where(valid_mask, labels, ignore_index)
     loss = F.cross_entropy(
@@ -80,6 +90,7 @@ def softmax_cross_entropy(
         labels.to(torch.long).reshape(-1),
         ignore_index=ignore_index,
         reduction="none",
+        label_smoothing=label_smoothing,
     )
     return loss.view(labels.shape)
 
@@ -126,7 +137,9 @@ class ACTLossHead(nn.Module):
         carry: TRMCarry,
         batch: Mapping[str, torch.Tensor],
         return_keys: Sequence[str] = (),
+        label_smoothing: float = 0.0,
     ) -> ACTStep:
+        """One ACT step; ``label_smoothing`` smooths the token loss (training passes the run's, evaluations none)."""
         new_carry, outputs = self.model(carry, batch)
         labels = new_carry.current_data["labels"]  # the labels of the sample each slot worked on
         logits = outputs["logits"]
@@ -149,7 +162,8 @@ class ACTLossHead(nn.Module):
                 "steps": torch.where(valid, new_carry.steps, 0).sum(),
             }
 
-        token_loss = self.loss_fn(logits, labels, ignore_index=IGNORE_LABEL_ID, valid_mask=mask)
+        token_loss = self.loss_fn(logits, labels, ignore_index=IGNORE_LABEL_ID, valid_mask=mask,
+                                  label_smoothing=label_smoothing)
         lm_loss = (token_loss / loss_divisor).sum()
         q_halt_loss = F.binary_cross_entropy_with_logits(
             q_halt, seq_is_correct.to(q_halt.dtype), reduction="sum"

@@ -53,7 +53,7 @@ __all__ = ["RESUMABLE_CHANGES", "RunDir", "RunLock"]
 # checkpoint's state means, so a change there would silently mix two runs. A key names itself and, for a
 # section such as ``wandb``, every key in it.
 RESUMABLE_CHANGES: tuple[str, ...] = (
-    "max_steps", "max_minutes", "epochs",
+    "max_steps", "max_minutes", "epochs", "early_stop_patience", "early_stop_min_delta",
     "eval_every", "eval_interval", "min_eval_interval", "eval_max_examples", "eval_save_outputs", "evaluators",
     "eval_augmentations", "eval_halt_threshold", "eval_answer_examples",
     "data_paths_test",

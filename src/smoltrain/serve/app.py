@@ -387,11 +387,11 @@ def _trm_routes(app: FastAPI, run: ServedRun) -> None:
 
 
 def create_app(run_dir: str | Path, *, api_key: str | None = None, adapters: Iterable[str | Path] = (),
-               device: str = "auto", max_batch: int = 32) -> FastAPI:
+               device: str = "auto", max_batch: int = 32, quantize: str | None = None) -> FastAPI:
     """The server of one run. ``api_key`` None reads ``SMOLTRAIN_API_KEY`` (unset or empty: no key needed).
     ``adapters`` (LoRA run or PEFT adapter directories) are served on the one loaded base, each as a model id of
-    its own (its directory's name)."""
-    run = load_served_run(run_dir, device=device, adapters=adapters)
+    its own (its directory's name). ``quantize`` (``int8``): an LM run's linear layers in int8 for the CPU."""
+    run = load_served_run(run_dir, device=device, adapters=adapters, quantize=quantize)
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     engine: Engine | None = None
     if run.family == "lm":
@@ -418,11 +418,11 @@ def create_app(run_dir: str | Path, *, api_key: str | None = None, adapters: Ite
 
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *, api_key: str | None = None,
-          adapters: Iterable[str | Path] = (), device: str = "auto") -> None:
+          adapters: Iterable[str | Path] = (), device: str = "auto", quantize: str | None = None) -> None:
     """Serve ``run_dir`` with uvicorn until interrupted (``smoltrain serve``)."""
     import uvicorn
 
-    app = create_app(run_dir, api_key=api_key, adapters=adapters, device=device)
+    app = create_app(run_dir, api_key=api_key, adapters=adapters, device=device, quantize=quantize)
     run: ServedRun = app.state.run
     served = run.name + "".join(f", {model_id}" for model_id in run.adapters)
     print(f"serving {served} ({run.family}{', ' + run.kind if run.kind else ''}) on http://{host}:{port} "

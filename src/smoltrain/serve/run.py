@@ -97,6 +97,8 @@ class ServedRun:
         facts["facts"] = _jsonable(self.loaded.family.describe(model))
         if self.family == "lm":
             facts["context"] = self.context
+            if self.lm is not None and self.lm.quantized:  # parameters then counts the fp32 ones alone
+                facts["quantize"] = self.lm.quantized
         trm = self.trm_config
         if trm is not None:
             facts.update(kind=self.kind, seq_len=trm.seq_len, vocab_size=trm.vocab_size,
@@ -151,20 +153,31 @@ def _served_adapters(run: ServedRun, paths: Iterable[str | Path]) -> dict[str, A
     return adapters
 
 
-def load_served_run(run_dir: str | Path, device: str = "auto", adapters: Iterable[str | Path] = ()) -> ServedRun:
+def load_served_run(run_dir: str | Path, device: str = "auto", adapters: Iterable[str | Path] = (),
+                    quantize: str | None = None) -> ServedRun:
     """Load an LM or TRM-family run for serving, with the LoRA ``adapters`` of an LM run; a SmoltrainError for
-    anything else."""
+    anything else. ``quantize`` (``int8``, LM runs): the linear layers in int8 for the CPU, a LoRA run's own
+    adapters merged in first; served adapters cannot be switched on such a model, so ``adapters`` are refused
+    with it (serve each adapter quantized by its own server: ``--adapter`` runs are their own runs)."""
     root = Path(run_dir)
     cfg = RunDir(root).load_config()
     name = root.resolve().name
     adapters = list(adapters)
     if cfg.arch.name == "lm":
-        lm = load_lm(root, device=device)
+        if quantize and adapters:
+            raise ConfigError(f"--quantize {quantize} merges adapters into the weights before quantizing, so one "
+                              "server cannot switch between --adapter ones: serve each adapter quantized by its own "
+                              "server (`smoltrain serve LORA_RUN --quantize int8`), or drop --quantize")
+        lm = load_lm(root, device=device, quantize=quantize)
         assert isinstance(lm.run.model, LMForCausalLM)
-        served = ServedRun(root, "lm", name, lm.run, lm=lm, own_adapter=_own_adapter(lm))
+        served = ServedRun(root, "lm", name, lm.run, lm=lm, own_adapter=None if quantize else _own_adapter(lm))
         served.adapters = _served_adapters(served, adapters)
-        served.use_model(None)
+        if not quantize:  # a quantized model has its adapters merged in: nothing to switch
+            served.use_model(None)
         return served
+    if quantize:
+        raise ConfigError(f"--quantize {quantize} quantizes an LM run's linear layers; {root} is a {cfg.arch.name} "
+                          "run, whose recursive steps stay in their trained precision: serve it without --quantize")
     if adapters:
         raise ConfigError(f"--adapter puts LoRA adapters on a language model; {root} is a {cfg.arch.name} run: "
                           "serve it without --adapter")

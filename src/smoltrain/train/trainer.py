@@ -66,6 +66,62 @@ def best_rule(spec: str) -> tuple[str, bool]:
     return name, not name.endswith(LOWER_IS_BETTER_SUFFIXES)
 
 
+class Patience:
+    """``early_stop_patience``: counts the evaluations in a row that did not improve keep_best's metric by more than
+    ``min_delta`` over the best value so far (an improvement smaller than that still moves the best, as Keras's
+    EarlyStopping does not: so a slow creep of small gains counts as a plateau). Its state goes into checkpoints,
+    so a resumed run counts on from where it was, and a run that stopped stays stopped."""
+
+    def __init__(self, metric: str, maximise: bool, patience: int, min_delta: float) -> None:
+        self.metric, self.maximise, self.patience, self.min_delta = metric, maximise, patience, min_delta
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.stale = 0  # evaluations since the last improvement
+        self.stopped_at: int | None = None  # the step where it stopped the run
+
+    def update(self, value: float, step: int) -> None:
+        """Count one evaluation's value (a non-finite one is no improvement)."""
+        gain = None if self.best is None else (value - self.best if self.maximise else self.best - value)
+        if math.isfinite(value) and (gain is None or gain > self.min_delta):
+            self.best, self.best_step, self.stale = value, step, 0
+        else:
+            self.stale += 1
+
+    @property
+    def exhausted(self) -> bool:
+        return self.stale >= self.patience
+
+    def describe(self) -> str:
+        best = f"best {self.best:.6g} at step {self.best_step}" if self.best is not None else "no finite value"
+        return (f"{self.metric} did not improve by more than {self.min_delta:g} for {self.stale} evaluations in a "
+                f"row ({best}; early_stop_patience={self.patience})")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "maximise": self.maximise, "best": self.best, "best_step": self.best_step,
+                "stale": self.stale, "stopped_at": self.stopped_at}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """A checkpoint's state; one counting another metric (keep_best changed on resume) starts afresh."""
+        if state and state["metric"] == self.metric and state["maximise"] == self.maximise:
+            self.best, self.best_step, self.stale = state["best"], state["best_step"], state["stale"]
+            self.stopped_at = state["stopped_at"]
+
+
+def early_stopping(cfg: TrainConfig) -> Patience | None:
+    """The run's early stopping (None without ``early_stop_patience``); keep_best names the metric it watches."""
+    if cfg.early_stop_patience is None:
+        if cfg.early_stop_min_delta:
+            raise ConfigError(f"early_stop_min_delta={cfg.early_stop_min_delta:g} is the gain early stopping asks "
+                              "for, and early_stop_patience is unset: add early_stop_patience=N (evaluations) or "
+                              "drop early_stop_min_delta")
+        return None
+    if not cfg.keep_best:
+        raise ConfigError(f"early_stop_patience={cfg.early_stop_patience} stops when keep_best's metric stops "
+                          "improving, and keep_best is unset: add keep_best=METRIC (e.g. keep_best=exact_accuracy "
+                          "or keep_best=loss)")
+    return Patience(*best_rule(cfg.keep_best), cfg.early_stop_patience, cfg.early_stop_min_delta)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -215,6 +271,7 @@ class Trainer:
         self.best_metric, self.best_maximise = best_rule(cfg.keep_best) if cfg.keep_best else (None, True)
         self.best: dict[str, Any] | None = None  # best.json's record (metric, step, value)
         self.best_pending = False  # an evaluation beat the best: its checkpoint is to be saved
+        self.patience = early_stopping(cfg)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.step = 0
         self.evals_done = 0
@@ -223,6 +280,7 @@ class Trainer:
         self.stop_signal: str | None = None
         self.last_eval: dict[str, float] = {}
         self.last_eval_step = self.last_checkpoint_step = -1
+        self.last_eval_whole = False  # whether the last evaluation scored the whole test split
         self.window = _LogWindow()  # what the steps since the last logged row add up to
         self.started = time.perf_counter()  # of this session; `fit` restarts it
         # The checkpoint a run on a frozen base (LoRA) started from: its checkpoints then hold only what trains.
@@ -291,10 +349,19 @@ class Trainer:
             self.logger.event(line)
         if self.resumed_from:
             self.logger.event(f"resumed from {self.resumed_from} at step {self.step}")
+        if self.patience is not None and self.patience.stopped_at is not None:
+            if self.patience.exhausted:  # resumed after an early stop: training on would silently undo it
+                self.logger.event(f"nothing to train: this run stopped early at step {self.patience.stopped_at} "
+                                  f"({self.patience.describe()}); to train on, raise early_stop_patience or set "
+                                  "early_stop_patience=null")
+                self.logger.close()
+                return self._summary("early_stopping", 0.0)
+            self.patience.stopped_at = None  # early_stop_patience was raised: train on, counting from where it was
         previous = self._install_signal_handlers()
         window_start, window_steps = time.perf_counter(), 0
         started = self.started = time.perf_counter()
         stopped_by = None
+        early_stopped = False
         try:
             first_step = self.compiled
             while self.step < self.total_steps:
@@ -329,13 +396,18 @@ class Trainer:
                     break
                 # The evaluation at the last step is the final one: it scores the whole test split.
                 evaluated = self._eval_due() and self._run_eval(whole=self.step >= self.total_steps)
+                if evaluated and self._early_stop_agreed():  # its final evaluation and checkpoint follow the loop
+                    early_stopped = True
+                    break
                 if self._checkpoint_due(evaluated) or self.best_pending:
                     self.save_checkpoint()
-            if not stopped_by and self.last_eval_step != self.step:
-                self._run_eval(whole=True)  # the final evaluation, unless this step already had one
+            if not stopped_by and not (self.last_eval_step == self.step and self.last_eval_whole):
+                self._run_eval(whole=True)  # the final evaluation, unless this step already had one of the whole split
+            if early_stopped:
+                stopped_by = "early_stopping"
             if self.last_checkpoint_step != self.step:
                 self.save_checkpoint()
-            if stopped_by:
+            if stopped_by and not early_stopped:
                 self.logger.event(f"stopped by {stopped_by} at step {self.step}; checkpoint saved, "
                                   "continue with resume=auto")
         finally:
@@ -476,6 +548,7 @@ class Trainer:
                 "step": self.step,
                 "evals_done": self.evals_done,
                 "nonfinite_run": self.nonfinite_run,
+                **({"early_stop": self.patience.state_dict()} if self.patience is not None else {}),
                 "world_size": self.dist.world_size,
                 "optimizers": optimizer_states,
                 "scaler": self.scaler.state_dict() if self.scaler else {},
@@ -556,12 +629,15 @@ class Trainer:
 
     def _run_eval(self, whole: bool = False) -> bool:
         self.last_eval_step = self.step
+        self.last_eval_whole = whole or self.cfg.eval_max_examples is None
         self.evals_done += 1
         if self.evals_done <= self.cfg.min_eval_interval:
             return False
         metrics = self.evaluate(whole)
         if metrics:
-            self._track_best(metrics)
+            self._track_best(metrics)  # first: it names a metric the evaluation lacks
+            if self.patience is not None and self.patience.stopped_at is None:  # not the stop's final evaluation
+                self.patience.update(float(metrics[self.patience.metric]), self.step)
             self.last_eval = metrics
             # elapsed_s as train rows have it, so evaluations plot against wall time too
             self.logger.log({"step": self.step, **metrics, "elapsed_s": time.perf_counter() - self.started},
@@ -586,6 +662,20 @@ class Trainer:
                 return
         self.best = {"metric": name, "step": self.step, "value": value}
         self.best_pending = True
+
+    def _early_stop_agreed(self) -> bool:
+        """Whether early stopping ends the run now (logged once); the same on every rank. The metric is all-reduced
+        by the evaluation, so every rank counts alike; the flags are summed anyway, as a disagreement would leave
+        one rank waiting forever in the next collective."""
+        if self.patience is None:
+            return False
+        due = self.patience.exhausted
+        if self.dist.enabled:
+            due = bool(all_reduce_sum(torch.tensor([float(due)], device=self.device)).item() > 0)
+        if due:
+            self.patience.stopped_at = self.step
+            self.logger.event(f"early stopping at step {self.step}: {self.patience.describe()}")
+        return due
 
     def _checkpoint_due(self, evaluated: bool) -> bool:
         every = self.cfg.checkpoint_every
@@ -731,6 +821,8 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.step = state["step"]
         self.evals_done = state.get("evals_done", 0)
+        if self.patience is not None:
+            self.patience.load_state_dict(state.get("early_stop"))
         self.nonfinite_run = state.get("nonfinite_run", 0)
         mine = state["ranks"][self.dist.rank]
         self.stream.load_state_dict(mine["data"])
