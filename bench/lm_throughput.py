@@ -196,9 +196,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_round(impl: Impl, rows: torch.Tensor, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
-    """Training tokens/s (B x T input positions per step) over ``steps`` steps after ``warmup`` untimed ones,
-    per wall-clock second and per second of this process's CPU time.
+def time_round(impl: Impl, rows: Any, steps: int, warmup: int, device: torch.device,
+               tokens_per_step: int | None = None) -> tuple[float, float]:
+    """Training tokens/s over ``steps`` steps after ``warmup`` untimed ones, per wall-clock second and per second
+    of this process's CPU time. Tokens per step: ``tokens_per_step``, else B x T input positions of a
+    ``[B, T + 1]`` token batch ``rows`` (whatever ``impl.step`` takes: the fine-tuning bench passes a batch dict).
 
     On a shared CPU the second is the steadier one: time the scheduler gives to other processes is not
     counted (cache and memory-bandwidth contention still is). With one torch thread it is the step's own
@@ -216,8 +218,38 @@ def time_round(impl: Impl, rows: torch.Tensor, steps: int, warmup: int, device: 
         elapsed_cpu = elapsed  # the host's CPU time says nothing about GPU work: report wall clock in both
     if not math.isfinite(float(loss)):
         raise RuntimeError(f"{impl.label}: non-finite loss")
-    tokens = steps * rows.shape[0] * (rows.shape[1] - 1)
+    if tokens_per_step is None:
+        tokens_per_step = rows.shape[0] * (rows.shape[1] - 1)
+    tokens = steps * tokens_per_step
     return tokens / elapsed, tokens / elapsed_cpu
+
+
+def alternate_rounds(impls: list[Impl], batch: Any, steps: int, warmup: int, rounds: int, device: torch.device,
+                     tag: str, tokens_per_step: int | None = None) -> list[float]:
+    """Time ``rounds`` rounds of every implementation on ``batch``, rotating their order each round so machine
+    noise hits all of them; appends to each ``Impl.rounds`` / ``cpu_rounds`` and returns the 1-min load average
+    read before each timed window. Every implementation first runs ``max(1, warmup)`` untimed steps."""
+    for impl in impls:  # first steps (allocator growth, compilation) are never timed
+        for _ in range(max(1, warmup)):
+            impl.step(batch)
+    loads = []
+    for r in range(rounds):
+        order = impls[r % len(impls):] + impls[: r % len(impls)]
+        for impl in order:
+            loads.append(os.getloadavg()[0])
+            wall, cpu = time_round(impl, batch, steps, warmup, device, tokens_per_step)
+            impl.rounds.append(wall)
+            impl.cpu_rounds.append(cpu)
+            print(f"[{tag}] round {r + 1}/{rounds} ({impl.key}) {impl.label}: {wall:,.0f} tokens/s, "
+                  f"{cpu:,.0f} per CPU second (load {loads[-1]:.2f})", file=sys.stderr, flush=True)
+    return loads
+
+
+def paired_cpu_ratios(impls: list[Impl]) -> dict[str, float]:
+    """Per implementation, the median over rounds of its CPU-time rate over the first implementation's in the same
+    round: rounds run the implementations back to back, so a round's ratio compares steps under the same load."""
+    return {i.key: statistics.median(x / y for x, y in zip(i.cpu_rounds, impls[0].cpu_rounds, strict=True))
+            for i in impls}
 
 
 def flops_per_token(config: LMConfig, params: int, seq_len: int) -> float:
@@ -257,23 +289,9 @@ def run_shape(shape: Shape, args: argparse.Namespace, device: torch.device) -> d
     if args.profile:
         for impl in impls:
             print(profile(impl, rows, device), file=sys.stderr, flush=True)
-    for impl in impls:  # first steps (allocator growth, compilation) are never timed
-        for _ in range(max(1, warmup)):
-            impl.step(rows)
-    loads = []
-    for r in range(rounds):
-        order = impls[r % len(impls):] + impls[: r % len(impls)]
-        for impl in order:
-            loads.append(os.getloadavg()[0])
-            wall, cpu = time_round(impl, rows, steps, warmup, device)
-            impl.rounds.append(wall)
-            impl.cpu_rounds.append(cpu)
-            print(f"[{shape.name}] round {r + 1}/{rounds} ({impl.key}) {impl.label}: {wall:,.0f} tokens/s, "
-                  f"{cpu:,.0f} per CPU second (load {loads[-1]:.2f})", file=sys.stderr, flush=True)
+    loads = alternate_rounds(impls, rows, steps, warmup, rounds, device, shape.name)
     params = sum(p.numel() for p in impls[1].module.parameters())
-    # Rounds run the implementations back to back, so a round's ratio compares steps under the same load.
-    paired = {i.key: statistics.median(x / y for x, y in zip(i.cpu_rounds, impls[0].cpu_rounds, strict=True))
-              for i in impls}
+    paired = paired_cpu_ratios(impls)
     result: dict[str, Any] = {
         "shape": shape.name, "title": shape.title, "batch": batch, "seq_len": seq_len, "params": params,
         "steps": steps, "warmup": warmup, "rounds": rounds, "check": check,
