@@ -155,6 +155,24 @@ def smoltrain_impl(config: LMConfig, device: torch.device, compile: bool = False
     return Impl(key, label, step, model)
 
 
+# Same math, fp32, same CPU: the two sides order some float sums differently (composite vs fused RMSNorm,
+# materialised vs broadcast K/V heads, the shifted-logits copy), so they agree to rounding only: measured ~1e-7
+# relative on the loss and ~1e-6 of the largest gradient. The bounds leave two orders of magnitude for other CPUs
+# and BLAS builds, yet any real difference (a shifted mask, a missing layer, another scale) is far above them.
+LOSS_RTOL, GRAD_RTOL = 1e-5, 1e-3
+
+
+def same_math_differences(loss_a: torch.Tensor, loss_b: torch.Tensor,
+                          grads: list[tuple[torch.Tensor | None, torch.Tensor | None]]) -> tuple[float, float]:
+    """(relative loss difference, largest gradient difference relative to that tensor's largest (a) gradient)."""
+    d_loss = float((loss_a - loss_b).detach().abs() / loss_a.detach().abs())
+    d_grad = 0.0
+    for g_a, g_b in grads:
+        assert g_a is not None and g_b is not None
+        d_grad = max(d_grad, float((g_a - g_b).abs().max() / g_a.abs().max().clamp_min(1e-12)))
+    return d_loss, d_grad
+
+
 def verify_same_math(config: LMConfig, device: torch.device) -> str:
     """(b) loads (a)'s weights: the loss and every gradient of one fp32 forward/backward must agree.
 
@@ -173,13 +191,9 @@ def verify_same_math(config: LMConfig, device: torch.device) -> str:
     loss_b = ours(ids, labels=ids_labels).loss
     loss_b.backward()
     grads_a = dict(reference.named_parameters())
-    d_loss = float((loss_a - loss_b).detach().abs() / loss_a.detach().abs())
-    d_grad = 0.0
-    for name, p in ours.named_parameters():
-        g_a, g_b = grads_a[name].grad, p.grad
-        assert g_a is not None and g_b is not None
-        d_grad = max(d_grad, float((g_a - g_b).abs().max() / g_a.abs().max().clamp_min(1e-12)))
-    if d_loss > 1e-5 or d_grad > 1e-3:
+    d_loss, d_grad = same_math_differences(loss_a, loss_b, [(grads_a[name].grad, p.grad)
+                                                             for name, p in ours.named_parameters()])
+    if d_loss > LOSS_RTOL or d_grad > GRAD_RTOL:
         raise AssertionError(f"(b) does not compute what (a) computes: relative loss / gradient differences "
                              f"{d_loss:.1e} / {d_grad:.1e}")
     return f"same-math check (fp32, (b) loaded (a)'s weights): relative loss / max gradient difference " \
