@@ -248,7 +248,7 @@ def lora_sides(shape: FinetuneShape, data: Path, work: Path) -> tuple[list[Side]
         g = torch.Generator().manual_seed(1)
         for module in square.model.modules():
             if isinstance(module, LoRALinear):
-                module.lora_B.copy_(torch.randn(module.lora_B.shape, generator=g) * 0.02)
+                module.lora_B.copy_(torch.randn(module.lora_B.shape, generator=g) * 0.2)
     pairs = copy_adapters(square.model, reference)
     if square.cfg.lora.alpha != square.cfg.lora.rank:
         raise AssertionError("(b) must scale its adapters by 1 (alpha = rank), as MiniMind's LoRA does")
