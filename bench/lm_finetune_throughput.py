@@ -282,8 +282,8 @@ def adapter_effect(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> fl
 
 def run_case(stage: str, shape: FinetuneShape, data: Path, work: Path, threads: list[int],
              args: argparse.Namespace) -> dict[str, Any]:
-    steps, warmup, rounds = args.steps or shape.steps, shape.warmup if args.warmup is None else args.warmup, \
-        args.rounds or shape.rounds
+    steps, rounds = args.steps or shape.steps, args.rounds or shape.rounds
+    warmup = shape.warmup if args.warmup is None else args.warmup
     torch.set_num_threads(threads[0])
     sides, check = (sft_sides if stage == "sft" else lora_sides)(shape, data, work)
     tag = f"{stage} {shape.name}"
