@@ -1,4 +1,5 @@
-"""A straightforward eager port of MiniMind's model and pretraining step (the baseline of ``lm_throughput.py``).
+"""A straightforward eager port of MiniMind's model, its pretraining and SFT step and its LoRA (the baseline of
+``lm_throughput.py`` and ``lm_finetune_throughput.py``).
 
     python bench/reference_minimind.py --check     # parameter counts + one tiny training step
 
@@ -27,6 +28,24 @@ It computes what MiniMind computes, *the way* MiniMind computes it:
   CPU), ``scaler.step(optimizer)`` with ``optim.AdamW(model.parameters(), lr)`` (torch defaults: no param
   groups, weight decay 0.01, single-tensor loop on the CPU), ``zero_grad(set_to_none=True)``; on CUDA the
   forward runs under ``torch.cuda.amp.autocast(bfloat16)``, on the CPU in fp32 without autocast.
+
+Fine-tuning, from ``llm.md`` §2.1, §3 and §4 (``trainer/train_full_sft.py``, ``model/model_lora.py``,
+``trainer/train_lora.py``):
+
+* full SFT is the pretraining loop unchanged (same model-side shift and ``ignore_index=-100`` loss, the same
+  AdamW over every parameter, clip 1.0) on ``SFTDataset`` rows: one conversation per row padded to
+  ``max_length``, labels -100 except the assistant spans (:func:`sft_labels`); MiniMind's defaults lr 1e-5,
+  batch 16, no accumulation, max_seq_len 768;
+* ``LoRA(in, out, rank)``: ``A = Linear(in, rank, bias=False)`` drawn from N(0, 0.02), ``B = Linear(rank, out,
+  bias=False)`` zero, output ``B(A(x))``: no ``alpha / rank`` scaling, no dropout (no biases: llm.md's 16.4K
+  LoRA parameters of the tiny 128/2L model are 4 square layers x 2 x 128 x 16 exactly);
+* :func:`apply_lora` gives every *square* ``nn.Linear`` (``in_features == out_features``) a ``lora`` child and
+  monkey-patches its ``forward`` to ``original(x) + lora(x)``; on these models that is ``q_proj`` and ``o_proj``
+  (k/v are narrower with GQA, the MLP and the head are not square); default rank 16, hard-coded in
+  ``train_lora.py``;
+* ``train_lora.py``: the same loop with every parameter but the ``lora`` ones frozen, ``AdamW`` over the LoRA
+  parameters only and ``clip_grad_norm_`` over them only (:func:`lora_parameters`, ``make_train_step(params=)``);
+  lr 1e-4, batch 32, max_seq_len 340.
 
 Deviations (none changes the arithmetic of a step): no ``PretrainedConfig``/``PreTrainedModel``/
 ``GenerationMixin`` base classes, no HF output dataclass (a small tuple-like one), no YaRN scaling (off in
@@ -257,11 +276,15 @@ class MiniMindForCausalLM(nn.Module):
 
 
 def make_train_step(model: MiniMindForCausalLM, lr: float = 5e-4, grad_clip: float = 1.0,
-                    accumulation_steps: int = 1, device_type: str = "cpu"
+                    accumulation_steps: int = 1, device_type: str = "cpu",
+                    params: list[nn.Parameter] | None = None,
                     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``train_pretrain.py``'s inner loop at ``accumulation_steps`` micro-steps per optimizer step; returns
-    ``step(input_ids, labels) -> loss`` doing one micro-step (+ the optimizer step when it is due)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    """``train_pretrain.py``'s inner loop (``train_full_sft.py``'s too) at ``accumulation_steps`` micro-steps per
+    optimizer step; returns ``step(input_ids, labels) -> loss`` doing one micro-step (+ the optimizer step when it
+    is due). ``params``: what the optimizer steps and the clipping sees (``train_lora.py``: the LoRA parameters,
+    :func:`lora_parameters`); default every parameter of ``model``."""
+    params = list(model.parameters()) if params is None else params
+    optimizer = torch.optim.AdamW(params, lr=lr)
     scaler = torch.amp.GradScaler(device_type, enabled=False)  # enabled only for float16
     autocast: Callable[[], AbstractContextManager] = (
         (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device_type == "cuda" else nullcontext)
@@ -276,13 +299,69 @@ def make_train_step(model: MiniMindForCausalLM, lr: float = 5e-4, grad_clip: flo
         counter[0] += 1
         if counter[0] % accumulation_steps == 0:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
     return step
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fine-tuning: SFT labels (dataset/lm_dataset.py SFTDataset) and LoRA (model/model_lora.py, train_lora.py)
+
+SFT_LR, SFT_BATCH, SFT_MAX_SEQ_LEN = 1e-5, 16, 768  # train_full_sft.py's defaults
+LORA_LR, LORA_BATCH, LORA_MAX_SEQ_LEN, LORA_RANK = 1e-4, 32, 340, 16  # train_lora.py's (rank hard-coded there)
+
+
+def sft_labels(input_ids: torch.Tensor, supervised: torch.Tensor) -> torch.Tensor:
+    """``SFTDataset``'s labels: the token where it lies in an assistant span (``supervised``, a bool mask of the
+    same shape: the tokens after each ``<|im_start|>assistant\\n`` up to and including ``<|im_end|>\\n``), else
+    -100; padding is never supervised. Unshifted: the model shifts."""
+    return torch.where(supervised, input_ids, torch.full_like(input_ids, -100))
+
+
+class LoRA(nn.Module):
+    def __init__(self, in_features: int, out_features: int, rank: int) -> None:
+        super().__init__()
+        self.rank = rank
+        self.A = nn.Linear(in_features, rank, bias=False)
+        self.B = nn.Linear(rank, out_features, bias=False)
+        self.A.weight.data.normal_(mean=0.0, std=0.02)
+        self.B.weight.data.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.B(self.A(x))
+
+
+def apply_lora(model: nn.Module, rank: int = LORA_RANK) -> list[str]:
+    """Give every square linear layer a ``lora`` child added to its output (its ``forward`` replaced on the
+    instance); returns their names. Freezing is ``train_lora.py``'s job (:func:`lora_parameters`)."""
+    adapted = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Linear) and module.in_features == module.out_features:
+            lora = LoRA(module.in_features, module.out_features, rank).to(module.weight.device)
+            module.lora = lora
+
+            def forward_with_lora(x: torch.Tensor, original: Callable = module.forward, adapter: LoRA = lora
+                                  ) -> torch.Tensor:
+                return original(x) + adapter(x)
+
+            module.forward = forward_with_lora
+            adapted.append(name)
+    return adapted
+
+
+def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """``train_lora.py``'s split: parameters named ``lora`` train, every other one is frozen."""
+    trained = []
+    for name, param in model.named_parameters():
+        if "lora" in name:
+            trained.append(param)
+        else:
+            param.requires_grad = False
+    return trained
 
 
 def _check() -> None:
@@ -296,6 +375,11 @@ def _check() -> None:
     ids = torch.randint(0, cfg.vocab_size, (2, 16))
     step = make_train_step(model)
     print("losses:", [round(float(step(ids, ids)), 4) for _ in range(3)])
+    adapted = apply_lora(model)
+    trained = lora_parameters(model)
+    print(f"LoRA on {', '.join(adapted)}: {sum(p.numel() for p in trained):,} parameters")
+    step = make_train_step(model, lr=LORA_LR, params=trained)
+    print("LoRA losses:", [round(float(step(ids, ids)), 4) for _ in range(3)])
 
 
 if __name__ == "__main__":

@@ -84,3 +84,24 @@ def test_int8_inference_smoke_times_both_sides_and_measures_the_loss(tmp_path: P
     assert loss["fp32_loss"] > 0 and loss["int8_loss"] > 0 and 0 <= loss["identical_continuations"] <= loss["prompts"]
     assert "int8 / fp32" in proc.stdout
 
+def test_lm_finetune_throughput_smoke_times_sft_and_lora_against_the_port(tmp_path: Path) -> None:
+    out = tmp_path / "finetune.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "lm_finetune_throughput.py"), "--smoke",
+                           "--json", str(out)], capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = {r["stage"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(results) == {"sft", "lora"}
+    for stage, keys in (("sft", ["a", "b"]), ("lora", ["a", "b", "c"])):
+        assert "step-0 loss" in results[stage]["check"]  # the step-0 same-math check ran (it raises otherwise)
+        (run,) = results[stage]["runs"]
+        impls = {i["key"]: i for i in run["impls"]}
+        assert sorted(impls) == keys
+        assert all(i["median"] > 0 and len(i["tokens_per_s"]) == 2 and i["supervised_per_step"] > 0
+                   for i in impls.values())
+    lora = {i["key"]: i for i in results["lora"]["runs"][0]["impls"]}
+    # MiniMind's square layers (q_proj, o_proj of 2 layers) at rank 16 on both sides; all-linear trains more.
+    assert lora["a"]["trainable"] == lora["b"]["trainable"] == 4 * 2 * 128 * 16
+    assert lora["c"]["trainable"] > lora["b"]["trainable"]
+    sft = {i["key"]: i for i in results["sft"]["runs"][0]["impls"]}
+    assert sft["a"]["trainable"] == sft["b"]["trainable"] == results["sft"]["params"]
+    assert "#### lora, `lm-tiny-cpu`" in proc.stdout and "| (c) smoltrain Trainer" in proc.stdout
