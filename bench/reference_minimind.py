@@ -275,14 +275,23 @@ class MiniMindForCausalLM(nn.Module):
         return CausalLMOutput(loss=loss, aux_loss=aux_loss, logits=logits)
 
 
+def get_lr(current_step: int, total_steps: int, lr: float) -> float:
+    """``trainer_utils.get_lr``: a cosine from ``lr`` down to ``0.1 * lr`` at ``total_steps`` micro-steps, no
+    warmup."""
+    return lr * (0.1 + 0.45 * (1 + math.cos(math.pi * current_step / total_steps)))
+
+
 def make_train_step(model: MiniMindForCausalLM, lr: float = 5e-4, grad_clip: float = 1.0,
                     accumulation_steps: int = 1, device_type: str = "cpu",
-                    params: list[nn.Parameter] | None = None,
+                    params: list[nn.Parameter] | None = None, total_steps: int | None = None,
                     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``train_pretrain.py``'s inner loop (``train_full_sft.py``'s too) at ``accumulation_steps`` micro-steps per
     optimizer step; returns ``step(input_ids, labels) -> loss`` doing one micro-step (+ the optimizer step when it
     is due). ``params``: what the optimizer steps and the clipping sees (``train_lora.py``: the LoRA parameters,
-    :func:`lora_parameters`); default every parameter of ``model``."""
+    :func:`lora_parameters`); default every parameter of ``model``. With ``total_steps`` (the schedule's length in
+    micro-steps, MiniMind's ``epochs * iters``) every micro-step first sets the LR from :func:`get_lr`, as the
+    script does; past the end it stays at ``0.1 * lr`` (the script never goes past it). Without, the LR stays
+    ``lr`` (what the throughput benchmarks time)."""
     params = list(model.parameters()) if params is None else params
     optimizer = torch.optim.AdamW(params, lr=lr)
     scaler = torch.amp.GradScaler(device_type, enabled=False)  # enabled only for float16
@@ -291,6 +300,9 @@ def make_train_step(model: MiniMindForCausalLM, lr: float = 5e-4, grad_clip: flo
     counter = [0]
 
     def step(input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if total_steps is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = get_lr(min(counter[0], total_steps), total_steps, lr)
         with autocast():
             res = model(input_ids, labels=labels)
             loss = res.loss + res.aux_loss

@@ -105,3 +105,28 @@ def test_lm_finetune_throughput_smoke_times_sft_and_lora_against_the_port(tmp_pa
     sft = {i["key"]: i for i in results["sft"]["runs"][0]["impls"]}
     assert sft["a"]["trainable"] == sft["b"]["trainable"] == results["sft"]["params"]
     assert "#### lora, `lm-tiny-cpu`" in proc.stdout and "| (c) smoltrain Trainer" in proc.stdout
+
+
+def test_lm_time_to_loss_smoke_trains_three_sides_and_scores_both_ways(tmp_path: Path) -> None:
+    out = tmp_path / "ttl.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "lm_time_to_loss.py"), "--smoke", "--budget-s", "1",
+                           "--eval-every-s", "0.5", "--eval-rows", "16", "--clock", "cpu", "--json", str(out)],
+                          capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    sides = ["minimind-stock", "minimind-ours", "smoltrain"]
+    assert [pair["order"] for pair in result["pairs"]] == [sides, sides[1:] + sides[:1]]
+    assert result["eval_rows"] == {"packed": 16, "per_document": 16}  # the smoke val split has more of both
+    for pair in result["pairs"]:
+        for side in sides:
+            curve = pair[side]["curve"]
+            # The untrained model at 0 s, then the checkpoints (one step can pass both on a loaded machine).
+            assert curve[0]["train_s"] == 0.0 and len(curve) >= 2 and curve[-1]["train_s"] >= 1.0
+            assert all(0 < point[m] < 10 for point in curve for m in ("packed", "per_document"))
+            assert pair[side]["micro_steps"] > 0 and pair[side]["scored_tokens"] > 0
+    # MiniMind's rows are padded, the packed windows are not: fewer scored tokens per row.
+    first = result["pairs"][0]
+    assert (first["minimind-ours"]["scored_tokens"] / first["minimind-ours"]["micro_steps"]
+            < first["smoltrain"]["scored_tokens"] / first["smoltrain"]["micro_steps"])
+    assert set(result["summary"]["target"]["ratios"]) == {"packed", "per_document"}
+    assert "Target (smoltrain reaches minimind-ours' final loss" in proc.stdout

@@ -135,3 +135,32 @@ def test_padded_document_rows_train_and_evaluate(text_data, tmp_path) -> None:
 @pytest.mark.slow
 def test_padded_rows_resume_after_sigkill_is_bitwise_exact(text_data, tmp_path):
     check_resume_after_sigkill_is_bitwise_exact(text_data, tmp_path, ["arch.packing=false"], steps=12, kill_at=8)
+
+
+def test_evaluation_runs_compiled_when_training_compiles(text_data, tmp_path) -> None:
+    from torch._dynamo.eval_frame import OptimizedModule
+    from torch._dynamo.utils import counters
+
+    # One layer and 16 of the val windows (two full batches: one shape, so one graph) keep the compilation short.
+    cfg = load_config("lm-pretrain-cpu", [*TINY, f"data_paths=[{text_data}]", f"run_dir={tmp_path}", "max_steps=2",
+                                          "compile=true", "num_threads=1", "arch.num_hidden_layers=1",
+                                          "eval_max_examples=16"])
+    trainer = Trainer(cfg)
+    try:
+        assert isinstance(trainer.eval_model, OptimizedModule) and trainer.eval_model._orig_mod is trainer.model
+        trainer.model.eval()
+        with torch.inference_mode():
+            eager = trainer.family.evaluate(trainer.model)
+        trainer.model.train()
+        counters.clear()
+        compiled = trainer.evaluate()
+        graphs = counters["stats"]["unique_graphs"]
+        assert graphs >= 1  # the eager module compiles nothing: evaluation went through the compiled forward
+        assert trainer.evaluate() == compiled and counters["stats"]["unique_graphs"] == graphs  # no recompiles
+    finally:
+        trainer.release_run_dir()
+    assert trainer.model.training
+    assert compiled["tokens"] == eager["tokens"]
+    # Inductor fuses the elementwise work and may sum in another order: fp32 rounding of ~1e-7 per op, far below
+    # the 1e-5 relative allowed on a mean of a few thousand token losses, which any real difference would exceed.
+    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-5)

@@ -5,6 +5,9 @@ for models of at least ``COMPILE_AUTO_MIN_PARAMETERS`` parameters trained for at
 steps. The CPU figures are +17–22% steps/s for TRM's CPU shapes (~100k parameters) and the LM's (1.3M and 26M),
 and the first call costs tens of seconds of compilation, which a short run or a tiny model (the test suite's)
 never earns back.
+
+When training compiles, evaluation runs compiled too (``compile_for_eval``): the same module, so the same weights
+(the EMA ones swapped in place when EMA is on), wrapped a second time with ``dynamic=False``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from torch import nn
 
 COMPILE_AUTO_MIN_PARAMETERS = 80_000  # trm-sudoku-cpu's model is ~103k; the tests' tiny ones ~30k
 COMPILE_AUTO_MIN_STEPS = 500
@@ -34,3 +38,17 @@ def resolve_compile_mode(mode: str, device: torch.device) -> tuple[str | None, s
     if mode == "reduce-overhead" and device.type != "cuda":
         return None, f"compile_mode=reduce-overhead (CUDA graphs) needs CUDA; on {device.type} the default mode runs"
     return mode, None
+
+
+def compile_for_eval(model: nn.Module, mode: str | None) -> nn.Module:
+    """``model`` compiled for evaluation: a second wrapper of the same module, whose forward is compiled for eval
+    mode under inference mode (dynamo guards on both, so these graphs never replace the training step's).
+
+    ``dynamic=False`` because an evaluation's shapes are few and fixed: full batches and the split's short last
+    one (the same subset at every evaluation), each compiled once and reused at every later evaluation, where
+    dynamo would otherwise turn the batch dimension dynamic at the second shape it meets (a slower graph for every
+    batch). What is not the forward stays eager: methods the wrapper hands through to the module (TRM's
+    ``initial_carry``, the LM's ``generate``, whose growing KV cache would otherwise compile a graph per length)
+    call the module itself. TRM's ACT loop calls the forward once per step with carries of one shape, so its steps
+    share one graph."""
+    return torch.compile(model, mode=mode, dynamic=False)

@@ -42,7 +42,7 @@ from smoltrain.runtime.distributed import (
     gather_objects,
     init_distributed,
 )
-from smoltrain.train.compile import resolve_compile, resolve_compile_mode
+from smoltrain.train.compile import compile_for_eval, resolve_compile, resolve_compile_mode
 from smoltrain.train.logging import MetricsLogger, truncate_metrics
 from smoltrain.train.schedule import EMA, warmup_cosine_factor
 
@@ -258,11 +258,12 @@ class Trainer:
         self.start_events: list[str] = []  # lines about how training starts, logged when fit begins
         parameters = sum(p.numel() for p in self.model.parameters())
         self.compiled = resolve_compile(cfg.compile, self.device, parameters, self.total_steps)
-        self.step_model = self.model
+        self.step_model = self.eval_model = self.model
         self.cudagraphs = False
         if self.compiled:
             mode, note = resolve_compile_mode(cfg.compile_mode, self.device)
             self.step_model = torch.compile(self.model, mode=mode)
+            self.eval_model = compile_for_eval(self.model, mode)
             # CUDA graphs replay into the same output memory: each micro-batch is marked as a new iteration and
             # the carry that crosses steps is copied out of that memory (see compute_gradients).
             self.cudagraphs = mode == "reduce-overhead"
@@ -512,7 +513,8 @@ class Trainer:
 
     def evaluate(self, whole: bool = False) -> dict[str, float]:
         """Evaluate with the EMA weights when EMA is on; ``whole``: every test example, whatever
-        ``eval_max_examples`` says (the final evaluation)."""
+        ``eval_max_examples`` says (the final evaluation). When training compiles, so does evaluation
+        (``eval_model``, see ``train/compile.py``)."""
         self.model.eval()
         if self.ema is not None:
             self.ema.swap_into(self.model)
@@ -522,8 +524,8 @@ class Trainer:
                     self._autocast():
                 outputs = self.run.predictions(self.step, self.dist.rank) if self.cfg.eval_save_outputs else None
                 # Files an evaluation writes for people (ARC's submission.json) go next to the checkpoints.
-                return self.family.evaluate(self.model, outputs, self.run.eval_dir(self.run.step_dir(self.step)),
-                                            whole=whole)
+                return self.family.evaluate(self.eval_model, outputs,
+                                            self.run.eval_dir(self.run.step_dir(self.step)), whole=whole)
         finally:
             if self.ema is not None:
                 self.ema.swap_into(self.model)
