@@ -80,6 +80,7 @@ def test_demo_chat_prints_answers_before_and_after_and_leaves_the_base_alone(bas
                           input="What is 2 plus 3?\n\n", capture_output=True, text=True, timeout=120, cwd=REPO)
     assert chat.returncode == 0, chat.stderr[-2000:]
     assert "model> " in chat.stdout
+    assert "warning" not in chat.stderr  # it was trained on chat (SFT) data: no "will continue the text" note
 
 
 def test_demo_chat_refuses_a_base_that_is_no_lm_run_and_touches_nothing(tmp_path, capsys) -> None:
