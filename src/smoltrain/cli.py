@@ -416,8 +416,11 @@ def cmd_import_minimind(ns: argparse.Namespace) -> int:
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
-    from smoltrain.apps.demo import run_demo, run_lm_demo
+    from smoltrain.apps.demo import run_chat_demo, run_demo, run_lm_demo
 
+    if ns.which == "chat":
+        return run_chat_demo(run_dir=ns.run_dir or "runs/demo-chat", minutes=ns.minutes, base=ns.base,
+                             steps=ns.steps, corpus=ns.corpus)
     if ns.which == "lm":
         return run_lm_demo(run_dir=ns.run_dir or "runs/demo-lm", minutes=ns.minutes, corpus=ns.corpus)
     return run_demo(run_dir=ns.run_dir or "runs/demo", minutes=ns.minutes)
@@ -671,12 +674,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--overwrite", action="store_true", help="replace an existing tokenizer directory")
 
     sub = verb("demo", cmd_demo, "Build data, train on the CPU for a few minutes and show the results.")
-    sub.add_argument("which", nargs="?", choices=("trm", "lm"), default="trm",
-                     help="trm: 6x6 Sudoku (default); lm: a tiny LM on Shakespeare")
-    sub.add_argument("--run-dir", default=None, help="default runs/demo (trm) or runs/demo-lm (lm)")
+    sub.add_argument("which", nargs="?", choices=("trm", "lm", "chat"), default="trm",
+                     help="trm: 6x6 Sudoku (default); lm: a tiny LM on Shakespeare; chat: LoRA on that LM for "
+                          "instructions, held-out answers before and after")
+    sub.add_argument("--run-dir", default=None,
+                     help="default runs/demo (trm), runs/demo-lm (lm) or runs/demo-chat (chat)")
     sub.add_argument("--minutes", type=_number(float, 0, low_open=True), default=None,
-                     help="training time budget (default 5)")
-    sub.add_argument("--corpus", default=None, help="lm: a text file instead of the Shakespeare download")
+                     help="training time budget (default 5; chat: 3/5 pretraining its base when it has none, "
+                          "2/5 LoRA)")
+    sub.add_argument("--corpus", default=None, help="lm, chat: a text file instead of the Shakespeare download")
+    sub.add_argument("--base", default=None,
+                     help="chat: an LM run to adapt instead of pretraining one (only read), e.g. runs/demo-lm")
+    sub.add_argument("--steps", type=_number(int, 1), default=None,
+                     help="chat: this many steps per training instead of --minutes")
     return parser
 
 

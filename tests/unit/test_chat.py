@@ -100,8 +100,10 @@ def test_piped_chat_prints_a_readable_transcript(tmp_path: Path, monkeypatch: py
 
 def test_warning_for_runs_not_trained_on_chat_data(tmp_path: Path) -> None:
     def fake(*paths: Path) -> SimpleNamespace:  # what chat_training_note reads of a loaded run
-        return SimpleNamespace(run=SimpleNamespace(config=SimpleNamespace(data_paths=[str(p) for p in paths]),
-                                                   run_dir=SimpleNamespace(root=tmp_path / "run")))
+        saved = SimpleNamespace(data_paths=[str(p) for p in paths])  # the run's config.yaml
+        return SimpleNamespace(run=SimpleNamespace(config=SimpleNamespace(data_paths=[]),  # dropped by the loader
+                                                   run_dir=SimpleNamespace(root=tmp_path / "run",
+                                                                           load_config=lambda: saved)))
 
     (tmp_path / "text").mkdir()
     (tmp_path / "text" / "metadata.json").write_text(json.dumps({"format": "smoltrain-text-v1"}))

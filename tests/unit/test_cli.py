@@ -176,6 +176,8 @@ def test_exception_notes_join_the_line(monkeypatch, capsys):
     (["chat", "RUN", "--top-k", "-1"], "--top-k: must be >= 0, got -1"),
     (["chat", "RUN", "--max-new-tokens", "zero"], "--max-new-tokens: expected an integer, got 'zero'"),
     (["data", "sudoku", "--output-dir", "x", "--size", "5"], "--size: invalid choice: 5"),
+    (["demo", "chat", "--minutes", "-1"], "--minutes: must be > 0, got -1"),
+    (["demo", "chat", "--steps", "0"], "--steps: must be >= 1, got 0"),
 ])
 def test_argument_mistakes_are_one_line(argv, expected, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -183,6 +185,15 @@ def test_argument_mistakes_are_one_line(argv, expected, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: smoltrain ") and expected in err and err.count("\n") == 1
+
+
+def test_demo_chat_with_a_missing_corpus_is_one_line_and_touches_nothing(capsys, tmp_path):
+    run_dir = tmp_path / "demo"
+    assert main(["demo", "chat", "--run-dir", str(run_dir), "--corpus", str(tmp_path / "missing.txt")]) == 2
+    assert capsys.readouterr().err == (f"error: --corpus {tmp_path / 'missing.txt'} is not a file: give a plain-text "
+                                       "file (.txt) for the base model's pretraining, or leave --corpus out for the "
+                                       "Shakespeare download\n")
+    assert not run_dir.exists()
 
 
 def test_demo_lm_with_a_missing_corpus_is_one_line_and_touches_nothing(capsys, tmp_path):

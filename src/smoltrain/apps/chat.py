@@ -29,7 +29,8 @@ CHAT_KINDS = ("sft", "dpo")
 
 def chat_training_note(lm: LMRun) -> str | None:
     """A warning when the run's config names no chat dataset (SFT or DPO) among its data paths, else None."""
-    paths = list(lm.run.config.data_paths)
+    # The saved config's: a run loaded for generation has its data paths dropped (``load(need_data=False)``).
+    paths = list(lm.run.run_dir.load_config().data_paths)
     if not paths:
         return (f"{lm.run.run_dir.root} names no training data (an imported run?): unless its weights were "
                 "tuned on chat data, the replies will continue the text rather than answer")
