@@ -129,6 +129,15 @@ def gather_objects(obj: object, env: DistEnv) -> list[object]:
     return out
 
 
+def leave_process_group(env: DistEnv) -> None:
+    """Leave the process group once every rank is done with it. Left to the interpreter's exit instead, gloo's
+    worker threads can be torn down while still joinable, and a rank that finished cleanly aborts
+    ("terminate called without an active exception"), failing the whole torchrun job."""
+    if env.enabled and dist.is_initialized():
+        barrier(env)
+        dist.destroy_process_group()
+
+
 def barrier(env: DistEnv) -> None:
     if env.enabled:
         with _collective("waiting for the other ranks (barrier)"):

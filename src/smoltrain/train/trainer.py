@@ -41,6 +41,7 @@ from smoltrain.runtime.distributed import (
     broadcast_module,
     gather_objects,
     init_distributed,
+    leave_process_group,
 )
 from smoltrain.train.compile import compile_for_eval, resolve_compile, resolve_compile_mode
 from smoltrain.train.logging import MetricsLogger, truncate_metrics
@@ -326,7 +327,7 @@ class Trainer:
         An unexpected exception (not a :class:`SmoltrainError`) leaves its traceback in the run's ``errors.log``
         and a note naming it, which the CLI's one-line report shows."""
         try:
-            return self._fit()
+            summary = self._fit()
         except SmoltrainError:
             raise
         except Exception as err:
@@ -338,6 +339,10 @@ class Trainer:
             raise
         finally:
             self.release_run_dir()
+        # Only after a training every rank finished: after a failure another rank may be gone, and the barrier
+        # would wait out dist_timeout_minutes for it.
+        leave_process_group(self.dist)
+        return summary
 
     def release_run_dir(self) -> None:
         """Let another training own the run directory (``fit`` does this when it ends)."""
