@@ -51,6 +51,9 @@ class DistEnv:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    # Whether init_distributed joined the process group (and so leaves it): a group the caller's own script
+    # created stays the caller's.
+    owns_group: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -70,8 +73,9 @@ def init_distributed(device_kind: str, timeout_minutes: float = 5.0) -> DistEnv:
         rank=int(os.environ["RANK"]),
         world_size=int(os.environ["WORLD_SIZE"]),
         local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        owns_group=not dist.is_initialized(),
     )
-    if not dist.is_initialized():
+    if env.owns_group:
         backend = "nccl" if device_kind == "cuda" else "gloo"
         if device_kind == "cuda":
             torch.cuda.set_device(env.local_rank)
@@ -130,10 +134,10 @@ def gather_objects(obj: object, env: DistEnv) -> list[object]:
 
 
 def leave_process_group(env: DistEnv) -> None:
-    """Leave the process group once every rank is done with it. Left to the interpreter's exit instead, gloo's
-    worker threads can be torn down while still joinable, and a rank that finished cleanly aborts
-    ("terminate called without an active exception"), failing the whole torchrun job."""
-    if env.enabled and dist.is_initialized():
+    """Leave the process group that init_distributed joined, once every rank is done with it. Left to the
+    interpreter's exit instead, gloo's worker threads can be torn down while still joinable, and a rank that
+    finished cleanly aborts ("terminate called without an active exception"), failing the whole torchrun job."""
+    if env.owns_group and dist.is_initialized():
         barrier(env)
         dist.destroy_process_group()
 

@@ -322,7 +322,7 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train to ``total_steps`` (or until a signal); returns the run summary. The run directory is released
-        when it returns or raises.
+        when it returns or raises; the process group the trainer joined, when it returns.
 
         An unexpected exception (not a :class:`SmoltrainError`) leaves its traceback in the run's ``errors.log``
         and a note naming it, which the CLI's one-line report shows."""
