@@ -91,6 +91,15 @@ def test_export_tokenizer_and_special_ids(tmp_path: Path) -> None:
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in shared} == {p.name: oct(0o666 & ~umask()) for p in shared}
 
 
+@pytest.mark.parametrize("document_bos", [False, True])
+def test_training_rows_survive_export_and_import(tmp_path: Path, document_bos: bool) -> None:
+    # Generation puts BOS before prompts of a run trained on BOS-led documents: the import must know it did.
+    make_run(tmp_path / "run", "arch.seq_len=48", f"arch.document_bos={document_bos}", tokenizer=True)
+    run2 = import_hf(export_hf(tmp_path / "run", tmp_path / "hf"), tmp_path / "imported")
+    arch = smoltrain.load(run2, device="cpu", need_data=False).config.arch
+    assert (arch.seq_len, arch.packing, arch.document_bos) == (48, True, document_bos)
+
+
 def test_import_sharded_bf16(tmp_path: Path) -> None:
     ours = make_run(tmp_path / "run", "arch.tie_word_embeddings=false")
     out = export_hf(tmp_path / "run", tmp_path / "hf")

@@ -248,7 +248,8 @@ def test_family_data_keys_stay_in_the_family() -> None:
     from smoltrain.families import load_config
 
     arch = load_config(None, ["arch=lm-tiny-cpu", "arch.vocab_size=300", "arch.packing=false"]).arch
-    assert arch.to_model_config() == LMConfig.model_validate(arch.model_dump(exclude={"name", "seq_len", "packing"}))
+    data_keys = {"name", "seq_len", "packing", "document_bos"}
+    assert arch.to_model_config() == LMConfig.model_validate(arch.model_dump(exclude=data_keys))
 
 
 def test_a_few_steps_reduce_loss() -> None:

@@ -237,6 +237,24 @@ def test_unigram_entropy_real_and_bpb(dataset: Path) -> None:
     assert bits_per_byte(math.log(2), 10, 10) == pytest.approx(1.0)
 
 
+def test_document_bos_windows_cut_the_stream_with_bos_before_every_document(dataset: Path) -> None:
+    # The stream written out with a plain loop: BOS, the document, its EOS, for every document in order.
+    stream = [t for doc in _documents(dataset, "train") for t in (BOS, *doc, EOS)]
+    seq_len = 16
+    windows = TokenWindows(dataset, "train", seq_len=seq_len, global_batch_size=4, seed=0, document_bos=True)
+    assert windows.num_windows == (len(stream) - 1) // seq_len
+    batch = windows._windows(np.arange(windows.num_windows))
+    for i, (inputs, targets) in enumerate(zip(batch["input_ids"].tolist(), batch["targets"].tolist(), strict=True)):
+        window = stream[i * seq_len : i * seq_len + seq_len + 1]
+        assert inputs == window[:-1]
+        assert targets == [-100 if t == BOS else t for t in window[1:]]  # a BOS after an EOS is given, not learnt
+    # Every text token and EOS of the stream is a target once (the first window's first token is never one).
+    learnt = batch["targets"][batch["targets"] != -100]
+    assert len(learnt) == sum(1 for t in stream[1 : windows.num_windows * seq_len + 1] if t != BOS)
+    plain = TokenWindows(dataset, "train", seq_len=seq_len, global_batch_size=4, seed=0)
+    assert windows.num_windows > plain.num_windows  # one BOS more per document
+
+
 def test_document_rows_layout(dataset: Path, corpus: dict[str, Path]) -> None:
     docs = _documents(dataset, "train")
     seq_len = 24  # shorter than some documents, longer than others

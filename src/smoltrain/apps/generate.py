@@ -9,7 +9,16 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from smoltrain.data.tokenizer import PAD_TOKEN, apply_chat_template, decode, encode, eos_id, load_tokenizer
+from smoltrain.data.tokenizer import (
+    BOS_TOKEN,
+    PAD_TOKEN,
+    apply_chat_template,
+    decode,
+    encode,
+    eos_id,
+    load_tokenizer,
+    special_token_id,
+)
 from smoltrain.errors import ConfigError, SmoltrainError
 from smoltrain.interop.hf import PEFT_CONFIG, read_peft_adapter
 from smoltrain.models.lm import LMForCausalLM
@@ -28,6 +37,7 @@ class LMRun:
     tokenizer_dir: Path | None = None  # where the tokenizer came from (its tokenizer_config.json: chat template)
     adapter: Path | None = None
     quantized: str | None = None  # "int8" once :meth:`quantize` ran (its adapters, if any, merged in)
+    prompt_bos: int | None = None  # BOS id when the run trained on documents that begin with it (prompt_ids)
 
     @property
     def model(self) -> LMForCausalLM:
@@ -107,7 +117,8 @@ def load_lm(run_dir: str | Path, device: str = "auto", adapter: str | Path | Non
     if loaded.get_vocab_size() > model_vocab:  # ids past the embedding table would fail inside the model
         raise SmoltrainError(f"{tokenizer_dir} has {loaded.get_vocab_size()} tokens but the model of "
                              f"{run_dir} embeds {model_vocab}: use the tokenizer the run was trained with")
-    lm = LMRun(run, loaded, tokenizer_dir)
+    starts_with_bos = getattr(run.config.arch, "documents_start_with_bos", False)
+    lm = LMRun(run, loaded, tokenizer_dir, prompt_bos=special_token_id(loaded, BOS_TOKEN) if starts_with_bos else None)
     if adapter is not None:
         lm.use_adapter(adapter)
     if quantize is not None:
@@ -115,8 +126,18 @@ def load_lm(run_dir: str | Path, device: str = "auto", adapter: str | Path | Non
     return lm
 
 
+def prompt_ids(lm: LMRun, text: str) -> list[int]:
+    """The tokens of a prompt as the model saw documents in training: BOS first when they began with it (a chat
+    template's rendering already does: its first token, ``<|im_start|>``, is the BOS), else the text alone.
+    Empty text gives []."""
+    ids = encode(lm.tokenizer, text)
+    if ids and lm.prompt_bos is not None and ids[0] != lm.prompt_bos:
+        ids.insert(0, lm.prompt_bos)
+    return ids
+
+
 def _prompt_ids(lm: LMRun, prompt: str) -> list[int]:
-    ids = encode(lm.tokenizer, prompt)
+    ids = prompt_ids(lm, prompt)
     if not ids:
         raise SmoltrainError("the prompt is empty: give some text to continue")
     return ids

@@ -237,6 +237,12 @@ class TokenWindows(ResumableRows):
     Window i covers tokens ``[i * seq_len, i * seq_len + seq_len + 1)``: consecutive windows share
     one token, so every token after the first is a label exactly once per epoch. Windows are shuffled,
     batched, sliced per rank and resumed as `smoltrain.data.shards.ResumableRows` describes.
+
+    ``document_bos=True`` cuts the windows from the stream with BOS before every document (``BOS doc EOS BOS
+    doc EOS ...``, the split's ``.idx`` giving the starts), so the model sees how documents begin as MiniMind's
+    one-document rows show it, without their padding. The BOS positions are computed, not stored: the shard
+    stays as built. A target that is a BOS is -100 (after an EOS it is given, not learnt), so the loss and the
+    token counts cover the text's own tokens and EOS, as without it.
     """
 
     def __init__(
@@ -248,18 +254,36 @@ class TokenWindows(ResumableRows):
         rank: int = 0,
         world_size: int = 1,
         seed: int = 0,
+        document_bos: bool = False,
     ) -> None:
         self.tokens = open_tokens(path_or_dir, split)
         self.root, self.metadata = read_metadata(path_or_dir)
+        self.document_bos = document_bos
         super().__init__(split, seq_len, global_batch_size, rank, world_size, seed)
 
     def _count_rows(self) -> int:
-        return max(0, (len(self.tokens) - 1) // self.seq_len)
+        length = len(self.tokens)
+        if self.document_bos:
+            self.bos = int(self.metadata["bos_id"])
+            starts = open_index(self.root / f"{self.split}.idx", len(self.tokens))[:-1]
+            # Document k's BOS sits at stream position starts[k] + k: the k BOS tokens before it shift it right.
+            self.bos_positions = starts + np.arange(len(starts), dtype=starts.dtype)
+            length += len(starts)
+        return max(0, (length - 1) // self.seq_len)
 
     def _windows(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
-        rows = np.stack([self.tokens[i * self.seq_len : i * self.seq_len + self.seq_len + 1] for i in indices])
-        rows = torch.from_numpy(rows.astype(np.int64))
-        return {"input_ids": rows[:, :-1].contiguous(), "targets": rows[:, 1:].contiguous()}
+        if not self.document_bos:
+            rows = np.stack([self.tokens[i * self.seq_len : i * self.seq_len + self.seq_len + 1] for i in indices])
+            rows = torch.from_numpy(rows.astype(np.int64))
+            return {"input_ids": rows[:, :-1].contiguous(), "targets": rows[:, 1:].contiguous()}
+        positions = indices[:, None] * self.seq_len + np.arange(self.seq_len + 1)[None, :]
+        before = np.searchsorted(self.bos_positions, positions, side="right")  # BOS tokens at or before each one
+        is_bos = self.bos_positions[before - 1] == positions
+        token_at = np.where(is_bos, 0, positions - before)  # the shard index of each non-BOS position
+        rows = torch.from_numpy(np.where(is_bos, self.bos, self.tokens[token_at]).astype(np.int64))
+        targets = rows[:, 1:].clone()
+        targets[torch.from_numpy(is_bos[:, 1:])] = -100
+        return {"input_ids": rows[:, :-1].contiguous(), "targets": targets}
 
     def _too_small(self) -> str:
         need = self.global_batch_size * self.seq_len + 1

@@ -50,7 +50,7 @@ from smoltrain.models.lm import LMConfig, LMForCausalLM, RopeScaling
 from smoltrain.models.lora import apply_lora
 from smoltrain.optim import AdamATan2, build_adamw
 
-DATA_KEYS = ("seq_len", "packing")  # arch keys that describe the training rows, not the network
+DATA_KEYS = ("seq_len", "packing", "document_bos")  # arch keys that describe the training rows, not the network
 
 
 class LMArchConfig(ArchConfig):
@@ -103,6 +103,14 @@ class LMArchConfig(ArchConfig):
     seq_len: int = Field(256, ge=1, description="training context (tokens per window)")
     packing: bool = Field(True, description="true: packed fixed-length windows; false: one document per row, "
                                             "padded (MiniMind's pretraining rows)")
+    document_bos: bool = Field(False, description="packed windows with BOS before every document, as MiniMind's "
+                                                  "rows begin (generation then starts prompts with BOS too)")
+
+    @property
+    def documents_start_with_bos(self) -> bool:
+        """Whether the training rows began each document with BOS (MiniMind's padded rows, or packed windows with
+        ``document_bos``): a prompt is then the start of a document and generation puts BOS before it."""
+        return self.document_bos or not self.packing
 
     def to_model_config(self) -> LMConfig:
         """The network's config: every key but ``name`` and the data keys; ``vocab_size`` must be known."""
@@ -248,8 +256,9 @@ class LMFamily(Family):
             rows: type[TokenWindows] | type[SFTRows] = TokenWindows if self.arch.packing else DocumentRows
         else:  # one conversation (or preference pair) per row, whatever arch.packing says
             rows = SFTRows if self.data_kind == "sft" else PreferenceRows
+        extra = {"document_bos": True} if rows is TokenWindows and self.arch.document_bos else {}
         return rows(self.cfg.data_paths[0], split, self.arch.seq_len, self.cfg.global_batch_size,
-                    rank=self.dist.rank, world_size=self.dist.world_size, seed=self.cfg.seed)
+                    rank=self.dist.rank, world_size=self.dist.world_size, seed=self.cfg.seed, **extra)
 
     def train_stream(self) -> TrainStream:
         return self._windows("train")  # type: ignore[return-value]
@@ -265,7 +274,8 @@ class LMFamily(Family):
         train = self.metadata["splits"]["train"]
         if self.data_kind != "text" or not self.arch.packing:
             return train["documents"] / self.cfg.global_batch_size
-        return train["tokens"] / (self.arch.seq_len * self.cfg.global_batch_size)
+        tokens = train["tokens"] + (train["documents"] if self.arch.document_bos else 0)
+        return tokens / (self.arch.seq_len * self.cfg.global_batch_size)
 
     def frozen_models(self) -> dict[str, str]:
         """DPO's reference (the weights the run starts from) or the distillation teacher."""

@@ -214,7 +214,10 @@ def _write(writer: Any, lm: LMConfig, tensors: dict[str, torch.Tensor], tok: dic
                      ("pad_token_id", writer.add_pad_token_id)):
         if key in tok["ids"]:
             add(tok["ids"][key])
-    writer.add_add_bos_token(False)  # smoltrain's prompts carry no BOS (encode adds no special tokens)
+    # No BOS added by llama.cpp: chat prompts begin with <|im_start|>, which is the BOS, so adding one would double
+    # it; a raw completion of a run trained with BOS-led documents (arch.document_bos) starts with <|im_start|>
+    # written by the user, as `smoltrain generate` puts it there itself.
+    writer.add_add_bos_token(False)
     writer.add_add_eos_token(False)
     if tok["chat_template"]:
         writer.add_chat_template(tok["chat_template"])

@@ -227,7 +227,8 @@ def _write_hf(model: LMForCausalLM, cfg: TrainConfig, run: RunDir, output: Path,
     save_file(tensors, str(output / "model.safetensors"), metadata={"format": "pt"})
     set_default_permissions(output / "model.safetensors")  # safetensors creates it 0600
     _write_json(output / "config.json", {**_hf_config(lm, token_ids),
-                                         SMOLTRAIN_KEY: {"seq_len": arch.seq_len, "packing": arch.packing}})
+                                         SMOLTRAIN_KEY: {"seq_len": arch.seq_len, "packing": arch.packing,
+                                                         "document_bos": arch.document_bos}})
     # Greedy by default: a tiny model sampled at temperature 1 mostly shows noise.
     _write_json(output / "generation_config.json", {**token_ids, "do_sample": False})
     if tokenizer_dir.is_dir():
@@ -532,7 +533,9 @@ def import_hf(directory: Path, output: Path) -> Path:
     rows = config.get(SMOLTRAIN_KEY) if isinstance(config.get(SMOLTRAIN_KEY), dict) else {}
     seq_len = rows.get("seq_len") if isinstance(rows.get("seq_len"), int) else int(fields["max_position_embeddings"])
     packing = rows.get("packing") if isinstance(rows.get("packing"), bool) else True
-    cfg = lm_run_config(output, [], {"name": "lm", **fields, "seq_len": seq_len, "packing": packing})
+    document_bos = rows.get("document_bos") is True  # BOS-led prompts in generation (LMArchConfig)
+    cfg = lm_run_config(output, [], {"name": "lm", **fields, "seq_len": seq_len, "packing": packing,
+                                     "document_bos": document_bos})
     lm = cfg.arch.to_model_config()  # type: ignore[attr-defined]
 
     with torch.device("meta"):  # shapes only: no need to allocate and initialise a second copy

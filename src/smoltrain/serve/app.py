@@ -32,8 +32,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from smoltrain.apps.generate import prompt_ids
 from smoltrain.apps.solve import PuzzleSolution, solve_puzzle
-from smoltrain.data.tokenizer import apply_chat_template, encode, eos_id
+from smoltrain.data.tokenizer import apply_chat_template, eos_id
 from smoltrain.errors import SmoltrainError
 from smoltrain.serve.engine import Delta, Engine, Event, Failed, Finished, Sampling
 from smoltrain.serve.page import page_router
@@ -146,7 +147,7 @@ def _need_family(run: ServedRun, family: str) -> None:
 def _prompt_ids(run: ServedRun, text: str, max_tokens: int | None, param: str) -> tuple[list[int], int]:
     """The prompt's tokens and the completion budget, refused when they do not fit the context."""
     assert run.lm is not None and run.context is not None
-    ids = encode(run.lm.tokenizer, text)
+    ids = prompt_ids(run.lm, text)
     if not ids:
         raise ServeError(400, "the prompt is empty: give some text", param=param)
     room = run.context - len(ids)
