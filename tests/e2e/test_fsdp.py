@@ -25,7 +25,7 @@ STEPS = 20
 def _train_2_ranks(text_data: Path, run_dir: Path, *extra: str, kill_at: int = 0):
     """The tiny LM (2 decoder layers, tied head, EMA, clipped gradients) trained by two ranks under torchrun."""
     options = [*TINY, f"data_paths=[{text_data}]", f"max_steps={STEPS}", f"checkpoint_every={STEPS // 2}",
-               "grad_clip=1.0", "ema=True", "device=cpu", f"run_dir={run_dir}", *extra]
+               "grad_clip=1.0", "ema=True", "device=cpu", "optimizer=adamw", f"run_dir={run_dir}", *extra]
     kill = ["--kill-at-step", str(kill_at)] if kill_at else []
     return run_python(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", RUNNER,
                        "--recipe", "lm-pretrain-cpu", *kill, *options], timeout=300)
@@ -105,7 +105,7 @@ def test_fsdp_resumes_exactly_after_a_kill_and_under_ddp_too(text_data, fsdp_run
 @pytest.mark.parametrize(("recipe", "extra", "refusal"), [
     ("toy", [], "strategy=fsdp shards LM runs (arch=lm), not arch.name=toy"),
     ("lm-pretrain-cpu", ["optimizer=muon"], "strategy=fsdp cannot run optimizer=muon"),
-    ("lm-pretrain-cpu", ["precision=fp16"], "strategy=fsdp has no fp16 loss scaling here"),
+    ("lm-pretrain-cpu", ["optimizer=adamw", "precision=fp16"], "strategy=fsdp has no fp16 loss scaling here"),
 ])
 def test_fsdp_refuses_what_it_does_not_shard_with_one_line(text_data, tmp_path, recipe, extra, refusal):
     overrides = toy_overrides(tmp_path / "run") if recipe == "toy" else \
@@ -116,7 +116,7 @@ def test_fsdp_refuses_what_it_does_not_shard_with_one_line(text_data, tmp_path, 
 
 
 def test_fsdp_with_one_process_trains_as_plain(text_data, tmp_path):
-    common = [*TINY, f"data_paths=[{text_data}]", "max_steps=3", "device=cpu"]
+    common = [*TINY, f"data_paths=[{text_data}]", "max_steps=3", "device=cpu", "optimizer=adamw"]
     for strategy in ("ddp", "fsdp"):
         cfg = load_config("lm-pretrain-cpu", [*common, f"strategy={strategy}", f"run_dir={tmp_path / strategy}"])
         Trainer(cfg).fit()

@@ -12,7 +12,7 @@ import smoltrain.config as config_module
 from smoltrain.config import REFERENCE_ALIASES
 from smoltrain.errors import ConfigError
 from smoltrain.families import build_family, family_class, load_config, resolve
-from smoltrain.families.lm import LMArchConfig
+from smoltrain.families.lm import DATA_KEYS, LMArchConfig
 from smoltrain.families.toy import ToyConfig
 from smoltrain.families.trm import (
     DATA_SHAPE,
@@ -40,7 +40,7 @@ LM_KEYS = ["name", "hidden_size", "num_hidden_layers", "num_attention_heads", "n
            "n_shared_experts", "aux_loss_alpha", "norm_topk_prob",
            "rope_scaling", "xpos", "xpos_scale_base", "sliding_window", "attention",
            "deepnorm", "layer_scale_init", "drop_path_rate", "parallel_residual",  # residual options (issue 17)
-           "vocab_size", "seq_len", "packing"]
+           "vocab_size", "seq_len", "packing", "document_bos"]
 
 
 TOY_KEYS = ["name", "task", "seq_len", "vocab_size", "hidden_size", "num_layers", "dropout", "eval_examples",
@@ -75,7 +75,7 @@ def test_trm_arch_keys_are_the_networks_with_its_defaults(arch_class, model_clas
 
 
 def test_lm_arch_keys_are_the_networks_with_its_defaults():
-    ours = {k: f for k, f in LMArchConfig.model_fields.items() if k not in ("name", "seq_len", "packing")}
+    ours = {k: f for k, f in LMArchConfig.model_fields.items() if k not in ("name", *DATA_KEYS)}
     assert set(ours) == set(LMConfig.model_fields)
     for key, field in LMConfig.model_fields.items():
         if key != "vocab_size":  # from the dataset when unset
@@ -117,7 +117,8 @@ def test_lm_resolve_without_data_leaves_the_vocabulary_to_the_dataset():
 
 def test_a_recipe_naming_a_preset_composes_to_the_preset(tmp_path):
     preset = load_config(None, ["arch=lm-tiny-cpu"]).arch
-    assert load_config("lm-pretrain-cpu").arch == preset
+    assert load_config("lm-pretrain-cpu").arch == preset.model_copy(update={"document_bos": True})
+    assert load_config("lm-sft-cpu").arch == preset
     assert load_config("trm-sudoku-cpu").arch == load_config("trm-maze-cpu").arch == \
         load_config(None, ["arch=trm-mlp-cpu"]).arch
     recipe = tmp_path / "r.yaml"

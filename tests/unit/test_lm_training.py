@@ -37,7 +37,7 @@ def text_data(tmp_path_factory) -> Path:
 
 def test_family_scores_each_position_on_the_next_token(text_data) -> None:
     # The rows' targets are pre-shifted; the family must not shift them again.
-    cfg = load_config("lm-pretrain-cpu", [*TINY, f"data_paths=[{text_data}]"])
+    cfg = load_config("lm-pretrain-cpu", [*TINY, "arch.document_bos=false", f"data_paths=[{text_data}]"])
     family = LMFamily(LMFamily.resolve(cfg), DistEnv(), torch.device("cpu"))
     torch.manual_seed(0)
     model = family.build_model()
