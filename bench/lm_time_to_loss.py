@@ -399,6 +399,27 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from runs of single sides taken side by side (``--sides X --seed S``, one process each): the
+    files of one seed are joined pair by pair, the seeds follow one another."""
+    merged = dict(results[0])
+    merged["sides"] = [name for name in SIDES if any(name in r["sides"] for r in results)]
+    merged["horizons"] = {k: v for r in results for k, v in r["horizons"].items()}
+    merged["smoltrain_overrides"] = next((r["smoltrain_overrides"] for r in results if "smoltrain" in r["sides"]), [])
+    merged["load_end"] = results[-1].get("load_end", merged.get("load_end"))
+    merged["pairs"] = []
+    for seed in sorted({r["seed"] for r in results}):
+        group = [r for r in results if r["seed"] == seed]
+        for i in range(min(len(r["pairs"]) for r in group)):
+            pair: dict[str, Any] = {"order": []}
+            for r in group:
+                for name in r["pairs"][i]["order"]:
+                    pair[name] = r["pairs"][i][name]
+                    pair["order"].append(name)
+            merged["pairs"].append(pair)
+    return merged
+
+
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -486,12 +507,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="write the full result here")
     parser.add_argument("--markdown", default=None, help="write the tables here")
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic corpus and a seconds budget")
-    parser.add_argument("--report", metavar="JSON", default=None, help="re-print the tables of an earlier --json")
+    parser.add_argument("--report", metavar="JSON", nargs="+", default=None,
+                        help="re-print the tables of earlier --json files (several: single sides run side by side)")
     args = parser.parse_args(argv)
     if args.report:
-        earlier = json.loads(Path(args.report).read_text())
+        earlier = merge_results([json.loads(Path(path).read_text()) for path in args.report])
         earlier["summary"] = summarize(earlier["pairs"], earlier["sides"])
-        print(markdown(earlier))
+        table = markdown(earlier)
+        print(table)
+        if args.markdown:
+            atomic_write_text(Path(args.markdown), table)
         return 0
     unknown = [s for s in args.sides.split(",") if s.strip() and s.strip() not in SIDES]
     if unknown or not args.sides.strip():

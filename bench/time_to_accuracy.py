@@ -18,6 +18,17 @@ Usage::
 
     python bench/time_to_accuracy.py --task sudoku6 --pairs 2 --budget-s 180 --json /tmp/tta.json
     python bench/time_to_accuracy.py --smoke          # seconds: tiny data and budget, checks the script works
+
+Each side in its own process, side by side on a 2-core machine (one thread each, the clock the process's CPU
+time), then one report over both files::
+
+    python bench/time_to_accuracy.py --sides reference --threads 1 --clock cpu --json /tmp/ref.json &
+    python bench/time_to_accuracy.py --sides smoltrain --threads 1 --clock cpu --json /tmp/ours.json &
+    wait; python bench/time_to_accuracy.py --report /tmp/ref.json /tmp/ours.json
+
+``--smoltrain-set eval_augmentations=8`` also scores smoltrain with test-time voting over 8 views of each puzzle
+(evaluation off the clock as always): the curves then show the answer of the puzzle itself and the vote, and
+the report times both. ``--stop-at-target`` ends a side at its first checkpoint at or above the target.
 """
 
 from __future__ import annotations
@@ -132,47 +143,69 @@ class ReferenceSide:
 class SmoltrainSide:
     name = "smoltrain"
 
-    def __init__(self, recipe: str, data: Path, run_dir: Path, eval_examples: int, seed: int) -> None:
+    def __init__(self, recipe: str, data: Path, run_dir: Path, eval_examples: int, seed: int,
+                 overrides: list[str]) -> None:
         cfg = load_config(recipe, [f"data_paths=[{data}]", f"run_dir={run_dir}", "resume=none", "epochs=100000",
                                    "eval_interval=100000", f"eval_max_examples={eval_examples}", f"seed={seed}",
-                                   f"num_threads={torch.get_num_threads()}"])
+                                   f"num_threads={torch.get_num_threads()}", *overrides])
         self.trainer = Trainer(cfg)
+        self.views = cfg.eval_augmentations
 
     def step(self) -> None:
         trainer = self.trainer
         trainer.train_step(next(trainer.stream))
         trainer.step += 1
 
-    def evaluate(self) -> float:
-        return float(self.trainer.evaluate()["exact_accuracy"])
+    def evaluate(self) -> float | tuple[float, float]:
+        """Exact accuracy; with test-time views, (the puzzle itself, the vote over all views)."""
+        metrics = self.trainer.evaluate()
+        if self.views == 1:
+            return float(metrics["exact_accuracy"])
+        return float(metrics["exact_accuracy@1"]), float(metrics[f"exact_accuracy@{self.views}"])
 
     def close(self) -> None:
         self.trainer.release_run_dir()
 
 
-def train_on_the_clock(side: Any, budget_s: float, checkpoints: list[float]) -> dict[str, Any]:
-    """Train until ``budget_s`` seconds of training time, evaluating (clock paused) at each checkpoint."""
+# The training clock: wall time, or this process's CPU time (with one thread, the time it actually ran: the
+# steadier measure when the two sides run side by side or the machine is shared).
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def train_on_the_clock(side: Any, budget_s: float, checkpoints: list[float],
+                       clock: Callable[[], float] = time.perf_counter, stop_at: float | None = None) -> dict[str, Any]:
+    """Train until ``budget_s`` seconds of training time (or, with ``stop_at``, until an evaluation reaches that
+    exact accuracy), evaluating with the clock paused at each checkpoint."""
     load_before = load_average()
     curve: list[dict[str, float]] = []
     trained_s, steps, pending = 0.0, 0, list(checkpoints)
     while pending:
-        started = time.perf_counter()
+        started = clock()
         side.step()
-        trained_s += time.perf_counter() - started
+        trained_s += clock() - started
         steps += 1
         if trained_s >= pending[0]:
             while pending and trained_s >= pending[0]:
                 pending.pop(0)
-            curve.append({"train_s": round(trained_s, 1), "step": steps, "exact": side.evaluate()})
-            print(f"    {side.name:9s} {trained_s:7.1f} s  step {steps:6d}  exact {100 * curve[-1]['exact']:5.1f}%",
+            scored = side.evaluate()
+            point = {"train_s": round(trained_s, 1), "step": steps}
+            if isinstance(scored, tuple):  # (the puzzle itself, the vote over its views)
+                point.update(exact=scored[0], exact_voted=scored[1])
+            else:
+                point["exact"] = scored
+            curve.append(point)
+            voted = f"  voted {100 * point['exact_voted']:5.1f}%" if "exact_voted" in point else ""
+            print(f"    {side.name:9s} {trained_s:7.1f} s  step {steps:6d}  exact {100 * point['exact']:5.1f}%{voted}",
                   flush=True)
+            if stop_at is not None and max(point["exact"], point.get("exact_voted", 0.0)) >= stop_at:
+                break
     return {"side": side.name, "budget_s": budget_s, "steps": steps, "curve": curve,
             "load_before": load_before, "load_after": load_average()}
 
 
-def time_to(curve: list[dict[str, float]], target: float) -> float | None:
-    """Training seconds at the first checkpoint at or above ``target`` (None if never reached)."""
-    return next((point["train_s"] for point in curve if point["exact"] >= target), None)
+def time_to(curve: list[dict[str, float]], target: float, metric: str = "exact") -> float | None:
+    """Training seconds at the first checkpoint whose ``metric`` is at or above ``target`` (None if never)."""
+    return next((point["train_s"] for point in curve if point.get(metric, -1.0) >= target), None)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -183,55 +216,114 @@ def _fmt_s(value: float | None) -> str:
     return "not reached" if value is None else f"{value:.0f} s"
 
 
+SIDES = ("reference", "smoltrain")
+
+
+def _has_votes(pairs: list[dict[str, Any]]) -> bool:
+    return any("exact_voted" in point for pair in pairs for point in pair.get("smoltrain", {}).get("curve", []))
+
+
+def _side_summary(pairs: list[dict[str, Any]], name: str, target: float, metric: str) -> dict[str, Any]:
+    times = [time_to(pair[name]["curve"], target, metric) for pair in pairs]
+    reached = [t for t in times if t is not None]
+    return {"time_to_target_s": times, "median_s": statistics.median(reached) if len(reached) == len(times) else None,
+            "steps": [pair[name]["steps"] for pair in pairs]}
+
+
+def _ratio(ours: dict[str, Any], reference: dict[str, Any], pairs: list[dict[str, Any]]) -> tuple[float | None,
+                                                                                                 float | None]:
+    """(median ratio, upper bound): when only smoltrain reached the target, the reference needed more than its
+    whole budget, so the ratio is below ours / budget."""
+    ref_median, ours_median = reference["median_s"], ours["median_s"]
+    if ref_median and ours_median:
+        return ours_median / ref_median, None
+    if ours_median is not None and not any(t is not None for t in reference["time_to_target_s"]):
+        return None, ours_median / min(pair["reference"]["budget_s"] for pair in pairs)
+    return None, None
+
+
 def summarize(pairs: list[dict[str, Any]], target: float) -> dict[str, Any]:
-    per_side: dict[str, Any] = {}
-    for name in ("reference", "smoltrain"):
-        times = [time_to(pair[name]["curve"], target) for pair in pairs]
-        reached = [t for t in times if t is not None]
-        per_side[name] = {"time_to_target_s": times,
-                          "median_s": statistics.median(reached) if len(reached) == len(times) else None,
-                          "steps": [pair[name]["steps"] for pair in pairs]}
-    ref_median, ours_median = per_side["reference"]["median_s"], per_side["smoltrain"]["median_s"]
-    ratio = ours_median / ref_median if ref_median and ours_median else None
-    # When only smoltrain reached the target, the reference needed more than the whole budget: an upper bound.
-    bound = None
-    if ours_median is not None and not any(t is not None for t in per_side["reference"]["time_to_target_s"]):
-        bound = ours_median / min(pair["reference"]["budget_s"] for pair in pairs)
-    return {"target": target, **per_side, "ratio_smoltrain_over_reference": ratio, "ratio_upper_bound": bound}
+    sides = [name for name in SIDES if all(name in pair for pair in pairs)]
+    summary: dict[str, Any] = {"target": target, **{name: _side_summary(pairs, name, target, "exact")
+                                                    for name in sides}}
+    if _has_votes(pairs):
+        summary["smoltrain_voted"] = _side_summary(pairs, "smoltrain", target, "exact_voted")
+    if len(sides) == 2:
+        for key, ours in (("", "smoltrain"), ("_voted", "smoltrain_voted")):
+            if ours in summary:
+                ratio, bound = _ratio(summary[ours], summary["reference"], pairs)
+                summary[f"ratio_smoltrain{key}_over_reference"] = ratio
+                summary[f"ratio{key}_upper_bound"] = bound
+    return summary
+
+
+def _ratio_text(ratio: float | None, bound: float | None) -> str:
+    if ratio is not None:
+        return f"{ratio:.2f}"
+    if bound is not None:
+        return f"< {bound:.2f} (the reference did not reach the target within the budget)"
+    return "n/a (a side did not reach the target in every pair)"
 
 
 def markdown(result: dict[str, Any]) -> str:
     summary, pairs, target = result["summary"], result["pairs"], result["target"]
+    sides = [name for name in SIDES if name in summary]
+    voted = "smoltrain_voted" in summary
     lines = [f"Task {result['task']}, target {100 * target:g}% exact on {result['eval_examples']} held-out puzzles, "
-             f"{len(pairs)} pair(s) x {result['budget_s']:g} s training per side, {result['threads']} thread(s); "
-             f"load average at start {result['load_start']}.", "",
+             f"{len(pairs)} pair(s) x {result['budget_s']:g} s training per side ({result.get('clock', 'wall')} "
+             f"clock), {result['threads']} thread(s); load average at start {result['load_start']}.", "",
              "| pair | side | order | steps | time to target | load before -> after |", "|---|---|---:|---:|---:|---|"]
     for i, pair in enumerate(pairs, start=1):
         for name in pair["order"]:
             side = pair[name]
+            reached = _fmt_s(time_to(side["curve"], target))
+            if name == "smoltrain" and voted:
+                reached += f" ({_fmt_s(time_to(side['curve'], target, 'exact_voted'))} voted)"
             lines.append(f"| {i} | {name} | {pair['order'].index(name) + 1} | {side['steps']:,} | "
-                         f"{_fmt_s(time_to(side['curve'], target))} | {side['load_before']} -> {side['load_after']} |")
-    ratio, bound = summary["ratio_smoltrain_over_reference"], summary.get("ratio_upper_bound")
-    if ratio is not None:
-        ratio_text = f"{ratio:.2f}"
-    elif bound is not None:
-        ratio_text = f"< {bound:.2f} (the reference did not reach the target within the budget)"
-    else:
-        ratio_text = "n/a (a side did not reach the target in every pair)"
-    lines += ["", f"Median time to {100 * target:g}%: reference {_fmt_s(summary['reference']['median_s'])}, "
-              f"smoltrain {_fmt_s(summary['smoltrain']['median_s'])}; ratio smoltrain / reference {ratio_text}.", ""]
-    checkpoints = result["checkpoints_s"]
-    header = "| training s | " + " | ".join(f"ref {i} | ours {i}" for i in range(1, len(pairs) + 1)) + " |"
+                         f"{reached} | {side['load_before']} -> {side['load_after']} |")
+    medians = ", ".join(f"{name} {_fmt_s(summary[name]['median_s'])}" for name in sides)
+    if voted:
+        medians += f", smoltrain voted {_fmt_s(summary['smoltrain_voted']['median_s'])}"
+    lines += ["", f"Median time to {100 * target:g}%: {medians}."]
+    if len(sides) == 2:
+        lines[-1] += (" Ratio smoltrain / reference " +
+                      _ratio_text(summary["ratio_smoltrain_over_reference"], summary["ratio_upper_bound"]))
+        if voted:
+            lines[-1] += ("; voted " + _ratio_text(summary["ratio_smoltrain_voted_over_reference"],
+                                                    summary["ratio_voted_upper_bound"]))
+        lines[-1] += "."
+    lines.append("")
+    columns = [(pair_index, name, metric) for pair_index, pair in enumerate(pairs) for name in sides
+               for metric in (("exact", "exact_voted") if name == "smoltrain" and voted else ("exact",))]
+    label = {"reference": "ref", "smoltrain": "ours"}
+    header = "| training s | " + " | ".join(f"{label[name]}{' voted' if metric == 'exact_voted' else ''} {i + 1}"
+                                           for i, name, metric in columns) + " |"
     lines += ["Exact accuracy against training time (evaluations off the clock; the time is the first step past "
-              "each checkpoint):", "", header, "|---:|" + "---:|" * (2 * len(pairs))]
-    for k, checkpoint in enumerate(checkpoints):
+              "each checkpoint):", "", header, "|---:|" + "---:|" * len(columns)]
+    for k, checkpoint in enumerate(result["checkpoints_s"]):
         cells = []
-        for pair in pairs:
-            for name in ("reference", "smoltrain"):
-                curve = pair[name]["curve"]
-                cells.append(f"{100 * curve[k]['exact']:.1f}%" if k < len(curve) else "-")
+        for i, name, metric in columns:
+            curve = pairs[i][name]["curve"]
+            cells.append(f"{100 * curve[k][metric]:.1f}%" if k < len(curve) else "-")
         lines.append(f"| {checkpoint:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from the runs of single sides (``--sides``) taken side by side: pair i of each, joined."""
+    merged = dict(results[0])
+    count = min(len(r["pairs"]) for r in results)
+    merged["pairs"] = []
+    for i in range(count):
+        pair: dict[str, Any] = {"order": []}
+        for r in results:
+            for name in r["pairs"][i]["order"]:
+                pair[name] = r["pairs"][i][name]
+                pair["order"].append(name)
+        merged["pairs"].append(pair)
+    merged["checkpoints_s"] = max((r["checkpoints_s"] for r in results), key=len)
+    merged["budget_s"] = max(r["budget_s"] for r in results)
+    return merged
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -245,9 +337,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not checkpoints or checkpoints[-1] < budget:
         checkpoints.append(budget)
     torch.set_num_threads(args.threads)
+    sides = [name.strip() for name in args.sides.split(",") if name.strip()]
+    clock = CLOCKS[args.clock]
+    stop_at = target if args.stop_at_target else None
 
     result: dict[str, Any] = {"task": task.name, "recipe": task.recipe, "target": target, "budget_s": budget,
                               "eval_examples": eval_examples, "checkpoints_s": checkpoints, "threads": args.threads,
+                              "clock": args.clock, "sides": sides, "smoltrain_overrides": args.smoltrain_set,
                               "smoke": args.smoke, "load_start": load_average(), "cpu_count": os.cpu_count(),
                               "torch": torch.__version__, "pairs": []}
     with tempfile.TemporaryDirectory(prefix="tta-") as tmp:
@@ -257,20 +353,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"built {task.name} in {time.perf_counter() - started:.1f} s; load average {load_average()}",
               flush=True)
         for pair_index in range(pairs_wanted):
-            order = ["reference", "smoltrain"] if pair_index % 2 == 0 else ["smoltrain", "reference"]
+            order = sides if pair_index % 2 == 0 else sides[::-1]
             pair: dict[str, Any] = {"order": order}
             for name in order:
                 seed = pair_index
                 print(f"pair {pair_index + 1}/{pairs_wanted}: {name}", flush=True)
                 if name == "reference":
-                    pair[name] = train_on_the_clock(ReferenceSide(data, eval_examples, seed), budget, checkpoints)
+                    pair[name] = train_on_the_clock(ReferenceSide(data, eval_examples, seed), budget, checkpoints,
+                                                    clock, stop_at)
                 else:
-                    side = SmoltrainSide(task.recipe, data, Path(tmp) / f"run{pair_index}", eval_examples, seed)
+                    side = SmoltrainSide(task.recipe, data, Path(tmp) / f"run{pair_index}", eval_examples, seed,
+                                         args.smoltrain_set)
                     try:
-                        pair[name] = train_on_the_clock(side, budget, checkpoints)
+                        pair[name] = train_on_the_clock(side, budget, checkpoints, clock, stop_at)
                     finally:
                         side.close()
             result["pairs"].append(pair)
+            if args.json:  # after every pair, so a run stopped early keeps the pairs it finished
+                result["summary"] = summarize(result["pairs"], target)
+                atomic_write_text(Path(args.json), json.dumps(result, indent=2) + "\n")
     result["summary"] = summarize(result["pairs"], target)
     result["load_end"] = load_average()
     return result
@@ -284,18 +385,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", type=float, default=None, help="exact accuracy to time (default: the task's)")
     parser.add_argument("--eval-every-s", type=float, default=None, help="training seconds between evaluations")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--sides", default="reference,smoltrain",
+                        help="comma-separated, from reference, smoltrain (one side per process: see --report)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="training time as wall time or as process CPU time (steadier side by side)")
+    parser.add_argument("--smoltrain-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override of smoltrain's recipe (repeatable), e.g. eval_augmentations=8")
+    parser.add_argument("--stop-at-target", action="store_true",
+                        help="end a side at its first evaluation at or above the target")
     parser.add_argument("--json", default=None, help="write the full result here")
     parser.add_argument("--markdown", default=None, help="write the tables here")
     parser.add_argument("--smoke", action="store_true", help="tiny data and a seconds budget: checks the script")
-    parser.add_argument("--report", metavar="JSON", default=None, help="re-print the tables of an earlier --json")
+    parser.add_argument("--report", metavar="JSON", nargs="+", default=None,
+                        help="re-print the tables of earlier --json files (several: single sides run side by side)")
     args = parser.parse_args(argv)
     if args.report:
-        earlier = json.loads(Path(args.report).read_text())
+        earlier = merge_results([json.loads(Path(path).read_text()) for path in args.report])
         earlier["summary"] = summarize(earlier["pairs"], earlier["target"])
-        print(markdown(earlier))
+        table = markdown(earlier)
+        print(table)
+        if args.markdown:
+            atomic_write_text(Path(args.markdown), table)
         return 0
     if args.pairs is not None and args.pairs < 1 or args.budget_s is not None and args.budget_s <= 0:
         parser.error("--pairs must be >= 1 and --budget-s > 0")
+    unknown = sorted({name.strip() for name in args.sides.split(",") if name.strip()} - set(SIDES))
+    if unknown or not args.sides.strip(",").strip():
+        parser.error(f"--sides: choose from {', '.join(SIDES)} (got {args.sides!r})")
     result = run(args)
     table = markdown(result)
     print("\n" + table)

@@ -57,6 +57,25 @@ def test_time_to_accuracy_smoke_runs_both_sides_alternating(tmp_path: Path) -> N
     assert "Median time to 97%" in proc.stdout
 
 
+def test_time_to_accuracy_one_side_with_votes_then_a_joint_report(tmp_path: Path) -> None:
+    ours, ref = tmp_path / "ours.json", tmp_path / "ref.json"
+    common = [sys.executable, str(ROOT / "bench" / "time_to_accuracy.py"), "--smoke", "--threads", "1", "--pairs",
+              "1", "--budget-s", "1", "--eval-every-s", "0.5", "--clock", "cpu"]
+    for out, extra in ((ours, ["--sides", "smoltrain", "--smoltrain-set", "eval_augmentations=2"]),
+                       (ref, ["--sides", "reference"])):
+        proc = subprocess.run([*common, *extra, "--json", str(out)], capture_output=True, text=True, env=_env(),
+                              timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    curve = json.loads(ours.read_text())["pairs"][0]["smoltrain"]["curve"]
+    assert curve and all(0.0 <= point["exact"] <= 1.0 and 0.0 <= point["exact_voted"] <= 1.0 for point in curve)
+    report = subprocess.run([*common[:2], "--report", str(ref), str(ours)], capture_output=True, text=True,
+                            env=_env(), timeout=60)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "ours voted 1" in report.stdout and "Ratio smoltrain / reference" in report.stdout
+    bad = subprocess.run([*common, "--sides", "ours"], capture_output=True, text=True, env=_env(), timeout=60)
+    assert bad.returncode == 2 and "--sides: choose from reference, smoltrain" in bad.stderr
+
+
 def test_activation_checkpointing_smoke_measures_both_settings(tmp_path: Path) -> None:
     out = tmp_path / "ac.json"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "activation_checkpointing.py"), "--smoke",

@@ -53,3 +53,31 @@ def test_reference_never_reaching_the_target_gives_an_upper_bound() -> None:
     assert "< 0.50 (the reference did not reach" in tta.markdown(
         {"task": "sudoku6", "target": 0.97, "eval_examples": 500, "budget_s": 60, "threads": 1, "load_start": [],
          "checkpoints_s": [30, 60], "pairs": pairs, "summary": summary})
+
+
+def _voted_side(points: list[tuple[float, float, float]]) -> dict:
+    side = _side([(s, e) for s, e, _ in points])
+    for point, (_, _, voted) in zip(side["curve"], points, strict=True):
+        point["exact_voted"] = voted
+    return side
+
+
+def test_single_side_runs_merge_into_pairs_and_votes_get_their_own_time_and_ratio() -> None:
+    tta = _bench_module("time_to_accuracy")
+    common = {"task": "sudoku6", "target": 0.97, "eval_examples": 500, "threads": 1, "load_start": [],
+              "clock": "cpu"}
+    reference = {**common, "budget_s": 120, "checkpoints_s": [30, 60, 90, 120],
+                 "pairs": [{"order": ["reference"], "reference": _side([(30, 0.2), (60, 0.5), (90, 0.9), (120, 0.97)],
+                                                                       120)}]}
+    ours = {**common, "budget_s": 120, "checkpoints_s": [30, 60, 90, 120],  # stopped at the target
+            "pairs": [{"order": ["smoltrain"], "smoltrain": _voted_side([(30, 0.6, 0.8), (60, 0.9, 0.97)])}]}
+    merged = tta.merge_results([reference, ours])
+    assert merged["pairs"][0]["order"] == ["reference", "smoltrain"]
+    summary = tta.summarize(merged["pairs"], 0.97)
+    assert summary["reference"]["median_s"] == 120
+    assert summary["smoltrain"]["median_s"] is None  # the puzzle's own answer never reached 97%
+    assert summary["smoltrain_voted"]["median_s"] == 60
+    assert summary["ratio_smoltrain_voted_over_reference"] == 0.5
+    table = tta.markdown({**merged, "summary": summary})
+    assert "smoltrain voted 60 s" in table and "voted 0.50" in table
+    assert "| 90 | 90.0% | - | - |" in table  # the stopped side shows no point after its last one
