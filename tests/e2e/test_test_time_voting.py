@@ -61,3 +61,19 @@ def test_too_many_maze_views_stop_before_training(tmp_path):
     with pytest.raises(ConfigError, match="at most 8"):
         Trainer(cfg).fit()
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_demo_reports_the_vote_and_the_reference_time(tmp_path):
+    import re
+
+    from tests.helpers import run_python
+
+    # A few seconds of training: the numbers mean nothing, the lines and their sources do.
+    proc = run_python(["-m", "smoltrain", "demo", "--minutes", "0.05", "--run-dir", str(tmp_path / "demo")],
+                      timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = re.search(r"^3/3 Held-out exact accuracy: (\d+\.\d)% of 500 puzzles", proc.stdout, re.MULTILINE)
+    voted = re.search(r"^    voting over 8 views of each puzzle .*: (\d+\.\d)%$", proc.stdout, re.MULTILINE)
+    assert one and voted and 0.0 <= float(voted.group(1)) <= 100.0
+    assert re.search(r"reference TRM code, run on these puzzles by bench/time_to_accuracy.py, needed \d+ s of "
+                     r"training for 97%; this recipe with the vote \d+ s\)", proc.stdout)
