@@ -259,16 +259,15 @@ class TokenWindows(ResumableRows):
         self.tokens = open_tokens(path_or_dir, split)
         self.root, self.metadata = read_metadata(path_or_dir)
         self.document_bos = document_bos
+        if document_bos:
+            self.bos = int(self.metadata["bos_id"])
+            starts = open_index(self.root / f"{split}.idx", len(self.tokens))[:-1]
+            # Document k's BOS sits at stream position starts[k] + k: the k BOS tokens before it shift it right.
+            self.bos_positions = starts + np.arange(len(starts), dtype=starts.dtype)
         super().__init__(split, seq_len, global_batch_size, rank, world_size, seed)
 
     def _count_rows(self) -> int:
-        length = len(self.tokens)
-        if self.document_bos:
-            self.bos = int(self.metadata["bos_id"])
-            starts = open_index(self.root / f"{self.split}.idx", len(self.tokens))[:-1]
-            # Document k's BOS sits at stream position starts[k] + k: the k BOS tokens before it shift it right.
-            self.bos_positions = starts + np.arange(len(starts), dtype=starts.dtype)
-            length += len(starts)
+        length = len(self.tokens) + (len(self.bos_positions) if self.document_bos else 0)
         return max(0, (length - 1) // self.seq_len)
 
     def _windows(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
