@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import reference_minimind as ref  # bench/ is on sys.path when this file runs as a script
+from side_by_side import join_pairs, read_results
 from smoltrain.data.text import DocumentRows, TokenWindows, build_text_dataset, read_metadata
 from smoltrain.data.tokenizer import train_tokenizer
 from smoltrain.families import load_config
@@ -410,13 +411,7 @@ def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
     merged["pairs"] = []
     for seed in sorted({r["seed"] for r in results}):
         group = [r for r in results if r["seed"] == seed]
-        for i in range(min(len(r["pairs"]) for r in group)):
-            pair: dict[str, Any] = {"order": []}
-            for r in group:
-                for name in r["pairs"][i]["order"]:
-                    pair[name] = r["pairs"][i][name]
-                    pair["order"].append(name)
-            merged["pairs"].append(pair)
+        merged["pairs"].extend(join_pairs(group))
     return merged
 
 
@@ -511,7 +506,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="re-print the tables of earlier --json files (several: single sides run side by side)")
     args = parser.parse_args(argv)
     if args.report:
-        earlier = merge_results([json.loads(Path(path).read_text()) for path in args.report])
+        try:
+            earlier = merge_results(read_results(args.report, ("sides", "horizons", "seed", "pairs")))
+        except ValueError as error:
+            parser.error(f"--report: {error}")
         earlier["summary"] = summarize(earlier["pairs"], earlier["sides"])
         table = markdown(earlier)
         print(table)

@@ -48,6 +48,7 @@ from typing import Any
 import torch
 
 import reference_trm as ref  # bench/ is on sys.path when this file runs as a script
+from side_by_side import join_pairs, read_results
 from smoltrain.data.maze import build_maze_dataset
 from smoltrain.data.puzzles import PuzzleDataset, load_metadata
 from smoltrain.data.sudoku import build_sudoku_dataset
@@ -312,15 +313,7 @@ def markdown(result: dict[str, Any]) -> str:
 def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
     """One result from the runs of single sides (``--sides``) taken side by side: pair i of each, joined."""
     merged = dict(results[0])
-    count = min(len(r["pairs"]) for r in results)
-    merged["pairs"] = []
-    for i in range(count):
-        pair: dict[str, Any] = {"order": []}
-        for r in results:
-            for name in r["pairs"][i]["order"]:
-                pair[name] = r["pairs"][i][name]
-                pair["order"].append(name)
-        merged["pairs"].append(pair)
+    merged["pairs"] = join_pairs(results)
     merged["checkpoints_s"] = max((r["checkpoints_s"] for r in results), key=len)
     merged["budget_s"] = max(r["budget_s"] for r in results)
     return merged
@@ -400,7 +393,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="re-print the tables of earlier --json files (several: single sides run side by side)")
     args = parser.parse_args(argv)
     if args.report:
-        earlier = merge_results([json.loads(Path(path).read_text()) for path in args.report])
+        try:
+            earlier = merge_results(read_results(args.report, ("task", "target", "pairs", "checkpoints_s")))
+        except ValueError as error:
+            parser.error(f"--report: {error}")
         earlier["summary"] = summarize(earlier["pairs"], earlier["target"])
         table = markdown(earlier)
         print(table)

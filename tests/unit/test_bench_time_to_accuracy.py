@@ -10,8 +10,9 @@ from tests.helpers import REPO
 
 
 def _bench_module(name: str) -> ModuleType:
-    """A bench script as a module (bench/ is no package; the script imports ``reference_trm`` by name)."""
-    for needed in ("reference_trm", name):
+    """A bench script as a module (bench/ is no package; the script imports ``reference_trm`` and
+    ``side_by_side`` by name)."""
+    for needed in ("reference_trm", "side_by_side", name):
         if needed not in sys.modules:
             spec = importlib.util.spec_from_file_location(needed, REPO / "bench" / f"{needed}.py")
             assert spec is not None and spec.loader is not None
@@ -81,3 +82,21 @@ def test_single_side_runs_merge_into_pairs_and_votes_get_their_own_time_and_rati
     table = tta.markdown({**merged, "summary": summary})
     assert "smoltrain voted 60 s" in table and "voted 0.50" in table
     assert "| 90 | 90.0% | - | - |" in table  # the stopped side shows no point after its last one
+
+
+def test_report_files_that_are_missing_malformed_or_of_another_bench_are_named(tmp_path) -> None:
+    import re
+
+    import pytest
+
+    shared = _bench_module("side_by_side")
+    good = tmp_path / "good.json"
+    good.write_text('{"task": "sudoku6", "pairs": []}')
+    assert shared.read_results([str(good)], ("task", "pairs")) == [{"task": "sudoku6", "pairs": []}]
+    (tmp_path / "bad.json").write_text("{bad")
+    (tmp_path / "list.json").write_text("[1]")
+    for name, says in (("missing.json", "cannot read"), ("bad.json", "is not JSON"),
+                       ("list.json", "not a result of this bench (no task, pairs)")):
+        with pytest.raises(ValueError, match=re.escape(says)) as raised:
+            shared.read_results([str(good), str(tmp_path / name)], ("task", "pairs"))
+        assert str(tmp_path / name) in str(raised.value)
